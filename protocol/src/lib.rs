@@ -1,0 +1,54 @@
+//! The wire format spoken between a procpool parent and its worker processes.
+//!
+//! No processes and no threads live here: only bytes.
+//!
+//! # The stream
+//!
+//! Each direction of a worker's pipe pair carries the same shape:
+//!
+//! 1. a 12-byte [preamble](preamble): the magic `PROCPOOL` and the
+//!    protocol version as a little-endian `u32`. A program that is not a
+//!    procpool worker (or a worker of another version) is recognised here,
+//!    before a single length prefix is trusted;
+//! 2. then frames: a little-endian `u32` length followed by that many bytes
+//!    of [postcard]-encoded message. The length is checked against a maximum
+//!    before any buffer grows for it ([`frame`]).
+//!
+//! The worker speaks first: preamble, then [`FromWorker::Hello`] naming the
+//! tasks it serves. The parent answers with its own preamble, then sends
+//! [`ToWorker::Init`] (once, optional) and [`ToWorker::Run`] batches; the
+//! worker answers each with [`FromWorker::InitDone`] or [`FromWorker::Done`].
+//!
+//! # Bounded decoding
+//!
+//! Every sequence in every message has elements that take at least one byte
+//! on the wire, so no frame can make a decoder loop or allocate beyond the
+//! frame's own size (a `Vec<()>` claiming `u64::MAX` elements cannot be
+//! expressed). User payloads travel as opaque byte strings and are decoded by
+//! the caller that asked for them.
+
+mod error;
+pub mod frame;
+mod message;
+mod varint;
+
+pub use error::{DecodeError, PreambleError};
+pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError};
+pub use message::{
+    Done, FromWorker, Hello, ItemsBuilder, Location, MAGIC, Outcome, PREAMBLE_LEN,
+    PROTOCOL_VERSION, Run, TaskInfo, ToWorker, check_preamble, decode_from_worker,
+    decode_to_worker, encode_done, encode_hello, encode_init, encode_init_done, encode_run,
+    preamble, push_outcome,
+};
+
+/// Exit codes with which a worker reports why it stopped on its own.
+pub mod exit_code {
+    /// The worker program was started by hand, not by a pool.
+    pub const NOT_STARTED_BY_POOL: i32 = 64;
+    /// The parent sent a malformed frame or message; nothing of it ran.
+    pub const BAD_PARENT_MESSAGE: i32 = 65;
+    /// Setting up the worker's descriptors failed.
+    pub const SETUP_FAILED: i32 = 71;
+    /// The protocol stream broke (write error) while sending a reply.
+    pub const STREAM_BROKEN: i32 = 74;
+}

@@ -1,0 +1,455 @@
+//! The messages, and the hand-built encoders for the two hot ones (`Run`
+//! and `Done`), which append to a reused buffer without an intermediate
+//! `Vec` per item. Their byte layout is exactly postcard's encoding of the
+//! derived types below; the tests hold the two together.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::Bytes;
+
+use crate::error::{DecodeError, PreambleError};
+use crate::frame::{FrameError, finish_frame, start_frame};
+use crate::varint;
+
+/// The first eight bytes either side sends.
+pub const MAGIC: [u8; 8] = *b"PROCPOOL";
+
+/// The version of this protocol; both sides must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes of the preamble: magic then version.
+pub const PREAMBLE_LEN: usize = 12;
+
+/// The preamble this side sends: [`MAGIC`] then [`PROTOCOL_VERSION`] (LE).
+pub fn preamble() -> [u8; PREAMBLE_LEN] {
+    let mut p = [0; PREAMBLE_LEN];
+    p[..8].copy_from_slice(&MAGIC);
+    p[8..].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    p
+}
+
+/// Checks a peer's preamble.
+pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<(), PreambleError> {
+    if bytes[..8] != MAGIC {
+        return Err(PreambleError::NotProcpool {
+            head: bytes.to_vec(),
+        });
+    }
+    let found = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if found != PROTOCOL_VERSION {
+        return Err(PreambleError::Version {
+            found,
+            ours: PROTOCOL_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// One task a worker serves, as announced in its [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The task's name, by which the parent refers to it.
+    pub name: String,
+    /// The Rust type name of its argument, for a signature check.
+    pub arg_type: String,
+    /// The Rust type name of its result, for a signature check.
+    pub output_type: String,
+}
+
+/// The worker's first frame: who it is and what it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Free-form identity of the worker's build (crate versions).
+    pub build_id: String,
+    /// The worker's process id, as it sees it.
+    pub pid: u32,
+    /// The tasks it serves; a task's index here is its id in [`Run`].
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// Where a panic happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Source file.
+    pub file: String,
+    /// Line, from 1.
+    pub line: u32,
+    /// Column, from 1.
+    pub column: u32,
+}
+
+/// What became of one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome<'a> {
+    /// The task returned; its encoded result.
+    #[serde(borrow)]
+    Ok(&'a Bytes),
+    /// The task panicked.
+    Panicked {
+        /// The panic payload, when it was a string.
+        message: String,
+        /// Where it panicked, when known.
+        location: Option<Location>,
+    },
+    /// The argument could not be decoded as the task's argument type.
+    ArgDecode(String),
+    /// The task's result could not be encoded.
+    OutputEncode(String),
+}
+
+/// A batch of items for one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run<'a> {
+    /// The parent's id for this batch; echoed in [`Done`].
+    pub batch: u64,
+    /// Index of the task in the worker's [`Hello::tasks`].
+    pub task: u32,
+    /// Each item's encoded argument.
+    #[serde(borrow)]
+    pub items: Vec<&'a Bytes>,
+}
+
+/// Messages from parent to worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker<'a> {
+    /// Run the initializer task once, before any batch.
+    Init {
+        /// Index of the task in [`Hello::tasks`].
+        task: u32,
+        /// Its encoded argument.
+        #[serde(borrow)]
+        arg: &'a Bytes,
+    },
+    /// Run a batch.
+    #[serde(borrow)]
+    Run(Run<'a>),
+}
+
+/// The outcomes of one batch, in the order of its items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done<'a> {
+    /// The batch id from [`Run::batch`].
+    pub batch: u64,
+    /// One outcome per item.
+    #[serde(borrow)]
+    pub outcomes: Vec<Outcome<'a>>,
+}
+
+/// Messages from worker to parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker<'a> {
+    /// The handshake; always the first frame.
+    Hello(Hello),
+    /// The initializer's outcome.
+    #[serde(borrow)]
+    InitDone(Outcome<'a>),
+    /// A batch's outcomes.
+    Done(Done<'a>),
+}
+
+/// Variant indices, as postcard writes them.
+const TO_WORKER_INIT: u64 = 0;
+const TO_WORKER_RUN: u64 = 1;
+const FROM_WORKER_DONE: u64 = 2;
+
+/// Decodes a frame body sent by the parent.
+pub fn decode_to_worker(body: &[u8]) -> Result<ToWorker<'_>, DecodeError> {
+    decode_exact(body, "parent")
+}
+
+/// Decodes a frame body sent by a worker.
+pub fn decode_from_worker(body: &[u8]) -> Result<FromWorker<'_>, DecodeError> {
+    decode_exact(body, "worker")
+}
+
+fn decode_exact<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    let (msg, rest) = postcard::take_from_bytes(body)
+        .map_err(|source| DecodeError::Malformed { what, source })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing {
+            what,
+            extra: rest.len(),
+        });
+    }
+    Ok(msg)
+}
+
+/// Appends one frame holding `FromWorker::Hello` to `out`.
+pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello, max: u32) -> Result<(), FrameError> {
+    let at = start_frame(out);
+    push_message(out, &FromWorker::Hello(hello.clone()));
+    finish_frame(out, at, max)
+}
+
+/// Appends one frame holding `FromWorker::InitDone` to `out`.
+pub fn encode_init_done(
+    out: &mut Vec<u8>,
+    outcome: &Outcome<'_>,
+    max: u32,
+) -> Result<(), FrameError> {
+    let at = start_frame(out);
+    push_message(out, &FromWorker::InitDone(outcome.clone()));
+    finish_frame(out, at, max)
+}
+
+/// Appends the postcard encoding of one [`Outcome`] to `out`, for the
+/// outcomes body of [`encode_done`].
+pub fn push_outcome(out: &mut Vec<u8>, outcome: &Outcome<'_>) {
+    push_message(out, outcome);
+}
+
+fn push_message<T: Serialize>(out: &mut Vec<u8>, msg: &T) {
+    let buf = std::mem::take(out);
+    // Our message types hold only strings, integers, byte strings and
+    // sequences of known length: encoding them into a Vec cannot fail.
+    *out = postcard::to_extend(msg, buf).expect("protocol messages always encode");
+}
+
+/// Items of a batch being built: each item's encoded argument with its
+/// length, back to back. Reuse one builder per caller; [`clear`](Self::clear)
+/// keeps the allocation.
+#[derive(Debug, Default, Clone)]
+pub struct ItemsBuilder {
+    body: Vec<u8>,
+    count: u32,
+}
+
+impl ItemsBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one item's encoded bytes.
+    pub fn push(&mut self, item: &[u8]) {
+        varint::put(&mut self.body, item.len() as u64);
+        self.body.extend_from_slice(item);
+        self.count += 1;
+    }
+
+    /// Adds one item, letting `encode` append its bytes to `scratch`
+    /// (cleared first); returns what `encode` returned.
+    pub fn push_with<E>(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        scratch.clear();
+        encode(scratch)?;
+        self.push(scratch);
+        Ok(())
+    }
+
+    /// Items so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Encoded bytes so far.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Empties the builder, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.body.clear();
+        self.count = 0;
+    }
+
+    /// The encoded items, for [`encode_run`].
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Appends one frame holding `ToWorker::Run` of the given items to `out`.
+pub fn encode_run(
+    out: &mut Vec<u8>,
+    batch: u64,
+    task: u32,
+    items: &ItemsBuilder,
+    max: u32,
+) -> Result<(), FrameError> {
+    let at = start_frame(out);
+    varint::put(out, TO_WORKER_RUN);
+    varint::put(out, batch);
+    varint::put(out, u64::from(task));
+    varint::put(out, u64::from(items.count));
+    out.extend_from_slice(&items.body);
+    finish_frame(out, at, max)
+}
+
+/// Appends one frame holding `ToWorker::Init` to `out`.
+pub fn encode_init(out: &mut Vec<u8>, task: u32, arg: &[u8], max: u32) -> Result<(), FrameError> {
+    let at = start_frame(out);
+    varint::put(out, TO_WORKER_INIT);
+    varint::put(out, u64::from(task));
+    varint::put(out, arg.len() as u64);
+    out.extend_from_slice(arg);
+    finish_frame(out, at, max)
+}
+
+/// Appends one frame holding `FromWorker::Done` to `out`, given the
+/// outcomes already encoded back to back (each with
+/// [`push_outcome`]), `count` of them.
+pub fn encode_done(
+    out: &mut Vec<u8>,
+    batch: u64,
+    count: u32,
+    outcomes: &[u8],
+    max: u32,
+) -> Result<(), FrameError> {
+    let at = start_frame(out);
+    varint::put(out, FROM_WORKER_DONE);
+    varint::put(out, batch);
+    varint::put(out, u64::from(count));
+    out.extend_from_slice(outcomes);
+    finish_frame(out, at, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{DEFAULT_MAX_FRAME, read_frame};
+    use proptest::prelude::*;
+
+    fn body_of(frame: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        assert!(read_frame(&mut &frame[..], DEFAULT_MAX_FRAME, &mut buf).unwrap());
+        buf
+    }
+
+    #[test]
+    fn preamble_checks() {
+        check_preamble(&preamble()).unwrap();
+        let mut garbage = [0u8; 12];
+        garbage.copy_from_slice(b"Hello, world");
+        let err = check_preamble(&garbage).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not a procpool peer: its stream began with \"Hello, world\""
+        );
+        let mut other = preamble();
+        other[8] = 99;
+        assert_eq!(
+            check_preamble(&other).unwrap_err(),
+            PreambleError::Version {
+                found: 99,
+                ours: PROTOCOL_VERSION
+            }
+        );
+    }
+
+    #[test]
+    fn hello_round_trip() {
+        let hello = FromWorker::Hello(Hello {
+            build_id: "x".into(),
+            pid: 42,
+            tasks: vec![TaskInfo {
+                name: "a::b".into(),
+                arg_type: "u64".into(),
+                output_type: "()".into(),
+            }],
+        });
+        let FromWorker::Hello(h) = &hello else {
+            unreachable!()
+        };
+        let mut out = Vec::new();
+        encode_hello(&mut out, h, DEFAULT_MAX_FRAME).unwrap();
+        let body = body_of(&out);
+        assert_eq!(decode_from_worker(&body).unwrap(), hello);
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut out = Vec::new();
+        encode_init(&mut out, 0, b"ab", DEFAULT_MAX_FRAME).unwrap();
+        let mut body = body_of(&out);
+        body.push(0);
+        assert!(matches!(
+            decode_to_worker(&body),
+            Err(DecodeError::Trailing { extra: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        for body in [
+            &[][..],
+            &[7][..],
+            &[1, 0xff][..],
+            &[2, 1, 200, 200, 200][..],
+        ] {
+            assert!(decode_to_worker(body).is_err(), "{body:?}");
+            assert!(decode_from_worker(body).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn huge_claimed_counts_fail_fast() {
+        // Done with u64::MAX-ish outcomes claimed in a 15-byte frame.
+        let mut body = vec![2u8, 1];
+        body.extend_from_slice(&[0xff; 9]);
+        body.push(0x01);
+        assert!(decode_from_worker(&body).is_err());
+        // Run with a huge item count.
+        let mut body = vec![1u8, 1, 0];
+        body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decode_to_worker(&body).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn run_encoder_matches_derived_layout(
+            batch in any::<u64>(),
+            task in any::<u32>(),
+            items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..40),
+        ) {
+            let mut b = ItemsBuilder::new();
+            for it in &items { b.push(it); }
+            let mut out = Vec::new();
+            encode_run(&mut out, batch, task, &b, DEFAULT_MAX_FRAME).unwrap();
+            let body = body_of(&out);
+            let expected = ToWorker::Run(Run { batch, task, items: items.iter().map(|i| Bytes::new(i)).collect() });
+            prop_assert_eq!(&body, &postcard::to_stdvec(&expected).unwrap());
+            prop_assert_eq!(decode_to_worker(&body).unwrap(), expected);
+        }
+
+        #[test]
+        fn init_encoder_matches_derived_layout(task in any::<u32>(), arg in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut out = Vec::new();
+            encode_init(&mut out, task, &arg, DEFAULT_MAX_FRAME).unwrap();
+            let body = body_of(&out);
+            let expected = ToWorker::Init { task, arg: Bytes::new(&arg) };
+            prop_assert_eq!(decode_to_worker(&body).unwrap(), expected);
+        }
+
+        #[test]
+        fn done_encoder_matches_derived_layout(
+            batch in any::<u64>(),
+            oks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..30),
+            msg in ".{0,40}",
+        ) {
+            let mut outcomes: Vec<Outcome<'_>> = oks.iter().map(|o| Outcome::Ok(Bytes::new(o))).collect();
+            outcomes.push(Outcome::Panicked { message: msg.clone(), location: Some(Location { file: "f.rs".into(), line: 3, column: 9 }) });
+            outcomes.push(Outcome::ArgDecode(msg.clone()));
+            outcomes.push(Outcome::OutputEncode(msg));
+            let mut encoded = Vec::new();
+            for o in &outcomes { push_outcome(&mut encoded, o); }
+            let mut out = Vec::new();
+            encode_done(&mut out, batch, outcomes.len() as u32, &encoded, DEFAULT_MAX_FRAME).unwrap();
+            let body = body_of(&out);
+            let expected = FromWorker::Done(Done { batch, outcomes });
+            prop_assert_eq!(&body, &postcard::to_stdvec(&expected).unwrap());
+            prop_assert_eq!(decode_from_worker(&body).unwrap(), expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_to_worker(&body);
+            let _ = decode_from_worker(&body);
+        }
+    }
+}
