@@ -40,6 +40,7 @@ pub use message::{
     decode_to_worker, encode_done, encode_hello, encode_init, encode_init_done, encode_run,
     preamble, push_outcome,
 };
+pub use serde_bytes::Bytes;
 
 /// Exit codes with which a worker reports why it stopped on its own.
 pub mod exit_code {

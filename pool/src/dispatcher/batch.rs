@@ -1,0 +1,181 @@
+//! Batches, jobs and the pool state callers and the dispatcher share.
+//!
+//! The one-outcome rule is enforced by ownership: a [`Batch`] is the only
+//! thing that can report its items' outcomes, it reports each item once
+//! (a cursor moves past what was delivered), and dropping a batch that
+//! still has unreported items reports them as failed. Whatever path a batch
+//! takes — queued, in flight, re-dispatched after a crash, dropped with a
+//! closed channel, or unwound by a panic — every item ends exactly once.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use procpool_protocol::{ItemsBuilder, TaskInfo};
+
+use crate::error::{Error, ErrorKind};
+
+/// What a caller receives about one of its chunks.
+#[derive(Debug)]
+pub(crate) enum ChunkMsg {
+    /// A `Done` frame body holding outcomes of items `offset..` of the
+    /// chunk; the caller decodes it.
+    Part {
+        seq: u64,
+        offset: u32,
+        pid: u32,
+        frame: Vec<u8>,
+    },
+    /// Items `offset..` of the chunk failed with `error`.
+    Failed { seq: u64, offset: u32, error: Error },
+}
+
+/// One caller's stream of chunks for one task.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) task: u32,
+    pub(crate) task_name: Arc<str>,
+    pub(crate) sink: Sender<ChunkMsg>,
+    pub(crate) cancelled: AtomicBool,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A chunk of encoded items on its way to a worker.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) job: Arc<Job>,
+    pub(crate) seq: u64,
+    pub(crate) items: ItemsBuilder,
+    /// Items whose outcome was reported.
+    delivered: u32,
+}
+
+impl Batch {
+    pub(crate) fn new(job: Arc<Job>, seq: u64, items: ItemsBuilder) -> Self {
+        Self {
+            job,
+            seq,
+            items,
+            delivered: 0,
+        }
+    }
+
+    pub(crate) fn count(&self) -> u32 {
+        self.items.count()
+    }
+
+    pub(crate) fn remaining(&self) -> u32 {
+        self.count() - self.delivered
+    }
+
+    /// Forwards a `Done` frame holding the next `n` outcomes.
+    pub(crate) fn deliver(&mut self, n: u32, pid: u32, frame: Vec<u8>) {
+        debug_assert!(n <= self.remaining());
+        let _ = self.job.sink.send(ChunkMsg::Part {
+            seq: self.seq,
+            offset: self.delivered,
+            pid,
+            frame,
+        });
+        self.delivered += n;
+    }
+
+    /// Fails every item not yet reported.
+    pub(crate) fn fail(mut self, error: Error) {
+        self.fail_rest(error);
+    }
+
+    fn fail_rest(&mut self, error: Error) {
+        if self.remaining() > 0 {
+            let _ = self.job.sink.send(ChunkMsg::Failed {
+                seq: self.seq,
+                offset: self.delivered,
+                error,
+            });
+            self.delivered = self.count();
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if self.remaining() > 0 {
+            let error = self.job.shared.loss_error();
+            self.fail_rest(error);
+        }
+    }
+}
+
+const OPEN: u8 = 0;
+const CLOSED: u8 = 1;
+const TERMINATED: u8 = 2;
+const BROKEN: u8 = 3;
+
+/// State shared by the pool's handles, its callers and the dispatcher.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: AtomicU8,
+    broken_reason: Mutex<Option<String>>,
+    pub(crate) tasks: OnceLock<Vec<TaskInfo>>,
+    pub(crate) pids: Mutex<Vec<u32>>,
+    pub(crate) stats: Counters,
+}
+
+/// Counters behind [`Stats`](crate::Stats).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) tasks_succeeded: AtomicU64,
+    pub(crate) tasks_failed: AtomicU64,
+    pub(crate) workers_started: AtomicU64,
+    pub(crate) worker_deaths: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: AtomicU8::new(OPEN),
+            broken_reason: Mutex::new(None),
+            tasks: OnceLock::new(),
+            pids: Mutex::new(Vec::new()),
+            stats: Counters::default(),
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.state.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Stops accepting new jobs (a no-op once terminated or broken).
+    pub(crate) fn close(&self) {
+        let _ = self
+            .state
+            .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn set_terminated(&self) {
+        self.state.store(TERMINATED, Ordering::Release);
+    }
+
+    pub(crate) fn set_broken(&self, reason: String) {
+        *self.broken_reason.lock() = Some(reason);
+        self.state.store(BROKEN, Ordering::Release);
+    }
+
+    /// The error for work the pool will not do, given its state.
+    pub(crate) fn loss_error(&self) -> Error {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => Error::new(ErrorKind::Closed),
+            BROKEN => Error::new(ErrorKind::Broken {
+                reason: self
+                    .broken_reason
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+            }),
+            // OPEN here means the dispatcher itself stopped (a bug): report
+            // the work as terminated rather than leave a caller waiting.
+            _ => Error::new(ErrorKind::Terminated),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The public error type: an opaque struct over a private kind, with
+//! predicates, so new kinds can be added without breaking callers.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Everything that can go wrong with a task or with the pool.
+///
+/// Each submitted task ends in exactly one outcome: its result, or one
+/// `Error`. Inspect it with the predicates (`is_panic`, `is_worker_died`,
+/// ...) and accessors; its `Display` is a one-line, lowercase description
+/// naming the task, the worker's pid and the cause where they are known.
+///
+/// A task's *own* error is not an `Error`: a task returning
+/// `Result<T, E>` delivers that `Result` as its value, typed, so domain
+/// failures and pool failures never mix.
+#[derive(Clone)]
+pub struct Error {
+    kind: Box<ErrorKind>,
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signal(i32),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(sig) => write!(f, "signal {s} ({})", sig.as_str()),
+                Err(_) => write!(f, "signal {s}"),
+            },
+        }
+    }
+}
+
+/// Where a task panicked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PanicLocation {
+    /// Source file.
+    pub file: String,
+    /// Line, from 1.
+    pub line: u32,
+    /// Column, from 1.
+    pub column: u32,
+}
+
+impl fmt::Display for PanicLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum ErrorKind {
+    Panicked {
+        task: String,
+        pid: u32,
+        message: String,
+        location: Option<PanicLocation>,
+    },
+    WorkerDied {
+        task: String,
+        pid: u32,
+        exit: Exit,
+    },
+    UnknownTask {
+        name: String,
+        available: Vec<String>,
+    },
+    Signature {
+        name: String,
+        expected: String,
+        served: String,
+    },
+    ArgEncode {
+        task: String,
+        message: String,
+    },
+    ArgTooLarge {
+        task: String,
+        len: usize,
+        max: u32,
+    },
+    ArgDecode {
+        task: String,
+        message: String,
+    },
+    OutputEncode {
+        task: String,
+        message: String,
+    },
+    OutputDecode {
+        task: String,
+        message: String,
+    },
+    Protocol {
+        pid: u32,
+        detail: String,
+    },
+    Startup {
+        detail: String,
+        source: Option<Arc<std::io::Error>>,
+    },
+    Initializer {
+        message: String,
+    },
+    Broken {
+        reason: String,
+    },
+    Closed,
+    Terminated,
+    Cancelled,
+    WaitTimeout,
+    ResultTaken,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
+        Self {
+            kind: Box::new(kind),
+        }
+    }
+
+    pub(crate) fn startup(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Startup {
+            detail: detail.into(),
+            source: None,
+        })
+    }
+
+    pub(crate) fn startup_io(detail: impl Into<String>, source: std::io::Error) -> Self {
+        Self::new(ErrorKind::Startup {
+            detail: detail.into(),
+            source: Some(Arc::new(source)),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// The task panicked in its worker (the worker survives).
+    pub fn is_panic(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Panicked { .. })
+    }
+
+    /// The panic message, when the task panicked with a string payload.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &*self.kind {
+            ErrorKind::Panicked { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// Where the task panicked, when known.
+    pub fn panic_location(&self) -> Option<&PanicLocation> {
+        match &*self.kind {
+            ErrorKind::Panicked { location, .. } => location.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The worker running the task died (crash, abort, exit, kill).
+    pub fn is_worker_died(&self) -> bool {
+        matches!(*self.kind, ErrorKind::WorkerDied { .. })
+    }
+
+    /// How the worker ended, for [`is_worker_died`](Self::is_worker_died).
+    pub fn exit(&self) -> Option<Exit> {
+        match &*self.kind {
+            ErrorKind::WorkerDied { exit, .. } => Some(*exit),
+            _ => None,
+        }
+    }
+
+    /// The pid of the worker involved, when one was.
+    pub fn worker_pid(&self) -> Option<u32> {
+        match &*self.kind {
+            ErrorKind::WorkerDied { pid, .. }
+            | ErrorKind::Panicked { pid, .. }
+            | ErrorKind::Protocol { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// The name of the task this error belongs to, when it belongs to one.
+    pub fn task_name(&self) -> Option<&str> {
+        match &*self.kind {
+            ErrorKind::Panicked { task, .. }
+            | ErrorKind::WorkerDied { task, .. }
+            | ErrorKind::ArgEncode { task, .. }
+            | ErrorKind::ArgTooLarge { task, .. }
+            | ErrorKind::ArgDecode { task, .. }
+            | ErrorKind::OutputEncode { task, .. }
+            | ErrorKind::OutputDecode { task, .. } => Some(task),
+            ErrorKind::UnknownTask { name, .. } | ErrorKind::Signature { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The workers do not serve the named task, or serve it with other
+    /// argument or result types.
+    pub fn is_unknown_task(&self) -> bool {
+        matches!(
+            *self.kind,
+            ErrorKind::UnknownTask { .. } | ErrorKind::Signature { .. }
+        )
+    }
+
+    /// An argument or result could not be encoded or decoded (or was too
+    /// large for a frame). Only that task failed.
+    pub fn is_serialization(&self) -> bool {
+        matches!(
+            *self.kind,
+            ErrorKind::ArgEncode { .. }
+                | ErrorKind::ArgTooLarge { .. }
+                | ErrorKind::ArgDecode { .. }
+                | ErrorKind::OutputEncode { .. }
+                | ErrorKind::OutputDecode { .. }
+        )
+    }
+
+    /// A worker broke the protocol; it was killed and replaced.
+    pub fn is_protocol(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Protocol { .. })
+    }
+
+    /// The pool could not start its workers (missing program, not a
+    /// worker, wrong protocol version, start-up timeout, failed
+    /// initializer).
+    pub fn is_startup(&self) -> bool {
+        matches!(
+            *self.kind,
+            ErrorKind::Startup { .. } | ErrorKind::Initializer { .. }
+        )
+    }
+
+    /// The pool can no longer start workers; queued work was failed.
+    pub fn is_broken(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Broken { .. })
+    }
+
+    /// The pool was closed (or joined) and accepts no new work.
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Closed)
+    }
+
+    /// The pool was terminated (or dropped) before the task finished.
+    pub fn is_terminated(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Terminated)
+    }
+
+    /// The caller gave the task up (dropped its iterator or handle).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(*self.kind, ErrorKind::Cancelled)
+    }
+
+    /// [`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout) ran
+    /// out of time; the task is still running and the handle still valid.
+    pub fn is_wait_timeout(&self) -> bool {
+        matches!(*self.kind, ErrorKind::WaitTimeout)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.kind {
+            ErrorKind::Panicked {
+                task,
+                pid,
+                message,
+                location,
+            } => {
+                write!(f, "task `{task}` panicked in worker {pid}: {message}")?;
+                if let Some(l) = location {
+                    write!(f, " at {l}")?;
+                }
+                Ok(())
+            }
+            ErrorKind::WorkerDied { task, pid, exit } => {
+                write!(f, "worker {pid} died ({exit}) while running task `{task}`")
+            }
+            ErrorKind::UnknownTask { name, available } => write!(
+                f,
+                "the workers do not serve a task named `{name}` (they serve: {})",
+                available.join(", ")
+            ),
+            ErrorKind::Signature {
+                name,
+                expected,
+                served,
+            } => write!(
+                f,
+                "task `{name}` is called as `{expected}` but the workers serve it as `{served}`"
+            ),
+            ErrorKind::ArgEncode { task, message } => {
+                write!(f, "cannot encode the argument of task `{task}`: {message}")
+            }
+            ErrorKind::ArgTooLarge { task, len, max } => write!(
+                f,
+                "the argument of task `{task}` encodes to {len} bytes, over the frame limit of {max}"
+            ),
+            ErrorKind::ArgDecode { task, message } => write!(
+                f,
+                "the worker cannot decode the argument of task `{task}`: {message}"
+            ),
+            ErrorKind::OutputEncode { task, message } => {
+                write!(
+                    f,
+                    "the worker cannot encode the result of task `{task}`: {message}"
+                )
+            }
+            ErrorKind::OutputDecode { task, message } => {
+                write!(f, "cannot decode the result of task `{task}`: {message}")
+            }
+            ErrorKind::Protocol { pid, detail } => {
+                write!(f, "worker {pid} broke the protocol: {detail}")
+            }
+            ErrorKind::Startup { detail, source } => {
+                write!(f, "cannot start workers: {detail}")?;
+                if let Some(s) = source {
+                    write!(f, ": {s}")?;
+                }
+                Ok(())
+            }
+            ErrorKind::Initializer { message } => {
+                write!(f, "the worker initializer failed: {message}")
+            }
+            ErrorKind::Broken { reason } => write!(f, "the pool is broken: {reason}"),
+            ErrorKind::Closed => f.write_str("the pool is closed"),
+            ErrorKind::Terminated => f.write_str("the pool was terminated"),
+            ErrorKind::Cancelled => f.write_str("the task was cancelled"),
+            ErrorKind::WaitTimeout => f.write_str("timed out waiting for the result"),
+            ErrorKind::ResultTaken => f.write_str("the result was already taken"),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.to_string())
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.kind {
+            ErrorKind::Startup {
+                source: Some(s), ..
+            } => Some(&**s),
+            _ => None,
+        }
+    }
+}

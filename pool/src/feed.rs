@@ -1,0 +1,379 @@
+//! The caller's side of a job: encoding inputs into chunks lazily, and
+//! decoding outcomes back on the caller's thread.
+//!
+//! Inputs are pulled from the caller's iterator only as the window allows
+//! (a bounded number of chunks open at once), so an `imap` over ten million
+//! generated items never holds them all. Results are decoded here, by the
+//! thread that asked for them: a payload that fails to decode fails its own
+//! item and nothing else.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::Receiver;
+use procpool_protocol::{FromWorker, ItemsBuilder, Outcome, decode_from_worker};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::dispatcher::{Batch, ChunkMsg, Job, Shared};
+use crate::error::{Error, ErrorKind, PanicLocation};
+use crate::pool::Inner;
+
+/// Largest automatic chunk, in items.
+const MAX_AUTO_CHUNK: usize = 4096;
+/// A chunk is closed once its encoded items reach this many bytes.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Room kept in a frame for the `Run` header.
+const RUN_HEADER_ROOM: usize = 32;
+
+/// How many items go into the next chunk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChunkSize {
+    Fixed(usize),
+    /// Unknown length: start small for latency, double up to the cap.
+    Growing(usize),
+}
+
+impl ChunkSize {
+    /// Python's rule for a known length (`ceil(n / (4 * workers))`),
+    /// capped; growth from 1 for an unknown length.
+    pub(crate) fn auto(len_hint: (usize, Option<usize>), workers: usize) -> Self {
+        match len_hint {
+            (lo, Some(hi)) if lo == hi => {
+                Self::Fixed(lo.div_ceil(4 * workers.max(1)).clamp(1, MAX_AUTO_CHUNK))
+            }
+            _ => Self::Growing(1),
+        }
+    }
+
+    fn take(&mut self) -> usize {
+        match self {
+            Self::Fixed(n) => (*n).max(1),
+            Self::Growing(n) => {
+                let now = *n;
+                *n = (now * 2).min(MAX_AUTO_CHUNK);
+                now
+            }
+        }
+    }
+}
+
+/// A chunk opened by the feeder: sent to the dispatcher, or failed
+/// locally before it could be sent.
+pub(crate) struct Opened {
+    pub(crate) seq: u64,
+    pub(crate) count: u32,
+    pub(crate) failed: Option<Error>,
+}
+
+/// Pulls inputs from the caller's iterator and submits them as chunks.
+pub(crate) struct Feeder<I> {
+    iter: I,
+    exhausted: bool,
+    pub(crate) job: Arc<Job>,
+    inner: Arc<Inner>,
+    size: ChunkSize,
+    next_seq: u64,
+    scratch: Vec<u8>,
+}
+
+impl<I, Args> Feeder<I>
+where
+    I: Iterator<Item = Args>,
+    Args: Serialize,
+{
+    pub(crate) fn new(iter: I, job: Arc<Job>, inner: Arc<Inner>, size: ChunkSize) -> Self {
+        Self {
+            iter,
+            exhausted: false,
+            job,
+            inner,
+            size,
+            next_seq: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    /// Builds and submits the next chunk (or chunks, when an item fails
+    /// to encode and gets a chunk of its own); empty once the input ends.
+    pub(crate) fn open_next(&mut self, opened: &mut Vec<Opened>) {
+        if self.exhausted {
+            return;
+        }
+        let want = self.size.take();
+        let limit = (self.inner.max_frame as usize).saturating_sub(RUN_HEADER_ROOM);
+        let mut items = ItemsBuilder::new();
+        while (items.count() as usize) < want && items.bytes() < CHUNK_BYTES {
+            let Some(arg) = self.iter.next() else {
+                self.exhausted = true;
+                break;
+            };
+            self.scratch.clear();
+            let encoded = postcard::to_extend(&arg, std::mem::take(&mut self.scratch));
+            let failure = match encoded {
+                Ok(bytes) => {
+                    self.scratch = bytes;
+                    if self.scratch.len() + 8 > limit {
+                        Some(Error::new(ErrorKind::ArgTooLarge {
+                            task: self.job.task_name.to_string(),
+                            len: self.scratch.len(),
+                            max: self.inner.max_frame,
+                        }))
+                    } else if items.bytes() + self.scratch.len() + 8 > limit {
+                        // Does not fit beside the others: close this chunk
+                        // and start the next with this item.
+                        self.submit(std::mem::take(&mut items), opened);
+                        items.push(&self.scratch);
+                        None
+                    } else {
+                        items.push(&self.scratch);
+                        None
+                    }
+                }
+                Err(e) => Some(Error::new(ErrorKind::ArgEncode {
+                    task: self.job.task_name.to_string(),
+                    message: e.to_string(),
+                })),
+            };
+            if let Some(error) = failure {
+                // The item gets a chunk of its own, failed here, in order.
+                self.submit(std::mem::take(&mut items), opened);
+                opened.push(Opened {
+                    seq: self.bump(),
+                    count: 1,
+                    failed: Some(error),
+                });
+                return;
+            }
+        }
+        self.submit(items, opened);
+    }
+
+    fn bump(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    fn submit(&mut self, items: ItemsBuilder, opened: &mut Vec<Opened>) {
+        if items.count() == 0 {
+            return;
+        }
+        let seq = self.bump();
+        opened.push(Opened {
+            seq,
+            count: items.count(),
+            failed: None,
+        });
+        self.inner.submit(Batch::new(self.job.clone(), seq, items));
+    }
+}
+
+impl<I> Drop for Feeder<I> {
+    fn drop(&mut self) {
+        // Work not yet started is not wanted any more.
+        self.job.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Decodes one `Done` frame's outcomes into results, calling `push` for
+/// each, and counts them in the pool's statistics.
+pub(crate) fn decode_part<R: DeserializeOwned>(
+    frame: &[u8],
+    task: &str,
+    pid: u32,
+    shared: &Shared,
+    mut push: impl FnMut(Result<R, Error>),
+) {
+    // The dispatcher validated this frame before forwarding it.
+    let Ok(FromWorker::Done(done)) = decode_from_worker(frame) else {
+        unreachable!("the dispatcher forwards only valid Done frames")
+    };
+    for outcome in done.outcomes {
+        let result = match outcome {
+            Outcome::Ok(bytes) => match postcard::take_from_bytes::<R>(bytes) {
+                Ok((r, [])) => Ok(r),
+                Ok((_, rest)) => Err(Error::new(ErrorKind::OutputDecode {
+                    task: task.to_owned(),
+                    message: format!("{} bytes left over after the result", rest.len()),
+                })),
+                Err(e) => Err(Error::new(ErrorKind::OutputDecode {
+                    task: task.to_owned(),
+                    message: format!("as `{}`: {e}", std::any::type_name::<R>()),
+                })),
+            },
+            Outcome::Panicked { message, location } => Err(Error::new(ErrorKind::Panicked {
+                task: task.to_owned(),
+                pid,
+                message,
+                location: location.map(|l| PanicLocation {
+                    file: l.file,
+                    line: l.line,
+                    column: l.column,
+                }),
+            })),
+            Outcome::ArgDecode(message) => Err(Error::new(ErrorKind::ArgDecode {
+                task: task.to_owned(),
+                message,
+            })),
+            Outcome::OutputEncode(message) => Err(Error::new(ErrorKind::OutputEncode {
+                task: task.to_owned(),
+                message,
+            })),
+        };
+        count(shared, &result);
+        push(result);
+    }
+}
+
+pub(crate) fn count<R>(shared: &Shared, result: &Result<R, Error>) {
+    let c = if result.is_ok() {
+        &shared.stats.tasks_succeeded
+    } else {
+        &shared.stats.tasks_failed
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Outcomes of one chunk, in item order, as they arrive.
+struct ChunkBuf<R> {
+    count: u32,
+    received: u32,
+    ready: VecDeque<Result<R, Error>>,
+}
+
+impl<R: DeserializeOwned> ChunkBuf<R> {
+    fn new(opened: Opened, shared: &Shared) -> Self {
+        let mut buf = Self {
+            count: opened.count,
+            received: 0,
+            ready: VecDeque::new(),
+        };
+        if let Some(e) = opened.failed {
+            buf.fail_from(0, e, shared);
+        }
+        buf
+    }
+
+    fn fail_from(&mut self, offset: u32, error: Error, shared: &Shared) {
+        debug_assert_eq!(offset, self.received);
+        for _ in offset..self.count {
+            let r = Err(error.clone());
+            count(shared, &r);
+            self.ready.push_back(r);
+        }
+        self.received = self.count;
+    }
+}
+
+/// The receiving half of a streaming job: chunks in submission order.
+pub(crate) struct Chunks<R> {
+    rx: Receiver<ChunkMsg>,
+    /// Open chunks; `chunks[k]` has sequence number `base + k`. A slot is
+    /// `None` once fully yielded (out of order, for `imap_unordered`).
+    chunks: VecDeque<Option<ChunkBuf<R>>>,
+    base: u64,
+    open: usize,
+    ordered: bool,
+    window: usize,
+    opened: Vec<Opened>,
+}
+
+impl<R: DeserializeOwned> Chunks<R> {
+    pub(crate) fn new(rx: Receiver<ChunkMsg>, ordered: bool, window: usize) -> Self {
+        Self {
+            rx,
+            chunks: VecDeque::new(),
+            base: 0,
+            open: 0,
+            ordered,
+            window: window.max(1),
+            opened: Vec::new(),
+        }
+    }
+
+    /// The next result, feeding more input while the window allows;
+    /// `None` once the input is exhausted and every result was yielded.
+    pub(crate) fn next<I, Args>(&mut self, feeder: &mut Feeder<I>) -> Option<Result<R, Error>>
+    where
+        I: Iterator<Item = Args>,
+        Args: Serialize,
+    {
+        loop {
+            while self.open < self.window && !feeder.exhausted() {
+                feeder.open_next(&mut self.opened);
+                let shared = feeder.job.shared.clone();
+                for o in self.opened.drain(..) {
+                    debug_assert_eq!(o.seq, self.base + self.chunks.len() as u64);
+                    self.chunks.push_back(Some(ChunkBuf::new(o, &shared)));
+                    self.open += 1;
+                }
+            }
+            if let Some(r) = self.take_ready() {
+                return Some(r);
+            }
+            if self.open == 0 {
+                return None;
+            }
+            let msg = self
+                .rx
+                .recv()
+                .expect("the job holds a sender, so the channel stays connected");
+            self.apply(msg, &feeder.job);
+        }
+    }
+
+    fn take_ready(&mut self) -> Option<Result<R, Error>> {
+        let idx = if self.ordered {
+            match self.chunks.front() {
+                Some(Some(c)) if !c.ready.is_empty() => 0,
+                _ => return None,
+            }
+        } else {
+            self.chunks
+                .iter()
+                .position(|c| c.as_ref().is_some_and(|c| !c.ready.is_empty()))?
+        };
+        let slot = &mut self.chunks[idx];
+        let chunk = slot.as_mut().expect("checked above");
+        let r = chunk.ready.pop_front().expect("checked above");
+        if chunk.ready.is_empty() && chunk.received == chunk.count {
+            *slot = None;
+            self.open -= 1;
+            while matches!(self.chunks.front(), Some(None)) {
+                self.chunks.pop_front();
+                self.base += 1;
+            }
+        }
+        Some(r)
+    }
+
+    fn apply(&mut self, msg: ChunkMsg, job: &Job) {
+        let (seq, offset) = match &msg {
+            ChunkMsg::Part { seq, offset, .. } | ChunkMsg::Failed { seq, offset, .. } => {
+                (*seq, *offset)
+            }
+        };
+        let Some(Some(chunk)) = seq
+            .checked_sub(self.base)
+            .and_then(|k| self.chunks.get_mut(k as usize))
+        else {
+            unreachable!("outcome for chunk {seq} that is not open")
+        };
+        debug_assert_eq!(offset, chunk.received);
+        match msg {
+            ChunkMsg::Part { pid, frame, .. } => {
+                decode_part::<R>(&frame, &job.task_name, pid, &job.shared, |r| {
+                    chunk.ready.push_back(r);
+                    chunk.received += 1;
+                });
+            }
+            ChunkMsg::Failed { offset, error, .. } => chunk.fail_from(offset, error, &job.shared),
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! The public API: [`Pool`], its [`Builder`], the streaming iterators and
+//! [`AsyncResult`].
+
+use std::ffi::OsString;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::dispatcher::{self, Batch, ChunkMsg, Command, Config, Handle, Initializer, Job, Shared};
+use crate::error::{Error, ErrorKind};
+use crate::feed::{ChunkSize, Chunks, Feeder, count, decode_part};
+use crate::supervisor::Launch;
+use crate::task::{TaskRef, signature};
+
+/// Batches in flight per worker: while a worker runs one, the next is
+/// already in its pipe.
+const PIPELINE: usize = 2;
+
+/// What an initializer may return: `()`, or `Result<(), E>` whose `Err`
+/// fails the pool's start-up with `E`'s message.
+pub trait InitOutput: DeserializeOwned {
+    /// `Err(message)` if the initializer failed.
+    fn into_init_result(self) -> Result<(), String>;
+}
+
+impl InitOutput for () {
+    fn into_init_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Display + DeserializeOwned> InitOutput for Result<(), E> {
+    fn into_init_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Configures and starts a [`Pool`]; from [`Pool::builder`].
+pub struct Builder {
+    workers: Option<usize>,
+    program: Option<(PathBuf, Vec<OsString>)>,
+    initializer: Option<Result<Initializer, Error>>,
+    chunksize: Option<usize>,
+    max_frame: u32,
+    startup_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("workers", &self.workers)
+            .field("program", &self.program)
+            .field("chunksize", &self.chunksize)
+            .field("max_frame", &self.max_frame)
+            .field("startup_timeout", &self.startup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    fn new() -> Self {
+        Self {
+            workers: None,
+            program: None,
+            initializer: None,
+            chunksize: None,
+            max_frame: procpool_protocol::DEFAULT_MAX_FRAME,
+            startup_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Number of worker processes (default: the available parallelism).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Start this program as the worker instead of re-executing the
+    /// current executable. It must call [`worker::run`](crate::worker::run)
+    /// with a registry serving the tasks the pool will call.
+    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some((path.into(), Vec::new()));
+        self
+    }
+
+    /// Extra arguments for the worker program.
+    pub fn worker_args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        let args = args.into_iter().map(Into::into).collect();
+        match &mut self.program {
+            Some((_, a)) => *a = args,
+            None => self.program = Some((std::env::current_exe().unwrap_or_default(), args)),
+        }
+        self
+    }
+
+    /// A registered task each worker runs once, with `args`, before its
+    /// first task. If it panics or returns `Err` the pool does not start
+    /// ([`Error::is_startup`]).
+    pub fn initializer<F, Args, R, M>(mut self, f: F, args: Args) -> Self
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
+        R: InitOutput,
+    {
+        let name = f.task_name().into_owned();
+        self.initializer = Some(match postcard::to_stdvec(&args) {
+            Ok(arg) => Ok(Initializer {
+                name,
+                signature: signature::<Args, R>(),
+                arg,
+                check: Box::new(|bytes: &[u8]| match postcard::from_bytes::<R>(bytes) {
+                    Ok(r) => r.into_init_result(),
+                    Err(e) => Err(format!("cannot decode its result: {e}")),
+                }),
+            }),
+            Err(e) => Err(Error::new(ErrorKind::ArgEncode {
+                task: name,
+                message: e.to_string(),
+            })),
+        });
+        self
+    }
+
+    /// Items per chunk for `map`, `imap`, `imap_unordered` and `starmap`
+    /// (default: automatic; see the crate docs).
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n.max(1));
+        self
+    }
+
+    /// Largest frame either side accepts, in bytes (default 64 MiB).
+    pub fn max_frame(mut self, bytes: u32) -> Self {
+        self.max_frame = bytes.max(1024);
+        self
+    }
+
+    /// How long a worker may take to start and shake hands (default 10 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// How long [`Pool::join`] waits for a worker to exit after its input
+    /// was closed before killing it (default 5 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Starts the workers and waits until every one has shaken hands (and
+    /// run the initializer).
+    pub fn build(self) -> Result<Pool, Error> {
+        let workers = match self.workers {
+            Some(0) => return Err(Error::startup("a pool needs at least one worker")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let launch = match self.program {
+            Some((path, args)) => Launch::program(path, args, self.max_frame),
+            None => {
+                if crate::worker::is_worker() {
+                    // Without this guard a worker that forgot to call
+                    // serve_if_worker would start a pool of its own, and so
+                    // on: a fork bomb.
+                    return Err(Error::startup(
+                        "this process was started as a procpool worker but builds a pool: \
+                         call procpool::serve_if_worker(&registry) first thing in main",
+                    ));
+                }
+                Launch::current_exe(self.max_frame)
+            }
+        };
+        let initializer = self.initializer.transpose()?;
+        let config = Config {
+            workers,
+            launch,
+            max_frame: self.max_frame,
+            startup_timeout: self.startup_timeout,
+            pipeline: PIPELINE,
+            shutdown_grace: self.shutdown_grace,
+            initializer,
+        };
+        let shared = Arc::new(Shared::new());
+        let (handle, thread) = dispatcher::start(config, shared.clone())?;
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                shared,
+                handle,
+                thread: Mutex::new(Some(thread)),
+                workers,
+                chunksize: self.chunksize,
+                max_frame: self.max_frame,
+            }),
+        })
+    }
+}
+
+/// What the pool's handles share.
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    handle: Handle,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    workers: usize,
+    chunksize: Option<usize>,
+    pub(crate) max_frame: u32,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("workers", &self.workers)
+            .field("chunksize", &self.chunksize)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    /// Hands a batch to the dispatcher; if it has exited the batch is
+    /// dropped, which fails its items with the pool's state.
+    pub(crate) fn submit(&self, batch: Batch) {
+        if let Err(Command::Submit(b)) = self.handle.send(Command::Submit(batch)) {
+            drop(b);
+        }
+    }
+
+    /// A new job for task `f`, checked against what the workers serve.
+    fn job<F, Args, R, M>(self: &Arc<Self>, f: &F) -> Result<(Arc<Job>, Receiver<ChunkMsg>), Error>
+    where
+        F: TaskRef<Args, R, M>,
+    {
+        if !self.shared.is_open() {
+            return Err(self.shared.loss_error());
+        }
+        let name = f.task_name();
+        let tasks = self
+            .shared
+            .tasks
+            .get()
+            .expect("set before the pool was built");
+        let Some(index) = tasks.iter().position(|t| t.name == name) else {
+            return Err(Error::new(ErrorKind::UnknownTask {
+                name: name.into_owned(),
+                available: tasks.iter().map(|t| t.name.clone()).collect(),
+            }));
+        };
+        let served = &tasks[index];
+        let (arg_type, output_type) = signature::<Args, R>();
+        if served.arg_type != arg_type || served.output_type != output_type {
+            return Err(Error::new(ErrorKind::Signature {
+                name: name.into_owned(),
+                expected: format!("fn({arg_type}) -> {output_type}"),
+                served: format!("fn({}) -> {}", served.arg_type, served.output_type),
+            }));
+        }
+        let (sink, rx) = crossbeam_channel::unbounded();
+        let job = Arc::new(Job {
+            task: index as u32,
+            task_name: Arc::from(&*name),
+            sink,
+            cancelled: Default::default(),
+            shared: self.shared.clone(),
+        });
+        Ok((job, rx))
+    }
+
+    /// Chunks a job may have open at once: enough to keep every worker's
+    /// pipeline full with as many again waiting, and no more.
+    fn window(&self) -> usize {
+        2 * PIPELINE * self.workers + 2
+    }
+
+    fn stop(&self, cmd: Command) {
+        let _ = self.handle.send(cmd);
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                log::error!("procpool: the dispatcher thread panicked");
+            }
+        }
+    }
+}
+
+/// A pool of worker processes.
+///
+/// Every method takes `&self`: share a pool between threads by reference
+/// or in an `Arc`. Dropping it [terminates](Pool::terminate) it.
+#[derive(Debug)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// Per-call options; from [`Pool::with_chunksize`].
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'p> {
+    pool: &'p Pool,
+    chunksize: Option<usize>,
+}
+
+impl Pool {
+    /// A builder with the defaults: one worker per available core,
+    /// re-exec mode, automatic chunk size.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// The same calls with a chunk size for this call only.
+    pub fn with_chunksize(&self, n: usize) -> Call<'_> {
+        Call {
+            pool: self,
+            chunksize: Some(n.max(1)),
+        }
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call {
+            pool: self,
+            chunksize: self.inner.chunksize,
+        }
+    }
+
+    /// Applies `f` to every item and returns the results in input order.
+    ///
+    /// Stops at the first failed item and returns its error (like Python's
+    /// `Pool.map` raising); work not yet started is cancelled. Use
+    /// [`imap`](Self::imap) to see every item's outcome.
+    pub fn map<F, Args, R, M, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.call().map(f, items)
+    }
+
+    /// [`map`](Self::map) for tasks of several arguments: each item is the
+    /// tuple of arguments (`fn add(a: u64, b: u64)` takes `(u64, u64)`).
+    pub fn starmap<F, Args, R, M, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.call().starmap(f, items)
+    }
+
+    /// Streams every item's outcome in input order, consuming the input
+    /// lazily.
+    pub fn imap<F, Args, R, M, I>(&self, f: F, items: I) -> Result<Imap<R, I::IntoIter>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.call().imap(f, items)
+    }
+
+    /// Streams every item's outcome in completion order, consuming the
+    /// input lazily.
+    pub fn imap_unordered<F, Args, R, M, I>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Result<Imap<R, I::IntoIter>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.call().imap_unordered(f, items)
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result.
+    pub fn apply<F, Args, R, M>(&self, f: F, args: Args) -> Result<R, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// Submits `f(args)` and returns a handle to its result.
+    pub fn apply_async<F, Args, R, M>(&self, f: F, args: Args) -> Result<AsyncResult<R>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        let (job, rx) = self.inner.job(&f)?;
+        let mut feeder = Feeder::new(
+            std::iter::once(args),
+            job.clone(),
+            self.inner.clone(),
+            ChunkSize::Fixed(1),
+        );
+        let mut opened = Vec::new();
+        feeder.open_next(&mut opened);
+        let local = opened.pop().and_then(|o| o.failed);
+        // The feeder's Drop marks the job cancelled; the handle owns that
+        // decision instead.
+        std::mem::forget(feeder);
+        if let Some(e) = local {
+            return Err(e);
+        }
+        Ok(AsyncResult {
+            rx,
+            job,
+            state: Slot::Waiting,
+            _r: PhantomData,
+        })
+    }
+
+    /// Stops accepting new work. Work already submitted (including the rest
+    /// of iterators already started) still runs.
+    pub fn close(&self) {
+        self.inner.shared.close();
+    }
+
+    /// Closes the pool (if not yet closed), waits for all submitted work
+    /// to finish, and stops the workers.
+    pub fn join(&self) {
+        self.close();
+        self.inner.stop(Command::Join);
+    }
+
+    /// Fails every unfinished task with a `Terminated` error, kills every
+    /// worker (and anything in its process group) and reaps it. Calling it
+    /// again, or after `join`, does nothing.
+    pub fn terminate(&self) {
+        if self.inner.thread.lock().is_some() {
+            self.inner.shared.set_terminated();
+        }
+        self.inner.stop(Command::Terminate);
+    }
+
+    /// Number of worker processes the pool keeps.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// Pids of the current worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner.shared.pids.lock().clone()
+    }
+
+    /// The pool's counters so far.
+    pub fn stats(&self) -> Stats {
+        let s = &self.inner.shared.stats;
+        Stats {
+            tasks_succeeded: s.tasks_succeeded.load(Ordering::Relaxed),
+            tasks_failed: s.tasks_failed.load(Ordering::Relaxed),
+            workers_started: s.workers_started.load(Ordering::Relaxed),
+            worker_deaths: s.worker_deaths.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+impl Call<'_> {
+    /// [`Pool::map`] with this call's options.
+    pub fn map<F, Args, R, M, I>(self, f: F, items: I) -> Result<Vec<R>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.imap(f, items)?.collect()
+    }
+
+    /// [`Pool::starmap`] with this call's options.
+    pub fn starmap<F, Args, R, M, I>(self, f: F, items: I) -> Result<Vec<R>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.map(f, items)
+    }
+
+    /// [`Pool::imap`] with this call's options.
+    pub fn imap<F, Args, R, M, I>(self, f: F, items: I) -> Result<Imap<R, I::IntoIter>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.stream(f, items, true)
+    }
+
+    /// [`Pool::imap_unordered`] with this call's options.
+    pub fn imap_unordered<F, Args, R, M, I>(
+        self,
+        f: F,
+        items: I,
+    ) -> Result<Imap<R, I::IntoIter>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.stream(f, items, false)
+    }
+
+    fn stream<F, Args, R, M, I>(
+        self,
+        f: F,
+        items: I,
+        ordered: bool,
+    ) -> Result<Imap<R, I::IntoIter>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        let inner = &self.pool.inner;
+        let (job, rx) = inner.job(&f)?;
+        let iter = items.into_iter();
+        let size = match self.chunksize {
+            Some(n) => ChunkSize::Fixed(n),
+            None => ChunkSize::auto(iter.size_hint(), inner.workers),
+        };
+        Ok(Imap {
+            chunks: Chunks::new(rx, ordered, inner.window()),
+            feeder: Feeder::new(iter, job, inner.clone(), size),
+        })
+    }
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
+/// `Result` per input item.
+///
+/// Input is pulled from the source iterator as results are consumed, a
+/// bounded window ahead. Dropping it cancels the work not yet started.
+pub struct Imap<R, I> {
+    chunks: Chunks<R>,
+    feeder: Feeder<I>,
+}
+
+impl<R, I> fmt::Debug for Imap<R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("task", &self.feeder.job.task_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, I, Args> Iterator for Imap<R, I>
+where
+    I: Iterator<Item = Args>,
+    Args: Serialize,
+    R: DeserializeOwned,
+{
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.chunks.next(&mut self.feeder)
+    }
+}
+
+enum Slot<R> {
+    Waiting,
+    Ready(Result<R, Error>),
+    Taken,
+}
+
+/// A handle to one task's result; from [`Pool::apply_async`].
+///
+/// Dropping it before the task started cancels the task.
+pub struct AsyncResult<R> {
+    rx: Receiver<ChunkMsg>,
+    job: Arc<Job>,
+    state: Slot<R>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("task", &self.job.task_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Waits for the result.
+    pub fn get(mut self) -> Result<R, Error> {
+        self.wait(None);
+        self.take()
+    }
+
+    /// Waits at most `timeout` for the result. On timeout the error
+    /// [`is_wait_timeout`](Error::is_wait_timeout) and the handle stays
+    /// usable; after a result was returned, further calls return an error.
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
+        self.wait(Some(timeout));
+        if matches!(self.state, Slot::Waiting) {
+            return Err(Error::new(ErrorKind::WaitTimeout));
+        }
+        self.take()
+    }
+
+    /// Whether the result has arrived (never blocks).
+    pub fn ready(&mut self) -> bool {
+        self.wait(Some(Duration::ZERO));
+        !matches!(self.state, Slot::Waiting)
+    }
+
+    fn take(&mut self) -> Result<R, Error> {
+        match std::mem::replace(&mut self.state, Slot::Taken) {
+            Slot::Ready(r) => r,
+            Slot::Taken => Err(Error::new(ErrorKind::ResultTaken)),
+            Slot::Waiting => unreachable!("take after wait"),
+        }
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) {
+        if !matches!(self.state, Slot::Waiting) {
+            return;
+        }
+        let msg = match timeout {
+            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => self.rx.recv_timeout(t),
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => return,
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the job holds a sender"),
+        };
+        let result = match msg {
+            ChunkMsg::Part { pid, frame, .. } => {
+                let mut out = None;
+                decode_part::<R>(&frame, &self.job.task_name, pid, &self.job.shared, |r| {
+                    out = Some(r)
+                });
+                out.expect("a Part carries at least one outcome")
+            }
+            ChunkMsg::Failed { error, .. } => {
+                let r = Err(error);
+                count(&self.job.shared, &r);
+                r
+            }
+        };
+        self.state = Slot::Ready(result);
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        self.job.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counters of a pool's life so far; from [`Pool::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Tasks whose result was delivered.
+    pub tasks_succeeded: u64,
+    /// Tasks that ended in an error.
+    pub tasks_failed: u64,
+    /// Worker processes started, replacements included.
+    pub workers_started: u64,
+    /// Worker processes lost (crashed, killed, broke the protocol).
+    pub worker_deaths: u64,
+}

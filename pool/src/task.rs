@@ -1,0 +1,130 @@
+//! How a plain function becomes a task, on both sides of the pipe.
+//!
+//! A task is any `fn` item (or non-capturing closure) of zero to four
+//! arguments whose arguments implement `DeserializeOwned` and whose result
+//! implements `Serialize`. Its name is its Rust path
+//! (`std::any::type_name` of the function item), so the parent and a worker
+//! built from the same source agree on it without any macro; [`Task::named`]
+//! and [`Registry::task_named`](crate::Registry::task_named) give explicit
+//! names for workers built separately. Several arguments travel as one tuple:
+//! `fn add(a: u64, b: u64)` is called with `(u64, u64)`, which is what
+//! `starmap` feeds it.
+//!
+//! The third type parameter of [`TaskFn`] and [`TaskRef`] is a marker that
+//! only keeps the arity impls apart; it is always inferred.
+
+use std::any::type_name;
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+/// A function the worker runtime can call with `Args` to get `R`.
+///
+/// Implemented for every `Fn` of arity 0 to 4 that is `Copy + Send + Sync
+/// + 'static` (all `fn` items and non-capturing closures); `Args` is the
+/// argument for arity 1, a tuple otherwise.
+pub trait TaskFn<Args, R, Marker>: Copy + Send + Sync + 'static {
+    /// Calls the function.
+    fn call(&self, args: Args) -> R;
+}
+
+/// A reference to a task from the parent: gives its name.
+///
+/// Implemented for every [`TaskFn`] (named by its Rust path) and for
+/// [`Task`] handles (named explicitly).
+pub trait TaskRef<Args, R, Marker> {
+    /// The name under which workers serve the task.
+    fn task_name(&self) -> Cow<'static, str>;
+}
+
+impl<F, Args, R, M> TaskRef<Args, R, M> for F
+where
+    F: TaskFn<Args, R, M>,
+{
+    fn task_name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(type_name::<F>())
+    }
+}
+
+macro_rules! arities {
+    ($( ($($arg:ident),*) ),* $(,)?) => {$(
+        #[allow(non_snake_case)]
+        impl<Func, $($arg,)* Ret> TaskFn<($($arg,)*), Ret, fn($($arg),*) -> Ret> for Func
+        where
+            Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {
+            fn call(&self, ($($arg,)*): ($($arg,)*)) -> Ret {
+                self($($arg),*)
+            }
+        }
+    )*};
+}
+
+arities!((), (A, B), (A, B, C), (A, B, C, D));
+
+impl<Func, A, Ret> TaskFn<A, Ret, fn(A) -> Ret> for Func
+where
+    Func: Fn(A) -> Ret + Copy + Send + Sync + 'static,
+{
+    fn call(&self, a: A) -> Ret {
+        self(a)
+    }
+}
+
+/// An explicitly named, typed reference to a task served by a worker
+/// program this binary does not link (see
+/// [`Registry::task_named`](crate::Registry::task_named)).
+///
+/// ```
+/// let square: procpool::Task<u64, u64> = procpool::Task::named("square");
+/// assert_eq!(square.name(), "square");
+/// ```
+pub struct Task<Args, R> {
+    name: Cow<'static, str>,
+    _types: PhantomData<fn(Args) -> R>,
+}
+
+impl<Args, R> Task<Args, R> {
+    /// A handle to the task the workers serve under `name`.
+    pub fn named(name: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+
+    /// The task's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<Args, R> Clone for Task<Args, R> {
+    fn clone(&self) -> Self {
+        Self::named(self.name.clone())
+    }
+}
+
+impl<Args, R> std::fmt::Debug for Task<Args, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("name", &self.name)
+            .field("args", &type_name::<Args>())
+            .field("result", &type_name::<R>())
+            .finish()
+    }
+}
+
+/// Marker for [`Task`] handles in [`TaskRef`].
+#[derive(Debug)]
+pub enum Named {}
+
+impl<Args, R> TaskRef<Args, R, Named> for Task<Args, R> {
+    fn task_name(&self) -> Cow<'static, str> {
+        self.name.clone()
+    }
+}
+
+/// The signature string both sides compare: argument and result type names.
+pub(crate) fn signature<Args, R>() -> (String, String) {
+    (type_name::<Args>().to_owned(), type_name::<R>().to_owned())
+}

@@ -1,0 +1,148 @@
+//! The table of tasks a worker serves.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use procpool_protocol::TaskInfo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::task::{TaskFn, signature};
+
+/// Why one item could not run (panics are caught separately).
+pub(crate) enum ItemError {
+    ArgDecode(String),
+    OutputEncode(String),
+}
+
+type Runner = Box<dyn Fn(&[u8], &mut Vec<u8>) -> Result<(), ItemError> + Send + Sync>;
+
+struct Entry {
+    info: TaskInfo,
+    run: Runner,
+}
+
+/// The tasks a worker serves.
+///
+/// Build one in a function both sides call, register every task, and hand
+/// it to [`serve_if_worker`](crate::serve_if_worker) (re-exec mode) or
+/// [`worker::run`](crate::worker::run) (a standalone worker binary):
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+///
+/// let tasks = procpool::Registry::new().task(square).task(add);
+/// assert_eq!(tasks.len(), 2);
+/// ```
+#[derive(Default)]
+pub struct Registry {
+    entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `f` under its Rust path (`std::any::type_name` of the
+    /// function item), which is how the parent names it when it calls
+    /// `pool.map(f, ..)` with the same function.
+    ///
+    /// # Panics
+    ///
+    /// If a task of that name is already registered (two closures in one
+    /// function can share a name; give them explicit names).
+    pub fn task<F, Args, R, M>(self, f: F) -> Self
+    where
+        F: TaskFn<Args, R, M>,
+        Args: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+    {
+        self.task_named(std::any::type_name::<F>(), f)
+    }
+
+    /// Registers `f` under an explicit name, for parents that refer to it
+    /// with [`Task::named`](crate::Task::named).
+    ///
+    /// # Panics
+    ///
+    /// If a task of that name is already registered.
+    pub fn task_named<F, Args, R, M>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: TaskFn<Args, R, M>,
+        Args: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+    {
+        let name = name.into();
+        let (arg_type, output_type) = signature::<Args, R>();
+        let run: Runner = Box::new(move |arg: &[u8], out: &mut Vec<u8>| {
+            let (args, rest) = postcard::take_from_bytes::<Args>(arg)
+                .map_err(|e| ItemError::ArgDecode(e.to_string()))?;
+            if !rest.is_empty() {
+                return Err(ItemError::ArgDecode(format!(
+                    "{} bytes left over after the argument",
+                    rest.len()
+                )));
+            }
+            let result = f.call(args);
+            out.clear();
+            *out = postcard::to_extend(&result, std::mem::take(out))
+                .map_err(|e| ItemError::OutputEncode(e.to_string()))?;
+            Ok(())
+        });
+        let index = self.entries.len();
+        if self.by_name.insert(name.clone(), index).is_some() {
+            panic!("procpool: a task named `{name}` is already registered");
+        }
+        self.entries.push(Entry {
+            info: TaskInfo {
+                name,
+                arg_type,
+                output_type,
+            },
+            run,
+        });
+        self
+    }
+
+    /// How many tasks are registered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no task is registered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The registered task names, in registration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.info.name.as_str())
+    }
+
+    pub(crate) fn infos(&self) -> Vec<TaskInfo> {
+        self.entries.iter().map(|e| e.info.clone()).collect()
+    }
+
+    /// Runs task `index` on one encoded argument, leaving the encoded
+    /// result in `out`. `None` if there is no such task.
+    pub(crate) fn run(
+        &self,
+        index: usize,
+        arg: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Result<(), ItemError>> {
+        self.entries.get(index).map(|e| (e.run)(arg, out))
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| &e.info))
+            .finish()
+    }
+}

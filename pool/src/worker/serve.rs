@@ -1,0 +1,227 @@
+//! The worker's serve loop: handshake, then one batch at a time.
+
+use std::cell::RefCell;
+use std::io::{BufReader, Read, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use procpool_protocol::Bytes;
+use procpool_protocol::frame::read_frame;
+use procpool_protocol::{
+    Hello, Location, Outcome, PREAMBLE_LEN, ToWorker, check_preamble, decode_to_worker,
+    encode_done, encode_hello, encode_init_done, exit_code, preamble, push_outcome,
+};
+
+use super::{ItemError, Registry};
+use crate::sys::ProtocolStdio;
+
+/// A batch's outcomes so far are sent early once they reach this age, so a
+/// long batch streams results and a crash loses as little as possible.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Room kept in a frame for the `Done` header.
+const DONE_HEADER_ROOM: usize = 32;
+
+thread_local! {
+    /// Set by the panic hook, taken by the code that caught the panic.
+    static LAST_PANIC: RefCell<Option<Location>> = const { RefCell::new(None) };
+}
+
+pub(super) fn serve(registry: &Registry, stdio: ProtocolStdio, max_frame: u32) -> i32 {
+    // A worker process belongs to the runtime, so a process-wide hook is
+    // ours to set: it records where a task panicked, silently (the caller
+    // receives the message and location).
+    panic::set_hook(Box::new(|info| {
+        let loc = info.location().map(|l| Location {
+            file: l.file().to_owned(),
+            line: l.line(),
+            column: l.column(),
+        });
+        LAST_PANIC.with(|p| *p.borrow_mut() = loc);
+    }));
+
+    let ProtocolStdio { input, mut output } = stdio;
+    let mut out = Vec::with_capacity(64 << 10);
+    out.extend_from_slice(&preamble());
+    let hello = Hello {
+        build_id: concat!("procpool ", env!("CARGO_PKG_VERSION")).to_owned(),
+        pid: std::process::id(),
+        tasks: registry.infos(),
+    };
+    if encode_hello(&mut out, &hello, max_frame).is_err() {
+        eprintln!("procpool worker: its task list does not fit in one frame");
+        return exit_code::SETUP_FAILED;
+    }
+    if output.write_all(&out).is_err() {
+        return exit_code::STREAM_BROKEN;
+    }
+
+    let mut input = BufReader::with_capacity(64 << 10, input);
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    if let Err(e) = input.read_exact(&mut theirs) {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return 0; // The pool went away before it said anything.
+        }
+        return bad_parent(&format!("cannot read the parent's preamble: {e}"));
+    }
+    if let Err(e) = check_preamble(&theirs) {
+        return bad_parent(&e.to_string());
+    }
+
+    let mut server = Server {
+        registry,
+        output,
+        max_frame,
+        out,
+        outcomes: Vec::with_capacity(64 << 10),
+        scratch: Vec::new(),
+    };
+    let mut frame = Vec::new();
+    loop {
+        match read_frame(&mut input, max_frame, &mut frame) {
+            Ok(true) => {}
+            Ok(false) => return 0,
+            Err(e) => return bad_parent(&e.to_string()),
+        }
+        let msg = match decode_to_worker(&frame) {
+            Ok(m) => m,
+            Err(e) => return bad_parent(&e.to_string()),
+        };
+        let sent = match msg {
+            ToWorker::Init { task, arg } => server.init(task, arg),
+            ToWorker::Run(run) => server.run(run.batch, run.task, &run.items),
+        };
+        match sent {
+            Ok(()) => {}
+            Err(Stop(code)) => return code,
+        }
+    }
+}
+
+fn bad_parent(why: &str) -> i32 {
+    eprintln!(
+        "procpool worker {}: malformed message from the parent: {why}",
+        std::process::id()
+    );
+    exit_code::BAD_PARENT_MESSAGE
+}
+
+/// Ends the serve loop with an exit code.
+struct Stop(i32);
+
+struct Server<'r> {
+    registry: &'r Registry,
+    output: std::fs::File,
+    max_frame: u32,
+    /// The frame being written.
+    out: Vec<u8>,
+    /// Outcomes of the current batch not yet sent, encoded back to back.
+    outcomes: Vec<u8>,
+    /// One item's encoded result.
+    scratch: Vec<u8>,
+}
+
+impl Server<'_> {
+    fn init(&mut self, task: u32, arg: &Bytes) -> Result<(), Stop> {
+        if task as usize >= self.registry.len() {
+            return Err(Stop(bad_parent(&format!(
+                "initializer task {task} does not exist"
+            ))));
+        }
+        let limit = self.limit();
+        let outcome = run_item(self.registry, task as usize, arg, &mut self.scratch, limit);
+        self.out.clear();
+        encode_init_done(&mut self.out, &outcome, self.max_frame)
+            .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
+        self.send()
+    }
+
+    fn run(&mut self, batch: u64, task: u32, items: &[&Bytes]) -> Result<(), Stop> {
+        // Validate the whole message before running anything of it.
+        if task as usize >= self.registry.len() {
+            return Err(Stop(bad_parent(&format!("task {task} does not exist"))));
+        }
+        let limit = self.limit();
+        let mut pending: u32 = 0;
+        let mut last_flush = Instant::now();
+        for item in items {
+            let outcome = run_item(self.registry, task as usize, item, &mut self.scratch, limit);
+            let before = self.outcomes.len();
+            push_outcome(&mut self.outcomes, &outcome);
+            if self.outcomes.len() > limit && pending > 0 {
+                // This outcome does not fit beside the pending ones: send
+                // those first, then keep this one alone.
+                let this = self.outcomes.split_off(before);
+                self.flush(batch, pending)?;
+                self.outcomes = this;
+                pending = 0;
+            }
+            pending += 1;
+            if self.outcomes.len() * 2 > limit || last_flush.elapsed() >= FLUSH_INTERVAL {
+                self.flush(batch, pending)?;
+                pending = 0;
+                last_flush = Instant::now();
+            }
+        }
+        if pending > 0 || items.is_empty() {
+            self.flush(batch, pending)?;
+        }
+        Ok(())
+    }
+
+    /// Largest outcomes body that still fits a frame.
+    fn limit(&self) -> usize {
+        (self.max_frame as usize).saturating_sub(DONE_HEADER_ROOM)
+    }
+
+    fn flush(&mut self, batch: u64, count: u32) -> Result<(), Stop> {
+        self.out.clear();
+        encode_done(&mut self.out, batch, count, &self.outcomes, self.max_frame)
+            .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
+        self.outcomes.clear();
+        self.send()
+    }
+
+    fn send(&mut self) -> Result<(), Stop> {
+        // A write error means the parent is gone: nothing left to serve.
+        self.output
+            .write_all(&self.out)
+            .map_err(|_| Stop(exit_code::STREAM_BROKEN))
+    }
+}
+
+/// Runs one item, catching a panic; results larger than `limit` become an
+/// encode error for this item only.
+fn run_item<'s>(
+    registry: &Registry,
+    task: usize,
+    arg: &[u8],
+    scratch: &'s mut Vec<u8>,
+    limit: usize,
+) -> Outcome<'s> {
+    let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, arg, scratch)));
+    match result {
+        Ok(Some(Ok(()))) if scratch.len() + 16 > limit => Outcome::OutputEncode(format!(
+            "the result encodes to {} bytes, over the frame limit of {limit}",
+            scratch.len()
+        )),
+        Ok(Some(Ok(()))) => Outcome::Ok(Bytes::new(scratch)),
+        Ok(Some(Err(ItemError::ArgDecode(m)))) => Outcome::ArgDecode(m),
+        Ok(Some(Err(ItemError::OutputEncode(m)))) => Outcome::OutputEncode(m),
+        Ok(None) => unreachable!("task index checked by the caller"),
+        Err(payload) => {
+            let message = if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_owned()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "panic with a non-string payload".to_owned()
+            };
+            let location = LAST_PANIC.with(|p| p.borrow_mut().take());
+            // Drop the payload here: a payload whose Drop panics would
+            // otherwise escape (and abort) outside catch_unwind.
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            Outcome::Panicked { message, location }
+        }
+    }
+}

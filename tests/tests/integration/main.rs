@@ -1,0 +1,38 @@
+//! Integration tests of procpool on real worker processes.
+//!
+//! One binary, one module per scenario:
+//! - `api`: every entry point, ordering, empty input, laziness;
+//! - `errors`: panics, task errors, unknown tasks, encode/decode failures;
+//! - `stdio`: tasks that print cannot corrupt the protocol;
+//! - `crash`: workers that exit, abort, segfault or are killed;
+//! - `lifecycle`: close/join/terminate/drop, no leftover processes, no
+//!   leaked descriptors;
+//! - `startup`: wrong programs, initializers.
+//!
+//! Every test arms a watchdog that turns a hang into a failure.
+
+mod api;
+mod crash;
+mod errors;
+mod lifecycle;
+mod startup;
+mod stdio;
+
+use std::time::Duration;
+
+use procpool::Pool;
+
+/// The fault-injecting worker program of this package.
+pub(crate) const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
+
+/// A hang ceiling for one test: generous, as these machines are noisy.
+pub(crate) const LIMIT: Duration = Duration::from_secs(60);
+
+/// A pool of `n` fault workers.
+pub(crate) fn pool(n: usize) -> Pool {
+    Pool::builder()
+        .workers(n)
+        .worker_program(FAULT_WORKER)
+        .build()
+        .expect("the fault worker pool starts")
+}
