@@ -19,9 +19,9 @@ use std::marker::PhantomData;
 
 /// A function the worker runtime can call with `Args` to get `R`.
 ///
-/// Implemented for every `Fn` of arity 0 to 4 that is `Copy + Send + Sync
-/// + 'static` (all `fn` items and non-capturing closures); `Args` is the
-/// argument for arity 1, a tuple otherwise.
+/// Implemented for every `Fn` of arity 0 to 4 that is
+/// `Copy + Send + Sync + 'static` (all `fn` items and non-capturing
+/// closures); `Args` is the argument for arity 1, a tuple otherwise.
 pub trait TaskFn<Args, R, Marker>: Copy + Send + Sync + 'static {
     /// Calls the function.
     fn call(&self, args: Args) -> R;

@@ -35,11 +35,15 @@ pub fn abort_now() {
     std::process::abort()
 }
 
-/// Raises SIGSEGV in the worker, as a fault in C code would.
+/// Dies of SIGSEGV, as a fault in C code would. (Rust's runtime handles
+/// SIGSEGV to report stack overflows, so the default action is restored
+/// first, as it is for a fault the handler does not recognise.)
 pub fn segfault() {
-    // SAFETY: raise only delivers a signal to this process; SIGSEGV's
-    // default action ends it, which is the point of the task.
+    // SAFETY: signal and raise only change this process's disposition and
+    // deliver a signal to it; SIGSEGV's default action ends the process,
+    // which is the point of the task.
     unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
         libc::raise(libc::SIGSEGV);
     }
 }
@@ -124,6 +128,11 @@ pub fn init_fail(reason: String) -> Result<(), String> {
     Err(reason)
 }
 
+/// An initializer that panics.
+pub fn init_panic(reason: String) {
+    panic!("{reason}")
+}
+
 /// What [`init_store`] stored in this worker.
 pub fn init_value() -> Option<String> {
     INIT_VALUE.lock().clone()
@@ -170,6 +179,7 @@ pub fn registry() -> procpool::Registry {
         .task(even_only)
         .task(init_store)
         .task(init_fail)
+        .task(init_panic)
         .task(init_value)
         .task(open_fds)
 }

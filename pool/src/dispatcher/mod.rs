@@ -63,13 +63,16 @@ pub(crate) struct Config {
     pub(crate) initializer: Option<Initializer>,
 }
 
+/// Judges an initializer's encoded result: `Err(message)` if it failed.
+pub(crate) type InitCheck = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
 /// The initializer: a registered task with its encoded argument, and how
 /// to judge its encoded result.
 pub(crate) struct Initializer {
     pub(crate) name: String,
     pub(crate) signature: (String, String),
     pub(crate) arg: Vec<u8>,
-    pub(crate) check: Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>,
+    pub(crate) check: InitCheck,
 }
 
 impl std::fmt::Debug for Config {
@@ -127,6 +130,7 @@ pub(crate) fn start(
                 next_batch: 0,
                 starting: Some(ready_tx),
                 joining: false,
+                halted: false,
                 task_index: None,
                 init_task: None,
             }
@@ -203,6 +207,8 @@ struct Dispatcher {
     /// Present until the initial workers are all ready.
     starting: Option<Sender<Result<(), Error>>>,
     joining: bool,
+    /// Set once every worker was killed for good: the loop ends.
+    halted: bool,
     /// The task list every worker must announce, once the first did.
     task_index: Option<Vec<TaskInfo>>,
     init_task: Option<u32>,
@@ -231,16 +237,15 @@ impl Dispatcher {
             if self.joining && self.starting.is_none() && self.idle() {
                 break Next::Join;
             }
-            if self.starting.is_none() && self.workers.is_empty() && !self.shared.is_open() {
-                // Broken: nothing can run; keep failing submissions.
-                self.fail_queue();
-            }
             self.dispatch();
             self.flush_writes();
             if let Err(e) = self.poll_round() {
                 log::error!("procpool: the dispatcher's poll failed: {e}");
                 self.shared.set_broken(format!("poll failed: {e}"));
                 break Next::Terminate;
+            }
+            if self.halted {
+                return;
             }
         };
         match next {
@@ -258,13 +263,9 @@ impl Dispatcher {
     fn drain_commands(&mut self) -> Next {
         loop {
             match self.rx.try_recv() {
-                Ok(Command::Submit(batch)) => {
-                    if self.shared.is_open() || self.joining || self.shared_closed_accepts() {
-                        self.queue.push_back(batch);
-                    } else {
-                        batch.fail(self.shared.loss_error());
-                    }
-                }
+                // Chunks of jobs started before `close()` still run: only
+                // new jobs are refused, by the caller, from the state.
+                Ok(Command::Submit(batch)) => self.queue.push_back(batch),
                 Ok(Command::Join) => self.joining = true,
                 Ok(Command::Terminate) => return Next::Terminate,
                 Err(TryRecvError::Empty) => return Next::Continue,
@@ -272,19 +273,6 @@ impl Dispatcher {
                 // leaked or dropped mid-way; stop.
                 Err(TryRecvError::Disconnected) => return Next::Terminate,
             }
-        }
-    }
-
-    /// A closed (not yet joined) pool still runs chunks of jobs that
-    /// callers started before `close()`: only new jobs are refused, at the
-    /// caller. A broken pool accepts nothing.
-    fn shared_closed_accepts(&self) -> bool {
-        !self.workers.is_empty() || self.starting.is_some()
-    }
-
-    fn fail_queue(&mut self) {
-        while let Some(b) = self.queue.pop_front() {
-            b.fail(self.shared.loss_error());
         }
     }
 
@@ -471,8 +459,11 @@ impl Dispatcher {
             }
         }
         // Remove from the highest index down so indices stay valid.
-        losses.sort_by(|a, b| b.0.cmp(&a.0));
+        losses.sort_by_key(|l| std::cmp::Reverse(l.0));
         for (i, loss) in losses {
+            if self.halted {
+                break;
+            }
             self.lose_worker(i, loss);
         }
         Ok(())
@@ -683,17 +674,12 @@ impl Dispatcher {
         if !was_ready {
             let error = startup_error(&self.config.launch, pid, exit, &loss, &w.decoder);
             log::error!("procpool: {error}");
-            if self.starting.is_some() {
-                self.report_startup(Err(error.clone()));
-                self.shared.set_broken(error.to_string());
-                self.kill_all(|| Error::new(ErrorKind::Terminated));
-            } else {
-                // A replacement could not start. Without a restart policy
-                // (supervision is its own layer) the pool is broken: fail
-                // what is queued rather than wait forever.
-                self.shared.set_broken(error.to_string());
-                self.kill_all(|| error.clone());
-            }
+            // At build time this fails the build. Later, a replacement that
+            // cannot start breaks the pool: without a restart policy
+            // (supervision is its own layer) failing the queued work beats
+            // waiting forever.
+            self.report_startup(Err(error.clone()));
+            self.halt(error);
             return;
         }
 
@@ -728,13 +714,20 @@ impl Dispatcher {
         }
         if let Err(e) = self.spawn_worker() {
             log::error!("procpool: cannot start a replacement worker: {e}");
-            self.shared.set_broken(e.to_string());
-            let workers = std::mem::take(&mut self.workers);
-            drop(workers);
-            self.fail_queue();
+            self.halt(e);
         } else {
             log::info!("procpool: started a replacement for worker {pid}");
         }
+    }
+
+    /// Breaks the pool for good: every worker is killed, all work fails with
+    /// a `Broken` error naming `cause`, and the loop ends. Later submissions
+    /// fail the same way, from the pool's state.
+    fn halt(&mut self, cause: Error) {
+        self.shared.set_broken(cause.to_string());
+        let error = self.shared.loss_error();
+        self.kill_all(|| error.clone());
+        self.halted = true;
     }
 
     /// Ends everything: fails queued and in-flight work, kills and reaps

@@ -1,1 +1,116 @@
+use procpool::Exit;
+use procpool_tests::{abort_now, exit_with, process_exists, segfault, sleep_ms, square, watchdog};
 
+use crate::{LIMIT, pool};
+
+/// Runs `crash` on a one-worker pool and checks the error, the reaping of
+/// the dead worker, its replacement, and that the pool goes on.
+fn crash_then_recover(
+    name: &str,
+    expected: Exit,
+    crash: impl FnOnce(&procpool::Pool) -> procpool::Error,
+) {
+    let _w = watchdog(name, LIMIT);
+    let pool = pool(1);
+    let victim = pool.worker_pids()[0];
+    let err = crash(&pool);
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.exit(), Some(expected), "{err}");
+    assert_eq!(err.worker_pid(), Some(victim), "{err}");
+    assert!(err.task_name().is_some());
+    assert!(err.to_string().contains(&victim.to_string()), "{err}");
+    // Reaped: no zombie left behind.
+    assert!(!process_exists(victim), "worker {victim} still exists");
+    // Replaced, and the pool answers.
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 1);
+    assert_ne!(pids[0], victim);
+    let stats = pool.stats();
+    assert_eq!((stats.workers_started, stats.worker_deaths), (2, 1));
+}
+
+#[test]
+fn a_worker_that_exits_costs_one_task() {
+    crash_then_recover("exit", Exit::Code(3), |pool| {
+        pool.apply(exit_with, 3).unwrap_err()
+    });
+}
+
+#[test]
+fn a_worker_that_aborts_costs_one_task() {
+    crash_then_recover("abort", Exit::Signal(libc::SIGABRT), |pool| {
+        pool.apply(abort_now, ()).unwrap_err()
+    });
+}
+
+#[test]
+fn a_worker_that_segfaults_costs_one_task() {
+    crash_then_recover("segfault", Exit::Signal(libc::SIGSEGV), |pool| {
+        pool.apply(segfault, ()).unwrap_err()
+    });
+}
+
+#[test]
+fn a_worker_killed_from_outside_costs_one_task() {
+    crash_then_recover("sigkill", Exit::Signal(libc::SIGKILL), |pool| {
+        let pid = pool.worker_pids()[0];
+        let running = pool.apply_async(sleep_ms, 60_000).unwrap();
+        // SAFETY-free: kill(2) through libc on a pid this pool owns.
+        let rc = unsafe_kill(pid, libc::SIGKILL);
+        assert_eq!(rc, 0);
+        running.get().unwrap_err()
+    });
+}
+
+fn unsafe_kill(pid: u32, sig: i32) -> i32 {
+    // SAFETY: kill only sends a signal; the pid is our live worker's.
+    unsafe { libc::kill(pid as i32, sig) }
+}
+
+#[test]
+fn tasks_queued_behind_a_crash_run_elsewhere_exactly_once() {
+    let _w = watchdog(
+        "tasks_queued_behind_a_crash_run_elsewhere_exactly_once",
+        LIMIT,
+    );
+    let pool = pool(1);
+    // With one worker and two batches in flight per worker, the squares
+    // behind the crash sit in the dead worker's pipe or the queue.
+    let crash = pool.apply_async(exit_with, 9).unwrap();
+    let behind: Vec<_> = (0..10u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    assert_eq!(crash.get().unwrap_err().exit(), Some(Exit::Code(9)));
+    for (i, h) in behind.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), (i * i) as u64);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.tasks_succeeded, 10);
+    assert_eq!(stats.tasks_failed, 1);
+}
+
+#[test]
+fn a_crash_inside_imap_fails_only_its_item() {
+    let _w = watchdog("a_crash_inside_imap_fails_only_its_item", LIMIT);
+    let pool = pool(2);
+    let codes: Vec<i32> = (0..40)
+        .map(|i| if i % 10 == 5 { 100 + i } else { -1 })
+        .collect();
+    // exit_with(-1) would exit too; use a task per kind instead: crash items
+    // go through exit_with, the rest through square, in one ordered stream.
+    let results: Vec<_> = pool
+        .with_chunksize(1)
+        .imap(
+            procpool_tests::exit_with,
+            codes.iter().copied().filter(|c| *c > 0),
+        )
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 4);
+    for (r, code) in results.iter().zip([105, 115, 125, 135]) {
+        assert_eq!(r.as_ref().unwrap_err().exit(), Some(Exit::Code(code)));
+    }
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
+    assert_eq!(pool.worker_pids().len(), 2);
+}

@@ -1,1 +1,140 @@
+use std::collections::BTreeSet;
+use std::time::Duration;
 
+use procpool_tests::{fd_table, process_exists, process_state, sleep_ms, square, watchdog};
+
+use crate::{LIMIT, pool};
+
+fn assert_gone(pids: &[u32]) {
+    for &pid in pids {
+        assert!(
+            !process_exists(pid),
+            "worker {pid} still exists (state {:?})",
+            process_state(pid)
+        );
+    }
+}
+
+#[test]
+fn dropping_the_pool_leaves_no_process_and_no_zombie() {
+    let _w = watchdog("dropping_the_pool_leaves_no_process_and_no_zombie", LIMIT);
+    let pool = pool(3);
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 3);
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
+    drop(pool);
+    assert_gone(&pids);
+}
+
+#[test]
+fn drop_terminates_unfinished_work() {
+    let _w = watchdog("drop_terminates_unfinished_work", LIMIT);
+    let pool = pool(1);
+    let pids = pool.worker_pids();
+    let pending: Vec<_> = (0..4)
+        .map(|_| pool.apply_async(sleep_ms, 60_000).unwrap())
+        .collect();
+    drop(pool);
+    for h in pending {
+        let err = h.get().unwrap_err();
+        assert!(err.is_terminated(), "{err}");
+    }
+    assert_gone(&pids);
+}
+
+#[test]
+fn close_and_join_finish_the_queued_work() {
+    let _w = watchdog("close_and_join_finish_the_queued_work", LIMIT);
+    let pool = pool(2);
+    let pids = pool.worker_pids();
+    let handles: Vec<_> = (0..20u64)
+        .map(|i| pool.apply_async(sleep_ms, i % 5).unwrap())
+        .collect();
+    pool.close();
+    let refused = pool.apply(square, 1).unwrap_err();
+    assert!(refused.is_closed(), "{refused}");
+    pool.join();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), i as u64 % 5);
+    }
+    assert_gone(&pids);
+    assert!(pool.worker_pids().is_empty());
+    // Terminate after join does nothing, and neither does drop.
+    pool.terminate();
+}
+
+#[test]
+fn terminate_fails_every_unfinished_task_once() {
+    let _w = watchdog("terminate_fails_every_unfinished_task_once", LIMIT);
+    let pool = pool(2);
+    let pids = pool.worker_pids();
+    let running: Vec<_> = (0..6)
+        .map(|_| pool.apply_async(sleep_ms, 60_000).unwrap())
+        .collect();
+    let mut stream = pool
+        .with_chunksize(1)
+        .imap(sleep_ms, vec![60_000u64; 5])
+        .unwrap();
+    pool.terminate();
+    for h in running {
+        assert!(h.get().unwrap_err().is_terminated());
+    }
+    let rest: Vec<_> = stream.by_ref().collect();
+    assert_eq!(rest.len(), 5);
+    assert!(rest.iter().all(|r| r.as_ref().unwrap_err().is_terminated()));
+    assert_gone(&pids);
+    // A terminated pool refuses work with a clear error, and a second
+    // terminate is harmless.
+    assert!(pool.apply(square, 2).unwrap_err().is_terminated());
+    pool.terminate();
+    assert_eq!(pool.stats().tasks_failed, 11);
+}
+
+#[test]
+fn dropping_an_async_handle_cancels_work_not_started() {
+    let _w = watchdog("dropping_an_async_handle_cancels_work_not_started", LIMIT);
+    let pool = pool(1);
+    let blocker = pool.apply_async(sleep_ms, 200).unwrap();
+    let dropped: Vec<_> = (0..10)
+        .map(|_| pool.apply_async(sleep_ms, 10_000).unwrap())
+        .collect();
+    drop(dropped);
+    // Only the blocker (and perhaps one pipelined batch) runs before this.
+    let start = std::time::Instant::now();
+    assert_eq!(blocker.get().unwrap(), 200);
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    // If the ten 10-second sleeps had run, the watchdog would fire first;
+    // at most the one already in the worker's pipe can run.
+    assert!(start.elapsed() < Duration::from_secs(LIMIT.as_secs() / 2));
+}
+
+#[test]
+fn no_descriptor_of_the_parent_leaks_into_a_worker() {
+    let _w = watchdog("no_descriptor_of_the_parent_leaks_into_a_worker", LIMIT);
+    // A descriptor created without close-on-exec, on purpose.
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let pool = pool(2);
+    for pid in pool.worker_pids() {
+        let table = fd_table(pid);
+        let numbers: BTreeSet<u32> = table
+            .iter()
+            .map(|l| l.split_once(" -> ").unwrap().0.parse().unwrap())
+            .collect();
+        assert_eq!(
+            numbers,
+            BTreeSet::from([0, 1, 2, 3, 4]),
+            "worker {pid}: {table:?}"
+        );
+        assert!(
+            table[3].contains("pipe:") && table[4].contains("pipe:"),
+            "{table:?}"
+        );
+    }
+    // SAFETY: closing the descriptors we opened above.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
