@@ -142,11 +142,6 @@ impl Error {
         })
     }
 
-    #[cfg(test)]
-    pub(crate) fn kind(&self) -> &ErrorKind {
-        &self.kind
-    }
-
     /// The task panicked in its worker (the worker survives).
     pub fn is_panic(&self) -> bool {
         matches!(*self.kind, ErrorKind::Panicked { .. })

@@ -1,8 +1,124 @@
 //! A pool of worker **processes** for Rust: Python's `multiprocessing.Pool`,
 //! built for fault isolation.
 //!
-//! TODO crate docs
-#![forbid(unsafe_op_in_unsafe_fn)]
+//! Rust has no GIL, so why processes? Because a task that segfaults inside a
+//! C library, aborts, leaks memory or loops forever must cost one worker,
+//! never the program. The pool reaps the dead worker, reports that task as
+//! an explicit [`Error`], starts a replacement and goes on.
+//!
+//! Every submitted task ends in exactly one outcome — its result or one
+//! error — and nothing hangs.
+//!
+//! # Example
+//!
+//! ```rust,standalone_crate
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn parse(s: String) -> Result<i64, String> {
+//!     s.trim().parse().map_err(|e| format!("{s:?}: {e}"))
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     // One registry for both sides. Started as a worker, this program
+//!     // serves its tasks here and never returns.
+//!     let tasks = procpool::Registry::new().task(square).task(parse);
+//!     procpool::serve_if_worker(&tasks);
+//!
+//!     let pool = procpool::Pool::builder().workers(2).build()?;
+//!     let squares = pool.map(square, 0..1000u64)?; // in input order
+//!     assert_eq!(squares[999], 998_001);
+//!
+//!     // A task's own error is a typed value, beside the pool's errors.
+//!     for r in pool.imap(parse, ["1", "x"].map(String::from))? {
+//!         match r? {
+//!             Ok(n) => assert_eq!(n, 1),
+//!             Err(msg) => assert!(msg.contains("invalid digit")),
+//!         }
+//!     }
+//!
+//!     let pending = pool.apply_async(square, 7)?;
+//!     assert_eq!(pending.get()?, 49);
+//!     pool.close();
+//!     pool.join();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Entry points
+//!
+//! - [`Registry`]: the tasks a worker serves. A task is a plain `fn` of
+//!   zero to four `serde` arguments returning a `Serialize` value; its name
+//!   is its Rust path (see [`Task`] for explicit names).
+//! - [`serve_if_worker`]: the first statement of `main` in re-exec mode
+//!   (the default), where workers are this executable started again.
+//! - [`worker::run`]: the `main` of a standalone worker program, named with
+//!   [`Builder::worker_program`].
+//! - [`Pool`]: [`map`](Pool::map), [`imap`](Pool::imap),
+//!   [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap),
+//!   [`apply`](Pool::apply), [`apply_async`](Pool::apply_async),
+//!   [`close`](Pool::close), [`join`](Pool::join),
+//!   [`terminate`](Pool::terminate); per-call options through
+//!   [`Pool::with_chunksize`].
+//! - [`Error`]: one opaque type with predicates (`is_panic`,
+//!   `is_worker_died`, `exit`, `is_unknown_task`, ...).
+//!
+//! # How workers start
+//!
+//! Never with a bare `fork()`: a fork of a multi-threaded parent copies
+//! locks held by other threads (held forever in the child), shares file
+//! offsets and duplicates buffered output. Workers are started by exec only
+//! (`std::process::Command`, no `pre_exec` code), each in its own process
+//! group. The worker runtime moves the protocol pipes off stdin/stdout at
+//! once, points stdin at `/dev/null` and stdout at stderr, and closes any
+//! descriptor it inherited by accident: a task that prints cannot corrupt
+//! the protocol, and nothing of the parent leaks in.
+//!
+//! # Chunks
+//!
+//! Tasks travel in chunks: one frame carries many inputs, one frame many
+//! results, and two chunks are in flight per worker. With no
+//! [`chunksize`](Builder::chunksize), an input of known length `n` is cut
+//! into `ceil(n / (4 * workers))` items per chunk (Python's rule), capped at
+//! 4096; an input of unknown length starts at 1 item and doubles per chunk
+//! up to the cap, so short streams stay responsive and long ones get cheap.
+//! [`apply`](Pool::apply) and [`apply_async`](Pool::apply_async) send one
+//! item. Input iterators are consumed lazily, a bounded window ahead of the
+//! consumer.
+//!
+//! # Caveats
+//!
+//! - **Dropping the pool terminates it**: unfinished tasks end in a
+//!   `Terminated` error and every worker is killed and reaped. Call
+//!   [`close`](Pool::close) and [`join`](Pool::join) to let queued work
+//!   finish.
+//! - **A crash fails the chunk it hit.** When a worker dies, the task it
+//!   was running ends in a `WorkerDied` error (naming the pid and the exit
+//!   code or signal), and so do the items of the same chunk whose results
+//!   had not been sent yet (a worker sends results at least every 20 ms);
+//!   chunks queued behind it run on another worker, once. Use chunk size 1
+//!   for tasks that are expected to crash.
+//! - **Ordering:** `map` and `imap` yield in input order; `imap_unordered`
+//!   yields in completion order.
+//! - **`map` stops at the first error** (like Python's, which raises) and
+//!   cancels what has not started; `imap` gives every item's outcome.
+//! - **A task's own error is a value:** a task returning `Result<T, E>`
+//!   delivers the `Result` itself; [`Error`] is only for what the pool saw
+//!   go wrong (panic, crash, unknown task, encoding, shutdown).
+//! - **Dropping an `imap` iterator or an [`AsyncResult`]** cancels work not
+//!   yet started.
+//! - **Call [`serve_if_worker`] first in `main`**, before threads or files
+//!   are opened: a worker closes descriptors it did not expect to inherit.
+//! - **Platform:** Linux. The process handling relies on `close_range`,
+//!   `eventfd` and `/proc/self/exe`.
+//!
+//! # Logging
+//!
+//! The library logs through the [`log`] facade (crashes, respawns,
+//! start-up), never prints to stdout, and installs no signal handler in the
+//! parent. (In a worker process, which the runtime owns, it sets a panic
+//! hook that records where a task panicked.)
 
 mod dispatcher;
 mod error;
@@ -16,4 +132,4 @@ pub mod worker;
 pub use error::{Error, Exit, PanicLocation};
 pub use pool::{AsyncResult, Builder, Call, Imap, InitOutput, Pool, Stats};
 pub use task::{Named, Task, TaskFn, TaskRef};
-pub use worker::{Registry, serve_if_worker};
+pub use worker::{serve_if_worker, Registry};

@@ -384,6 +384,16 @@ impl Pool {
     }
 
     /// Runs `f(args)` in a worker and waits for the result.
+    ///
+    /// The argument must be serializable, or the call does not compile:
+    ///
+    /// ```compile_fail
+    /// # fn demo(pool: &procpool::Pool) {
+    /// struct NotSerde;
+    /// let task: procpool::Task<NotSerde, u64> = procpool::Task::named("t");
+    /// let _ = pool.apply(task, NotSerde);
+    /// # }
+    /// ```
     pub fn apply<F, Args, R, M>(&self, f: F, args: Args) -> Result<R, Error>
     where
         F: TaskRef<Args, R, M>,

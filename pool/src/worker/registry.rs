@@ -35,6 +35,21 @@ struct Entry {
 /// let tasks = procpool::Registry::new().task(square).task(add);
 /// assert_eq!(tasks.len(), 2);
 /// ```
+///
+/// Arguments must be deserializable and results serializable, or the
+/// task does not compile:
+///
+/// ```compile_fail
+/// struct NotSerde;
+/// fn opaque(_: NotSerde) -> u64 { 0 }
+/// let tasks = procpool::Registry::new().task(opaque);
+/// ```
+///
+/// ```compile_fail
+/// struct NotSerde;
+/// fn opaque(_: u64) -> NotSerde { NotSerde }
+/// let tasks = procpool::Registry::new().task(opaque);
+/// ```
 #[derive(Default)]
 pub struct Registry {
     entries: Vec<Entry>,
