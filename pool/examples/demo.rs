@@ -71,7 +71,11 @@ fn main() -> Result<(), procpool::Error> {
     );
 
     println!("parsing 20 records one per task; record 13 segfaults its worker:");
-    for (record, outcome) in pool.with_chunksize(1).imap(fragile_parse, 0..20u64)?.enumerate() {
+    for (record, outcome) in pool
+        .with_chunksize(1)
+        .imap(fragile_parse, 0..20u64)?
+        .enumerate()
+    {
         match outcome {
             Ok(v) if record % 5 == 0 => println!("  record {record:>2}: ok ({v})"),
             Ok(_) => {}

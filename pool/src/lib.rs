@@ -132,4 +132,4 @@ pub mod worker;
 pub use error::{Error, Exit, PanicLocation};
 pub use pool::{AsyncResult, Builder, Call, Imap, InitOutput, Pool, Stats};
 pub use task::{Named, Task, TaskFn, TaskRef};
-pub use worker::{serve_if_worker, Registry};
+pub use worker::{Registry, serve_if_worker};
