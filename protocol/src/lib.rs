@@ -6,7 +6,7 @@
 //!
 //! Each direction of a worker's pipe pair carries the same shape:
 //!
-//! 1. a 12-byte [preamble](preamble): the magic `PROCPOOL` and the
+//! 1. a 12-byte [preamble]: the magic `PROCPOOL` and the
 //!    protocol version as a little-endian `u32`. A program that is not a
 //!    procpool worker (or a worker of another version) is recognised here,
 //!    before a single length prefix is trusted;

@@ -2,7 +2,7 @@
 //!
 //! A worker is started by the pool through exec, never by a bare fork: either
 //! the parent's own executable started again (re-exec mode; its `main` calls
-//! [`serve_if_worker`](crate::serve_if_worker) first thing) or a standalone
+//! [`serve_if_worker`] first thing) or a standalone
 //! worker program whose `main` calls [`run`].
 //!
 //! At start the runtime moves the protocol pipes off stdin and stdout to
