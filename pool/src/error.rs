@@ -70,6 +70,11 @@ pub(crate) enum ErrorKind {
         pid: u32,
         exit: Exit,
     },
+    TimedOut {
+        task: String,
+        pid: u32,
+        timeout: std::time::Duration,
+    },
     UnknownTask {
         name: String,
         available: Vec<String>,
@@ -168,6 +173,12 @@ impl Error {
         matches!(*self.kind, ErrorKind::WorkerDied { .. })
     }
 
+    /// The task passed its deadline; its worker was killed (SIGTERM, then
+    /// SIGKILL after the grace period) and replaced.
+    pub fn is_timeout(&self) -> bool {
+        matches!(*self.kind, ErrorKind::TimedOut { .. })
+    }
+
     /// How the worker ended, for [`is_worker_died`](Self::is_worker_died).
     pub fn exit(&self) -> Option<Exit> {
         match &*self.kind {
@@ -180,6 +191,7 @@ impl Error {
     pub fn worker_pid(&self) -> Option<u32> {
         match &*self.kind {
             ErrorKind::WorkerDied { pid, .. }
+            | ErrorKind::TimedOut { pid, .. }
             | ErrorKind::Panicked { pid, .. }
             | ErrorKind::Protocol { pid, .. } => Some(*pid),
             _ => None,
@@ -191,6 +203,7 @@ impl Error {
         match &*self.kind {
             ErrorKind::Panicked { task, .. }
             | ErrorKind::WorkerDied { task, .. }
+            | ErrorKind::TimedOut { task, .. }
             | ErrorKind::ArgEncode { task, .. }
             | ErrorKind::ArgTooLarge { task, .. }
             | ErrorKind::ArgDecode { task, .. }
@@ -283,6 +296,10 @@ impl fmt::Display for Error {
             ErrorKind::WorkerDied { task, pid, exit } => {
                 write!(f, "worker {pid} died ({exit}) while running task `{task}`")
             }
+            ErrorKind::TimedOut { task, pid, timeout } => write!(
+                f,
+                "task `{task}` passed its {timeout:?} deadline in worker {pid}, which was killed"
+            ),
             ErrorKind::UnknownTask { name, available } => write!(
                 f,
                 "the workers do not serve a task named `{name}` (they serve: {})",

@@ -181,10 +181,12 @@ impl<I> Drop for Feeder<I> {
     }
 }
 
-/// Decodes one `Done` frame's outcomes into results, calling `push` for
-/// each, and counts them in the pool's statistics.
+/// Decodes one `Done` frame's outcomes, after the first `skip`, into
+/// results, calling `push` for each, and counts them in the pool's
+/// statistics.
 pub(crate) fn decode_part<R: DeserializeOwned>(
     frame: &[u8],
+    skip: u32,
     task: &str,
     pid: u32,
     shared: &Shared,
@@ -194,7 +196,7 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
     let Ok(FromWorker::Done(done)) = decode_from_worker(frame) else {
         unreachable!("the dispatcher forwards only valid Done frames")
     };
-    for outcome in done.outcomes {
+    for outcome in done.outcomes.into_iter().skip(skip as usize) {
         let result = match outcome {
             Outcome::Ok(bytes) => match postcard::take_from_bytes::<R>(bytes) {
                 Ok((r, [])) => Ok(r),
@@ -255,19 +257,19 @@ impl<R: DeserializeOwned> ChunkBuf<R> {
             ready: VecDeque::new(),
         };
         if let Some(e) = opened.failed {
-            buf.fail_from(0, e, shared);
+            buf.fail(opened.count, e, shared);
         }
         buf
     }
 
-    fn fail_from(&mut self, offset: u32, error: Error, shared: &Shared) {
-        debug_assert_eq!(offset, self.received);
-        for _ in offset..self.count {
+    /// The next `n` items failed with `error`.
+    fn fail(&mut self, n: u32, error: Error, shared: &Shared) {
+        for _ in 0..n {
             let r = Err(error.clone());
             count(shared, &r);
             self.ready.push_back(r);
         }
-        self.received = self.count;
+        self.received += n;
     }
 }
 
@@ -367,13 +369,15 @@ impl<R: DeserializeOwned> Chunks<R> {
         };
         debug_assert_eq!(offset, chunk.received);
         match msg {
-            ChunkMsg::Part { pid, frame, .. } => {
-                decode_part::<R>(&frame, &job.task_name, pid, &job.shared, |r| {
+            ChunkMsg::Part {
+                skip, pid, frame, ..
+            } => {
+                decode_part::<R>(&frame, skip, &job.task_name, pid, &job.shared, |r| {
                     chunk.ready.push_back(r);
                     chunk.received += 1;
                 });
             }
-            ChunkMsg::Failed { offset, error, .. } => chunk.fail_from(offset, error, &job.shared),
+            ChunkMsg::Failed { count, error, .. } => chunk.fail(count, error, &job.shared),
         }
     }
 }

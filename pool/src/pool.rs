@@ -6,7 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dispatcher::{self, Batch, ChunkMsg, Command, Config, Handle, Initializer, Job, Shared};
+use crate::dispatcher::{
+    self, Batch, ChunkMsg, Command, Config, Handle, Initializer, Job, Limit, Shared,
+};
 use crate::error::{Error, ErrorKind};
 use crate::feed::{ChunkSize, Chunks, Feeder, count, decode_part};
 use crate::supervisor::Launch;
@@ -53,6 +55,12 @@ pub struct Builder {
     max_frame: u32,
     startup_timeout: Duration,
     shutdown_grace: Duration,
+    kill_grace: Duration,
+    stall_timeout: Duration,
+    task_timeout: Option<Duration>,
+    max_tasks_per_worker: Option<u64>,
+    memory_limit: Option<u64>,
+    restart_limit: Limit,
 }
 
 impl fmt::Debug for Builder {
@@ -77,6 +85,15 @@ impl Builder {
             max_frame: procpool_protocol::DEFAULT_MAX_FRAME,
             startup_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(10),
+            task_timeout: None,
+            max_tasks_per_worker: None,
+            memory_limit: None,
+            restart_limit: Limit {
+                max: 10,
+                window: Duration::from_secs(60),
+            },
         }
     }
 
@@ -158,6 +175,61 @@ impl Builder {
         self
     }
 
+    /// A deadline for every task, from when it starts running (default:
+    /// none). At the deadline the task fails with an error that
+    /// [`is_timeout`](Error::is_timeout), its worker's process group gets
+    /// SIGTERM, then SIGKILL after the [`kill_grace`](Self::kill_grace), and
+    /// a replacement starts. Per call: [`Pool::with_timeout`].
+    ///
+    /// Jobs with a deadline have each outcome reported as soon as it is
+    /// ready (not batched), so the deadline is exact and the items queued
+    /// behind a killed task are never lost.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a worker has between SIGTERM and SIGKILL, at a deadline and
+    /// at [`Pool::terminate`] (default 1 s).
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.kill_grace = grace;
+        self
+    }
+
+    /// Replaces a worker after it has run `n` tasks (rounded up to whole
+    /// chunks), to contain slow leaks (Python's `maxtasksperchild`).
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.max_tasks_per_worker = Some(n.max(1));
+        self
+    }
+
+    /// Caps each worker's address space (`RLIMIT_AS`) at `bytes`: a runaway
+    /// allocation then kills that worker (its task fails with
+    /// [`is_worker_died`](Error::is_worker_died)) instead of the machine's
+    /// memory.
+    pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The restart intensity: after the pool is built, at most `max`
+    /// failed worker starts (spawn errors, deaths before the handshake,
+    /// failed initializers) within `window`; each is retried after a
+    /// backoff that doubles from 10 ms to 2 s. One more breaks the pool:
+    /// queued and later tasks fail with an error that
+    /// [`is_broken`](Error::is_broken). Default: 10 within 60 s.
+    pub fn restart_limit(mut self, max: u32, window: Duration) -> Self {
+        self.restart_limit = Limit { max, window };
+        self
+    }
+
+    /// A worker that leaves a frame half-written for this long is treated
+    /// as broken: killed and replaced (default 10 s).
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
     /// Starts the workers and waits until every one has shaken hands (and
     /// run the initializer).
     pub fn build(self) -> Result<Pool, Error> {
@@ -166,7 +238,7 @@ impl Builder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let launch = match self.program {
+        let mut launch = match self.program {
             Some((path, args)) => Launch::program(path, args, self.max_frame),
             None => {
                 if crate::worker::is_worker() {
@@ -181,6 +253,7 @@ impl Builder {
                 Launch::current_exe(self.max_frame)
             }
         };
+        launch.memory_limit = self.memory_limit;
         let initializer = self.initializer.transpose()?;
         let config = Config {
             workers,
@@ -189,6 +262,10 @@ impl Builder {
             startup_timeout: self.startup_timeout,
             pipeline: PIPELINE,
             shutdown_grace: self.shutdown_grace,
+            kill_grace: self.kill_grace,
+            stall_timeout: self.stall_timeout,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            restart_limit: self.restart_limit,
             initializer,
         };
         let shared = Arc::new(Shared::new());
@@ -200,7 +277,9 @@ impl Builder {
                 thread: Mutex::new(Some(thread)),
                 workers,
                 chunksize: self.chunksize,
+                timeout: self.task_timeout,
                 max_frame: self.max_frame,
+                stopped: AtomicBool::new(false),
             }),
         })
     }
@@ -213,7 +292,10 @@ pub(crate) struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     workers: usize,
     chunksize: Option<usize>,
+    timeout: Option<Duration>,
     pub(crate) max_frame: u32,
+    /// The dispatcher has exited and was joined.
+    stopped: AtomicBool,
 }
 
 impl fmt::Debug for Inner {
@@ -235,7 +317,11 @@ impl Inner {
     }
 
     /// A new job for task `f`, checked against what the workers serve.
-    fn job<F, Args, R, M>(self: &Arc<Self>, f: &F) -> Result<(Arc<Job>, Receiver<ChunkMsg>), Error>
+    fn job<F, Args, R, M>(
+        self: &Arc<Self>,
+        f: &F,
+        timeout: Option<Duration>,
+    ) -> Result<(Arc<Job>, Receiver<ChunkMsg>), Error>
     where
         F: TaskRef<Args, R, M>,
     {
@@ -267,6 +353,7 @@ impl Inner {
         let job = Arc::new(Job {
             task: index as u32,
             task_name: Arc::from(&*name),
+            timeout,
             sink,
             cancelled: Default::default(),
             shared: self.shared.clone(),
@@ -280,12 +367,16 @@ impl Inner {
         2 * PIPELINE * self.workers + 2
     }
 
+    /// Sends `cmd`, then waits for the dispatcher to exit. The command is
+    /// sent before taking the lock, so a second `terminate` reaches the
+    /// dispatcher (and escalates) while a first one waits.
     fn stop(&self, cmd: Command) {
         let _ = self.handle.send(cmd);
         if let Some(t) = self.thread.lock().take() {
             if t.join().is_err() {
                 log::error!("procpool: the dispatcher thread panicked");
             }
+            self.stopped.store(true, Ordering::Release);
         }
     }
 }
@@ -299,11 +390,14 @@ pub struct Pool {
     inner: Arc<Inner>,
 }
 
-/// Per-call options; from [`Pool::with_chunksize`].
+/// Per-call options; from [`Pool::with_chunksize`] or
+/// [`Pool::with_timeout`], chained as needed:
+/// `pool.with_chunksize(1).with_timeout(d).imap(..)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'p> {
     pool: &'p Pool,
     chunksize: Option<usize>,
+    timeout: Option<Duration>,
 }
 
 impl Pool {
@@ -315,16 +409,20 @@ impl Pool {
 
     /// The same calls with a chunk size for this call only.
     pub fn with_chunksize(&self, n: usize) -> Call<'_> {
-        Call {
-            pool: self,
-            chunksize: Some(n.max(1)),
-        }
+        self.call().with_chunksize(n)
+    }
+
+    /// The same calls with a deadline per task for this call only (see
+    /// [`Builder::task_timeout`]).
+    pub fn with_timeout(&self, timeout: Duration) -> Call<'_> {
+        self.call().with_timeout(timeout)
     }
 
     fn call(&self) -> Call<'_> {
         Call {
             pool: self,
             chunksize: self.inner.chunksize,
+            timeout: self.inner.timeout,
         }
     }
 
@@ -400,7 +498,7 @@ impl Pool {
         Args: Serialize,
         R: DeserializeOwned,
     {
-        self.apply_async(f, args)?.get()
+        self.call().apply(f, args)
     }
 
     /// Submits `f(args)` and returns a handle to its result.
@@ -410,28 +508,7 @@ impl Pool {
         Args: Serialize,
         R: DeserializeOwned,
     {
-        let (job, rx) = self.inner.job(&f)?;
-        let mut feeder = Feeder::new(
-            std::iter::once(args),
-            job.clone(),
-            self.inner.clone(),
-            ChunkSize::Fixed(1),
-        );
-        let mut opened = Vec::new();
-        feeder.open_next(&mut opened);
-        let local = opened.pop().and_then(|o| o.failed);
-        // The feeder's Drop marks the job cancelled; the handle owns that
-        // decision instead.
-        std::mem::forget(feeder);
-        if let Some(e) = local {
-            return Err(e);
-        }
-        Ok(AsyncResult {
-            rx,
-            job,
-            state: Slot::Waiting,
-            _r: PhantomData,
-        })
+        self.call().apply_async(f, args)
     }
 
     /// Stops accepting new work. Work already submitted (including the rest
@@ -451,7 +528,7 @@ impl Pool {
     /// worker (and anything in its process group) and reaps it. Calling it
     /// again, or after `join`, does nothing.
     pub fn terminate(&self) {
-        if self.inner.thread.lock().is_some() {
+        if !self.inner.stopped.load(Ordering::Acquire) {
             self.inner.shared.set_terminated();
         }
         self.inner.stop(Command::Terminate);
@@ -475,6 +552,9 @@ impl Pool {
             tasks_failed: s.tasks_failed.load(Ordering::Relaxed),
             workers_started: s.workers_started.load(Ordering::Relaxed),
             worker_deaths: s.worker_deaths.load(Ordering::Relaxed),
+            timeouts: s.timeouts.load(Ordering::Relaxed),
+            recycles: s.recycles.load(Ordering::Relaxed),
+            start_failures: s.start_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -485,7 +565,61 @@ impl Drop for Pool {
     }
 }
 
-impl Call<'_> {
+impl<'p> Call<'p> {
+    /// Sets the chunk size for this call.
+    pub fn with_chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n.max(1));
+        self
+    }
+
+    /// Sets the deadline per task for this call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// [`Pool::apply`] with this call's options.
+    pub fn apply<F, Args, R, M>(self, f: F, args: Args) -> Result<R, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// [`Pool::apply_async`] with this call's options.
+    pub fn apply_async<F, Args, R, M>(self, f: F, args: Args) -> Result<AsyncResult<R>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        let inner = &self.pool.inner;
+        let (job, rx) = inner.job(&f, self.timeout)?;
+        let mut feeder = Feeder::new(
+            std::iter::once(args),
+            job.clone(),
+            inner.clone(),
+            ChunkSize::Fixed(1),
+        );
+        let mut opened = Vec::new();
+        feeder.open_next(&mut opened);
+        let local = opened.pop().and_then(|o| o.failed);
+        // The feeder's Drop marks the job cancelled; the handle owns that
+        // decision instead.
+        std::mem::forget(feeder);
+        if let Some(e) = local {
+            return Err(e);
+        }
+        Ok(AsyncResult {
+            rx,
+            job,
+            state: Slot::Waiting,
+            _r: PhantomData,
+        })
+    }
+
     /// [`Pool::map`] with this call's options.
     pub fn map<F, Args, R, M, I>(self, f: F, items: I) -> Result<Vec<R>, Error>
     where
@@ -547,7 +681,7 @@ impl Call<'_> {
         R: DeserializeOwned,
     {
         let inner = &self.pool.inner;
-        let (job, rx) = inner.job(&f)?;
+        let (job, rx) = inner.job(&f, self.timeout)?;
         let iter = items.into_iter();
         let size = match self.chunksize {
             Some(n) => ChunkSize::Fixed(n),
@@ -661,11 +795,18 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             Err(RecvTimeoutError::Disconnected) => unreachable!("the job holds a sender"),
         };
         let result = match msg {
-            ChunkMsg::Part { pid, frame, .. } => {
+            ChunkMsg::Part {
+                skip, pid, frame, ..
+            } => {
                 let mut out = None;
-                decode_part::<R>(&frame, &self.job.task_name, pid, &self.job.shared, |r| {
-                    out = Some(r)
-                });
+                decode_part::<R>(
+                    &frame,
+                    skip,
+                    &self.job.task_name,
+                    pid,
+                    &self.job.shared,
+                    |r| out = Some(r),
+                );
                 out.expect("a Part carries at least one outcome")
             }
             ChunkMsg::Failed { error, .. } => {
@@ -694,6 +835,14 @@ pub struct Stats {
     pub tasks_failed: u64,
     /// Worker processes started, replacements included.
     pub workers_started: u64,
-    /// Worker processes lost (crashed, killed, broke the protocol).
+    /// Worker processes lost (crashed, killed, timed out, broke the
+    /// protocol, failed to start); recycled workers are not counted.
     pub worker_deaths: u64,
+    /// Tasks that passed their deadline.
+    pub timeouts: u64,
+    /// Workers replaced after `max_tasks_per_worker` tasks.
+    pub recycles: u64,
+    /// Worker starts that failed (spawn errors, deaths before the
+    /// handshake, failed initializers).
+    pub start_failures: u64,
 }

@@ -103,6 +103,11 @@ pub struct Run<'a> {
     pub batch: u64,
     /// Index of the task in the worker's [`Hello::tasks`].
     pub task: u32,
+    /// Report each item's outcome before starting the next one (instead of
+    /// batching outcomes for up to 20 ms). The parent asks for it when it
+    /// must know exactly which item is running: for deadlines, and for
+    /// re-dispatching the items a dead worker never started.
+    pub eager: bool,
     /// Each item's encoded argument.
     #[serde(borrow)]
     pub items: Vec<&'a Bytes>,
@@ -252,6 +257,18 @@ impl ItemsBuilder {
         self.body.len()
     }
 
+    /// Removes the first `n` items (all of them if there are fewer).
+    pub fn drop_first(&mut self, n: u32) {
+        let mut at = 0;
+        let n = n.min(self.count);
+        for _ in 0..n {
+            let (len, used) = varint::get(&self.body[at..]).expect("items were written by push");
+            at += used + len as usize;
+        }
+        self.body.drain(..at);
+        self.count -= n;
+    }
+
     /// Empties the builder, keeping its allocation.
     pub fn clear(&mut self) {
         self.body.clear();
@@ -269,6 +286,7 @@ pub fn encode_run(
     out: &mut Vec<u8>,
     batch: u64,
     task: u32,
+    eager: bool,
     items: &ItemsBuilder,
     max: u32,
 ) -> Result<(), FrameError> {
@@ -276,6 +294,7 @@ pub fn encode_run(
     varint::put(out, TO_WORKER_RUN);
     varint::put(out, batch);
     varint::put(out, u64::from(task));
+    out.push(u8::from(eager));
     varint::put(out, u64::from(items.count));
     out.extend_from_slice(&items.body);
     finish_frame(out, at, max)
@@ -363,6 +382,24 @@ mod tests {
     }
 
     #[test]
+    fn drop_first_keeps_the_rest() {
+        let items: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; i as usize]).collect();
+        for n in [0u32, 1, 2, 150, 299, 300, 400] {
+            let mut b = ItemsBuilder::new();
+            for it in &items {
+                b.push(it);
+            }
+            b.drop_first(n);
+            let mut expected = ItemsBuilder::new();
+            for it in items.iter().skip(n as usize) {
+                expected.push(it);
+            }
+            assert_eq!(b.body(), expected.body(), "n = {n}");
+            assert_eq!(b.count(), expected.count());
+        }
+    }
+
+    #[test]
     fn trailing_bytes_are_rejected() {
         let mut out = Vec::new();
         encode_init(&mut out, 0, b"ab", DEFAULT_MAX_FRAME).unwrap();
@@ -395,7 +432,7 @@ mod tests {
         body.push(0x01);
         assert!(decode_from_worker(&body).is_err());
         // Run with a huge item count.
-        let mut body = vec![1u8, 1, 0];
+        let mut body = vec![1u8, 1, 0, 0];
         body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(decode_to_worker(&body).is_err());
     }
@@ -405,14 +442,15 @@ mod tests {
         fn run_encoder_matches_derived_layout(
             batch in any::<u64>(),
             task in any::<u32>(),
+            eager in any::<bool>(),
             items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..40),
         ) {
             let mut b = ItemsBuilder::new();
             for it in &items { b.push(it); }
             let mut out = Vec::new();
-            encode_run(&mut out, batch, task, &b, DEFAULT_MAX_FRAME).unwrap();
+            encode_run(&mut out, batch, task, eager, &b, DEFAULT_MAX_FRAME).unwrap();
             let body = body_of(&out);
-            let expected = ToWorker::Run(Run { batch, task, items: items.iter().map(|i| Bytes::new(i)).collect() });
+            let expected = ToWorker::Run(Run { batch, task, eager, items: items.iter().map(|i| Bytes::new(i)).collect() });
             prop_assert_eq!(&body, &postcard::to_stdvec(&expected).unwrap());
             prop_assert_eq!(decode_to_worker(&body).unwrap(), expected);
         }

@@ -10,12 +10,34 @@ pub(crate) fn put(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// Reads an unsigned LEB128 varint from the front of `bytes`: the value
+/// and the bytes it took. `None` if truncated or longer than a `u64`.
+pub(crate) fn get(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::put;
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn get_reads_what_put_wrote(v in any::<u64>(), tail in proptest::collection::vec(any::<u8>(), 0..4)) {
+            let mut buf = Vec::new();
+            put(&mut buf, v);
+            let n = buf.len();
+            buf.extend_from_slice(&tail);
+            prop_assert_eq!(super::get(&buf), Some((v, n)));
+        }
+
         #[test]
         fn matches_postcard_u64(v in any::<u64>()) {
             let mut ours = Vec::new();

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
@@ -19,16 +20,23 @@ use crate::error::{Error, ErrorKind};
 /// What a caller receives about one of its chunks.
 #[derive(Debug)]
 pub(crate) enum ChunkMsg {
-    /// A `Done` frame body holding outcomes of items `offset..` of the
-    /// chunk; the caller decodes it.
+    /// A `Done` frame body whose outcomes, after the first `skip` (already
+    /// reported otherwise), are those of items `offset..` of the chunk; the
+    /// caller decodes it.
     Part {
         seq: u64,
         offset: u32,
+        skip: u32,
         pid: u32,
         frame: Vec<u8>,
     },
-    /// Items `offset..` of the chunk failed with `error`.
-    Failed { seq: u64, offset: u32, error: Error },
+    /// Items `offset..offset + count` of the chunk failed with `error`.
+    Failed {
+        seq: u64,
+        offset: u32,
+        count: u32,
+        error: Error,
+    },
 }
 
 /// One caller's stream of chunks for one task.
@@ -36,65 +44,106 @@ pub(crate) enum ChunkMsg {
 pub(crate) struct Job {
     pub(crate) task: u32,
     pub(crate) task_name: Arc<str>,
+    /// Deadline of each task, from when it starts.
+    pub(crate) timeout: Option<Duration>,
     pub(crate) sink: Sender<ChunkMsg>,
     pub(crate) cancelled: AtomicBool,
     pub(crate) shared: Arc<Shared>,
 }
 
 /// A chunk of encoded items on its way to a worker.
+///
+/// Its items are numbered `0..total` within the chunk; `items` holds those
+/// from `sent_from` on (a chunk re-dispatched after a crash loses the items
+/// already settled); `delivered` counts the items whose outcome the caller
+/// was given.
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) job: Arc<Job>,
     pub(crate) seq: u64,
-    pub(crate) items: ItemsBuilder,
-    /// Items whose outcome was reported.
+    items: ItemsBuilder,
+    total: u32,
+    sent_from: u32,
     delivered: u32,
 }
 
 impl Batch {
     pub(crate) fn new(job: Arc<Job>, seq: u64, items: ItemsBuilder) -> Self {
+        let total = items.count();
         Self {
             job,
             seq,
             items,
+            total,
+            sent_from: 0,
             delivered: 0,
         }
     }
 
-    pub(crate) fn count(&self) -> u32 {
-        self.items.count()
+    /// The items a worker is sent: those from [`sent_from`](Self::sent_from).
+    pub(crate) fn items(&self) -> &ItemsBuilder {
+        &self.items
+    }
+
+    /// Chunk index of the first item in [`items`](Self::items).
+    pub(crate) fn sent_from(&self) -> u32 {
+        self.sent_from
+    }
+
+    pub(crate) fn delivered(&self) -> u32 {
+        self.delivered
     }
 
     pub(crate) fn remaining(&self) -> u32 {
-        self.count() - self.delivered
+        self.total - self.delivered
     }
 
-    /// Forwards a `Done` frame holding the next `n` outcomes.
-    pub(crate) fn deliver(&mut self, n: u32, pid: u32, frame: Vec<u8>) {
-        debug_assert!(n <= self.remaining());
+    /// Forwards a `Done` frame holding `n` outcomes of which the first
+    /// `skip` were already reported (by a deadline).
+    pub(crate) fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Vec<u8>) {
+        let fresh = n - skip;
+        debug_assert!(fresh <= self.remaining());
+        if fresh == 0 {
+            return;
+        }
         let _ = self.job.sink.send(ChunkMsg::Part {
             seq: self.seq,
             offset: self.delivered,
+            skip,
             pid,
             frame,
         });
-        self.delivered += n;
+        self.delivered += fresh;
+    }
+
+    /// Fails the next `count` items (at most the remaining ones).
+    pub(crate) fn fail_next(&mut self, count: u32, error: Error) {
+        let count = count.min(self.remaining());
+        if count > 0 {
+            let _ = self.job.sink.send(ChunkMsg::Failed {
+                seq: self.seq,
+                offset: self.delivered,
+                count,
+                error,
+            });
+            self.delivered += count;
+        }
     }
 
     /// Fails every item not yet reported.
     pub(crate) fn fail(mut self, error: Error) {
-        self.fail_rest(error);
+        self.fail_next(self.remaining(), error);
     }
 
-    fn fail_rest(&mut self, error: Error) {
-        if self.remaining() > 0 {
-            let _ = self.job.sink.send(ChunkMsg::Failed {
-                seq: self.seq,
-                offset: self.delivered,
-                error,
-            });
-            self.delivered = self.count();
+    /// The unreported items, ready to be sent again (to another worker);
+    /// `None` if none is left.
+    pub(crate) fn into_rest(mut self) -> Option<Self> {
+        if self.remaining() == 0 {
+            return None;
         }
+        self.items.drop_first(self.delivered - self.sent_from);
+        self.sent_from = self.delivered;
+        Some(self)
     }
 }
 
@@ -102,7 +151,7 @@ impl Drop for Batch {
     fn drop(&mut self) {
         if self.remaining() > 0 {
             let error = self.job.shared.loss_error();
-            self.fail_rest(error);
+            self.fail_next(self.remaining(), error);
         }
     }
 }
@@ -129,6 +178,15 @@ pub(crate) struct Counters {
     pub(crate) tasks_failed: AtomicU64,
     pub(crate) workers_started: AtomicU64,
     pub(crate) worker_deaths: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) recycles: AtomicU64,
+    pub(crate) start_failures: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {

@@ -3,25 +3,20 @@
 //! It owns the queue of batches, every worker's pipes and in-flight table,
 //! and the supervisor's processes. Callers talk to it only through
 //! [`Command`]s (plus an eventfd that wakes its `poll`); it talks back only
-//! through each job's channel. One `poll` over all worker pipes replaces a
-//! reader thread per worker, so the parent's thread count does not grow
-//! with the pool.
-//!
-//! Per worker, batches are pipelined (`pipeline` of them in flight) and
-//! answered strictly in order, since a worker runs one batch at a time. A
-//! `Done` frame may carry a prefix of a batch's outcomes; the in-flight
-//! entry's cursor moves past them. When a worker dies, the outcomes it
-//! already sent stay delivered, the rest of the batch it was running fails
-//! with `WorkerDied`, and the batches queued behind it go back to the front
-//! of the queue: they never started, so they run once, elsewhere.
+//! through each job's channel. One `poll` over all worker pipes and pidfds
+//! replaces a reader thread per worker, so the parent's thread count does
+//! not grow with the pool. See `README.md` beside this file for why every
+//! task ends exactly once.
 
 mod batch;
+mod restart;
+mod worker;
 
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
+pub(crate) use restart::Limit;
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,8 +30,11 @@ use procpool_protocol::{
     encode_init, encode_run, preamble,
 };
 
+use self::batch::Counters;
+use self::restart::{Restarts, Verdict};
+use self::worker::{Fate, InFlight, Phase, Worker};
 use crate::error::{Error, ErrorKind, Exit};
-use crate::supervisor::{Launch, WorkerProcess};
+use crate::supervisor::Launch;
 
 /// Reads per worker per poll round, so one chatty worker cannot starve
 /// the others.
@@ -48,7 +46,9 @@ pub(crate) enum Command {
     Submit(Batch),
     /// Finish the queued work, then stop the workers and exit.
     Join,
-    /// Fail all unfinished work, kill the workers and exit.
+    /// Fail all unfinished work, stop the workers (SIGTERM, grace,
+    /// SIGKILL) and exit. A second one while the first waits escalates to
+    /// SIGKILL at once.
     Terminate,
 }
 
@@ -60,6 +60,10 @@ pub(crate) struct Config {
     pub(crate) startup_timeout: Duration,
     pub(crate) pipeline: usize,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) kill_grace: Duration,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) restart_limit: Limit,
     pub(crate) initializer: Option<Initializer>,
 }
 
@@ -81,10 +85,9 @@ impl std::fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("launch", &self.launch)
             .field("max_frame", &self.max_frame)
-            .field("startup_timeout", &self.startup_timeout)
             .field("pipeline", &self.pipeline)
             .field("initializer", &self.initializer.as_ref().map(|i| &i.name))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,23 +122,7 @@ pub(crate) fn start(
     let thread_wake = wake.clone();
     let thread = std::thread::Builder::new()
         .name("procpool-dispatcher".into())
-        .spawn(move || {
-            Dispatcher {
-                config,
-                shared,
-                rx,
-                wake: thread_wake,
-                workers: Vec::new(),
-                queue: VecDeque::new(),
-                next_batch: 0,
-                starting: Some(ready_tx),
-                joining: false,
-                halted: false,
-                task_index: None,
-                init_task: None,
-            }
-            .run()
-        })
+        .spawn(move || Dispatcher::new(config, shared, rx, thread_wake, ready_tx).run())
         .map_err(|e| Error::startup_io("cannot start the dispatcher thread", e))?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok((Handle { tx, wake }, thread)),
@@ -150,41 +137,11 @@ pub(crate) fn start(
     }
 }
 
-enum Phase {
-    /// Waiting for the preamble and `Hello`.
-    Handshake {
-        deadline: Instant,
-        preamble_ok: bool,
-    },
-    /// Waiting for the initializer's outcome.
-    Init {
-        deadline: Instant,
-    },
-    Ready,
-}
-
-struct InFlight {
-    id: u64,
-    batch: Batch,
-}
-
-struct Worker {
-    process: WorkerProcess,
-    pid: u32,
-    to: File,
-    from: File,
-    decoder: FrameDecoder,
-    /// Bytes to write to the worker; `out[written..]` is pending.
-    out: Vec<u8>,
-    written: usize,
-    phase: Phase,
-    inflight: VecDeque<InFlight>,
-}
-
 /// Why a worker is being removed.
+#[derive(Debug)]
 enum Loss {
-    /// Its pipe ended (it exited or was killed).
-    Eof,
+    /// It exited or was killed (its pidfd or pipe says so).
+    Exited,
     Io(io::Error),
     /// It broke the protocol.
     Protocol(String),
@@ -194,6 +151,13 @@ enum Loss {
     InitFailed(String),
     /// It is not a worker we can speak to (wrong magic or version).
     Identity(String),
+}
+
+/// Something to do to a worker, found while scanning the workers.
+enum Action {
+    Lose(Loss),
+    Expire,
+    Kill,
 }
 
 struct Dispatcher {
@@ -207,50 +171,76 @@ struct Dispatcher {
     /// Present until the initial workers are all ready.
     starting: Option<Sender<Result<(), Error>>>,
     joining: bool,
-    /// Set once every worker was killed for good: the loop ends.
+    /// Set once the pool is broken for good: the loop ends.
     halted: bool,
     /// The task list every worker must announce, once the first did.
-    task_index: Option<Vec<TaskInfo>>,
+    tasks: Option<Vec<TaskInfo>>,
     init_task: Option<u32>,
+    restarts: Restarts,
+    /// When scheduled replacement spawns are due.
+    respawn_at: Vec<Instant>,
 }
 
 enum Next {
     Continue,
-    Join,
     Terminate,
 }
 
 impl Dispatcher {
+    fn new(
+        config: Config,
+        shared: Arc<Shared>,
+        rx: Receiver<Command>,
+        wake: Arc<EventFd>,
+        ready: Sender<Result<(), Error>>,
+    ) -> Self {
+        let restarts = Restarts::new(config.restart_limit);
+        Self {
+            config,
+            shared,
+            rx,
+            wake,
+            workers: Vec::new(),
+            queue: VecDeque::new(),
+            next_batch: 0,
+            starting: Some(ready),
+            joining: false,
+            halted: false,
+            tasks: None,
+            init_task: None,
+            restarts,
+            respawn_at: Vec::new(),
+        }
+    }
+
     fn run(mut self) {
-        for _ in 0..self.config.workers {
-            if let Err(e) = self.spawn_worker() {
-                self.report_startup(Err(e));
-                self.kill_all(|| Error::new(ErrorKind::Terminated));
+        loop {
+            if let Next::Terminate = self.drain_commands() {
+                self.terminate();
                 return;
             }
-        }
-        let next = loop {
-            match self.drain_commands() {
-                Next::Continue => {}
-                other => break other,
-            }
             if self.joining && self.starting.is_none() && self.idle() {
-                break Next::Join;
+                self.shutdown_gracefully();
+                return;
+            }
+            self.keep_capacity();
+            if self.halted {
+                return;
             }
             self.dispatch();
-            self.flush_writes();
+            self.retire_used_up();
+            for w in &mut self.workers {
+                w.flush();
+            }
             if let Err(e) = self.poll_round() {
                 log::error!("procpool: the dispatcher's poll failed: {e}");
-                self.shared.set_broken(format!("poll failed: {e}"));
-                break Next::Terminate;
+                self.halt(Error::new(ErrorKind::Broken {
+                    reason: format!("poll failed: {e}"),
+                }));
             }
             if self.halted {
                 return;
             }
-        };
-        match next {
-            Next::Join => self.shutdown_gracefully(),
-            _ => self.kill_all(|| Error::new(ErrorKind::Terminated)),
         }
         // Whatever is still in the channel is failed by the batches' Drop
         // when the receiver goes away with the dispatcher.
@@ -269,8 +259,7 @@ impl Dispatcher {
                 Ok(Command::Join) => self.joining = true,
                 Ok(Command::Terminate) => return Next::Terminate,
                 Err(TryRecvError::Empty) => return Next::Continue,
-                // Every handle is gone without a Terminate: the pool was
-                // leaked or dropped mid-way; stop.
+                // Every handle is gone without a Terminate: stop.
                 Err(TryRecvError::Disconnected) => return Next::Terminate,
             }
         }
@@ -282,6 +271,64 @@ impl Dispatcher {
         }
     }
 
+    /// Starts workers (now, or when their backoff is over) until as many
+    /// serve as the pool should have.
+    fn keep_capacity(&mut self) {
+        let now = Instant::now();
+        let due = self.respawn_at.iter().filter(|&&t| t <= now).count();
+        self.respawn_at.retain(|&t| t > now);
+        for _ in 0..due {
+            self.spawn_or_retry();
+        }
+        while !self.halted
+            && self.workers.iter().filter(|w| w.serving()).count() + self.respawn_at.len()
+                < self.config.workers
+        {
+            self.spawn_or_retry();
+        }
+    }
+
+    fn spawn_or_retry(&mut self) {
+        match self.spawn_worker() {
+            Ok(()) => {}
+            Err(e) => self.start_failed(e),
+        }
+    }
+
+    /// A worker could not start. While the pool is being built this fails
+    /// the build; afterwards the restart policy decides.
+    fn start_failed(&mut self, error: Error) {
+        Counters::bump(&self.shared.stats.start_failures);
+        if self.starting.is_some() {
+            log::error!("procpool: {error}");
+            self.report_startup(Err(error.clone()));
+            self.halt(error);
+            return;
+        }
+        match self.restarts.failed(Instant::now()) {
+            Verdict::RetryAt(at) => {
+                log::warn!(
+                    "procpool: a replacement worker failed to start ({error}); retrying in {:?}",
+                    at.saturating_duration_since(Instant::now())
+                );
+                self.respawn_at.push(at);
+            }
+            Verdict::GiveUp { failures } => {
+                let limit = self.config.restart_limit;
+                log::error!(
+                    "procpool: workers failed to start {failures} times within {:?}; the pool is broken: {error}",
+                    limit.window
+                );
+                self.halt(Error::new(ErrorKind::Broken {
+                    reason: format!(
+                        "workers failed to start {failures} times within {:?} (the limit is {}); last: {error}",
+                        limit.window, limit.max
+                    ),
+                }));
+            }
+        }
+    }
+
     fn spawn_worker(&mut self) -> Result<(), Error> {
         let spawned = self.config.launch.spawn().map_err(|e| {
             Error::startup_io(
@@ -290,43 +337,48 @@ impl Dispatcher {
             )
         })?;
         let pid = spawned.process.pid();
-        self.shared
-            .stats
-            .workers_started
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counters::bump(&self.shared.stats.workers_started);
         log::debug!("procpool: started worker {pid}");
         let mut out = Vec::with_capacity(64 << 10);
         out.extend_from_slice(&preamble());
+        let now = Instant::now();
         self.workers.push(Worker {
+            pidfd: spawned.process.pidfd(),
             process: spawned.process,
             pid,
-            to: spawned.to_worker,
+            to: Some(spawned.to_worker),
             from: spawned.from_worker,
             decoder: FrameDecoder::new(self.config.max_frame),
             out,
             written: 0,
-            phase: Phase::Handshake {
-                deadline: Instant::now() + self.config.startup_timeout,
-                preamble_ok: false,
-            },
+            phase: Phase::Handshake { preamble_ok: false },
+            fate: Fate::Serving,
             inflight: VecDeque::new(),
+            startup_deadline: now + self.config.startup_timeout,
+            progress_at: now,
+            last_bytes_at: now,
+            assigned: 0,
         });
         self.publish_pids();
         Ok(())
     }
 
     fn publish_pids(&self) {
-        *self.shared.pids.lock() = self.workers.iter().map(|w| w.pid).collect();
+        *self.shared.pids.lock() = self
+            .workers
+            .iter()
+            .filter(|w| w.serving())
+            .map(|w| w.pid)
+            .collect();
     }
 
     /// Hands queued batches to ready workers: first one to each idle
     /// worker, then up to `pipeline` per worker.
     fn dispatch(&mut self) {
+        let max_tasks = self.config.max_tasks_per_worker;
         for depth in [1, self.config.pipeline] {
             for i in 0..self.workers.len() {
-                while matches!(self.workers[i].phase, Phase::Ready)
-                    && self.workers[i].inflight.len() < depth
-                {
+                while self.workers[i].dispatchable(depth, max_tasks) {
                     let Some(batch) = self.next_live_batch() else {
                         return;
                     };
@@ -351,16 +403,19 @@ impl Dispatcher {
     fn send_batch(&mut self, i: usize, batch: Batch) {
         let id = self.next_batch;
         self.next_batch += 1;
+        let eager = batch.job.timeout.is_some();
         let w = &mut self.workers[i];
+        let items = batch.items();
         if let Err(e) = encode_run(
             &mut w.out,
             id,
             batch.job.task,
-            &batch.items,
+            eager,
+            items,
             self.config.max_frame,
         ) {
             let task = batch.job.task_name.to_string();
-            let len = batch.items.bytes();
+            let len = items.bytes();
             log::warn!("procpool: batch of `{task}` does not fit a frame: {e}");
             batch.fail(Error::new(ErrorKind::ArgTooLarge {
                 task,
@@ -369,63 +424,78 @@ impl Dispatcher {
             }));
             return;
         }
-        w.inflight.push_back(InFlight { id, batch });
+        if w.inflight.is_empty() {
+            w.progress_at = Instant::now();
+        }
+        w.assigned += u64::from(items.count());
+        let cursor = batch.sent_from();
+        w.inflight.push_back(InFlight {
+            id,
+            batch,
+            eager,
+            cursor,
+            timed_out: None,
+        });
     }
 
-    /// Writes pending output to each worker without blocking.
-    fn flush_writes(&mut self) {
+    /// Workers that reached `max_tasks_per_worker` and finished their work
+    /// get their input closed: they exit on their own and are replaced.
+    fn retire_used_up(&mut self) {
+        let Some(max) = self.config.max_tasks_per_worker else {
+            return;
+        };
+        let mut retired = false;
         for w in &mut self.workers {
-            while w.written < w.out.len() {
-                match w.to.write(&w.out[w.written..]) {
-                    Ok(n) => w.written += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        // EPIPE: the worker is gone; its read side reports
-                        // it. Drop what cannot be written.
-                        w.written = w.out.len();
-                    }
-                }
+            if w.serving() && w.phase == Phase::Ready && w.assigned >= max && w.inflight.is_empty()
+            {
+                log::debug!(
+                    "procpool: recycling worker {} after {} tasks",
+                    w.pid,
+                    w.assigned
+                );
+                w.fate = Fate::Retiring;
+                w.to = None;
+                Counters::bump(&self.shared.stats.recycles);
+                retired = true;
             }
-            if w.written == w.out.len() {
-                w.out.clear();
-                w.written = 0;
-            }
+        }
+        if retired {
+            self.publish_pids();
+            self.keep_capacity();
         }
     }
 
-    /// One `poll` over the wake fd and every worker's pipes, then the work
-    /// it reported ready.
+    /// One `poll` over the wake fd and every worker's pipes and pidfd, then
+    /// the work it reported ready and the deadlines that passed.
     fn poll_round(&mut self) -> io::Result<()> {
-        let now = Instant::now();
-        let deadline = self
+        let stall = self.config.stall_timeout;
+        let next = self
             .workers
             .iter()
-            .filter_map(|w| match w.phase {
-                Phase::Handshake { deadline, .. } | Phase::Init { deadline } => Some(deadline),
-                Phase::Ready => None,
-            })
+            .filter_map(|w| w.next_deadline(stall))
+            .chain(self.respawn_at.iter().copied())
             .min();
-        let timeout = match deadline {
+        let timeout = match next {
             None => PollTimeout::NONE,
-            Some(d) => {
-                let ms = d.saturating_duration_since(now).as_millis() + 1;
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
-            }
+            Some(d) => poll_timeout(d.saturating_duration_since(Instant::now())),
         };
 
-        let mut ready_workers = Vec::new();
+        // Per worker: [from, to, pidfd] slots.
+        let mut readable = Vec::new();
+        let mut exited = Vec::new();
         {
-            let mut fds = Vec::with_capacity(1 + 2 * self.workers.len());
+            let mut fds = Vec::with_capacity(1 + 3 * self.workers.len());
             fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
             for w in &self.workers {
                 fds.push(PollFd::new(w.from.as_fd(), PollFlags::POLLIN));
-                let out = if w.written < w.out.len() {
-                    PollFlags::POLLOUT
-                } else {
-                    PollFlags::empty()
-                };
-                fds.push(PollFd::new(w.to.as_fd(), out));
+                match (&w.to, w.wants_write()) {
+                    (Some(to), true) => fds.push(PollFd::new(to.as_fd(), PollFlags::POLLOUT)),
+                    _ => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
+                }
+                match &w.pidfd {
+                    Some(p) => fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN)),
+                    None => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
+                }
             }
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) => {}
@@ -435,50 +505,99 @@ impl Dispatcher {
             if fds[0].any().unwrap_or(false) {
                 let _ = self.wake.read();
             }
-            for (i, pair) in fds[1..].chunks(2).enumerate() {
-                if pair[0].any().unwrap_or(false) {
-                    ready_workers.push(i);
+            for (i, slots) in fds[1..].chunks(3).enumerate() {
+                if slots[0].any().unwrap_or(false) {
+                    readable.push(i);
+                }
+                if self.workers[i].pidfd.is_some() && slots[2].any().unwrap_or(false) {
+                    exited.push(i);
                 }
             }
         }
 
-        let mut losses = Vec::new();
-        for i in ready_workers {
-            if let Err(loss) = self.read_worker(i) {
-                losses.push((i, loss));
+        let mut actions: Vec<(usize, Action)> = Vec::new();
+        for i in readable {
+            if let Err(loss) = self.read_worker(i, READS_PER_ROUND) {
+                actions.push((i, Action::Lose(loss)));
             }
+        }
+        for i in exited {
+            if actions.iter().any(|(j, _)| *j == i) {
+                continue;
+            }
+            // It exited: take everything it wrote, then settle.
+            let loss = self
+                .read_worker(i, usize::MAX)
+                .err()
+                .unwrap_or(Loss::Exited);
+            actions.push((i, Action::Lose(loss)));
         }
         let now = Instant::now();
         for (i, w) in self.workers.iter().enumerate() {
-            let late = match w.phase {
-                Phase::Handshake { deadline, .. } | Phase::Init { deadline } => now >= deadline,
-                Phase::Ready => false,
-            };
-            if late && !losses.iter().any(|(j, _)| *j == i) {
-                losses.push((i, Loss::StartupTimeout));
+            if actions.iter().any(|(j, _)| *j == i) {
+                continue;
+            }
+            if w.phase != Phase::Ready && now >= w.startup_deadline {
+                actions.push((i, Action::Lose(Loss::StartupTimeout)));
+            } else if w.decoder.buffered() > 0 && now >= w.last_bytes_at + stall {
+                actions.push((
+                    i,
+                    Action::Lose(Loss::Protocol(format!(
+                        "a frame stalled half-written for {stall:?} ({} bytes buffered)",
+                        w.decoder.buffered()
+                    ))),
+                ));
+            } else if w.task_deadline().is_some_and(|d| now >= d) {
+                actions.push((i, Action::Expire));
+            } else if let Fate::Killing {
+                kill_at,
+                killed: false,
+            } = w.fate
+            {
+                if now >= kill_at {
+                    actions.push((i, Action::Kill));
+                }
             }
         }
-        // Remove from the highest index down so indices stay valid.
-        losses.sort_by_key(|l| std::cmp::Reverse(l.0));
-        for (i, loss) in losses {
+        // Highest index first, so removals keep the other indices valid.
+        actions.sort_by_key(|a| std::cmp::Reverse(a.0));
+        for (i, action) in actions {
             if self.halted {
                 break;
             }
-            self.lose_worker(i, loss);
+            match action {
+                Action::Lose(loss) => self.lose_worker(i, loss),
+                Action::Expire => self.expire(i),
+                Action::Kill => {
+                    let w = &mut self.workers[i];
+                    log::warn!(
+                        "procpool: worker {} outlived its grace period after SIGTERM; sending SIGKILL",
+                        w.pid
+                    );
+                    w.process.signal_group(Signal::SIGKILL);
+                    if let Fate::Killing { killed, .. } = &mut w.fate {
+                        *killed = true;
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    /// Reads what worker `i` sent and handles every whole frame.
-    fn read_worker(&mut self, i: usize) -> Result<(), Loss> {
-        for _ in 0..READS_PER_ROUND {
+    /// Reads what worker `i` sent (at most `rounds` reads) and handles
+    /// every whole frame. `Err` when the worker is to be removed.
+    fn read_worker(&mut self, i: usize, rounds: usize) -> Result<(), Loss> {
+        for _ in 0..rounds {
             let w = &mut self.workers[i];
             match w.decoder.read_from(&mut w.from) {
                 Ok(0) => {
                     self.handle_frames(i)?;
-                    return Err(Loss::Eof);
+                    return Err(Loss::Exited);
                 }
-                Ok(_) => self.handle_frames(i)?,
+                Ok(_) => {
+                    self.workers[i].last_bytes_at = Instant::now();
+                    self.handle_frames(i)?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(Loss::Io(e)),
@@ -489,18 +608,14 @@ impl Dispatcher {
 
     fn handle_frames(&mut self, i: usize) -> Result<(), Loss> {
         loop {
-            if let Phase::Handshake {
-                preamble_ok: false,
-                deadline,
-            } = self.workers[i].phase
-            {
-                let Some(p) = self.workers[i].decoder.take_raw::<PREAMBLE_LEN>() else {
-                    // A program that prints a short line and exits is
-                    // judged by what it printed.
-                    let head = self.workers[i].decoder.peek();
-                    if !head.is_empty()
-                        && !procpool_protocol::MAGIC.starts_with(&head[..head.len().min(8)])
-                    {
+            if self.workers[i].phase == (Phase::Handshake { preamble_ok: false }) {
+                let decoder = &mut self.workers[i].decoder;
+                let Some(p) = decoder.take_raw::<PREAMBLE_LEN>() else {
+                    // A program that prints a short line is judged by what
+                    // it printed, without waiting for twelve bytes.
+                    let head = decoder.peek();
+                    let n = head.len().min(procpool_protocol::MAGIC.len());
+                    if !procpool_protocol::MAGIC.starts_with(&head[..n]) {
                         let e = check_preamble(&pad(head)).err();
                         return Err(Loss::Identity(
                             e.map_or_else(String::new, |e| e.to_string()),
@@ -509,10 +624,7 @@ impl Dispatcher {
                     return Ok(());
                 };
                 check_preamble(&p).map_err(|e| Loss::Identity(e.to_string()))?;
-                self.workers[i].phase = Phase::Handshake {
-                    deadline,
-                    preamble_ok: true,
-                };
+                self.workers[i].phase = Phase::Handshake { preamble_ok: true };
             }
             let frame = match self.workers[i].decoder.next_frame() {
                 Ok(Some(f)) => f,
@@ -525,16 +637,14 @@ impl Dispatcher {
 
     fn handle_frame(&mut self, i: usize, frame: Vec<u8>) -> Result<(), Loss> {
         let msg = decode_from_worker(&frame).map_err(|e| Loss::Protocol(e.to_string()))?;
-        match (&self.workers[i].phase, msg) {
+        match (self.workers[i].phase, msg) {
             (Phase::Handshake { .. }, FromWorker::Hello(hello)) => {
                 self.accept_hello(i, hello.tasks)
             }
-            (Phase::Init { .. }, FromWorker::InitDone(outcome)) => {
+            (Phase::Init, FromWorker::InitDone(outcome)) => {
+                let init = self.config.initializer.as_ref().expect("init phase");
                 let verdict = match outcome {
-                    Outcome::Ok(bytes) => {
-                        let init = self.config.initializer.as_ref().expect("init phase");
-                        (init.check)(bytes)
-                    }
+                    Outcome::Ok(bytes) => (init.check)(bytes),
                     Outcome::Panicked { message, location } => Err(match location {
                         Some(l) => {
                             format!("panicked at {}:{}:{}: {message}", l.file, l.line, l.column)
@@ -546,8 +656,7 @@ impl Dispatcher {
                 };
                 match verdict {
                     Ok(()) => {
-                        self.workers[i].phase = Phase::Ready;
-                        self.maybe_ready();
+                        self.became_ready(i);
                         Ok(())
                     }
                     Err(m) => Err(Loss::InitFailed(m)),
@@ -556,6 +665,7 @@ impl Dispatcher {
             (Phase::Ready, FromWorker::Done(done)) => {
                 let n = done.outcomes.len() as u32;
                 let w = &mut self.workers[i];
+                let pid = w.pid;
                 let Some(front) = w.inflight.front_mut() else {
                     return Err(Loss::Protocol(format!(
                         "result for batch {} it was never given",
@@ -568,17 +678,20 @@ impl Dispatcher {
                         done.batch, front.id
                     )));
                 }
-                if n > front.batch.remaining() {
+                let left = front.batch.delivered() + front.batch.remaining() - front.cursor;
+                if n > left {
                     return Err(Loss::Protocol(format!(
-                        "{n} outcomes for a batch with {} left",
-                        front.batch.remaining()
+                        "{n} outcomes for a batch with {left} left"
                     )));
                 }
-                let pid = w.pid;
-                if n > 0 {
-                    front.batch.deliver(n, pid, frame);
-                }
-                if front.batch.remaining() == 0 {
+                // Outcomes the caller already has (an item failed by its
+                // deadline) are skipped, never delivered twice.
+                let skip = (front.batch.delivered() - front.cursor).min(n);
+                front.batch.deliver(n, skip, pid, frame);
+                front.cursor += n;
+                let finished = front.cursor == front.batch.delivered() + front.batch.remaining();
+                w.progress_at = Instant::now();
+                if finished {
                     w.inflight.pop_front();
                 }
                 Ok(())
@@ -595,20 +708,17 @@ impl Dispatcher {
     }
 
     fn accept_hello(&mut self, i: usize, tasks: Vec<TaskInfo>) -> Result<(), Loss> {
-        match &self.task_index {
+        match &self.tasks {
             None => {
                 if let Some(init) = &self.config.initializer {
-                    let found = tasks.iter().position(|t| t.name == init.name);
-                    let Some(idx) = found else {
+                    let Some(idx) = tasks.iter().position(|t| t.name == init.name) else {
                         return Err(Loss::InitFailed(format!(
                             "the workers do not serve the initializer task `{}`",
                             init.name
                         )));
                     };
                     let t = &tasks[idx];
-                    if (t.arg_type.as_str(), t.output_type.as_str())
-                        != (init.signature.0.as_str(), init.signature.1.as_str())
-                    {
+                    if (&t.arg_type, &t.output_type) != (&init.signature.0, &init.signature.1) {
                         return Err(Loss::InitFailed(format!(
                             "the initializer `{}` is served as fn({}) -> {}, called as fn({}) -> {}",
                             init.name,
@@ -621,7 +731,7 @@ impl Dispatcher {
                     self.init_task = Some(idx as u32);
                 }
                 let _ = self.shared.tasks.set(tasks.clone());
-                self.task_index = Some(tasks);
+                self.tasks = Some(tasks);
             }
             Some(known) if *known != tasks => {
                 return Err(Loss::Protocol(
@@ -630,7 +740,6 @@ impl Dispatcher {
             }
             Some(_) => {}
         }
-        let deadline = Instant::now() + self.config.startup_timeout;
         let max = self.config.max_frame;
         let w = &mut self.workers[i];
         match (&self.config.initializer, self.init_task) {
@@ -638,66 +747,115 @@ impl Dispatcher {
                 encode_init(&mut w.out, task, &init.arg, max).map_err(|e| {
                     Loss::InitFailed(format!("its argument does not fit a frame: {e}"))
                 })?;
-                w.phase = Phase::Init { deadline };
+                w.phase = Phase::Init;
             }
-            _ => {
-                w.phase = Phase::Ready;
-                self.maybe_ready();
-            }
+            _ => self.became_ready(i),
         }
         Ok(())
     }
 
-    /// Reports a successful start once every initial worker is ready.
-    fn maybe_ready(&mut self) {
+    fn became_ready(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        w.phase = Phase::Ready;
+        w.progress_at = Instant::now();
+        self.restarts.succeeded();
         if self.starting.is_some()
             && self.workers.len() == self.config.workers
-            && self.workers.iter().all(|w| matches!(w.phase, Phase::Ready))
+            && self.workers.iter().all(|w| w.phase == Phase::Ready)
         {
             self.report_startup(Ok(()));
         }
     }
 
-    /// Removes worker `i`: kills and reaps it, settles its in-flight work,
-    /// and starts a replacement.
+    /// The running item of worker `i` passed its deadline: it fails with
+    /// `TimedOut`, and the worker's group gets SIGTERM (SIGKILL after the
+    /// grace period). A replacement starts at once.
+    fn expire(&mut self, i: usize) {
+        let grace = self.config.kill_grace;
+        let w = &mut self.workers[i];
+        let pid = w.pid;
+        let Some(front) = w.inflight.front_mut() else {
+            return;
+        };
+        let timeout = front.batch.job.timeout.unwrap_or_default();
+        let task = front.batch.job.task_name.to_string();
+        // Eager batches: the item at the cursor is the running one.
+        if front.batch.delivered() == front.cursor {
+            front.batch.fail_next(
+                1,
+                Error::new(ErrorKind::TimedOut {
+                    task: task.clone(),
+                    pid,
+                    timeout,
+                }),
+            );
+        }
+        front.timed_out = Some(front.cursor);
+        w.fate = Fate::Killing {
+            kill_at: Instant::now() + grace,
+            killed: false,
+        };
+        w.process.signal_group(Signal::SIGTERM);
+        Counters::bump(&self.shared.stats.timeouts);
+        log::warn!(
+            "procpool: task `{task}` in worker {pid} passed its {timeout:?} deadline; \
+             sent SIGTERM to its process group (SIGKILL in {grace:?})"
+        );
+        self.publish_pids();
+    }
+
+    /// Removes worker `i`: reaps it, settles its in-flight work (see the
+    /// module README), and lets `keep_capacity` replace it.
     fn lose_worker(&mut self, i: usize, loss: Loss) {
         let mut w = self.workers.swap_remove(i);
         self.publish_pids();
         let exit = w.process.kill_and_reap();
         let pid = w.pid;
-        let was_ready = matches!(w.phase, Phase::Ready);
-        self.shared
-            .stats
-            .worker_deaths
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
-        if !was_ready {
+        if w.fate == Fate::Retiring && matches!(loss, Loss::Exited) {
+            if exit != Exit::Code(0) {
+                log::warn!("procpool: recycled worker {pid} ended with {exit}");
+            }
+            return;
+        }
+        Counters::bump(&self.shared.stats.worker_deaths);
+
+        if w.phase != Phase::Ready {
             let error = startup_error(&self.config.launch, pid, exit, &loss, &w.decoder);
-            log::error!("procpool: {error}");
-            // At build time this fails the build. Later, a replacement that
-            // cannot start breaks the pool: without a restart policy
-            // (supervision is its own layer) failing the queued work beats
-            // waiting forever.
-            self.report_startup(Err(error.clone()));
-            self.halt(error);
+            self.start_failed(error);
             return;
         }
 
         let mut inflight = std::mem::take(&mut w.inflight);
-        if let Some(running) = inflight.pop_front() {
-            let task = running.batch.job.task_name.to_string();
+        let mut requeue = Vec::new();
+        if let Some(mut front) = inflight.pop_front() {
+            let task = front.batch.job.task_name.to_string();
             let error = match &loss {
                 Loss::Protocol(detail) => Error::new(ErrorKind::Protocol {
                     pid,
                     detail: detail.clone(),
                 }),
-                _ => Error::new(ErrorKind::WorkerDied { task, pid, exit }),
+                _ => Error::new(ErrorKind::WorkerDied {
+                    task: task.clone(),
+                    pid,
+                    exit,
+                }),
             };
             log::warn!(
-                "procpool: worker {pid} lost ({}): {error}",
+                "procpool: worker {pid} lost while running `{task}` ({})",
                 loss_text(&loss, exit)
             );
-            running.batch.fail(error);
+            if front.eager {
+                // The item at the cursor was running, unless the worker was
+                // still stuck in the item its deadline already failed.
+                let still_in_timed_out = front.timed_out == Some(front.cursor);
+                if !still_in_timed_out {
+                    front.batch.fail_next(1, error);
+                }
+                requeue.extend(front.batch.into_rest());
+            } else {
+                front.batch.fail(error);
+            }
         } else {
             log::warn!(
                 "procpool: idle worker {pid} lost ({})",
@@ -705,18 +863,12 @@ impl Dispatcher {
             );
         }
         // Never started: back to the front of the queue, in order.
-        while let Some(f) = inflight.pop_back() {
-            self.queue.push_front(f.batch);
+        requeue.extend(inflight.into_iter().filter_map(|f| f.batch.into_rest()));
+        for b in requeue.into_iter().rev() {
+            self.queue.push_front(b);
         }
-        drop(w);
-        if self.joining && self.idle() {
-            return;
-        }
-        if let Err(e) = self.spawn_worker() {
-            log::error!("procpool: cannot start a replacement worker: {e}");
-            self.halt(e);
-        } else {
-            log::info!("procpool: started a replacement for worker {pid}");
+        if !self.halted {
+            log::info!("procpool: replacing worker {pid}");
         }
     }
 
@@ -724,20 +876,30 @@ impl Dispatcher {
     /// a `Broken` error naming `cause`, and the loop ends. Later submissions
     /// fail the same way, from the pool's state.
     fn halt(&mut self, cause: Error) {
-        self.shared.set_broken(cause.to_string());
+        if !self.halted {
+            self.shared.set_broken(cause.to_string());
+        }
         let error = self.shared.loss_error();
-        self.kill_all(|| error.clone());
+        self.kill_all(Signal::SIGKILL, || error.clone());
         self.halted = true;
     }
 
-    /// Ends everything: fails queued and in-flight work, kills and reaps
-    /// every worker.
-    fn kill_all(&mut self, error: impl Fn() -> Error) {
+    /// Fails queued and in-flight work, signals every worker's group,
+    /// reaps them all.
+    fn kill_all(&mut self, signal: Signal, error: impl Fn() -> Error) {
+        self.fail_all(&error);
         for w in &self.workers {
-            w.process.signal_group(Signal::SIGKILL);
+            w.process.signal_group(signal);
         }
         for mut w in std::mem::take(&mut self.workers) {
-            w.process.reap();
+            w.process.kill_and_reap();
+        }
+        self.respawn_at.clear();
+        self.publish_pids();
+    }
+
+    fn fail_all(&mut self, error: &impl Fn() -> Error) {
+        for w in &mut self.workers {
             for f in w.inflight.drain(..) {
                 f.batch.fail(error());
             }
@@ -745,7 +907,64 @@ impl Dispatcher {
         while let Some(b) = self.queue.pop_front() {
             b.fail(error());
         }
-        self.publish_pids();
+    }
+
+    /// `terminate()`: every unfinished task fails now; the workers get
+    /// SIGTERM, and SIGKILL after the grace period or at a second
+    /// terminate, whichever comes first.
+    fn terminate(&mut self) {
+        let terminated = || Error::new(ErrorKind::Terminated);
+        self.fail_all(&terminated);
+        self.respawn_at.clear();
+        for w in &self.workers {
+            w.process.signal_group(Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + self.config.kill_grace;
+        let mut buf = [0u8; 4096];
+        'wait: while !self.workers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut gone = Vec::new();
+            {
+                let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+                for w in &self.workers {
+                    let fd = w.pidfd.as_ref().map_or(w.from.as_fd(), |p| p.as_fd());
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+                match nix::poll::poll(&mut fds, poll_timeout(left)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+                for (i, fd) in fds[1..].iter().enumerate() {
+                    if fd.any().unwrap_or(false) {
+                        gone.push(i);
+                    }
+                }
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Command::Terminate) => break 'wait, // escalate now
+                    Ok(Command::Submit(b)) => b.fail(terminated()),
+                    Ok(Command::Join) => {}
+                    Err(_) => break,
+                }
+            }
+            for &i in gone.iter().rev() {
+                let w = &mut self.workers[i];
+                if w.pidfd.is_none() {
+                    // Without a pidfd the pipe tells: drain until its end.
+                    match w.from.read(&mut buf) {
+                        Ok(0) => {}
+                        _ => continue,
+                    }
+                }
+                let mut w = self.workers.swap_remove(i);
+                w.process.reap();
+            }
+        }
+        self.kill_all(Signal::SIGKILL, terminated);
     }
 
     /// After `join`: every batch is done. Close each worker's input so it
@@ -753,32 +972,24 @@ impl Dispatcher {
     fn shutdown_gracefully(&mut self) {
         let deadline = Instant::now() + self.config.shutdown_grace;
         let workers = std::mem::take(&mut self.workers);
-        let mut readers = Vec::new();
-        for w in workers {
-            let Worker {
-                process, from, to, ..
-            } = w;
-            drop(to);
-            readers.push((process, from));
-        }
+        self.publish_pids();
         let mut buf = [0u8; 4096];
-        for (mut process, mut from) in readers {
+        for mut w in workers {
+            w.to = None;
             // Wait for the end of its output (it exits), bounded.
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-                    .unwrap_or(PollTimeout::ZERO);
-                let mut fds = [PollFd::new(from.as_fd(), PollFlags::POLLIN)];
-                match nix::poll::poll(&mut fds, ms) {
+                let mut fds = [PollFd::new(w.from.as_fd(), PollFlags::POLLIN)];
+                match nix::poll::poll(&mut fds, poll_timeout(left)) {
                     Ok(0) => {
                         log::warn!(
-                            "procpool: worker {} did not exit within {:?}; killing it",
-                            process.pid(),
+                            "procpool: worker {} did not exit within {:?} of its input closing; killing it",
+                            w.pid,
                             self.config.shutdown_grace
                         );
                         break;
                     }
-                    Ok(_) => match from.read(&mut buf) {
+                    Ok(_) => match w.from.read(&mut buf) {
                         Ok(0) => break,
                         Ok(_) => continue,
                         Err(e)
@@ -793,11 +1004,16 @@ impl Dispatcher {
                     Err(_) => break,
                 }
             }
-            let exit = process.kill_and_reap();
-            log::debug!("procpool: worker {} stopped ({exit})", process.pid());
+            let exit = w.process.kill_and_reap();
+            log::debug!("procpool: worker {} stopped ({exit})", w.pid);
         }
-        self.publish_pids();
     }
+}
+
+fn poll_timeout(d: Duration) -> PollTimeout {
+    // Round up, so a deadline is never polled for a millisecond early.
+    let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
 }
 
 /// Pads a short head of output to a preamble's size for the error message.
@@ -810,7 +1026,7 @@ fn pad(head: &[u8]) -> [u8; PREAMBLE_LEN] {
 
 fn loss_text(loss: &Loss, exit: Exit) -> String {
     match loss {
-        Loss::Eof => format!("{exit}"),
+        Loss::Exited => format!("{exit}"),
         Loss::Io(e) => format!("read error {e}; {exit}"),
         Loss::Protocol(d) => format!("protocol error: {d}"),
         Loss::StartupTimeout => "start-up timed out".into(),
@@ -835,12 +1051,12 @@ fn startup_error(
         Loss::StartupTimeout => Error::startup(format!(
             "`{program}` (pid {pid}) did not complete the handshake in time"
         )),
-        Loss::Eof if decoder.buffered() > 0 => Error::startup(format!(
+        Loss::Exited if decoder.buffered() > 0 => Error::startup(format!(
             "`{program}` (pid {pid}) ended ({exit}) after writing {} bytes that are not a handshake: \"{}\"",
             decoder.buffered(),
             decoder.peek()[..decoder.buffered().min(64)].escape_ascii()
         )),
-        Loss::Eof => Error::startup(format!(
+        Loss::Exited => Error::startup(format!(
             "`{program}` (pid {pid}) ended ({exit}) before its handshake"
         )),
         Loss::Io(e) => Error::startup(format!("reading from `{program}` (pid {pid}) failed: {e}")),

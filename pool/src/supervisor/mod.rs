@@ -26,7 +26,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::Exit;
 use crate::sys;
-use crate::worker::{MAX_FRAME_ENV, WORKER_ENV};
+use crate::worker::{MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, WORKER_ENV};
 
 /// How to start one worker.
 #[derive(Debug, Clone)]
@@ -35,6 +35,7 @@ pub(crate) struct Launch {
     pub(crate) arg0: Option<OsString>,
     pub(crate) args: Vec<OsString>,
     pub(crate) max_frame: u32,
+    pub(crate) memory_limit: Option<u64>,
 }
 
 impl Launch {
@@ -47,6 +48,7 @@ impl Launch {
             arg0,
             args: Vec::new(),
             max_frame,
+            memory_limit: None,
         }
     }
 
@@ -57,6 +59,7 @@ impl Launch {
             arg0: None,
             args,
             max_frame,
+            memory_limit: None,
         }
     }
 
@@ -79,10 +82,14 @@ impl Launch {
         cmd.args(&self.args)
             .env(WORKER_ENV, procpool_protocol::PROTOCOL_VERSION.to_string())
             .env(MAX_FRAME_ENV, self.max_frame.to_string())
+            .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0);
+        if let Some(bytes) = self.memory_limit {
+            cmd.env(MEMORY_LIMIT_ENV, bytes.to_string());
+        }
         let mut child = cmd.spawn()?;
         let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
         let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
@@ -117,6 +124,11 @@ pub(crate) struct WorkerProcess {
 impl WorkerProcess {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A pidfd of the (unreaped) worker, readable once it exits.
+    pub(crate) fn pidfd(&self) -> Option<OwnedFd> {
+        sys::pidfd_open(self.pid())
     }
 
     /// Signals the worker's process group, unless the worker was reaped.

@@ -121,6 +121,41 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) -> io::Result<()> {
     }
 }
 
+/// A pidfd for our own unreaped child `pid`: readable once it has exited.
+/// `None` where the kernel has no pidfd_open (before Linux 5.3); the pipe's
+/// end then tells of the death instead.
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (close-on-exec by definition) or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh descriptor that we now own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Worker start-up: asks the kernel to SIGKILL this process when the
+/// thread that started it (the pool's dispatcher) dies, then checks that
+/// the parent did not die before the request was made.
+pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::other(
+            "the parent exited before the worker started",
+        ));
+    }
+    Ok(())
+}
+
+/// Worker start-up: caps the address space, so a runaway allocation fails
+/// (and the worker aborts) instead of exhausting the machine.
+pub(crate) fn limit_memory(bytes: u64) -> io::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_AS, bytes, bytes)?;
+    Ok(())
+}
+
 /// Whether a descriptor is a terminal.
 pub(crate) fn is_terminal(fd: BorrowedFd<'_>) -> bool {
     nix::unistd::isatty(fd).unwrap_or(false)

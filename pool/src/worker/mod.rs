@@ -25,6 +25,10 @@ use procpool_protocol::exit_code;
 pub(crate) const WORKER_ENV: &str = "PROCPOOL_WORKER";
 /// Environment variable carrying the parent's frame limit.
 pub(crate) const MAX_FRAME_ENV: &str = "PROCPOOL_MAX_FRAME";
+/// Environment variable carrying the parent's pid (for the death signal).
+pub(crate) const PARENT_PID_ENV: &str = "PROCPOOL_PARENT_PID";
+/// Environment variable carrying the worker's address-space limit.
+pub(crate) const MEMORY_LIMIT_ENV: &str = "PROCPOOL_MEMORY_LIMIT";
 
 /// Whether this process was started by a pool as a worker.
 pub fn is_worker() -> bool {
@@ -74,13 +78,31 @@ pub fn run(registry: &Registry) -> ! {
     std::process::exit(serve_now(registry))
 }
 
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn serve_now(registry: &Registry) -> i32 {
-    let max_frame = std::env::var(MAX_FRAME_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(procpool_protocol::DEFAULT_MAX_FRAME);
-    crate::sys::remove_env(WORKER_ENV);
-    crate::sys::remove_env(MAX_FRAME_ENV);
+    let max_frame = env_number(MAX_FRAME_ENV).unwrap_or(procpool_protocol::DEFAULT_MAX_FRAME);
+    let parent: Option<u32> = env_number(PARENT_PID_ENV);
+    let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);
+    for var in [WORKER_ENV, MAX_FRAME_ENV, PARENT_PID_ENV, MEMORY_LIMIT_ENV] {
+        crate::sys::remove_env(var);
+    }
+    // Second line of defence after the end of stdin: die with the parent,
+    // even one killed with SIGKILL.
+    if let Some(parent) = parent {
+        if let Err(e) = crate::sys::die_with_parent(parent) {
+            eprintln!("procpool worker: {e}");
+            return exit_code::SETUP_FAILED;
+        }
+    }
+    if let Some(bytes) = memory {
+        if let Err(e) = crate::sys::limit_memory(bytes) {
+            eprintln!("procpool worker: cannot limit its memory to {bytes} bytes: {e}");
+            return exit_code::SETUP_FAILED;
+        }
+    }
     let stdio = match crate::sys::take_protocol_stdio() {
         Ok(s) => s,
         Err(e) => {

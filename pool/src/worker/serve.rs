@@ -89,7 +89,7 @@ pub(super) fn serve(registry: &Registry, stdio: ProtocolStdio, max_frame: u32) -
         };
         let sent = match msg {
             ToWorker::Init { task, arg } => server.init(task, arg),
-            ToWorker::Run(run) => server.run(run.batch, run.task, &run.items),
+            ToWorker::Run(run) => server.run(run.batch, run.task, run.eager, &run.items),
         };
         match sent {
             Ok(()) => {}
@@ -136,7 +136,7 @@ impl Server<'_> {
         self.send()
     }
 
-    fn run(&mut self, batch: u64, task: u32, items: &[&Bytes]) -> Result<(), Stop> {
+    fn run(&mut self, batch: u64, task: u32, eager: bool, items: &[&Bytes]) -> Result<(), Stop> {
         // Validate the whole message before running anything of it.
         if task as usize >= self.registry.len() {
             return Err(Stop(bad_parent(&format!("task {task} does not exist"))));
@@ -157,7 +157,7 @@ impl Server<'_> {
                 pending = 0;
             }
             pending += 1;
-            if self.outcomes.len() * 2 > limit || last_flush.elapsed() >= FLUSH_INTERVAL {
+            if eager || self.outcomes.len() * 2 > limit || last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush(batch, pending)?;
                 pending = 0;
                 last_flush = Instant::now();
