@@ -39,6 +39,10 @@ pub fn abort_now() {
 /// SIGSEGV to report stack overflows, so the default action is restored
 /// first, as it is for a fault the handler does not recognise.)
 pub fn segfault() {
+    segfault_now()
+}
+
+fn segfault_now() {
     // SAFETY: signal and raise only change this process's disposition and
     // deliver a signal to it; SIGSEGV's default action ends the process,
     // which is the point of the task.
@@ -162,6 +166,224 @@ pub fn fd_table(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// How a fault task kills its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Death {
+    /// `exit(code)`.
+    Exit(i32),
+    /// `abort()`: SIGABRT.
+    Abort,
+    /// A segmentation fault: SIGSEGV with its default action.
+    Segv,
+    /// SIGKILL, as the OOM killer or an operator would send it.
+    Kill,
+}
+
+impl Death {
+    /// Every kind, for test matrices.
+    pub const ALL: [Death; 4] = [Death::Exit(3), Death::Abort, Death::Segv, Death::Kill];
+
+    /// Kills this process accordingly.
+    pub fn die(self) -> ! {
+        match self {
+            Death::Exit(code) => std::process::exit(code),
+            Death::Abort => std::process::abort(),
+            Death::Segv => segfault_now(),
+            // SAFETY: raise only delivers a signal to this process.
+            Death::Kill => unsafe {
+                libc::raise(libc::SIGKILL);
+            },
+        }
+        unreachable!("{self:?} did not end the process")
+    }
+
+    /// How the pool should report this death.
+    pub fn exit(self) -> procpool::Exit {
+        match self {
+            Death::Exit(code) => procpool::Exit::Code(code),
+            Death::Abort => procpool::Exit::Signal(libc::SIGABRT),
+            Death::Segv => procpool::Exit::Signal(libc::SIGSEGV),
+            Death::Kill => procpool::Exit::Signal(libc::SIGKILL),
+        }
+    }
+
+    /// Parses `exit:N`, `abort`, `segv` or `kill`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "abort" => Some(Death::Abort),
+            "segv" => Some(Death::Segv),
+            "kill" => Some(Death::Kill),
+            _ => s.strip_prefix("exit:")?.parse().ok().map(Death::Exit),
+        }
+    }
+}
+
+/// An argument whose decoding, in the worker, kills the worker.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DecodeBomb(pub Death);
+
+impl<'de> Deserialize<'de> for DecodeBomb {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Death::deserialize(d)?.die()
+    }
+}
+
+/// Dies while its argument is decoded.
+pub fn crash_decoding(_: DecodeBomb) -> u64 {
+    unreachable!("decoding the argument ended the process")
+}
+
+/// A result whose encoding, in the worker, kills the worker.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct EncodeBomb(pub Death);
+
+impl Serialize for EncodeBomb {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        self.0.die()
+    }
+}
+
+/// Dies while its result is encoded.
+pub fn crash_encoding(death: Death) -> EncodeBomb {
+    EncodeBomb(death)
+}
+
+/// Dies while running.
+pub fn crash_running(death: Death) -> u64 {
+    death.die()
+}
+
+/// Returns 1 at once, and dies 200 ms later, after its result was sent.
+pub fn crash_after_result(death: Death) -> u64 {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        death.die();
+    });
+    1
+}
+
+/// Ignores SIGTERM, then never returns.
+pub fn ignore_sigterm_and_hang() {
+    // SAFETY: sets this (worker) process's disposition of SIGTERM.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Stops its own worker with SIGSTOP: it hangs until killed.
+pub fn stop_self() {
+    // SAFETY: raise only delivers a signal to this process.
+    unsafe {
+        libc::raise(libc::SIGSTOP);
+    }
+}
+
+/// Starts a grandchild (`sleep 1000`), writes its pid to `pidfile`, and
+/// never returns.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the grandchild is never waited for on purpose: the pool must kill it with the worker's group"
+)]
+pub fn grandchild_and_hang(pidfile: String) {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("spawn sleep");
+    std::fs::write(&pidfile, child.id().to_string()).expect("write pidfile");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Appends `id` to the record file named by the initializer
+/// ([`init_store`]), proving how often each task really ran; returns `id`.
+pub fn record(id: u64) -> u64 {
+    use std::io::Write as _;
+    let path = INIT_VALUE
+        .lock()
+        .clone()
+        .expect("record needs init_store(path)");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open the record file");
+    f.write_all(format!("{id}\n").as_bytes()).expect("append");
+    id
+}
+
+/// Creates the file `path`, then sleeps `ms` milliseconds: a task whose
+/// start the test can see.
+pub fn announce_and_sleep(path: String, ms: u64) -> u64 {
+    std::fs::write(&path, b"running").expect("write the marker");
+    sleep_ms(ms)
+}
+
+/// Submits a task that sleeps a minute and returns once it is running in
+/// a worker (not merely queued), so a signal sent next hits it mid-task.
+pub fn running_task(pool: &procpool::Pool) -> procpool::AsyncResult<u64> {
+    let marker = temp_path("running");
+    let handle = pool
+        .apply_async(announce_and_sleep, (marker.display().to_string(), 60_000))
+        .expect("submit");
+    assert!(
+        wait_until(Duration::from_secs(60), || marker.exists()),
+        "the task never started"
+    );
+    let _ = std::fs::remove_file(&marker);
+    handle
+}
+
+/// Sleeps 300 ms, then [`record`]s `id`.
+pub fn record_slowly(id: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    record(id)
+}
+
+/// How many times each id was recorded in `path`.
+pub fn recorded(path: &std::path::Path) -> std::collections::BTreeMap<u64, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        *counts.entry(line.parse().expect("an id")).or_default() += 1;
+    }
+    counts
+}
+
+/// What a chaos task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Chaos {
+    /// Records `id` and returns it.
+    Work,
+    /// Panics.
+    Panic,
+    /// Exits with code 3.
+    Crash,
+    /// Sleeps a minute (its deadline ends it).
+    Hang,
+}
+
+/// One chaos-soak task.
+pub fn chaos(kind: Chaos, id: u64) -> u64 {
+    match kind {
+        Chaos::Work => record(id),
+        Chaos::Panic => panic!("chaos panic {id}"),
+        Chaos::Crash => std::process::exit(3),
+        Chaos::Hang => sleep_ms(60_000),
+    }
+}
+
+/// Allocates and touches `mib` MiB; returns the sum of a byte per page.
+pub fn allocate_mib(mib: u64) -> u64 {
+    let mut v = vec![0u8; (mib as usize) << 20];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    v.iter().step_by(4096).map(|&b| u64::from(b)).sum()
+}
+
 /// Every fault task.
 pub fn registry() -> procpool::Registry {
     procpool::Registry::new()
@@ -182,6 +404,18 @@ pub fn registry() -> procpool::Registry {
         .task(init_panic)
         .task(init_value)
         .task(open_fds)
+        .task(crash_decoding)
+        .task(crash_encoding)
+        .task(crash_running)
+        .task(crash_after_result)
+        .task(ignore_sigterm_and_hang)
+        .task(stop_self)
+        .task(grandchild_and_hang)
+        .task(record)
+        .task(record_slowly)
+        .task(announce_and_sleep)
+        .task(chaos)
+        .task(allocate_mib)
 }
 
 /// Turns a hang into a failure: if not dropped within `limit`, prints
@@ -218,4 +452,74 @@ pub fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The state follows the command name in parentheses.
     stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Polls `done` every 10 ms until it holds or `ceiling` passes; returns
+/// whether it held. For events only visible from outside (a process
+/// disappearing from `/proc`): the ceiling is a hang bound, not a timing
+/// assertion.
+pub fn wait_until(ceiling: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > ceiling {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh path in the temporary directory, unique to this process and call.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("procpool-{}-{n}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// Sends `signal` to `pid`.
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill only sends a signal; callers pass pids of their own
+    // live workers.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+}
+
+/// Whether `pid` is gone or a zombie that is not ours to reap (its
+/// parent is gone): the process no longer runs.
+pub fn not_running(pid: u32) -> bool {
+    matches!(process_state(pid), None | Some('Z') | Some('X'))
+}
+
+/// Pids of this process's children that exist (zombies included).
+pub fn children_of_this_process() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut kids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+        if fields.get(1) == Some(&me.as_str()) {
+            kids.push(pid);
+        }
+    }
+    kids
+}
+
+/// How many descriptors and threads this process has.
+pub fn fd_and_thread_counts() -> (usize, usize) {
+    let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    // Reading a directory opens one descriptor of its own; it is counted
+    // the same way every time.
+    (count("/proc/self/fd"), count("/proc/self/task"))
 }

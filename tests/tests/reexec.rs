@@ -14,7 +14,11 @@
 //!   never do;
 //! - a process started as a worker that forgot `serve_if_worker` gets a
 //!   clear error from `build()` instead of starting workers of its own;
-//! - printing tasks, and descriptor hygiene, in this mode too.
+//! - printing tasks, and descriptor hygiene, in this mode too;
+//! - parent death: a parent killed with SIGKILL while its workers are busy
+//!   leaves no worker behind (checked from outside that parent);
+//! - a spawn that fails for lack of descriptors (`RLIMIT_NOFILE`) is
+//!   retried with backoff, and the pool recovers when descriptors are back.
 //!
 //! Every scenario runs under a watchdog. The last line is the usual
 //! `N passed, M failed`.
@@ -68,12 +72,18 @@ fn open_fds() -> Vec<String> {
     fd_table(std::process::id())
 }
 
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 fn registry() -> Registry {
     Registry::new()
         .task(square)
         .task(take_every_lock)
         .task(noisy)
         .task(open_fds)
+        .task(sleep_ms)
 }
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -95,9 +105,22 @@ fn main() {
 
     procpool::serve_if_worker(&tasks);
 
+    if std::env::args().any(|a| a == "--busy-parent") {
+        // The parent to be killed: busy workers, their pids on stdout.
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let _busy: Vec<_> = (0..4)
+            .map(|_| pool.apply_async(sleep_ms, 600_000).unwrap())
+            .collect();
+        let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
+        println!("{}", pids.join(" "));
+        std::io::stdout().flush().unwrap();
+        std::thread::sleep(Duration::from_secs(600));
+        std::process::exit(5);
+    }
+
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
 
-    let scenarios: [(&str, fn()); 4] = [
+    let scenarios: [(&str, fn()); 6] = [
         (
             "reexec_pool_maps_in_worker_processes",
             reexec_pool_maps_in_worker_processes,
@@ -110,6 +133,14 @@ fn main() {
         (
             "reexec_workers_keep_stdio_and_descriptors_clean",
             reexec_stdio_and_descriptors,
+        ),
+        (
+            "workers_die_with_a_sigkilled_parent",
+            workers_die_with_a_sigkilled_parent,
+        ),
+        (
+            "a_spawn_without_descriptors_is_retried",
+            a_spawn_without_descriptors_is_retried,
         ),
     ];
     let filter: Vec<String> = std::env::args()
@@ -246,4 +277,71 @@ fn reexec_stdio_and_descriptors() {
     }
     let fds = pool.apply(open_fds, ()).unwrap();
     assert_eq!(fds[0], "0 -> /dev/null");
+}
+
+fn workers_die_with_a_sigkilled_parent() {
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--busy-parent")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line:?}");
+    assert!(pids.iter().all(|&p| procpool_tests::process_exists(p)));
+    procpool_tests::kill(parent.id(), libc::SIGKILL);
+    assert!(parent.wait().unwrap().code().is_none());
+    assert!(
+        procpool_tests::wait_until(Duration::from_secs(10), || pids
+            .iter()
+            .all(|&p| procpool_tests::not_running(p))),
+        "workers {pids:?} outlived their parent"
+    );
+}
+
+fn nofile_limit() -> libc::rlimit {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim
+}
+
+fn set_nofile_limit(lim: libc::rlimit) {
+    // SAFETY: setrlimit reads the struct we pass.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+fn a_spawn_without_descriptors_is_retried() {
+    let pool = Pool::builder()
+        .workers(1)
+        .restart_limit(1000, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let victim = pool.worker_pids()[0];
+    let saved = nofile_limit();
+    // No new descriptor can be created: pipes for a replacement fail with
+    // EMFILE.
+    set_nofile_limit(libc::rlimit {
+        rlim_cur: 3,
+        rlim_max: saved.rlim_max,
+    });
+    procpool_tests::kill(victim, libc::SIGKILL);
+    let failed =
+        procpool_tests::wait_until(Duration::from_secs(30), || pool.stats().start_failures >= 2);
+    set_nofile_limit(saved);
+    assert!(failed, "spawns did not fail: {:?}", pool.stats());
+    assert_eq!(pool.apply(square, 11).unwrap(), 121);
+    let stats = pool.stats();
+    assert!(stats.workers_started >= 2, "{stats:?}");
 }

@@ -1,5 +1,5 @@
 use procpool::Exit;
-use procpool_tests::{abort_now, exit_with, process_exists, segfault, sleep_ms, square, watchdog};
+use procpool_tests::{abort_now, exit_with, process_exists, segfault, square, watchdog};
 
 use crate::{LIMIT, pool};
 
@@ -55,17 +55,10 @@ fn a_worker_that_segfaults_costs_one_task() {
 fn a_worker_killed_from_outside_costs_one_task() {
     crash_then_recover("sigkill", Exit::Signal(libc::SIGKILL), |pool| {
         let pid = pool.worker_pids()[0];
-        let running = pool.apply_async(sleep_ms, 60_000).unwrap();
-        // SAFETY-free: kill(2) through libc on a pid this pool owns.
-        let rc = unsafe_kill(pid, libc::SIGKILL);
-        assert_eq!(rc, 0);
+        let running = procpool_tests::running_task(pool);
+        procpool_tests::kill(pid, libc::SIGKILL);
         running.get().unwrap_err()
     });
-}
-
-fn unsafe_kill(pid: u32, sig: i32) -> i32 {
-    // SAFETY: kill only sends a signal; the pid is our live worker's.
-    unsafe { libc::kill(pid as i32, sig) }
 }
 
 #[test]

@@ -138,3 +138,82 @@ fn no_descriptor_of_the_parent_leaks_into_a_worker() {
         libc::close(fds[1]);
     }
 }
+
+#[test]
+fn terminate_sends_sigterm_then_sigkill() {
+    let _w = watchdog("terminate_sends_sigterm_then_sigkill", LIMIT);
+    let pool = procpool::Pool::builder()
+        .workers(2)
+        .worker_program(crate::FAULT_WORKER)
+        .kill_grace(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let pids = pool.worker_pids();
+    // One worker dies of SIGTERM at once; the other ignores it and is
+    // killed when the grace period ends.
+    let stubborn = pool
+        .apply_async(procpool_tests::ignore_sigterm_and_hang, ())
+        .unwrap();
+    let plain = pool.apply_async(sleep_ms, 60_000).unwrap();
+    pool.terminate();
+    assert!(stubborn.get().unwrap_err().is_terminated());
+    assert!(plain.get().unwrap_err().is_terminated());
+    assert_gone(&pids);
+}
+
+#[test]
+fn a_second_terminate_escalates_at_once() {
+    // The grace period is far longer than the watchdog: only escalation
+    // lets this test finish.
+    let _w = watchdog("a_second_terminate_escalates_at_once", LIMIT);
+    let pool = procpool::Pool::builder()
+        .workers(1)
+        .worker_program(crate::FAULT_WORKER)
+        .kill_grace(LIMIT * 10)
+        .build()
+        .unwrap();
+    let pids = pool.worker_pids();
+    let stubborn = pool
+        .apply_async(procpool_tests::ignore_sigterm_and_hang, ())
+        .unwrap();
+    // Let the task start and ignore SIGTERM before terminating.
+    assert!(procpool_tests::wait_until(LIMIT, || {
+        std::fs::read_to_string(format!("/proc/{}/status", pids[0])).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("SigIgn:") && !l.ends_with("0000000000000000"))
+        })
+    }));
+    std::thread::scope(|s| {
+        let first = s.spawn(|| pool.terminate());
+        // The first terminate has failed the task and is in its grace period.
+        assert!(stubborn.get().unwrap_err().is_terminated());
+        pool.terminate();
+        first.join().unwrap();
+    });
+    assert_gone(&pids);
+}
+
+#[test]
+fn dropping_an_imap_iterator_cancels_work_not_started() {
+    let _w = watchdog("dropping_an_imap_iterator_cancels_work_not_started", LIMIT);
+    let file = procpool_tests::temp_path("cancel");
+    let pool = procpool::Pool::builder()
+        .workers(1)
+        .worker_program(crate::FAULT_WORKER)
+        .initializer(procpool_tests::init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let mut it = pool
+        .with_chunksize(1)
+        .imap(procpool_tests::record_slowly, 0..6u64)
+        .unwrap();
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    drop(it);
+    // Whatever was already in the worker's pipe finishes first.
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    let ran: Vec<u64> = procpool_tests::recorded(&file).into_keys().collect();
+    // Up to two batches (the pipeline) may have been in the worker's pipe
+    // when the iterator was dropped; 3..6 were never sent.
+    assert!(ran.len() <= 3 && ran.iter().all(|&i| i < 3), "ran {ran:?}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -7,14 +7,22 @@
 //! - `crash`: workers that exit, abort, segfault or are killed;
 //! - `lifecycle`: close/join/terminate/drop, no leftover processes, no
 //!   leaked descriptors;
-//! - `startup`: wrong programs, initializers.
+//! - `startup`: wrong programs, initializers;
+//! - `crash_matrix`: every death at every phase, re-dispatch, reaping;
+//! - `deadlines`: hung, SIGTERM-ignoring, stopped, grandchild-spawning tasks;
+//! - `restart`: restart intensity just under and over its limit;
+//! - `recycle`: `max_tasks_per_worker` and the memory limit.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
 mod api;
 mod crash;
+mod crash_matrix;
+mod deadlines;
 mod errors;
 mod lifecycle;
+mod recycle;
+mod restart;
 mod startup;
 mod stdio;
 
