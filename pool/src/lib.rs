@@ -87,18 +87,46 @@
 //! item. Input iterators are consumed lazily, a bounded window ahead of the
 //! consumer.
 //!
+//! # Supervision
+//!
+//! - **Crashes.** A worker that exits, aborts, segfaults or is killed costs
+//!   the task it was running (an error that
+//!   [`is_worker_died`](Error::is_worker_died), with the pid and the exit
+//!   code or signal). Its death is seen through a pidfd; it is reaped by its
+//!   own pid, and a replacement starts at once.
+//! - **Deadlines.** [`Builder::task_timeout`] (pool default) or
+//!   [`Pool::with_timeout`] (per call): at the deadline the task fails with
+//!   an error that [`is_timeout`](Error::is_timeout); the worker's process
+//!   group gets SIGTERM, then SIGKILL after [`Builder::kill_grace`], so a
+//!   task that ignores SIGTERM, was stopped, or spawned children is still
+//!   ended. Jobs with a deadline report each outcome as soon as it is ready,
+//!   so the running item is known exactly and the items behind it are sent
+//!   again elsewhere, never lost and never run twice.
+//! - **Leaks.** [`Builder::max_tasks_per_worker`] replaces a worker after
+//!   N tasks; [`Builder::worker_memory_limit`] caps its address space, so a
+//!   runaway allocation kills that worker only.
+//! - **No fork bomb.** A replacement that fails to start is retried with a
+//!   doubling backoff, at most [`Builder::restart_limit`] times within a
+//!   window; past it the pool is broken ([`Error::is_broken`]) and fails its
+//!   work with the reason.
+//! - **Parent death.** Workers exit at the end of their input, and also
+//!   carry `PR_SET_PDEATHSIG`: none outlives a parent killed with SIGKILL.
+//! - **Counters.** [`Pool::stats`]; crashes, timeouts and respawns are also
+//!   logged with pid and cause.
+//!
 //! # Caveats
 //!
 //! - **Dropping the pool terminates it**: unfinished tasks end in a
 //!   `Terminated` error and every worker is killed and reaped. Call
 //!   [`close`](Pool::close) and [`join`](Pool::join) to let queued work
 //!   finish.
-//! - **A crash fails the chunk it hit.** When a worker dies, the task it
-//!   was running ends in a `WorkerDied` error (naming the pid and the exit
-//!   code or signal), and so do the items of the same chunk whose results
-//!   had not been sent yet (a worker sends results at least every 20 ms);
-//!   chunks queued behind it run on another worker, once. Use chunk size 1
-//!   for tasks that are expected to crash.
+//! - **Without a deadline, a crash fails the rest of its chunk.** For
+//!   speed, a worker sends a chunk's results in batches (at least every
+//!   20 ms), so when it dies the pool cannot tell which unreported item was
+//!   running: every unreported item of that chunk fails with `WorkerDied`
+//!   (each exactly once; none runs twice). Chunks queued behind it run on
+//!   another worker. Give the job a deadline (or chunk size 1, as `apply`
+//!   has) to have only the running item fail.
 //! - **Ordering:** `map` and `imap` yield in input order; `imap_unordered`
 //!   yields in completion order.
 //! - **`map` stops at the first error** (like Python's, which raises) and
