@@ -26,6 +26,41 @@ const MAX_AUTO_CHUNK: usize = 4096;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Room kept in a frame for the `Run` header.
 const RUN_HEADER_ROOM: usize = 32;
+/// Room for one item's length prefix.
+const ITEM_ROOM: usize = 8;
+
+/// Bytes of items that fit in one `Run` frame.
+fn frame_room(max_frame: u32) -> usize {
+    (max_frame as usize).saturating_sub(RUN_HEADER_ROOM)
+}
+
+/// Encodes one argument into `buf` (replacing its contents) and checks
+/// that it fits a frame on its own.
+pub(crate) fn encode_arg<A: Serialize>(
+    arg: &A,
+    buf: &mut Vec<u8>,
+    task: &str,
+    max_frame: u32,
+) -> Result<(), Error> {
+    buf.clear();
+    match postcard::to_extend(arg, std::mem::take(buf)) {
+        Ok(bytes) => *buf = bytes,
+        Err(e) => {
+            return Err(Error::new(ErrorKind::ArgEncode {
+                task: task.to_owned(),
+                message: e.to_string(),
+            }));
+        }
+    }
+    if buf.len() + ITEM_ROOM > frame_room(max_frame) {
+        return Err(Error::new(ErrorKind::ArgTooLarge {
+            task: task.to_owned(),
+            len: buf.len(),
+            max: max_frame,
+        }));
+    }
+    Ok(())
+}
 
 /// How many items go into the next chunk.
 #[derive(Debug, Clone, Copy)]
@@ -106,49 +141,33 @@ where
             return;
         }
         let want = self.size.take();
-        let limit = (self.inner.max_frame as usize).saturating_sub(RUN_HEADER_ROOM);
+        let room = frame_room(self.inner.max_frame);
         let mut items = ItemsBuilder::new();
         while (items.count() as usize) < want && items.bytes() < CHUNK_BYTES {
             let Some(arg) = self.iter.next() else {
                 self.exhausted = true;
                 break;
             };
-            self.scratch.clear();
-            let encoded = postcard::to_extend(&arg, std::mem::take(&mut self.scratch));
-            let failure = match encoded {
-                Ok(bytes) => {
-                    self.scratch = bytes;
-                    if self.scratch.len() + 8 > limit {
-                        Some(Error::new(ErrorKind::ArgTooLarge {
-                            task: self.job.task_name.to_string(),
-                            len: self.scratch.len(),
-                            max: self.inner.max_frame,
-                        }))
-                    } else if items.bytes() + self.scratch.len() + 8 > limit {
+            let task = &self.job.task_name;
+            match encode_arg(&arg, &mut self.scratch, task, self.inner.max_frame) {
+                Ok(()) => {
+                    if items.bytes() + self.scratch.len() + ITEM_ROOM > room {
                         // Does not fit beside the others: close this chunk
                         // and start the next with this item.
                         self.submit(std::mem::take(&mut items), opened);
-                        items.push(&self.scratch);
-                        None
-                    } else {
-                        items.push(&self.scratch);
-                        None
                     }
+                    items.push(&self.scratch);
                 }
-                Err(e) => Some(Error::new(ErrorKind::ArgEncode {
-                    task: self.job.task_name.to_string(),
-                    message: e.to_string(),
-                })),
-            };
-            if let Some(error) = failure {
-                // The item gets a chunk of its own, failed here, in order.
-                self.submit(std::mem::take(&mut items), opened);
-                opened.push(Opened {
-                    seq: self.bump(),
-                    count: 1,
-                    failed: Some(error),
-                });
-                return;
+                Err(error) => {
+                    // The item gets a chunk of its own, failed here, in order.
+                    self.submit(std::mem::take(&mut items), opened);
+                    opened.push(Opened {
+                        seq: self.bump(),
+                        count: 1,
+                        failed: Some(error),
+                    });
+                    return;
+                }
             }
         }
         self.submit(items, opened);

@@ -158,6 +158,6 @@ mod task;
 pub mod worker;
 
 pub use error::{Error, Exit, PanicLocation};
-pub use pool::{AsyncResult, Builder, Call, Imap, InitOutput, Pool, Stats};
+pub use pool::{AsyncResult, Builder, Call, Imap, InitOutput, Pool, Stats, SubmitError};
 pub use task::{Named, Task, TaskFn, TaskRef};
 pub use worker::{Registry, serve_if_worker};

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
+use procpool_protocol::ItemsBuilder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -19,7 +20,7 @@ use crate::dispatcher::{
     self, Batch, ChunkMsg, Command, Config, Handle, Initializer, Job, Limit, Shared,
 };
 use crate::error::{Error, ErrorKind};
-use crate::feed::{ChunkSize, Chunks, Feeder, count, decode_part};
+use crate::feed::{ChunkSize, Chunks, Feeder, count, decode_part, encode_arg};
 use crate::supervisor::Launch;
 use crate::task::{TaskRef, signature};
 
@@ -502,7 +503,15 @@ impl Pool {
     }
 
     /// Submits `f(args)` and returns a handle to its result.
-    pub fn apply_async<F, Args, R, M>(&self, f: F, args: Args) -> Result<AsyncResult<R>, Error>
+    ///
+    /// A task refused at submit (unknown task, closed pool, an argument
+    /// that cannot be encoded or is larger than a frame) hands its argument
+    /// back in the [`SubmitError`], which converts into [`Error`] with `?`.
+    pub fn apply_async<F, Args, R, M>(
+        &self,
+        f: F,
+        args: Args,
+    ) -> Result<AsyncResult<R>, SubmitError<Args>>
     where
         F: TaskRef<Args, R, M>,
         Args: Serialize,
@@ -589,29 +598,28 @@ impl<'p> Call<'p> {
     }
 
     /// [`Pool::apply_async`] with this call's options.
-    pub fn apply_async<F, Args, R, M>(self, f: F, args: Args) -> Result<AsyncResult<R>, Error>
+    pub fn apply_async<F, Args, R, M>(
+        self,
+        f: F,
+        args: Args,
+    ) -> Result<AsyncResult<R>, SubmitError<Args>>
     where
         F: TaskRef<Args, R, M>,
         Args: Serialize,
         R: DeserializeOwned,
     {
         let inner = &self.pool.inner;
-        let (job, rx) = inner.job(&f, self.timeout)?;
-        let mut feeder = Feeder::new(
-            std::iter::once(args),
-            job.clone(),
-            inner.clone(),
-            ChunkSize::Fixed(1),
-        );
-        let mut opened = Vec::new();
-        feeder.open_next(&mut opened);
-        let local = opened.pop().and_then(|o| o.failed);
-        // The feeder's Drop marks the job cancelled; the handle owns that
-        // decision instead.
-        std::mem::forget(feeder);
-        if let Some(e) = local {
-            return Err(e);
+        let (job, rx) = match inner.job(&f, self.timeout) {
+            Ok(j) => j,
+            Err(error) => return Err(SubmitError { error, arg: args }),
+        };
+        let mut encoded = Vec::new();
+        if let Err(error) = encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame) {
+            return Err(SubmitError { error, arg: args });
         }
+        let mut items = ItemsBuilder::new();
+        items.push(&encoded);
+        inner.submit(Batch::new(job.clone(), 0, items));
         Ok(AsyncResult {
             rx,
             job,
@@ -822,6 +830,56 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 impl<R> Drop for AsyncResult<R> {
     fn drop(&mut self) {
         self.job.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A task refused at submit, with its argument handed back (like
+/// crossbeam's `SendError<T>`). Converts into [`Error`].
+pub struct SubmitError<A> {
+    error: Error,
+    arg: A,
+}
+
+impl<A> SubmitError<A> {
+    /// Why the task was refused.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The argument that was not sent.
+    pub fn into_arg(self) -> A {
+        self.arg
+    }
+
+    /// Both parts.
+    pub fn into_parts(self) -> (Error, A) {
+        (self.error, self.arg)
+    }
+}
+
+impl<A> fmt::Debug for SubmitError<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A> fmt::Display for SubmitError<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<A> std::error::Error for SubmitError<A> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<A> From<SubmitError<A>> for Error {
+    fn from(e: SubmitError<A>) -> Self {
+        e.error
     }
 }
 

@@ -384,6 +384,54 @@ pub fn allocate_mib(mib: u64) -> u64 {
     v.iter().step_by(4096).map(|&b| u64::from(b)).sum()
 }
 
+/// What a wire-fault task does after writing its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Then {
+    /// Return normally (the runtime then sends the real result).
+    Return,
+    /// Exit at once with code 0.
+    Exit,
+    /// Never return.
+    Hang,
+}
+
+/// The worker runtime's protocol output descriptor (stdout moved aside).
+const PROTOCOL_OUT_FD: i32 = 4;
+
+/// Writes `bytes` straight to the protocol stream, as a broken or hostile
+/// worker would, then does `then`.
+pub fn wire_write(bytes: Vec<u8>, then: Then) -> u64 {
+    let mut written = 0;
+    while written < bytes.len() {
+        // SAFETY: writes from a live buffer of the given length to the
+        // worker's protocol descriptor.
+        let n = unsafe {
+            libc::write(
+                PROTOCOL_OUT_FD,
+                bytes[written..].as_ptr().cast(),
+                bytes.len() - written,
+            )
+        };
+        assert!(n > 0, "write to the protocol descriptor failed");
+        written += n as usize;
+    }
+    match then {
+        Then::Return => 0,
+        Then::Exit => std::process::exit(0),
+        Then::Hang => sleep_ms(600_000),
+    }
+}
+
+/// Returns `n` bytes, for results larger than a frame.
+pub fn bytes_of_len(n: u64) -> Vec<u8> {
+    vec![7; n as usize]
+}
+
+/// The length of its argument.
+pub fn len_of(bytes: Vec<u8>) -> u64 {
+    bytes.len() as u64
+}
+
 /// Every fault task.
 pub fn registry() -> procpool::Registry {
     procpool::Registry::new()
@@ -414,6 +462,9 @@ pub fn registry() -> procpool::Registry {
         .task(record)
         .task(record_slowly)
         .task(announce_and_sleep)
+        .task(wire_write)
+        .task(bytes_of_len)
+        .task(len_of)
         .task(chaos)
         .task(allocate_mib)
 }

@@ -592,6 +592,12 @@ impl Dispatcher {
             match w.decoder.read_from(&mut w.from) {
                 Ok(0) => {
                     self.handle_frames(i)?;
+                    let w = &self.workers[i];
+                    if w.phase == Phase::Ready {
+                        if let Err(e) = w.decoder.finish() {
+                            return Err(Loss::Protocol(format!("{e} when its output ended")));
+                        }
+                    }
                     return Err(Loss::Exited);
                 }
                 Ok(_) => {

@@ -11,7 +11,8 @@
 //! - `crash_matrix`: every death at every phase, re-dispatch, reaping;
 //! - `deadlines`: hung, SIGTERM-ignoring, stopped, grandchild-spawning tasks;
 //! - `restart`: restart intensity just under and over its limit;
-//! - `recycle`: `max_tasks_per_worker` and the memory limit.
+//! - `recycle`: `max_tasks_per_worker` and the memory limit;
+//! - `wire`: hostile bytes both ways, frame limits.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -25,6 +26,7 @@ mod recycle;
 mod restart;
 mod startup;
 mod stdio;
+mod wire;
 
 use std::time::Duration;
 

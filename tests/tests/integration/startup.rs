@@ -121,3 +121,16 @@ fn zero_workers_is_refused() {
         .unwrap_err();
     assert!(err.is_startup(), "{err}");
 }
+
+#[test]
+fn a_program_that_is_not_executable_is_a_startup_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let _w = watchdog("a_program_that_is_not_executable_is_a_startup_error", LIMIT);
+    let copy = procpool_tests::temp_path("not-executable");
+    std::fs::copy(FAULT_WORKER, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = start(copy.to_str().unwrap(), &[]);
+    assert!(err.is_startup(), "{err}");
+    assert!(err.to_string().contains("ermission denied"), "{err}");
+    let _ = std::fs::remove_file(&copy);
+}
