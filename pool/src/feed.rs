@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Receiver;
-use procpool_protocol::{FromWorker, ItemsBuilder, Outcome, decode_from_worker};
+use procpool_protocol::{ItemsBuilder, Outcome, decode_done};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -212,10 +212,11 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
     mut push: impl FnMut(Result<R, Error>),
 ) {
     // The dispatcher validated this frame before forwarding it.
-    let Ok(FromWorker::Done(done)) = decode_from_worker(frame) else {
+    let Ok(Some(done)) = decode_done(frame) else {
         unreachable!("the dispatcher forwards only valid Done frames")
     };
-    for outcome in done.outcomes.into_iter().skip(skip as usize) {
+    let (mut ok, mut failed) = (0, 0);
+    for outcome in done.outcomes().skip(skip as usize) {
         let result = match outcome {
             Outcome::Ok(bytes) => match postcard::take_from_bytes::<R>(bytes) {
                 Ok((r, [])) => Ok(r),
@@ -247,9 +248,21 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
                 message,
             })),
         };
-        count(shared, &result);
+        if result.is_ok() {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
         push(result);
     }
+    shared
+        .stats
+        .tasks_succeeded
+        .fetch_add(ok, Ordering::Relaxed);
+    shared
+        .stats
+        .tasks_failed
+        .fetch_add(failed, Ordering::Relaxed);
 }
 
 pub(crate) fn count<R>(shared: &Shared, result: &Result<R, Error>) {

@@ -151,6 +151,8 @@ pub struct FrameDecoder {
     start: usize,
     end: usize,
     max: u32,
+    /// The last `read_from` returned less than it had room for.
+    short: bool,
 }
 
 impl FrameDecoder {
@@ -161,7 +163,15 @@ impl FrameDecoder {
             start: 0,
             end: 0,
             max,
+            short: false,
         }
+    }
+
+    /// Whether the last [`read_from`](Self::read_from) returned fewer bytes
+    /// than there was room for: the stream had nothing more at that moment,
+    /// so another read would most likely find nothing.
+    pub fn last_read_short(&self) -> bool {
+        self.short
     }
 
     /// Bytes received but not yet returned as a frame or raw bytes.
@@ -173,8 +183,10 @@ impl FrameDecoder {
     /// what `read` returned (`Ok(0)` is end of stream).
     pub fn read_from<R: Read>(&mut self, r: &mut R) -> io::Result<usize> {
         self.make_room();
+        let room = self.buf.len() - self.end;
         let n = r.read(&mut self.buf[self.end..])?;
         self.end += n;
+        self.short = n < room;
         Ok(n)
     }
 

@@ -166,6 +166,66 @@ pub fn decode_from_worker(body: &[u8]) -> Result<FromWorker<'_>, DecodeError> {
     decode_exact(body, "worker")
 }
 
+/// A `FromWorker::Done` message, validated but not collected: its
+/// outcomes stay encoded in the frame until [`outcomes`](Self::outcomes)
+/// walks them, so the hot path allocates nothing per frame.
+#[derive(Debug, Clone, Copy)]
+pub struct DoneView<'a> {
+    /// The batch id.
+    pub batch: u64,
+    /// How many outcomes the frame holds.
+    pub count: u32,
+    outcomes: &'a [u8],
+}
+
+impl<'a> DoneView<'a> {
+    /// The outcomes, in item order.
+    pub fn outcomes(&self) -> impl Iterator<Item = Outcome<'a>> + 'a {
+        let mut rest = self.outcomes;
+        (0..self.count).map(move |_| {
+            let (o, r) =
+                postcard::take_from_bytes::<Outcome<'a>>(rest).expect("validated by decode_done");
+            rest = r;
+            o
+        })
+    }
+}
+
+/// Decodes a worker's frame body if it is a `Done` message (`Ok(None)` if
+/// it is another message), checking every outcome and that nothing
+/// trails, without collecting them.
+pub fn decode_done(body: &[u8]) -> Result<Option<DoneView<'_>>, DecodeError> {
+    let malformed = |source| DecodeError::Malformed {
+        what: "worker",
+        source,
+    };
+    let Some((tag, n)) = varint::get(body) else {
+        return Err(malformed(postcard::Error::DeserializeUnexpectedEnd));
+    };
+    if tag != FROM_WORKER_DONE {
+        return Ok(None);
+    }
+    let rest = &body[n..];
+    let (batch, rest) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
+    let (count, outcomes) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
+    let mut walk = outcomes;
+    for _ in 0..count {
+        let (_, r) = postcard::take_from_bytes::<Outcome<'_>>(walk).map_err(malformed)?;
+        walk = r;
+    }
+    if !walk.is_empty() {
+        return Err(DecodeError::Trailing {
+            what: "worker",
+            extra: walk.len(),
+        });
+    }
+    Ok(Some(DoneView {
+        batch,
+        count,
+        outcomes,
+    }))
+}
+
 fn decode_exact<'a, T: Deserialize<'a>>(
     body: &'a [u8],
     what: &'static str,
@@ -485,9 +545,37 @@ mod tests {
         }
 
         #[test]
+        fn decode_done_agrees_with_the_derived_decoder(body in proptest::collection::vec(any::<u8>(), 0..64), done in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..10)) {
+            // Arbitrary bytes: both accept or both refuse a Done.
+            let derived = decode_from_worker(&body);
+            match decode_done(&body) {
+                Ok(Some(view)) => {
+                    let Ok(FromWorker::Done(d)) = derived else { panic!("disagree on {body:?}") };
+                    prop_assert_eq!(view.batch, d.batch);
+                    prop_assert_eq!(view.outcomes().collect::<Vec<_>>(), d.outcomes);
+                }
+                Ok(None) => prop_assert!(!matches!(derived, Ok(FromWorker::Done(_)))),
+                Err(_) => prop_assert!(!matches!(derived, Ok(FromWorker::Done(_)))),
+            }
+            // A real Done frame.
+            let outcomes: Vec<Outcome<'_>> = done.iter().map(|o| Outcome::Ok(Bytes::new(o))).collect();
+            let mut enc = Vec::new();
+            for o in &outcomes { push_outcome(&mut enc, o); }
+            let mut out = Vec::new();
+            encode_done(&mut out, 7, outcomes.len() as u32, &enc, DEFAULT_MAX_FRAME).unwrap();
+            let framed = body_of(&out);
+            let view = decode_done(&framed).unwrap().unwrap();
+            prop_assert_eq!(view.count as usize, outcomes.len());
+            prop_assert_eq!(view.outcomes().collect::<Vec<_>>(), outcomes);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_to_worker(&body);
             let _ = decode_from_worker(&body);
+            if let Ok(Some(v)) = decode_done(&body) {
+                let _ = v.outcomes().count();
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -26,8 +27,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
 use nix::sys::signal::Signal;
 use procpool_protocol::{
-    FrameDecoder, FromWorker, Outcome, PREAMBLE_LEN, TaskInfo, check_preamble, decode_from_worker,
-    encode_init, encode_run, preamble,
+    FrameDecoder, FromWorker, Outcome, PREAMBLE_LEN, TaskInfo, check_preamble, decode_done,
+    decode_from_worker, encode_init, encode_run, preamble,
 };
 
 use self::batch::Counters;
@@ -91,19 +92,36 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Wakes the dispatcher out of `poll`, with one eventfd write only when it
+/// is (about to be) asleep: while it is busy, submissions cost no syscall.
+#[derive(Debug)]
+struct Waker {
+    fd: EventFd,
+    sleeping: AtomicBool,
+}
+
+impl Waker {
+    /// Callers: after queueing a command.
+    fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A full eventfd counter (impossible in practice) still wakes.
+            let _ = self.fd.write(1);
+        }
+    }
+}
+
 /// The callers' side of the dispatcher.
 #[derive(Debug)]
 pub(crate) struct Handle {
     tx: Sender<Command>,
-    wake: Arc<EventFd>,
+    waker: Arc<Waker>,
 }
 
 impl Handle {
     /// Sends a command; gives it back if the dispatcher has exited.
     pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
         self.tx.send(cmd).map_err(|e| e.0)?;
-        // A full eventfd counter (impossible in practice) still wakes poll.
-        let _ = self.wake.write(1);
+        self.waker.wake();
         Ok(())
     }
 }
@@ -115,17 +133,18 @@ pub(crate) fn start(
     shared: Arc<Shared>,
 ) -> Result<(Handle, std::thread::JoinHandle<()>), Error> {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let wake = Arc::new(
-        crate::sys::wake_fd().map_err(|e| Error::startup_io("cannot create an eventfd", e))?,
-    );
+    let waker = Arc::new(Waker {
+        fd: crate::sys::wake_fd().map_err(|e| Error::startup_io("cannot create an eventfd", e))?,
+        sleeping: AtomicBool::new(false),
+    });
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-    let thread_wake = wake.clone();
+    let thread_waker = waker.clone();
     let thread = std::thread::Builder::new()
         .name("procpool-dispatcher".into())
-        .spawn(move || Dispatcher::new(config, shared, rx, thread_wake, ready_tx).run())
+        .spawn(move || Dispatcher::new(config, shared, rx, thread_waker, ready_tx).run())
         .map_err(|e| Error::startup_io("cannot start the dispatcher thread", e))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok((Handle { tx, wake }, thread)),
+        Ok(Ok(())) => Ok((Handle { tx, waker }, thread)),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -164,7 +183,7 @@ struct Dispatcher {
     config: Config,
     shared: Arc<Shared>,
     rx: Receiver<Command>,
-    wake: Arc<EventFd>,
+    waker: Arc<Waker>,
     workers: Vec<Worker>,
     queue: VecDeque<Batch>,
     next_batch: u64,
@@ -191,7 +210,7 @@ impl Dispatcher {
         config: Config,
         shared: Arc<Shared>,
         rx: Receiver<Command>,
-        wake: Arc<EventFd>,
+        waker: Arc<Waker>,
         ready: Sender<Result<(), Error>>,
     ) -> Self {
         let restarts = Restarts::new(config.restart_limit);
@@ -199,7 +218,7 @@ impl Dispatcher {
             config,
             shared,
             rx,
-            wake,
+            waker,
             workers: Vec::new(),
             queue: VecDeque::new(),
             next_batch: 0,
@@ -347,10 +366,12 @@ impl Dispatcher {
             process: spawned.process,
             pid,
             to: Some(spawned.to_worker),
+            pipe_broken: false,
             from: spawned.from_worker,
             decoder: FrameDecoder::new(self.config.max_frame),
             out,
             written: 0,
+            out_base: 0,
             phase: Phase::Handshake { preamble_ok: false },
             fate: Fate::Serving,
             inflight: VecDeque::new(),
@@ -429,12 +450,14 @@ impl Dispatcher {
         }
         w.assigned += u64::from(items.count());
         let cursor = batch.sent_from();
+        let frame_end = w.queued_to();
         w.inflight.push_back(InFlight {
             id,
             batch,
             eager,
             cursor,
             timed_out: None,
+            frame_end,
         });
     }
 
@@ -475,17 +498,23 @@ impl Dispatcher {
             .filter_map(|w| w.next_deadline(stall))
             .chain(self.respawn_at.iter().copied())
             .min();
-        let timeout = match next {
+        let mut timeout = match next {
             None => PollTimeout::NONE,
             Some(d) => poll_timeout(d.saturating_duration_since(Instant::now())),
         };
+        // Announce sleep, then look once more: a command queued before the
+        // announcement is seen here, one queued after it writes the eventfd.
+        self.waker.sleeping.store(true, Ordering::SeqCst);
+        if !self.rx.is_empty() {
+            timeout = PollTimeout::ZERO;
+        }
 
         // Per worker: [from, to, pidfd] slots.
         let mut readable = Vec::new();
         let mut exited = Vec::new();
         {
             let mut fds = Vec::with_capacity(1 + 3 * self.workers.len());
-            fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(self.waker.fd.as_fd(), PollFlags::POLLIN));
             for w in &self.workers {
                 fds.push(PollFd::new(w.from.as_fd(), PollFlags::POLLIN));
                 match (&w.to, w.wants_write()) {
@@ -497,13 +526,15 @@ impl Dispatcher {
                     None => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
                 }
             }
-            match nix::poll::poll(&mut fds, timeout) {
+            let polled = nix::poll::poll(&mut fds, timeout);
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            match polled {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
             if fds[0].any().unwrap_or(false) {
-                let _ = self.wake.read();
+                let _ = self.waker.fd.read();
             }
             for (i, slots) in fds[1..].chunks(3).enumerate() {
                 if slots[0].any().unwrap_or(false) {
@@ -603,6 +634,10 @@ impl Dispatcher {
                 Ok(_) => {
                     self.workers[i].last_bytes_at = Instant::now();
                     self.handle_frames(i)?;
+                    if self.workers[i].decoder.last_read_short() {
+                        // Drained; poll is level-triggered if more comes.
+                        return Ok(());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -642,6 +677,15 @@ impl Dispatcher {
     }
 
     fn handle_frame(&mut self, i: usize, frame: Vec<u8>) -> Result<(), Loss> {
+        // The hot message first, validated without collecting its outcomes.
+        match decode_done(&frame) {
+            Ok(Some(done)) if self.workers[i].phase == Phase::Ready => {
+                return self.handle_done(i, done.batch, done.count, frame);
+            }
+            Ok(Some(_)) => return Err(Loss::Protocol("unexpected Done message".into())),
+            Ok(None) => {}
+            Err(e) => return Err(Loss::Protocol(e.to_string())),
+        }
         let msg = decode_from_worker(&frame).map_err(|e| Loss::Protocol(e.to_string()))?;
         match (self.workers[i].phase, msg) {
             (Phase::Handshake { .. }, FromWorker::Hello(hello)) => {
@@ -668,40 +712,6 @@ impl Dispatcher {
                     Err(m) => Err(Loss::InitFailed(m)),
                 }
             }
-            (Phase::Ready, FromWorker::Done(done)) => {
-                let n = done.outcomes.len() as u32;
-                let w = &mut self.workers[i];
-                let pid = w.pid;
-                let Some(front) = w.inflight.front_mut() else {
-                    return Err(Loss::Protocol(format!(
-                        "result for batch {} it was never given",
-                        done.batch
-                    )));
-                };
-                if done.batch != front.id {
-                    return Err(Loss::Protocol(format!(
-                        "result for batch {} while batch {} was running",
-                        done.batch, front.id
-                    )));
-                }
-                let left = front.batch.delivered() + front.batch.remaining() - front.cursor;
-                if n > left {
-                    return Err(Loss::Protocol(format!(
-                        "{n} outcomes for a batch with {left} left"
-                    )));
-                }
-                // Outcomes the caller already has (an item failed by its
-                // deadline) are skipped, never delivered twice.
-                let skip = (front.batch.delivered() - front.cursor).min(n);
-                front.batch.deliver(n, skip, pid, frame);
-                front.cursor += n;
-                let finished = front.cursor == front.batch.delivered() + front.batch.remaining();
-                w.progress_at = Instant::now();
-                if finished {
-                    w.inflight.pop_front();
-                }
-                Ok(())
-            }
             (_, other) => Err(Loss::Protocol(format!(
                 "unexpected {} message",
                 match other {
@@ -711,6 +721,40 @@ impl Dispatcher {
                 }
             ))),
         }
+    }
+
+    /// `n` outcomes of batch `batch` from worker `i`, in `frame`.
+    fn handle_done(&mut self, i: usize, batch: u64, n: u32, frame: Vec<u8>) -> Result<(), Loss> {
+        let w = &mut self.workers[i];
+        let pid = w.pid;
+        let Some(front) = w.inflight.front_mut() else {
+            return Err(Loss::Protocol(format!(
+                "result for batch {batch} it was never given"
+            )));
+        };
+        if batch != front.id {
+            return Err(Loss::Protocol(format!(
+                "result for batch {batch} while batch {} was running",
+                front.id
+            )));
+        }
+        let left = front.batch.delivered() + front.batch.remaining() - front.cursor;
+        if n > left {
+            return Err(Loss::Protocol(format!(
+                "{n} outcomes for a batch with {left} left"
+            )));
+        }
+        // Outcomes the caller already has (an item failed by its deadline)
+        // are skipped, never delivered twice.
+        let skip = (front.batch.delivered() - front.cursor).min(n);
+        front.batch.deliver(n, skip, pid, frame);
+        front.cursor += n;
+        let finished = front.cursor == front.batch.delivered() + front.batch.remaining();
+        w.progress_at = Instant::now();
+        if finished {
+            w.inflight.pop_front();
+        }
+        Ok(())
     }
 
     fn accept_hello(&mut self, i: usize, tasks: Vec<TaskInfo>) -> Result<(), Loss> {
@@ -834,7 +878,11 @@ impl Dispatcher {
 
         let mut inflight = std::mem::take(&mut w.inflight);
         let mut requeue = Vec::new();
-        if let Some(mut front) = inflight.pop_front() {
+        // A batch whose frame the worker did not wholly read from its pipe
+        // (it died first) never started: it goes back to the queue.
+        let received = w.read_to();
+        let started = inflight.front().is_some_and(|f| f.frame_end <= received);
+        if let Some(mut front) = started.then(|| inflight.pop_front()).flatten() {
             let task = front.batch.job.task_name.to_string();
             let error = match &loss {
                 Loss::Protocol(detail) => Error::new(ErrorKind::Protocol {
@@ -934,7 +982,9 @@ impl Dispatcher {
             }
             let mut gone = Vec::new();
             {
-                let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+                // Always woken: a second terminate must escalate at once.
+                self.waker.sleeping.store(true, Ordering::SeqCst);
+                let mut fds = vec![PollFd::new(self.waker.fd.as_fd(), PollFlags::POLLIN)];
                 for w in &self.workers {
                     let fd = w.pidfd.as_ref().map_or(w.from.as_fd(), |p| p.as_fd());
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
@@ -942,6 +992,9 @@ impl Dispatcher {
                 match nix::poll::poll(&mut fds, poll_timeout(left)) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(_) => break,
+                }
+                if fds[0].any().unwrap_or(false) {
+                    let _ = self.waker.fd.read();
                 }
                 for (i, fd) in fds[1..].iter().enumerate() {
                     if fd.any().unwrap_or(false) {

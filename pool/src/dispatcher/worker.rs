@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use procpool_protocol::FrameDecoder;
@@ -48,6 +48,9 @@ pub(super) struct InFlight {
     pub(super) cursor: u32,
     /// Chunk index of the item failed by its deadline.
     pub(super) timed_out: Option<u32>,
+    /// Position in the worker's input stream where this batch's frame
+    /// ends: until that much is written, the worker cannot have started it.
+    pub(super) frame_end: u64,
 }
 
 #[derive(Debug)]
@@ -57,11 +60,15 @@ pub(super) struct Worker {
     pub(super) pidfd: Option<OwnedFd>,
     /// `None` once closed (a retiring worker).
     pub(super) to: Option<File>,
+    /// A write failed (EPIPE): the worker is gone; write no more.
+    pub(super) pipe_broken: bool,
     pub(super) from: File,
     pub(super) decoder: FrameDecoder,
     /// Bytes for the worker; `out[written..]` is pending.
     pub(super) out: Vec<u8>,
     pub(super) written: usize,
+    /// Stream position of `out[0]`: bytes written before this buffer.
+    pub(super) out_base: u64,
     pub(super) phase: Phase,
     pub(super) fate: Fate,
     pub(super) inflight: VecDeque<InFlight>,
@@ -89,7 +96,28 @@ impl Worker {
     }
 
     pub(super) fn wants_write(&self) -> bool {
-        self.to.is_some() && self.written < self.out.len()
+        self.to.is_some() && !self.pipe_broken && self.written < self.out.len()
+    }
+
+    /// Stream position up to which the worker read its input: what was
+    /// written, less what still sits unread in the pipe.
+    pub(super) fn read_to(&self) -> u64 {
+        let unread = self
+            .to
+            .as_ref()
+            .and_then(|to| crate::sys::pipe_unread(to.as_fd()))
+            .unwrap_or(0);
+        self.written_to().saturating_sub(unread)
+    }
+
+    /// Stream position up to which the worker's input was written.
+    pub(super) fn written_to(&self) -> u64 {
+        self.out_base + self.written as u64
+    }
+
+    /// Stream position of the end of what was queued for the worker.
+    pub(super) fn queued_to(&self) -> u64 {
+        self.out_base + self.out.len() as u64
     }
 
     /// The instant something must happen to this worker, if any: start-up
@@ -130,22 +158,28 @@ impl Worker {
 
     /// Writes pending output without blocking.
     pub(super) fn flush(&mut self) {
+        // No input any more (retiring), or it broke (EPIPE: the worker is
+        // gone, which its pidfd or read side reports). What stays unwritten
+        // was never received: `written_to` says so to the settling code.
         let Some(to) = &mut self.to else {
-            self.out.clear();
-            self.written = 0;
             return;
         };
+        if self.pipe_broken {
+            return;
+        }
         while self.written < self.out.len() {
             match to.write(&self.out[self.written..]) {
                 Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // EPIPE: the worker is gone, which its pidfd or read side
-                // reports. Drop what cannot be written.
-                Err(_) => self.written = self.out.len(),
+                Err(_) => {
+                    self.pipe_broken = true;
+                    return;
+                }
             }
         }
         if self.written == self.out.len() {
+            self.out_base += self.out.len() as u64;
             self.out.clear();
             self.written = 0;
         }

@@ -156,6 +156,16 @@ pub(crate) fn limit_memory(bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes written into a pipe that its reader has not read yet (FIONREAD,
+/// which Linux answers on either end, also after the reader is gone).
+pub(crate) fn pipe_unread(fd: BorrowedFd<'_>) -> Option<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer we pass, which
+    // points at a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    (r == 0 && n >= 0).then_some(n as u64)
+}
+
 /// Whether a descriptor is a terminal.
 pub(crate) fn is_terminal(fd: BorrowedFd<'_>) -> bool {
     nix::unistd::isatty(fd).unwrap_or(false)
@@ -178,6 +188,20 @@ mod tests {
         let fd = wake_fd().unwrap();
         let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn unread_bytes_are_counted_on_the_write_end() {
+        use std::io::{Read, Write};
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (mut r, mut w) = (File::from(r), File::from(w));
+        w.write_all(b"0123456789").unwrap();
+        assert_eq!(pipe_unread(w.as_fd()), Some(10));
+        let mut four = [0; 4];
+        r.read_exact(&mut four).unwrap();
+        assert_eq!(pipe_unread(w.as_fd()), Some(6));
+        drop(r);
+        assert_eq!(pipe_unread(w.as_fd()), Some(6));
     }
 
     #[test]

@@ -107,3 +107,35 @@ fn a_crash_inside_imap_fails_only_its_item() {
     assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
     assert_eq!(pool.worker_pids().len(), 2);
 }
+
+#[test]
+fn a_task_the_dead_worker_never_read_runs_elsewhere() {
+    let _w = watchdog("a_task_the_dead_worker_never_read_runs_elsewhere", LIMIT);
+    let pool = pool(1);
+    let victim = pool.worker_pids()[0];
+    // A stopped worker cannot read: the task's frame stays in its pipe.
+    procpool_tests::kill(victim, libc::SIGSTOP);
+    assert!(procpool_tests::wait_until(LIMIT, || {
+        procpool_tests::process_state(victim) == Some('T')
+    }));
+    let handle = pool.apply_async(square, 5).unwrap();
+    // Watch the worker's end of the protocol pipe (its fd 3) fill up.
+    let pipe = std::fs::File::open(format!("/proc/{victim}/fd/3")).unwrap();
+    assert!(procpool_tests::wait_until(LIMIT, || unread(&pipe) > 0));
+    procpool_tests::kill(victim, libc::SIGKILL);
+    // It never read the task, so the task did not fail with it.
+    assert_eq!(handle.get().unwrap(), 25);
+    assert_eq!(pool.stats().worker_deaths, 1);
+    assert_eq!(pool.stats().tasks_failed, 0);
+}
+
+fn unread(pipe: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int into `n`.
+    assert_eq!(
+        unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) },
+        0
+    );
+    n
+}

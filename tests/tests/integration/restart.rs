@@ -36,6 +36,9 @@ fn just_under_the_restart_limit_the_pool_recovers() {
     let counter = temp_path("under");
     let pool = pool_whose_replacements_die(&counter, 3);
     kill(pool.worker_pids()[0], libc::SIGKILL);
+    // A task handed to the worker in the instant it was dying would fail
+    // with it (it might have started); wait until the pool saw the death.
+    assert!(wait_until(LIMIT, || pool.stats().worker_deaths >= 1));
     assert_eq!(pool.apply(square, 4).unwrap(), 16);
     assert_eq!(pool.stats().start_failures, 3);
     let _ = std::fs::remove_file(&counter);
