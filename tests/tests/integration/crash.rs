@@ -133,9 +133,7 @@ fn unread(pipe: &std::fs::File) -> i32 {
     use std::os::fd::AsRawFd;
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int into `n`.
-    assert_eq!(
-        unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0);
     n
 }
