@@ -149,6 +149,23 @@ pub enum FromWorker<'a> {
     InitDone(Outcome<'a>),
     /// A batch's outcomes.
     Done(Done<'a>),
+    /// A `log` record emitted by task code in the worker.
+    Log(LogRecord),
+}
+
+/// A `log` record forwarded from a worker to the parent's logger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// `log::Level` as a number: 1 (error) to 5 (trace).
+    pub level: u8,
+    /// The record's target.
+    pub target: String,
+    /// The formatted message.
+    pub message: String,
+    /// Source file, when known.
+    pub file: Option<String>,
+    /// Source line, when known.
+    pub line: Option<u32>,
 }
 
 /// Variant indices, as postcard writes them.
@@ -256,6 +273,13 @@ pub fn encode_init_done(
 ) -> Result<(), FrameError> {
     let at = start_frame(out);
     push_message(out, &FromWorker::InitDone(outcome.clone()));
+    finish_frame(out, at, max)
+}
+
+/// Appends one frame holding `FromWorker::Log` to `out`.
+pub fn encode_log(out: &mut Vec<u8>, record: &LogRecord, max: u32) -> Result<(), FrameError> {
+    let at = start_frame(out);
+    push_message(out, &FromWorker::Log(record.clone()));
     finish_frame(out, at, max)
 }
 

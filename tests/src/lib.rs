@@ -432,6 +432,15 @@ pub fn len_of(bytes: Vec<u8>) -> u64 {
     bytes.len() as u64
 }
 
+/// Logs `count` records tagged `tag` at warn level, and one at debug.
+pub fn log_lines(tag: String, count: u64) -> u64 {
+    for i in 0..count {
+        log::warn!("{tag} line {i}");
+    }
+    log::debug!("{tag} debug line");
+    count
+}
+
 /// Every fault task.
 pub fn registry() -> procpool::Registry {
     procpool::Registry::new()
@@ -465,6 +474,7 @@ pub fn registry() -> procpool::Registry {
         .task(wire_write)
         .task(bytes_of_len)
         .task(len_of)
+        .task(log_lines)
         .task(chaos)
         .task(allocate_mib)
 }

@@ -27,8 +27,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EventFd;
 use nix::sys::signal::Signal;
 use procpool_protocol::{
-    FrameDecoder, FromWorker, Outcome, PREAMBLE_LEN, TaskInfo, check_preamble, decode_done,
-    decode_from_worker, encode_init, encode_run, preamble,
+    FrameDecoder, FromWorker, LogRecord, Outcome, PREAMBLE_LEN, TaskInfo, check_preamble,
+    decode_done, decode_from_worker, encode_init, encode_run, preamble,
 };
 
 use self::batch::Counters;
@@ -688,6 +688,10 @@ impl Dispatcher {
         }
         let msg = decode_from_worker(&frame).map_err(|e| Loss::Protocol(e.to_string()))?;
         match (self.workers[i].phase, msg) {
+            (_, FromWorker::Log(record)) => {
+                self.forward_log(i, record);
+                Ok(())
+            }
             (Phase::Handshake { .. }, FromWorker::Hello(hello)) => {
                 self.accept_hello(i, hello.tasks)
             }
@@ -718,9 +722,40 @@ impl Dispatcher {
                     FromWorker::Hello(_) => "Hello",
                     FromWorker::InitDone(_) => "InitDone",
                     FromWorker::Done(_) => "Done",
+                    FromWorker::Log(_) => "Log",
                 }
             ))),
         }
+    }
+
+    /// Hands a worker's `log` record to this process's logger, tagged with
+    /// the worker's pid and the task it is running.
+    fn forward_log(&self, i: usize, record: LogRecord) {
+        let level = match record.level {
+            1 => log::Level::Error,
+            2 => log::Level::Warn,
+            3 => log::Level::Info,
+            4 => log::Level::Debug,
+            _ => log::Level::Trace,
+        };
+        if level > log::max_level() {
+            return;
+        }
+        let w = &self.workers[i];
+        let task = w
+            .inflight
+            .front()
+            .map(|f| format!(" `{}`", f.batch.job.task_name))
+            .unwrap_or_default();
+        log::logger().log(
+            &log::Record::builder()
+                .level(level)
+                .target(&record.target)
+                .file(record.file.as_deref())
+                .line(record.line)
+                .args(format_args!("[worker {}{task}] {}", w.pid, record.message))
+                .build(),
+        );
     }
 
     /// `n` outcomes of batch `batch` from worker `i`, in `frame`.

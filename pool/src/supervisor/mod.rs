@@ -26,7 +26,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::Exit;
 use crate::sys;
-use crate::worker::{MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, WORKER_ENV};
+use crate::worker::{LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, WORKER_ENV};
 
 /// How to start one worker.
 #[derive(Debug, Clone)]
@@ -83,6 +83,7 @@ impl Launch {
             .env(WORKER_ENV, procpool_protocol::PROTOCOL_VERSION.to_string())
             .env(MAX_FRAME_ENV, self.max_frame.to_string())
             .env(PARENT_PID_ENV, std::process::id().to_string())
+            .env(LOG_LEVEL_ENV, (log::max_level() as usize).to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -29,6 +29,9 @@ pub(crate) const MAX_FRAME_ENV: &str = "PROCPOOL_MAX_FRAME";
 pub(crate) const PARENT_PID_ENV: &str = "PROCPOOL_PARENT_PID";
 /// Environment variable carrying the worker's address-space limit.
 pub(crate) const MEMORY_LIMIT_ENV: &str = "PROCPOOL_MEMORY_LIMIT";
+/// Environment variable carrying the parent's `log` level (0 = off to
+/// 5 = trace), so workers forward only records the parent wants.
+pub(crate) const LOG_LEVEL_ENV: &str = "PROCPOOL_LOG_LEVEL";
 
 /// Whether this process was started by a pool as a worker.
 pub fn is_worker() -> bool {
@@ -86,7 +89,21 @@ fn serve_now(registry: &Registry) -> i32 {
     let max_frame = env_number(MAX_FRAME_ENV).unwrap_or(procpool_protocol::DEFAULT_MAX_FRAME);
     let parent: Option<u32> = env_number(PARENT_PID_ENV);
     let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);
-    for var in [WORKER_ENV, MAX_FRAME_ENV, PARENT_PID_ENV, MEMORY_LIMIT_ENV] {
+    let log_level = match env_number::<usize>(LOG_LEVEL_ENV).unwrap_or(0) {
+        0 => log::LevelFilter::Off,
+        1 => log::LevelFilter::Error,
+        2 => log::LevelFilter::Warn,
+        3 => log::LevelFilter::Info,
+        4 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    for var in [
+        WORKER_ENV,
+        MAX_FRAME_ENV,
+        PARENT_PID_ENV,
+        MEMORY_LIMIT_ENV,
+        LOG_LEVEL_ENV,
+    ] {
         crate::sys::remove_env(var);
     }
     // Second line of defence after the end of stdin: die with the parent,
@@ -110,5 +127,12 @@ fn serve_now(registry: &Registry) -> i32 {
             return exit_code::SETUP_FAILED;
         }
     };
-    serve::serve(registry, stdio, max_frame)
+    serve::serve(
+        registry,
+        stdio,
+        serve::ServeOptions {
+            max_frame,
+            own_process: Some(log_level),
+        },
+    )
 }

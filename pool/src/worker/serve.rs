@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use procpool_protocol::Bytes;
 use procpool_protocol::frame::read_frame;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use procpool_protocol::{
-    Hello, Location, Outcome, PREAMBLE_LEN, ToWorker, check_preamble, decode_to_worker,
-    encode_done, encode_hello, encode_init_done, exit_code, preamble, push_outcome,
+    Hello, Location, LogRecord, Outcome, PREAMBLE_LEN, ToWorker, check_preamble, decode_to_worker,
+    encode_done, encode_hello, encode_init_done, encode_log, exit_code, preamble, push_outcome,
 };
 
 use super::{ItemError, Registry};
@@ -27,20 +30,43 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<Location>> = const { RefCell::new(None) };
 }
 
-pub(super) fn serve(registry: &Registry, stdio: ProtocolStdio, max_frame: u32) -> i32 {
-    // A worker process belongs to the runtime, so a process-wide hook is
-    // ours to set: it records where a task panicked, silently (the caller
-    // receives the message and location).
-    panic::set_hook(Box::new(|info| {
-        let loc = info.location().map(|l| Location {
-            file: l.file().to_owned(),
-            line: l.line(),
-            column: l.column(),
-        });
-        LAST_PANIC.with(|p| *p.borrow_mut() = loc);
-    }));
+/// How a serve loop runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeOptions {
+    pub(crate) max_frame: u32,
+    /// The loop owns its process (a real worker), so process-wide hooks
+    /// are its to set: a panic hook recording panic locations, and a logger
+    /// forwarding `log` records to the parent at this level.
+    pub(crate) own_process: Option<log::LevelFilter>,
+}
 
-    let ProtocolStdio { input, mut output } = stdio;
+pub(crate) fn serve(registry: &Registry, stdio: ProtocolStdio, opts: ServeOptions) -> i32 {
+    let max_frame = opts.max_frame;
+    let ProtocolStdio { input, output } = stdio;
+    let output = Arc::new(Mutex::new(output));
+    if let Some(level) = opts.own_process {
+        // Silent: the caller receives the message and the location.
+        panic::set_hook(Box::new(|info| {
+            let loc = info.location().map(|l| Location {
+                file: l.file().to_owned(),
+                line: l.line(),
+                column: l.column(),
+            });
+            LAST_PANIC.with(|p| *p.borrow_mut() = loc);
+        }));
+        if level != log::LevelFilter::Off {
+            let forward = ForwardLogger {
+                output: output.clone(),
+                max_frame,
+            };
+            // A program that set its own logger before serve_if_worker
+            // keeps it.
+            if log::set_boxed_logger(Box::new(forward)).is_ok() {
+                log::set_max_level(level);
+            }
+        }
+    }
+
     let mut out = Vec::with_capacity(64 << 10);
     out.extend_from_slice(&preamble());
     let hello = Hello {
@@ -52,7 +78,7 @@ pub(super) fn serve(registry: &Registry, stdio: ProtocolStdio, max_frame: u32) -
         eprintln!("procpool worker: its task list does not fit in one frame");
         return exit_code::SETUP_FAILED;
     }
-    if output.write_all(&out).is_err() {
+    if output.lock().write_all(&out).is_err() {
         return exit_code::STREAM_BROKEN;
     }
 
@@ -111,7 +137,7 @@ struct Stop(i32);
 
 struct Server<'r> {
     registry: &'r Registry,
-    output: std::fs::File,
+    output: Arc<Mutex<std::fs::File>>,
     max_frame: u32,
     /// The frame being written.
     out: Vec<u8>,
@@ -185,9 +211,44 @@ impl Server<'_> {
     fn send(&mut self) -> Result<(), Stop> {
         // A write error means the parent is gone: nothing left to serve.
         self.output
+            .lock()
             .write_all(&self.out)
             .map_err(|_| Stop(exit_code::STREAM_BROKEN))
     }
+}
+
+/// Forwards `log` records from task code to the parent, one frame each,
+/// through the same (locked) protocol stream as the results.
+struct ForwardLogger {
+    output: Arc<Mutex<std::fs::File>>,
+    max_frame: u32,
+}
+
+impl log::Log for ForwardLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let rec = LogRecord {
+            level: record.level() as u8,
+            target: record.target().to_owned(),
+            message: record.args().to_string(),
+            file: record.file().map(str::to_owned),
+            line: record.line(),
+        };
+        let mut frame = Vec::new();
+        if encode_log(&mut frame, &rec, self.max_frame).is_ok() {
+            // A write error means the parent is gone; the serve loop will
+            // notice on its own.
+            let _ = self.output.lock().write_all(&frame);
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// Runs one item, catching a panic; results larger than `limit` become an

@@ -12,7 +12,8 @@
 //! - `deadlines`: hung, SIGTERM-ignoring, stopped, grandchild-spawning tasks;
 //! - `restart`: restart intensity just under and over its limit;
 //! - `recycle`: `max_tasks_per_worker` and the memory limit;
-//! - `wire`: hostile bytes both ways, frame limits.
+//! - `wire`: hostile bytes both ways, frame limits;
+//! - `logs`: worker `log` records reach the parent's logger.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -22,6 +23,7 @@ mod crash_matrix;
 mod deadlines;
 mod errors;
 mod lifecycle;
+mod logs;
 mod recycle;
 mod restart;
 mod startup;
