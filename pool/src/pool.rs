@@ -23,6 +23,7 @@ use crate::error::{Error, ErrorKind};
 use crate::feed::{ChunkSize, Chunks, Feeder, count, decode_part, encode_arg};
 use crate::supervisor::Launch;
 use crate::task::{TaskRef, signature};
+use crate::worker::Registry;
 
 /// Batches in flight per worker: while a worker runs one, the next is
 /// already in its pipe.
@@ -51,6 +52,7 @@ impl<E: fmt::Display + DeserializeOwned> InitOutput for Result<(), E> {
 pub struct Builder {
     workers: Option<usize>,
     program: Option<(PathBuf, Vec<OsString>)>,
+    in_process: Option<Arc<Registry>>,
     initializer: Option<Result<Initializer, Error>>,
     chunksize: Option<usize>,
     max_frame: u32,
@@ -81,6 +83,7 @@ impl Builder {
         Self {
             workers: None,
             program: None,
+            in_process: None,
             initializer: None,
             chunksize: None,
             max_frame: procpool_protocol::DEFAULT_MAX_FRAME,
@@ -109,6 +112,19 @@ impl Builder {
     /// with a registry serving the tasks the pool will call.
     pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
         self.program = Some((path.into(), Vec::new()));
+        self
+    }
+
+    /// The debugging mode (Python's `multiprocessing.dummy`): the workers
+    /// are threads of this process running `registry`'s tasks through the
+    /// same protocol and API, so a debugger steps straight into a task.
+    ///
+    /// This gives up isolation: a task that crashes, aborts or exits takes
+    /// the whole program with it, a deadline fails the task but cannot stop
+    /// its thread, the memory limit does not apply, and tasks print to the
+    /// real stdout. Worker pids are this process's own.
+    pub fn in_process(mut self, registry: Registry) -> Self {
+        self.in_process = Some(Arc::new(registry));
         self
     }
 
@@ -239,9 +255,10 @@ impl Builder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let mut launch = match self.program {
-            Some((path, args)) => Launch::program(path, args, self.max_frame),
-            None => {
+        let mut launch = match (self.in_process, self.program) {
+            (Some(registry), _) => Launch::threads(registry, self.max_frame),
+            (None, Some((path, args))) => Launch::program(path, args, self.max_frame),
+            (None, None) => {
                 if crate::worker::is_worker() {
                     // Without this guard a worker that forgot to call
                     // serve_if_worker would start a pool of its own, and so

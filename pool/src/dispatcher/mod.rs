@@ -876,6 +876,9 @@ impl Dispatcher {
             );
         }
         front.timed_out = Some(front.cursor);
+        // No more input: a worker that outlives SIGTERM (or a thread,
+        // which no signal stops) ends at the end of what it already has.
+        w.to = None;
         w.fate = Fate::Killing {
             kill_at: Instant::now() + grace,
             killed: false,

@@ -11,8 +11,10 @@
 //! - **Exact reaping.** We wait on our own child's pid only, and cache its
 //!   exit status: a group is never signalled after its leader was reaped
 //!   (its pid might belong to someone else by then).
-//! - **A launcher seam.** [`Launch`] holds the program and arguments; a
-//!   prefix (`ssh host`, `srun`) is an addition here, not a rewrite.
+//! - **A launcher seam.** [`Launch`] holds what to start: a program by
+//!   exec, or (the debugging mode) a thread of this process serving the
+//!   registry over pipes. A prefix (`ssh host`, `srun`) is an addition
+//!   here, not a rewrite.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -21,19 +23,48 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 
 use crate::error::Exit;
 use crate::sys;
-use crate::worker::{LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, WORKER_ENV};
+use crate::worker::{
+    LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, Registry, WORKER_ENV,
+};
+
+/// What a worker is.
+#[derive(Clone)]
+pub(crate) enum Program {
+    /// A program started by exec (the current executable or a worker
+    /// program), with its `argv[0]` and arguments.
+    Exec {
+        path: PathBuf,
+        arg0: Option<OsString>,
+        args: Vec<OsString>,
+    },
+    /// A thread of this process running the serve loop over pipes: the
+    /// debugging mode, without isolation.
+    Thread(Arc<Registry>),
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Program::Exec { path, args, .. } => f
+                .debug_struct("Exec")
+                .field("path", path)
+                .field("args", args)
+                .finish(),
+            Program::Thread(r) => f.debug_tuple("Thread").field(r).finish(),
+        }
+    }
+}
 
 /// How to start one worker.
 #[derive(Debug, Clone)]
 pub(crate) struct Launch {
-    pub(crate) program: PathBuf,
-    pub(crate) arg0: Option<OsString>,
-    pub(crate) args: Vec<OsString>,
+    pub(crate) program: Program,
     pub(crate) max_frame: u32,
     pub(crate) memory_limit: Option<u64>,
 }
@@ -42,22 +73,36 @@ impl Launch {
     /// Re-exec mode: this very executable, through `/proc/self/exe` so a
     /// binary replaced on disk since start-up (a rebuild) is not picked up.
     pub(crate) fn current_exe(max_frame: u32) -> Self {
-        let arg0 = std::env::args_os().next();
-        Self {
-            program: PathBuf::from("/proc/self/exe"),
-            arg0,
-            args: Vec::new(),
+        Self::with(
+            Program::Exec {
+                path: PathBuf::from("/proc/self/exe"),
+                arg0: std::env::args_os().next(),
+                args: Vec::new(),
+            },
             max_frame,
-            memory_limit: None,
-        }
+        )
     }
 
     /// A named worker program.
-    pub(crate) fn program(program: PathBuf, args: Vec<OsString>, max_frame: u32) -> Self {
+    pub(crate) fn program(path: PathBuf, args: Vec<OsString>, max_frame: u32) -> Self {
+        Self::with(
+            Program::Exec {
+                path,
+                arg0: None,
+                args,
+            },
+            max_frame,
+        )
+    }
+
+    /// Threads of this process serving `registry`.
+    pub(crate) fn threads(registry: Arc<Registry>, max_frame: u32) -> Self {
+        Self::with(Program::Thread(registry), max_frame)
+    }
+
+    fn with(program: Program, max_frame: u32) -> Self {
         Self {
             program,
-            arg0: None,
-            args,
             max_frame,
             memory_limit: None,
         }
@@ -65,21 +110,30 @@ impl Launch {
 
     /// A human-readable name of what is started, for errors.
     pub(crate) fn describe(&self) -> String {
-        match &self.arg0 {
-            Some(a) if self.program.as_os_str() == "/proc/self/exe" => {
+        match &self.program {
+            Program::Exec {
+                path,
+                arg0: Some(a),
+                ..
+            } if path.as_os_str() == "/proc/self/exe" => {
                 format!("{} (re-exec)", a.to_string_lossy())
             }
-            _ => self.program.display().to_string(),
+            Program::Exec { path, .. } => path.display().to_string(),
+            Program::Thread(_) => "an in-process worker thread".to_owned(),
         }
     }
 
     /// Starts one worker.
     pub(crate) fn spawn(&self) -> io::Result<Spawned> {
-        let mut cmd = Command::new(&self.program);
-        if let Some(a) = &self.arg0 {
+        let (path, arg0, args) = match &self.program {
+            Program::Exec { path, arg0, args } => (path, arg0, args),
+            Program::Thread(registry) => return self.spawn_thread(registry.clone()),
+        };
+        let mut cmd = Command::new(path);
+        if let Some(a) = arg0 {
             cmd.arg0(a);
         }
-        cmd.args(&self.args)
+        cmd.args(args)
             .env(WORKER_ENV, procpool_protocol::PROTOCOL_VERSION.to_string())
             .env(MAX_FRAME_ENV, self.max_frame.to_string())
             .env(PARENT_PID_ENV, std::process::id().to_string())
@@ -94,7 +148,39 @@ impl Launch {
         let mut child = cmd.spawn()?;
         let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
         let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
-        let process = WorkerProcess { child, exit: None };
+        let process = WorkerProcess {
+            kind: Kind::Process(child),
+            exit: None,
+        };
+        Self::finish(process, to_worker, from_worker)
+    }
+
+    fn spawn_thread(&self, registry: Arc<Registry>) -> io::Result<Spawned> {
+        let (worker_in, to_worker) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (from_worker, worker_out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let max_frame = self.max_frame;
+        let thread = std::thread::Builder::new()
+            .name("procpool-inproc-worker".into())
+            .spawn(move || {
+                crate::worker::serve_on_thread(
+                    &registry,
+                    File::from(worker_in),
+                    File::from(worker_out),
+                    max_frame,
+                )
+            })?;
+        let process = WorkerProcess {
+            kind: Kind::Thread(Some(thread)),
+            exit: None,
+        };
+        Self::finish(process, to_worker, from_worker)
+    }
+
+    fn finish(
+        process: WorkerProcess,
+        to_worker: OwnedFd,
+        from_worker: OwnedFd,
+    ) -> io::Result<Spawned> {
         sys::set_nonblocking(to_worker.as_fd())?;
         sys::set_nonblocking(from_worker.as_fd())?;
         Ok(Spawned {
@@ -114,49 +200,79 @@ pub(crate) struct Spawned {
     pub(crate) from_worker: File,
 }
 
-/// One worker process, reaped exactly once. Dropping it unreaped kills its
-/// group and reaps it, so no zombie and no stray process outlives it.
+#[derive(Debug)]
+enum Kind {
+    Process(Child),
+    /// `None` once joined or detached.
+    Thread(Option<std::thread::JoinHandle<i32>>),
+}
+
+/// One worker process (or in-process thread), reaped exactly once.
+/// Dropping a process unreaped kills its group and reaps it, so no zombie
+/// and no stray process outlives it.
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
-    child: Child,
+    kind: Kind,
     exit: Option<Exit>,
 }
 
 impl WorkerProcess {
+    /// The worker's pid; for an in-process thread, this process's own.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.kind {
+            Kind::Process(c) => c.id(),
+            Kind::Thread(_) => std::process::id(),
+        }
     }
 
     /// A pidfd of the (unreaped) worker, readable once it exits.
     pub(crate) fn pidfd(&self) -> Option<OwnedFd> {
-        sys::pidfd_open(self.pid())
+        match &self.kind {
+            Kind::Process(_) => sys::pidfd_open(self.pid()),
+            Kind::Thread(_) => None,
+        }
     }
 
-    /// Signals the worker's process group, unless the worker was reaped.
+    /// Signals the worker's process group, unless the worker was reaped. A
+    /// thread cannot be signalled: it stops when its task returns and its
+    /// input is closed.
     pub(crate) fn signal_group(&self, signal: Signal) {
         if self.exit.is_none() {
-            if let Err(e) = sys::signal_group(self.pid(), signal) {
-                log::warn!("procpool: cannot signal worker group {}: {e}", self.pid());
+            if let Kind::Process(_) = self.kind {
+                if let Err(e) = sys::signal_group(self.pid(), signal) {
+                    log::warn!("procpool: cannot signal worker group {}: {e}", self.pid());
+                }
             }
         }
     }
 
-    /// Waits for the worker to end (blocking) and returns how it ended.
+    /// Waits for the worker to end (blocking) and returns how it ended. A
+    /// thread still running (a hung task) is detached, not waited for.
     pub(crate) fn reap(&mut self) -> Exit {
         if let Some(e) = self.exit {
             return e;
         }
-        let exit = loop {
-            match self.child.wait() {
-                Ok(status) => break exit_of(status),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ECHILD: someone else reaped it (a host program's
-                    // waitpid(-1)); we cannot know how it ended.
-                    log::warn!("procpool: cannot wait for worker {}: {e}", self.pid());
-                    break Exit::Code(-1);
+        let exit = match &mut self.kind {
+            Kind::Process(child) => loop {
+                match child.wait() {
+                    Ok(status) => break exit_of(status),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // ECHILD: someone else reaped it (a host program's
+                        // waitpid(-1)); we cannot know how it ended.
+                        log::warn!("procpool: cannot wait for worker {}: {e}", child.id());
+                        break Exit::Code(-1);
+                    }
                 }
-            }
+            },
+            Kind::Thread(handle) => match handle.take() {
+                Some(h) if h.is_finished() => Exit::Code(h.join().unwrap_or(-1)),
+                Some(_) => {
+                    log::warn!("procpool: an in-process worker thread is still busy; detaching it");
+                    Exit::Code(-1)
+                }
+                None => Exit::Code(-1),
+            },
         };
         self.exit = Some(exit);
         exit

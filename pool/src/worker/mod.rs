@@ -81,6 +81,24 @@ pub fn run(registry: &Registry) -> ! {
     std::process::exit(serve_now(registry))
 }
 
+/// The serve loop of an in-process worker thread (the debugging mode): no
+/// descriptor shuffling, no hooks, no logger; the process is the caller's.
+pub(crate) fn serve_on_thread(
+    registry: &Registry,
+    input: std::fs::File,
+    output: std::fs::File,
+    max_frame: u32,
+) -> i32 {
+    serve::serve(
+        registry,
+        crate::sys::ProtocolStdio { input, output },
+        serve::ServeOptions {
+            max_frame,
+            own_process: None,
+        },
+    )
+}
+
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }

@@ -13,7 +13,8 @@
 //! - `restart`: restart intensity just under and over its limit;
 //! - `recycle`: `max_tasks_per_worker` and the memory limit;
 //! - `wire`: hostile bytes both ways, frame limits;
-//! - `logs`: worker `log` records reach the parent's logger.
+//! - `logs`: worker `log` records reach the parent's logger;
+//! - `inprocess`: the debugging mode on threads.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -22,6 +23,7 @@ mod crash;
 mod crash_matrix;
 mod deadlines;
 mod errors;
+mod inprocess;
 mod lifecycle;
 mod logs;
 mod recycle;
