@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Receiver;
-use procpool_protocol::{ItemsBuilder, Outcome, decode_done};
+use procpool_protocol::{ItemsBuilder, Outcome, done_header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -134,6 +134,15 @@ where
         self.exhausted
     }
 
+    /// The input's own size hint for what it has not yielded yet.
+    pub(crate) fn input_hint(&self) -> (usize, Option<usize>) {
+        if self.exhausted {
+            (0, Some(0))
+        } else {
+            self.iter.size_hint()
+        }
+    }
+
     /// Builds and submits the next chunk (or chunks, when an item fails
     /// to encode and gets a chunk of its own); empty once the input ends.
     pub(crate) fn open_next(&mut self, opened: &mut Vec<Opened>) {
@@ -211,8 +220,9 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
     shared: &Shared,
     mut push: impl FnMut(Result<R, Error>),
 ) {
-    // The dispatcher validated this frame before forwarding it.
-    let Ok(Some(done)) = decode_done(frame) else {
+    // The dispatcher validated this frame (decode_done) before forwarding
+    // it: only its header is read here.
+    let Some(done) = done_header(frame) else {
         unreachable!("the dispatcher forwards only valid Done frames")
     };
     let (mut ok, mut failed) = (0, 0);
@@ -331,6 +341,15 @@ impl<R: DeserializeOwned> Chunks<R> {
         }
     }
 
+    /// Items submitted whose result was not yielded yet.
+    pub(crate) fn pending(&self) -> usize {
+        self.chunks
+            .iter()
+            .flatten()
+            .map(|c| (c.count - c.received) as usize + c.ready.len())
+            .sum()
+    }
+
     /// The next result, feeding more input while the window allows;
     /// `None` once the input is exhausted and every result was yielded.
     pub(crate) fn next<I, Args>(&mut self, feeder: &mut Feeder<I>) -> Option<Result<R, Error>>
@@ -360,6 +379,91 @@ impl<R: DeserializeOwned> Chunks<R> {
                 .expect("the job holds a sender, so the channel stays connected");
             self.apply(msg, &feeder.job);
         }
+    }
+
+    /// Every result in input order, or the first error to arrive (work not
+    /// yet started is then cancelled by the feeder's drop). `map`'s path:
+    /// results go straight into one vector per chunk, with no per-item
+    /// queueing.
+    pub(crate) fn collect<I, Args>(mut self, feeder: &mut Feeder<I>) -> Result<Vec<R>, Error>
+    where
+        I: Iterator<Item = Args>,
+        Args: Serialize,
+    {
+        // Results of chunk `seq`, and how many it still waits for.
+        let mut done: Vec<Vec<R>> = Vec::new();
+        let mut missing: Vec<u32> = Vec::new();
+        let mut open = 0usize;
+        loop {
+            while open < self.window && !feeder.exhausted() {
+                feeder.open_next(&mut self.opened);
+                for o in self.opened.drain(..) {
+                    debug_assert_eq!(o.seq as usize, done.len());
+                    if let Some(e) = o.failed {
+                        count::<R>(&feeder.job.shared, &Err(e.clone()));
+                        return Err(e);
+                    }
+                    done.push(Vec::with_capacity(o.count as usize));
+                    missing.push(o.count);
+                    open += 1;
+                }
+            }
+            if open == 0 {
+                break;
+            }
+            let msg = self
+                .rx
+                .recv()
+                .expect("the job holds a sender, so the channel stays connected");
+            let job = &feeder.job;
+            let seq = match msg {
+                ChunkMsg::Part {
+                    seq,
+                    skip,
+                    pid,
+                    frame,
+                    ..
+                } => {
+                    let out = &mut done[seq as usize];
+                    let before = out.len();
+                    let mut first_error = None;
+                    decode_part::<R>(
+                        &frame,
+                        skip,
+                        &job.task_name,
+                        pid,
+                        &job.shared,
+                        |r| match r {
+                            Ok(v) => out.push(v),
+                            Err(e) => {
+                                first_error.get_or_insert(e);
+                            }
+                        },
+                    );
+                    if let Some(e) = first_error {
+                        return Err(e);
+                    }
+                    missing[seq as usize] -= (out.len() - before) as u32;
+                    seq
+                }
+                ChunkMsg::Failed {
+                    count: n, error, ..
+                } => {
+                    for _ in 0..n {
+                        count::<R>(&job.shared, &Err(error.clone()));
+                    }
+                    return Err(error);
+                }
+            };
+            if missing[seq as usize] == 0 {
+                open -= 1;
+            }
+        }
+        let mut all = Vec::with_capacity(done.iter().map(Vec::len).sum());
+        for chunk in done {
+            all.extend(chunk);
+        }
+        Ok(all)
     }
 
     fn take_ready(&mut self) -> Option<Result<R, Error>> {

@@ -1,6 +1,7 @@
 //! The public API: [`Pool`], its [`Builder`], the streaming iterators and
 //! [`AsyncResult`].
 
+use std::any::type_name;
 use std::ffi::OsString;
 use std::fmt;
 use std::marker::PhantomData;
@@ -347,19 +348,19 @@ impl Inner {
             return Err(self.shared.loss_error());
         }
         let name = f.task_name();
-        let tasks = self
+        let table = self
             .shared
             .tasks
             .get()
             .expect("set before the pool was built");
-        let Some(index) = tasks.iter().position(|t| t.name == name) else {
+        let Some(index) = table.infos.iter().position(|t| t.name == name) else {
             return Err(Error::new(ErrorKind::UnknownTask {
                 name: name.into_owned(),
-                available: tasks.iter().map(|t| t.name.clone()).collect(),
+                available: table.infos.iter().map(|t| t.name.clone()).collect(),
             }));
         };
-        let served = &tasks[index];
-        let (arg_type, output_type) = signature::<Args, R>();
+        let served = &table.infos[index];
+        let (arg_type, output_type) = (type_name::<Args>(), type_name::<R>());
         if served.arg_type != arg_type || served.output_type != output_type {
             return Err(Error::new(ErrorKind::Signature {
                 name: name.into_owned(),
@@ -370,7 +371,7 @@ impl Inner {
         let (sink, rx) = crossbeam_channel::unbounded();
         let job = Arc::new(Job {
             task: index as u32,
-            task_name: Arc::from(&*name),
+            task_name: table.names[index].clone(),
             timeout,
             sink,
             cancelled: Default::default(),
@@ -446,8 +447,8 @@ impl Pool {
 
     /// Applies `f` to every item and returns the results in input order.
     ///
-    /// Stops at the first failed item and returns its error (like Python's
-    /// `Pool.map` raising); work not yet started is cancelled. Use
+    /// Stops at the first failed item to arrive and returns its error (like
+    /// Python's `Pool.map` raising); work not yet started is cancelled. Use
     /// [`imap`](Self::imap) to see every item's outcome.
     pub fn map<F, Args, R, M, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
     where
@@ -653,7 +654,10 @@ impl<'p> Call<'p> {
         Args: Serialize,
         R: DeserializeOwned,
     {
-        self.imap(f, items)?.collect()
+        let Imap {
+            chunks, mut feeder, ..
+        } = self.imap(f, items)?;
+        chunks.collect(&mut feeder)
     }
 
     /// [`Pool::starmap`] with this call's options.
@@ -715,6 +719,7 @@ impl<'p> Call<'p> {
         Ok(Imap {
             chunks: Chunks::new(rx, ordered, inner.window()),
             feeder: Feeder::new(iter, job, inner.clone(), size),
+            yielded: 0,
         })
     }
 }
@@ -724,9 +729,22 @@ impl<'p> Call<'p> {
 ///
 /// Input is pulled from the source iterator as results are consumed, a
 /// bounded window ahead. Dropping it cancels the work not yet started.
+///
+/// # Progress
+///
+/// Its `size_hint` is exact whenever the input's is, and
+/// [`completed`](Self::completed) counts the results yielded, so a progress
+/// bar is one adapter away; with `indicatif`:
+///
+/// ```ignore
+/// use indicatif::ProgressIterator;
+/// let n = inputs.len() as u64;
+/// for r in pool.imap_unordered(task, inputs)?.progress_count(n) { /* ... */ }
+/// ```
 pub struct Imap<R, I> {
     chunks: Chunks<R>,
     feeder: Feeder<I>,
+    yielded: u64,
 }
 
 impl<R, I> fmt::Debug for Imap<R, I> {
@@ -746,7 +764,29 @@ where
     type Item = Result<R, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.chunks.next(&mut self.feeder)
+        let next = self.chunks.next(&mut self.feeder);
+        if next.is_some() {
+            self.yielded += 1;
+        }
+        next
+    }
+
+    /// Exact when the input's size hint is: results still to come are the
+    /// items already submitted plus what the input has left.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let pending = self.chunks.pending();
+        let (lo, hi) = self.feeder.input_hint();
+        (
+            pending.saturating_add(lo),
+            hi.and_then(|h| h.checked_add(pending)),
+        )
+    }
+}
+
+impl<R, I> Imap<R, I> {
+    /// Results yielded so far: a progress count.
+    pub fn completed(&self) -> u64 {
+        self.yielded
     }
 }
 

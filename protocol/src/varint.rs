@@ -11,10 +11,14 @@ pub(crate) fn put(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Reads an unsigned LEB128 varint from the front of `bytes`: the value
-/// and the bytes it took. `None` if truncated or longer than a `u64`.
+/// and the bytes it took. `None` if truncated or too large for a `u64`
+/// (postcard's rule: at most ten bytes, the tenth at most 1).
 pub(crate) fn get(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
-    for (i, b) in bytes.iter().enumerate().take(10) {
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        if i == 9 && b > 1 {
+            return None;
+        }
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             return Some((value, i + 1));
@@ -29,6 +33,13 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn get_agrees_with_postcard(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
+            let ours = super::get(&bytes).map(|(v, n)| (v, bytes.len() - n));
+            let theirs = postcard::take_from_bytes::<u64>(&bytes).ok().map(|(v, rest)| (v, rest.len()));
+            prop_assert_eq!(ours, theirs);
+        }
+
         #[test]
         fn get_reads_what_put_wrote(v in any::<u64>(), tail in proptest::collection::vec(any::<u8>(), 0..4)) {
             let mut buf = Vec::new();

@@ -166,9 +166,24 @@ const BROKEN: u8 = 3;
 pub(crate) struct Shared {
     state: AtomicU8,
     broken_reason: Mutex<Option<String>>,
-    pub(crate) tasks: OnceLock<Vec<TaskInfo>>,
+    pub(crate) tasks: OnceLock<TaskTable>,
     pub(crate) pids: Mutex<Vec<u32>>,
     pub(crate) stats: Counters,
+}
+
+/// What the workers serve, as the first one announced it.
+#[derive(Debug)]
+pub(crate) struct TaskTable {
+    pub(crate) infos: Vec<TaskInfo>,
+    /// The names again, shared by every job of each task.
+    pub(crate) names: Vec<Arc<str>>,
+}
+
+impl TaskTable {
+    pub(crate) fn new(infos: Vec<TaskInfo>) -> Self {
+        let names = infos.iter().map(|t| Arc::from(t.name.as_str())).collect();
+        Self { infos, names }
+    }
 }
 
 /// Counters behind [`Stats`](crate::Stats).

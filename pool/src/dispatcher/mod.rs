@@ -815,7 +815,7 @@ impl Dispatcher {
                     }
                     self.init_task = Some(idx as u32);
                 }
-                let _ = self.shared.tasks.set(tasks.clone());
+                let _ = self.shared.tasks.set(batch::TaskTable::new(tasks.clone()));
                 self.tasks = Some(tasks);
             }
             Some(known) if *known != tasks => {

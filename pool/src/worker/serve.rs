@@ -22,6 +22,9 @@ use crate::sys::ProtocolStdio;
 /// long batch streams results and a crash loses as little as possible.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Most items between two looks at the clock.
+const MAX_CLOCK_STRIDE: u32 = 256;
+
 /// Room kept in a frame for the `Done` header.
 const DONE_HEADER_ROOM: usize = 32;
 
@@ -170,6 +173,10 @@ impl Server<'_> {
         let limit = self.limit();
         let mut pending: u32 = 0;
         let mut last_flush = Instant::now();
+        // Reading the clock costs more than a tiny task: look at it every
+        // `stride` items, doubling the stride while items are fast and
+        // back to every item as soon as they are not.
+        let (mut stride, mut since_check) = (1u32, 0u32);
         for item in items {
             let outcome = run_item(self.registry, task as usize, item, &mut self.scratch, limit);
             let before = self.outcomes.len();
@@ -183,7 +190,22 @@ impl Server<'_> {
                 pending = 0;
             }
             pending += 1;
-            if eager || self.outcomes.len() * 2 > limit || last_flush.elapsed() >= FLUSH_INTERVAL {
+            since_check += 1;
+            let due = if eager || self.outcomes.len() * 2 > limit {
+                true
+            } else if since_check >= stride {
+                since_check = 0;
+                let elapsed = last_flush.elapsed();
+                stride = if elapsed * 4 < FLUSH_INTERVAL {
+                    (stride * 2).min(MAX_CLOCK_STRIDE)
+                } else {
+                    1
+                };
+                elapsed >= FLUSH_INTERVAL
+            } else {
+                false
+            };
+            if due {
                 self.flush(batch, pending)?;
                 pending = 0;
                 last_flush = Instant::now();

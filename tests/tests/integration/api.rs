@@ -164,3 +164,25 @@ fn work_is_spread_over_every_worker() {
     assert_eq!(workers.len(), 3);
     assert_eq!(pids, workers);
 }
+
+#[test]
+fn imap_reports_progress() {
+    let _w = watchdog("imap_reports_progress", LIMIT);
+    let pool = pool(2);
+    let mut it = pool.imap(square, 0..1000u64).unwrap();
+    assert_eq!(it.size_hint(), (1000, Some(1000)));
+    for _ in 0..10 {
+        it.next().unwrap().unwrap();
+    }
+    assert_eq!(it.size_hint(), (990, Some(990)));
+    assert_eq!(it.completed(), 10);
+    assert_eq!(it.by_ref().count(), 990);
+    assert_eq!(it.size_hint(), (0, Some(0)));
+    // Unknown length: no upper bound until the input ends.
+    let mut it = pool
+        .imap_unordered(square, (0u64..).take_while(|x| *x < 50))
+        .unwrap();
+    assert_eq!(it.size_hint().1, None);
+    assert_eq!(it.by_ref().count(), 50);
+    assert_eq!(it.completed(), 50);
+}
