@@ -4,13 +4,31 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use procpool_protocol::{FromWorker, Outcome, PREAMBLE_LEN, check_preamble, decode_from_worker};
+use procpool_protocol::{
+    FromWorker, Outcome, PREAMBLE_LEN, check_preamble, decode_done, decode_from_worker, done_header,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = <[u8; PREAMBLE_LEN]>::try_from(data.get(..PREAMBLE_LEN).unwrap_or(&[])) {
         let _ = check_preamble(&p);
     }
-    if let Ok(msg) = decode_from_worker(data) {
+    // The dispatcher's fast path must agree with the derived decoder, and
+    // the caller's header-only view with the full one.
+    let derived = decode_from_worker(data);
+    match decode_done(data) {
+        Ok(Some(view)) => {
+            let Ok(FromWorker::Done(done)) = &derived else {
+                panic!("decode_done accepted what the derived decoder refused")
+            };
+            assert_eq!(view.batch, done.batch);
+            let fast: Vec<_> = view.outcomes().collect();
+            assert_eq!(&fast, &done.outcomes);
+            let header = done_header(data).expect("a validated Done has a header");
+            assert_eq!(header.outcomes().collect::<Vec<_>>(), fast);
+        }
+        Ok(None) | Err(_) => assert!(!matches!(derived, Ok(FromWorker::Done(_)))),
+    }
+    if let Ok(msg) = derived {
         match msg {
             FromWorker::Done(done) => {
                 assert!(done.outcomes.len() <= data.len());
@@ -21,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             FromWorker::Hello(h) => assert!(h.tasks.len() <= data.len()),
-            FromWorker::InitDone(_) => {}
+            FromWorker::InitDone(_) | FromWorker::Log(_) => {}
         }
     }
 });

@@ -22,10 +22,10 @@ const HANGING: u64 = 23_456;
 /// A deadline per record.
 const DEADLINE: Duration = Duration::from_millis(200);
 
-/// Hashes record `r`: a few microseconds of honest integer work.
+/// Hashes record `r`: some tens of microseconds of honest integer work.
 fn digest(r: u64) -> u64 {
     let mut h = r ^ 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..2_000 {
+    for _ in 0..20_000 {
         h = h.rotate_left(17).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 31);
     }
     h
@@ -57,7 +57,7 @@ fn main() -> Result<(), procpool::Error> {
     let records: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(300_000)
+        .unwrap_or(60_000)
         .max(HANGING + 1);
 
     println!("procpool tour: {records} records, one that segfaults, one that hangs\n");
@@ -73,7 +73,7 @@ fn main() -> Result<(), procpool::Error> {
 
     let bar = ProgressBar::new(records).with_style(
         ProgressStyle::with_template(
-            "  {bar:40.cyan/blue} {percent:>3}% {human_pos:>7}/{human_len} {per_sec:>12} eta {eta}",
+            "  {bar:40.cyan/blue} {percent:>3}% {human_pos:>7}/{human_len} records  {elapsed} eta {eta}",
         )
         .expect("a valid template")
         .progress_chars("█▉▊▋▌▍▎▏ "),

@@ -141,12 +141,34 @@
 //! - **Platform:** Linux. The process handling relies on `close_range`,
 //!   `eventfd` and `/proc/self/exe`.
 //!
+//! # Progress
+//!
+//! [`Imap`] (from `imap` and `imap_unordered`) has an exact `size_hint`
+//! whenever its input does, and [`Imap::completed`] counts the results
+//! yielded, so progress bars need no extra API; with `indicatif`,
+//! `pool.imap_unordered(f, items)?.progress_count(n)` (see the `tour` and
+//! `checksum` examples).
+//!
 //! # Logging
 //!
 //! The library logs through the [`log`] facade (crashes, respawns,
-//! start-up), never prints to stdout, and installs no signal handler in the
-//! parent. (In a worker process, which the runtime owns, it sets a panic
-//! hook that records where a task panicked.)
+//! deadlines, start-up), never prints to stdout, and installs no signal
+//! handler in the parent. `log` records that task code emits inside a
+//! worker are forwarded to the parent's logger, tagged
+//! `[worker PID `task`]`, at the parent's `log::max_level()` as it was when
+//! the worker started: configure `env_logger` (or any logger) in `main`
+//! before building the pool and it applies to the workers too. (In a worker
+//! process, which the runtime owns, it sets a panic hook that records where
+//! a task panicked, and the forwarding logger, unless the program set its
+//! own logger before calling `serve_if_worker`.)
+//!
+//! # Debugging in one process
+//!
+//! [`Builder::in_process`] runs the same registry and API on threads of
+//! the calling process, like Python's `multiprocessing.dummy`, so a
+//! debugger can step into a task. It gives up isolation: a crash takes the
+//! program down, and a deadline fails the task without stopping its
+//! thread.
 
 mod dispatcher;
 mod error;

@@ -208,12 +208,14 @@ impl<'a> DoneView<'a> {
 }
 
 /// Variant index of `Outcome::Ok`.
-const OUTCOME_OK: u64 = 0;
+const OUTCOME_OK: u32 = 0;
 
 /// Decodes one [`Outcome`] from the front of `buf`: `Ok` (nearly every
 /// outcome) by hand, the rest through postcard; the same bytes either way.
 fn take_outcome(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
-    if let Some((OUTCOME_OK, n)) = varint::get(buf) {
+    // Variant indices follow postcard's u32 varint rule, lengths its usize
+    // (u64) rule: the same bytes are accepted as by the derived decoder.
+    if let Some((OUTCOME_OK, n)) = varint::get_u32(buf) {
         if let Some((len, m)) = varint::get(&buf[n..]) {
             let start = n + m;
             if let Some(end) = usize::try_from(len).ok().and_then(|l| start.checked_add(l)) {
@@ -230,8 +232,8 @@ fn take_outcome(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
 /// accepted (the parent's dispatcher validates, the caller decodes), without
 /// walking its outcomes again. `None` if it is not a `Done` header.
 pub fn done_header(body: &[u8]) -> Option<DoneView<'_>> {
-    let (tag, n) = varint::get(body)?;
-    if tag != FROM_WORKER_DONE {
+    let (tag, n) = varint::get_u32(body)?;
+    if u64::from(tag) != FROM_WORKER_DONE {
         return None;
     }
     let (batch, m) = varint::get(&body[n..])?;
@@ -251,15 +253,20 @@ pub fn decode_done(body: &[u8]) -> Result<Option<DoneView<'_>>, DecodeError> {
         what: "worker",
         source,
     };
-    let Some((tag, n)) = varint::get(body) else {
-        return Err(malformed(postcard::Error::DeserializeUnexpectedEnd));
+    let Some((tag, n)) = varint::get_u32(body) else {
+        // Not a valid variant index: let the derived decoder say why.
+        return Ok(None);
     };
-    if tag != FROM_WORKER_DONE {
+    if u64::from(tag) != FROM_WORKER_DONE {
         return Ok(None);
     }
     let rest = &body[n..];
     let (batch, rest) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
-    let (count, outcomes) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
+    // A sequence length is a usize for postcard; more than u32::MAX
+    // outcomes cannot fit any frame.
+    let (count, outcomes) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
+    let count =
+        u32::try_from(count).map_err(|_| malformed(postcard::Error::DeserializeBadVarint))?;
     let mut walk = outcomes;
     for _ in 0..count {
         let (_, r) = take_outcome(walk).map_err(malformed)?;
@@ -324,7 +331,7 @@ pub fn push_outcome(out: &mut Vec<u8>, outcome: &Outcome<'_>) {
     match outcome {
         // The hot case, by hand: the variant index, then the byte string.
         Outcome::Ok(bytes) => {
-            varint::put(out, OUTCOME_OK);
+            varint::put(out, u64::from(OUTCOME_OK));
             varint::put(out, bytes.len() as u64);
             out.extend_from_slice(bytes);
         }
@@ -506,6 +513,20 @@ mod tests {
         encode_hello(&mut out, h, DEFAULT_MAX_FRAME).unwrap();
         let body = body_of(&out);
         assert_eq!(decode_from_worker(&body).unwrap(), hello);
+    }
+
+    #[test]
+    fn fuzz_find_non_canonical_variant_index() {
+        // Found by cargo-fuzz (from_worker): a Done whose outcome variant
+        // index took six bytes. postcard's u32 rule refuses it; the fast
+        // path used the u64 rule and accepted it. Both refuse it now.
+        let body = [
+            0x02, 0x2f, 0x07, 0x80, 0x80, 0x00, 0x00, 0x80, 0x80, 0x80, 0x00, 0x00, 0x80, 0x80,
+            0x80, 0x00, 0x00, 0x80, 0x80, 0x00, 0x80, 0x00, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+            0x00, 0x00, 0x80, 0x80, 0x80, 0x00, 0x00, 0x80, 0x00,
+        ];
+        assert!(decode_from_worker(&body).is_err());
+        assert!(!matches!(decode_done(&body), Ok(Some(_))));
     }
 
     #[test]
