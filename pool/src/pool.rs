@@ -545,7 +545,12 @@ impl Pool {
     }
 
     /// Closes the pool (if not yet closed), waits for all submitted work
-    /// to finish, and stops the workers.
+    /// to finish, and stops the workers (each exits when its input closes;
+    /// one that does not within the shutdown grace is killed).
+    ///
+    /// An [`Imap`] still being consumed keeps what it already submitted;
+    /// items it pulls from its input after the join end in a `Closed`
+    /// error.
     pub fn join(&self) {
         self.close();
         self.inner.stop(Command::Join);

@@ -217,3 +217,26 @@ fn dropping_an_imap_iterator_cancels_work_not_started() {
     assert!(ran.len() <= 3 && ran.iter().all(|&i| i < 3), "ran {ran:?}");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn an_iterator_outliving_join_ends_every_item_once() {
+    let _w = watchdog("an_iterator_outliving_join_ends_every_item_once", LIMIT);
+    let pool = pool(1);
+    let mut it = pool.with_chunksize(1).imap(square, 0..100u64).unwrap();
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    pool.join();
+    let rest: Vec<_> = it.collect();
+    assert_eq!(rest.len(), 99, "one outcome per item");
+    // What was submitted before the join ran; the rest was refused.
+    let done = rest.iter().take_while(|r| r.is_ok()).count();
+    assert!(done > 0);
+    for (i, r) in rest.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(*v, ((i + 1) * (i + 1)) as u64),
+            Err(e) => {
+                assert!(i >= done);
+                assert!(e.is_closed(), "{e}");
+            }
+        }
+    }
+}
