@@ -37,6 +37,9 @@ use self::worker::{Fate, InFlight, Phase, Worker};
 use crate::error::{Error, ErrorKind, Exit};
 use crate::supervisor::Launch;
 
+/// How long the dispatcher looks for a lone batch's reply before sleeping.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Reads per worker per poll round, so one chatty worker cannot starve
 /// the others.
 const READS_PER_ROUND: usize = 8;
@@ -509,6 +512,10 @@ impl Dispatcher {
             timeout = PollTimeout::ZERO;
         }
 
+        // Spin before sleeping only while exactly one batch is out and
+        // nothing waits: the latency-bound case (`apply` in a loop).
+        let spin_first = self.queue.is_empty()
+            && self.workers.iter().map(|w| w.inflight.len()).sum::<usize>() == 1;
         // Per worker: [from, to, pidfd] slots.
         let mut readable = Vec::new();
         let mut exited = Vec::new();
@@ -526,7 +533,22 @@ impl Dispatcher {
                     None => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
                 }
             }
-            let polled = nix::poll::poll(&mut fds, timeout);
+            // A reply to a lone batch usually comes within microseconds:
+            // look a few times before sleeping, saving the wake-up.
+            let mut polled = Ok(0);
+            if timeout != PollTimeout::ZERO && spin_first {
+                let until = Instant::now() + SPIN;
+                while let Ok(0) = polled {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                    polled = nix::poll::poll(&mut fds, PollTimeout::ZERO);
+                }
+            }
+            if let Ok(0) = polled {
+                polled = nix::poll::poll(&mut fds, timeout);
+            }
             self.waker.sleeping.store(false, Ordering::SeqCst);
             match polled {
                 Ok(_) => {}
