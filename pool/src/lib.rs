@@ -138,6 +138,11 @@
 //!   yet started.
 //! - **Call [`serve_if_worker`] first in `main`**, before threads or files
 //!   are opened: a worker closes descriptors it did not expect to inherit.
+//!   A program whose `main` you do not control (a libtest test binary) cannot
+//!   be re-executed as a worker: use a worker program
+//!   ([`Builder::worker_program`]) or a `harness = false` test. A process
+//!   started as a worker that builds a pool instead of serving gets a
+//!   start-up error, never a fork bomb.
 //! - **Platform:** Linux. The process handling relies on `close_range`,
 //!   `eventfd` and `/proc/self/exe`.
 //!

@@ -347,8 +347,7 @@ fn push_message<T: Serialize>(out: &mut Vec<u8>, msg: &T) {
 }
 
 /// Items of a batch being built: each item's encoded argument with its
-/// length, back to back. Reuse one builder per caller; [`clear`](Self::clear)
-/// keeps the allocation.
+/// length, back to back.
 #[derive(Debug, Default, Clone)]
 pub struct ItemsBuilder {
     body: Vec<u8>,
@@ -366,19 +365,6 @@ impl ItemsBuilder {
         varint::put(&mut self.body, item.len() as u64);
         self.body.extend_from_slice(item);
         self.count += 1;
-    }
-
-    /// Adds one item, letting `encode` append its bytes to `scratch`
-    /// (cleared first); returns what `encode` returned.
-    pub fn push_with<E>(
-        &mut self,
-        scratch: &mut Vec<u8>,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        scratch.clear();
-        encode(scratch)?;
-        self.push(scratch);
-        Ok(())
     }
 
     /// Items so far.
@@ -401,12 +387,6 @@ impl ItemsBuilder {
         }
         self.body.drain(..at);
         self.count -= n;
-    }
-
-    /// Empties the builder, keeping its allocation.
-    pub fn clear(&mut self) {
-        self.body.clear();
-        self.count = 0;
     }
 
     /// The encoded items, for [`encode_run`].

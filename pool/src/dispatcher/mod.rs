@@ -235,6 +235,9 @@ impl Dispatcher {
         }
     }
 
+    /// The event loop. When it returns, the dispatcher is dropped with its
+    /// command receiver: batches still in the channel are dropped too, and
+    /// their `Drop` fails their items with the pool's state.
     fn run(mut self) {
         loop {
             if let Next::Terminate = self.drain_commands() {
@@ -264,8 +267,6 @@ impl Dispatcher {
                 return;
             }
         }
-        // Whatever is still in the channel is failed by the batches' Drop
-        // when the receiver goes away with the dispatcher.
     }
 
     fn idle(&self) -> bool {
