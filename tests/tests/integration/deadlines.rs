@@ -126,7 +126,7 @@ fn a_per_call_deadline_overrides_the_pool_default() {
     let pool = Pool::builder()
         .workers(1)
         .worker_program(FAULT_WORKER)
-        .task_timeout(Duration::from_millis(200))
+        .task_timeout(Duration::from_secs(1))
         .kill_grace(Duration::from_millis(100))
         .build()
         .unwrap();
