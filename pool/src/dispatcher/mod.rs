@@ -1031,7 +1031,10 @@ impl Dispatcher {
         let terminated = || Error::new(ErrorKind::Terminated);
         self.fail_all(&terminated);
         self.respawn_at.clear();
-        for w in &self.workers {
+        for w in &mut self.workers {
+            // End of input: an idle worker (or an in-process thread, which
+            // no signal reaches) exits at once on its own.
+            w.to = None;
             w.process.signal_group(Signal::SIGTERM);
         }
         let deadline = Instant::now() + self.config.kill_grace;
