@@ -25,6 +25,11 @@ pub fn panic_with(message: String) -> u64 {
     panic!("{message}")
 }
 
+/// Panics with a payload that is not a string.
+pub fn panic_with_number(n: u32) -> u64 {
+    std::panic::panic_any(n)
+}
+
 /// Exits the worker with `code`.
 pub fn exit_with(code: i32) -> u64 {
     std::process::exit(code)
@@ -447,6 +452,7 @@ pub fn registry() -> procpool::Registry {
         .task(square)
         .task(mul_add)
         .task(panic_with)
+        .task(panic_with_number)
         .task(exit_with)
         .task(abort_now)
         .task(segfault)

@@ -161,3 +161,56 @@ impl fmt::Debug for Registry {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    #[test]
+    fn tasks_are_named_by_their_path_and_run_on_encoded_bytes() {
+        let r = Registry::new().task(double).task_named("twice", double);
+        assert_eq!(
+            r.names().collect::<Vec<_>>(),
+            ["procpool::worker::registry::tests::double", "twice"]
+        );
+        let infos = r.infos();
+        assert_eq!(
+            (infos[0].arg_type.as_str(), infos[0].output_type.as_str()),
+            ("u64", "u64")
+        );
+        let mut out = Vec::new();
+        let arg = postcard::to_stdvec(&21u64).unwrap();
+        assert!(matches!(r.run(1, &arg, &mut out), Some(Ok(()))));
+        assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 42);
+        assert!(r.run(2, &arg, &mut out).is_none());
+    }
+
+    #[test]
+    fn a_bad_argument_is_an_arg_decode_error() {
+        let r = Registry::new().task(double);
+        let mut out = Vec::new();
+        assert!(matches!(
+            r.run(0, &[], &mut out),
+            Some(Err(ItemError::ArgDecode(_)))
+        ));
+        // Trailing bytes mean the caller's type was not the task's.
+        let mut arg = postcard::to_stdvec(&1u64).unwrap();
+        arg.push(0);
+        assert!(matches!(
+            r.run(0, &arg, &mut out),
+            Some(Err(ItemError::ArgDecode(_)))
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "a task named `twice` is already registered")]
+    fn duplicate_names_are_refused() {
+        let _ = Registry::new()
+            .task_named("twice", double)
+            .task_named("twice", double);
+    }
+}

@@ -166,3 +166,16 @@ fn a_result_that_fails_to_decode_fails_its_own_item() {
     let stats = pool.stats();
     assert_eq!((stats.tasks_succeeded, stats.tasks_failed), (10, 10));
 }
+
+#[test]
+fn a_panic_with_a_non_string_payload_is_reported_too() {
+    let _w = watchdog("a_panic_with_a_non_string_payload_is_reported_too", LIMIT);
+    let pool = pool(1);
+    let err = pool
+        .apply(procpool_tests::panic_with_number, 7)
+        .unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(err.panic_message(), Some("panic with a non-string payload"));
+    assert!(err.panic_location().is_some());
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+}
