@@ -169,6 +169,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: OnceLock<TaskTable>,
     pub(crate) pids: Mutex<Vec<u32>>,
     pub(crate) stats: Counters,
+    /// Idle workers lent to calling threads (see `lane.rs`).
+    pub(crate) lanes: super::lane::Lanes,
 }
 
 /// What the workers serve, as the first one announced it.
@@ -212,6 +214,7 @@ impl Shared {
             tasks: OnceLock::new(),
             pids: Mutex::new(Vec::new()),
             stats: Counters::default(),
+            lanes: super::lane::Lanes::default(),
         }
     }
 

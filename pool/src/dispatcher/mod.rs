@@ -9,6 +9,7 @@
 //! task ends exactly once.
 
 mod batch;
+pub(crate) mod lane;
 mod restart;
 mod worker;
 
@@ -54,6 +55,12 @@ pub(crate) enum Command {
     /// SIGKILL) and exit. A second one while the first waits escalates to
     /// SIGKILL at once.
     Terminate,
+    /// A lent worker failed its caller: settle the batch and the worker.
+    LaneFailed {
+        parked: Box<lane::Parked>,
+        batch: Batch,
+        loss: lane::LaneLoss,
+    },
 }
 
 /// The pool's settings, fixed at build time.
@@ -121,6 +128,11 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
+    /// Wakes the dispatcher (to look at the lanes).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+
     /// Sends a command; gives it back if the dispatcher has exited.
     pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
         self.tx.send(cmd).map_err(|e| e.0)?;
@@ -201,6 +213,8 @@ struct Dispatcher {
     restarts: Restarts,
     /// When scheduled replacement spawns are due.
     respawn_at: Vec<Instant>,
+    /// The id of the next worker.
+    next_slot: u64,
 }
 
 enum Next {
@@ -232,6 +246,7 @@ impl Dispatcher {
             init_task: None,
             restarts,
             respawn_at: Vec::new(),
+            next_slot: 0,
         }
     }
 
@@ -241,10 +256,14 @@ impl Dispatcher {
     fn run(mut self) {
         loop {
             if let Next::Terminate = self.drain_commands() {
+                self.shared.lanes.close();
+                self.reclaim_lent();
                 self.terminate();
                 return;
             }
             if self.joining && self.starting.is_none() && self.idle() {
+                self.shared.lanes.close();
+                self.reclaim_lent();
                 self.shutdown_gracefully();
                 return;
             }
@@ -252,8 +271,12 @@ impl Dispatcher {
             if self.halted {
                 return;
             }
+            if !self.queue.is_empty() {
+                self.reclaim_lent();
+            }
             self.dispatch();
             self.retire_used_up();
+            self.park_idle();
             for w in &mut self.workers {
                 w.flush();
             }
@@ -269,6 +292,111 @@ impl Dispatcher {
         }
     }
 
+    /// Lends every idle worker to the direct lane, while nothing is queued
+    /// and the pool is not stopping.
+    fn park_idle(&mut self) {
+        if !self.queue.is_empty()
+            || self.joining
+            || self.starting.is_some()
+            || self.config.max_tasks_per_worker.is_some()
+        {
+            return;
+        }
+        let mut parked_any = false;
+        for w in &mut self.workers {
+            if !w.parkable() {
+                continue;
+            }
+            let Some(to) = &w.to else { continue };
+            match lane::Parked::new(
+                w.slot,
+                w.pid,
+                to,
+                &w.from,
+                w.pidfd.as_ref(),
+                self.config.max_frame,
+            ) {
+                Ok(p) => {
+                    self.shared.lanes.park(p);
+                    w.parked = true;
+                    parked_any = true;
+                }
+                // Out of descriptors: this worker stays with the dispatcher.
+                Err(e) => log::debug!("procpool: cannot lend worker {}: {e}", w.pid),
+            }
+        }
+        if parked_any || self.workers.iter().all(|w| !w.parked || w.parkable()) {
+            self.shared.lanes.resume();
+        }
+    }
+
+    /// Takes back the lent workers that are not in use, and asks for the
+    /// others (they come back when their caller is done).
+    fn reclaim_lent(&mut self) {
+        if !self.workers.iter().any(|w| w.parked) {
+            return;
+        }
+        for p in self.shared.lanes.reclaim() {
+            self.unpark(p);
+        }
+    }
+
+    /// Takes worker `i` back from the lanes if no caller is using it.
+    fn take_back(&mut self, i: usize) -> bool {
+        match self.shared.lanes.take_slot(self.workers[i].slot) {
+            Some(p) => {
+                self.unpark(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A lent worker is the dispatcher's again: its stream position moves
+    /// past what the lane wrote, and bytes the lane read but did not use
+    /// are read again from the dispatcher's decoder.
+    fn unpark(&mut self, p: lane::Parked) -> Option<usize> {
+        let i = self.workers.iter().position(|w| w.slot == p.slot)?;
+        let w = &mut self.workers[i];
+        w.parked = false;
+        w.out_base += p.written;
+        let leftover = p.decoder.peek();
+        if !leftover.is_empty() {
+            w.decoder.extend_from_slice(leftover);
+        }
+        Some(i)
+    }
+
+    /// A lent worker failed its caller: the batch becomes the worker's
+    /// in-flight batch and the worker is settled like any lost worker.
+    fn lane_failed(&mut self, parked: lane::Parked, batch: Batch, loss: lane::LaneLoss) {
+        let pid = parked.pid;
+        let Some(i) = self.unpark(parked) else {
+            // Already removed (the pool is stopping): its Drop reports.
+            batch.fail(Error::new(ErrorKind::Protocol {
+                pid,
+                detail: "the worker was lost while lent to a caller".into(),
+            }));
+            return;
+        };
+        let w = &mut self.workers[i];
+        let cursor = batch.sent_from();
+        let frame_end = w.queued_to();
+        w.inflight.push_back(InFlight {
+            id: u64::MAX,
+            batch,
+            eager: false,
+            cursor,
+            timed_out: None,
+            frame_end,
+        });
+        let loss = match loss {
+            lane::LaneLoss::Exited => Loss::Exited,
+            lane::LaneLoss::Protocol(d) => Loss::Protocol(d),
+        };
+        self.lose_worker(i, loss);
+    }
+
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.workers.iter().all(|w| w.inflight.is_empty())
     }
@@ -281,6 +409,11 @@ impl Dispatcher {
                 Ok(Command::Submit(batch)) => self.queue.push_back(batch),
                 Ok(Command::Join) => self.joining = true,
                 Ok(Command::Terminate) => return Next::Terminate,
+                Ok(Command::LaneFailed {
+                    parked,
+                    batch,
+                    loss,
+                }) => self.lane_failed(*parked, batch, loss),
                 Err(TryRecvError::Empty) => return Next::Continue,
                 // Every handle is gone without a Terminate: stop.
                 Err(TryRecvError::Disconnected) => return Next::Terminate,
@@ -365,10 +498,15 @@ impl Dispatcher {
         let mut out = Vec::with_capacity(64 << 10);
         out.extend_from_slice(&preamble());
         let now = Instant::now();
+        let slot = self.next_slot;
+        self.next_slot += 1;
         self.workers.push(Worker {
             pidfd: spawned.process.pidfd(),
             process: spawned.process,
+            slot,
             pid,
+            parked: false,
+            lent_and_dead: false,
             to: Some(spawned.to_worker),
             pipe_broken: false,
             from: spawned.from_worker,
@@ -520,18 +658,26 @@ impl Dispatcher {
         // Per worker: [from, to, pidfd] slots.
         let mut readable = Vec::new();
         let mut exited = Vec::new();
+        let mut degraded = false;
         {
             let mut fds = Vec::with_capacity(1 + 3 * self.workers.len());
             fds.push(PollFd::new(self.waker.fd.as_fd(), PollFlags::POLLIN));
             for w in &self.workers {
-                fds.push(PollFd::new(w.from.as_fd(), PollFlags::POLLIN));
+                let read = if w.parked {
+                    PollFlags::empty()
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(w.from.as_fd(), read));
                 match (&w.to, w.wants_write()) {
                     (Some(to), true) => fds.push(PollFd::new(to.as_fd(), PollFlags::POLLOUT)),
                     _ => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
                 }
                 match &w.pidfd {
-                    Some(p) => fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN)),
-                    None => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
+                    Some(p) if !w.lent_and_dead => {
+                        fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                    }
+                    _ => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
                 }
             }
             // A reply to a lone batch usually comes within microseconds:
@@ -554,21 +700,47 @@ impl Dispatcher {
             match polled {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return Ok(()),
+                // More descriptors to watch than RLIMIT_NOFILE allows (the
+                // host lowered it): poll refuses. Degrade to looking every
+                // few milliseconds instead of breaking the pool.
+                Err(nix::errno::Errno::EINVAL) => degraded = true,
                 Err(e) => return Err(e.into()),
             }
             if fds[0].any().unwrap_or(false) {
                 let _ = self.waker.fd.read();
             }
             for (i, slots) in fds[1..].chunks(3).enumerate() {
-                if slots[0].any().unwrap_or(false) {
+                if degraded {
+                    break;
+                }
+                // A lent worker's pipe belongs to its caller (poll reports
+                // a hang-up even when no event was asked for).
+                let lent = self.workers[i].parked;
+                if !lent && slots[0].any().unwrap_or(false) {
                     readable.push(i);
                 }
-                if self.workers[i].pidfd.is_some() && slots[2].any().unwrap_or(false) {
+                let watched = self.workers[i].pidfd.is_some() && !self.workers[i].lent_and_dead;
+                if watched && slots[2].any().unwrap_or(false) {
                     exited.push(i);
                 }
             }
         }
 
+        if degraded {
+            // More descriptors to watch than RLIMIT_NOFILE allows (the host
+            // lowered it): poll refuses them all. Look every few
+            // milliseconds instead: at every pipe, and at every process.
+            log::warn!("procpool: poll refused its descriptors (RLIMIT_NOFILE too low?)");
+            std::thread::sleep(Duration::from_millis(5));
+            for (i, w) in self.workers.iter_mut().enumerate() {
+                if w.process.has_exited() {
+                    exited.push(i);
+                } else if !w.parked {
+                    readable.push(i);
+                }
+            }
+            let _ = self.waker.fd.read();
+        }
         let mut actions: Vec<(usize, Action)> = Vec::new();
         for i in readable {
             if let Err(loss) = self.read_worker(i, READS_PER_ROUND) {
@@ -577,6 +749,11 @@ impl Dispatcher {
         }
         for i in exited {
             if actions.iter().any(|(j, _)| *j == i) {
+                continue;
+            }
+            if self.workers[i].parked && !self.take_back(i) {
+                // A caller is using it: it will see the death and report.
+                self.workers[i].lent_and_dead = true;
                 continue;
             }
             // It exited: take everything it wrote, then settle.
@@ -751,34 +928,11 @@ impl Dispatcher {
         }
     }
 
-    /// Hands a worker's `log` record to this process's logger, tagged with
-    /// the worker's pid and the task it is running.
+    /// Hands a worker's `log` record to this process's logger.
     fn forward_log(&self, i: usize, record: LogRecord) {
-        let level = match record.level {
-            1 => log::Level::Error,
-            2 => log::Level::Warn,
-            3 => log::Level::Info,
-            4 => log::Level::Debug,
-            _ => log::Level::Trace,
-        };
-        if level > log::max_level() {
-            return;
-        }
         let w = &self.workers[i];
-        let task = w
-            .inflight
-            .front()
-            .map(|f| format!(" `{}`", f.batch.job.task_name))
-            .unwrap_or_default();
-        log::logger().log(
-            &log::Record::builder()
-                .level(level)
-                .target(&record.target)
-                .file(record.file.as_deref())
-                .line(record.line)
-                .args(format_args!("[worker {}{task}] {}", w.pid, record.message))
-                .build(),
-        );
+        let task = w.inflight.front().map(|f| &*f.batch.job.task_name);
+        emit_log(w.pid, task, record);
     }
 
     /// `n` outcomes of batch `batch` from worker `i`, in `frame`.
@@ -1070,6 +1224,7 @@ impl Dispatcher {
                 match self.rx.try_recv() {
                     Ok(Command::Terminate) => break 'wait, // escalate now
                     Ok(Command::Submit(b)) => b.fail(terminated()),
+                    Ok(Command::LaneFailed { batch, .. }) => batch.fail(terminated()),
                     Ok(Command::Join) => {}
                     Err(_) => break,
                 }
@@ -1131,6 +1286,31 @@ impl Dispatcher {
             log::debug!("procpool: worker {} stopped ({exit})", w.pid);
         }
     }
+}
+
+/// Emits a worker's `log` record through this process's logger, tagged
+/// with the worker's pid and the task it is running.
+pub(crate) fn emit_log(pid: u32, task: Option<&str>, record: LogRecord) {
+    let level = match record.level {
+        1 => log::Level::Error,
+        2 => log::Level::Warn,
+        3 => log::Level::Info,
+        4 => log::Level::Debug,
+        _ => log::Level::Trace,
+    };
+    if level > log::max_level() {
+        return;
+    }
+    let task = task.map(|t| format!(" `{t}`")).unwrap_or_default();
+    log::logger().log(
+        &log::Record::builder()
+            .level(level)
+            .target(&record.target)
+            .file(record.file.as_deref())
+            .line(record.line)
+            .args(format_args!("[worker {pid}{task}] {}", record.message))
+            .build(),
+    );
 }
 
 fn poll_timeout(d: Duration) -> PollTimeout {

@@ -56,7 +56,13 @@ pub(super) struct InFlight {
 #[derive(Debug)]
 pub(super) struct Worker {
     pub(super) process: WorkerProcess,
+    /// The dispatcher's id for this worker (pids can repeat over time).
+    pub(super) slot: u64,
     pub(super) pid: u32,
+    /// Lent to the direct lane: the dispatcher does not read its pipe.
+    pub(super) parked: bool,
+    /// Its pidfd fired while a caller had it: that caller reports back.
+    pub(super) lent_and_dead: bool,
     pub(super) pidfd: Option<OwnedFd>,
     /// `None` once closed (a retiring worker).
     pub(super) to: Option<File>,
@@ -90,9 +96,22 @@ impl Worker {
 
     pub(super) fn dispatchable(&self, depth: usize, max_tasks: Option<u64>) -> bool {
         self.serving()
+            && !self.parked
             && self.phase == Phase::Ready
             && self.inflight.len() < depth
             && max_tasks.is_none_or(|m| self.assigned < m)
+    }
+
+    /// Idle, with nothing pending either way: it may be lent to the lane.
+    pub(super) fn parkable(&self) -> bool {
+        self.serving()
+            && !self.parked
+            && self.phase == Phase::Ready
+            && self.inflight.is_empty()
+            && self.to.is_some()
+            && !self.pipe_broken
+            && self.out.is_empty()
+            && self.decoder.buffered() == 0
     }
 
     pub(super) fn wants_write(&self) -> bool {

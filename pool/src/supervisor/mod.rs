@@ -278,6 +278,24 @@ impl WorkerProcess {
         exit
     }
 
+    /// Whether the worker has exited, without blocking (reaping it if so).
+    /// For when its pidfd cannot be polled.
+    pub(crate) fn has_exited(&mut self) -> bool {
+        if self.exit.is_some() {
+            return true;
+        }
+        match &mut self.kind {
+            Kind::Process(child) => match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.exit = Some(exit_of(status));
+                    true
+                }
+                _ => false,
+            },
+            Kind::Thread(handle) => handle.as_ref().is_none_or(|h| h.is_finished()),
+        }
+    }
+
     /// Kills the whole group and reaps the worker.
     pub(crate) fn kill_and_reap(&mut self) -> Exit {
         self.signal_group(Signal::SIGKILL);

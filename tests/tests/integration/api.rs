@@ -186,3 +186,28 @@ fn imap_reports_progress() {
     assert_eq!(it.by_ref().count(), 50);
     assert_eq!(it.completed(), 50);
 }
+
+#[test]
+fn applies_from_many_threads_beside_a_map_all_end_once() {
+    let _w = watchdog("applies_from_many_threads_beside_a_map_all_end_once", LIMIT);
+    let pool = pool(2);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                for i in 0..300u64 {
+                    let x = t * 1000 + i;
+                    assert_eq!(pool.apply(square, x).unwrap(), x * x);
+                }
+            });
+        }
+        let pool = &pool;
+        s.spawn(move || {
+            let got = pool.map(square, 0..20_000u64).unwrap();
+            assert_eq!(got, (0..20_000u64).map(|x| x * x).collect::<Vec<_>>());
+        });
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.tasks_succeeded, 4 * 300 + 20_000);
+    assert_eq!((stats.tasks_failed, stats.worker_deaths), (0, 0));
+}

@@ -137,3 +137,26 @@ fn unread(pipe: &std::fs::File) -> i32 {
     assert_eq!(rc, 0);
     n
 }
+
+#[test]
+fn an_apply_on_the_direct_lane_that_the_dead_worker_never_read_runs_elsewhere() {
+    let _w = watchdog(
+        "an_apply_on_the_direct_lane_that_the_dead_worker_never_read_runs_elsewhere",
+        LIMIT,
+    );
+    let pool = pool(1);
+    let victim = pool.worker_pids()[0];
+    procpool_tests::kill(victim, libc::SIGSTOP);
+    assert!(procpool_tests::wait_until(LIMIT, || {
+        procpool_tests::process_state(victim) == Some('T')
+    }));
+    let pipe = std::fs::File::open(format!("/proc/{victim}/fd/3")).unwrap();
+    std::thread::scope(|s| {
+        // A blocking apply takes the idle worker on the direct lane.
+        let caller = s.spawn(|| pool.apply(square, 6));
+        assert!(procpool_tests::wait_until(LIMIT, || unread(&pipe) > 0));
+        procpool_tests::kill(victim, libc::SIGKILL);
+        assert_eq!(caller.join().unwrap().unwrap(), 36);
+    });
+    assert_eq!(pool.stats().tasks_failed, 0);
+}

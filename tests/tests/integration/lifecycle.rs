@@ -93,19 +93,25 @@ fn terminate_fails_every_unfinished_task_once() {
 #[test]
 fn dropping_an_async_handle_cancels_work_not_started() {
     let _w = watchdog("dropping_an_async_handle_cancels_work_not_started", LIMIT);
-    let pool = pool(1);
-    let blocker = pool.apply_async(sleep_ms, 200).unwrap();
-    let dropped: Vec<_> = (0..10)
-        .map(|_| pool.apply_async(sleep_ms, 10_000).unwrap())
+    let file = procpool_tests::temp_path("cancel-async");
+    let pool = procpool::Pool::builder()
+        .workers(1)
+        .worker_program(crate::FAULT_WORKER)
+        .initializer(procpool_tests::init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let blocker = pool.apply_async(procpool_tests::record_slowly, 0).unwrap();
+    let dropped: Vec<_> = (1..11)
+        .map(|i| pool.apply_async(procpool_tests::record_slowly, i).unwrap())
         .collect();
     drop(dropped);
-    // Only the blocker (and perhaps one pipelined batch) runs before this.
-    let start = std::time::Instant::now();
-    assert_eq!(blocker.get().unwrap(), 200);
+    assert_eq!(blocker.get().unwrap(), 0);
+    // Whatever was already in the worker's pipe finishes before this.
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
-    // If the ten 10-second sleeps had run, the watchdog would fire first;
-    // at most the one already in the worker's pipe can run.
-    assert!(start.elapsed() < Duration::from_secs(LIMIT.as_secs() / 2));
+    let ran: Vec<u64> = procpool_tests::recorded(&file).into_keys().collect();
+    // The blocker, and at most the one task pipelined behind it.
+    assert!(ran.len() <= 2 && ran[0] == 0, "ran {ran:?}");
+    let _ = std::fs::remove_file(&file);
 }
 
 #[test]
@@ -239,4 +245,31 @@ fn an_iterator_outliving_join_ends_every_item_once() {
             }
         }
     }
+}
+
+#[test]
+fn terminate_ends_applies_in_progress_on_the_direct_lane() {
+    let _w = watchdog(
+        "terminate_ends_applies_in_progress_on_the_direct_lane",
+        LIMIT,
+    );
+    let pool = pool(2);
+    let pids = pool.worker_pids();
+    std::thread::scope(|s| {
+        let callers: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| pool.apply(sleep_ms, 60_000)))
+            .collect();
+        // Both workers busy with the sleeps (lent or dispatched).
+        assert!(procpool_tests::wait_until(LIMIT, || {
+            pids.iter().all(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/wchan"))
+                    .is_ok_and(|w| w.contains("nanosleep"))
+            })
+        }));
+        pool.terminate();
+        for c in callers {
+            assert!(c.join().unwrap().unwrap_err().is_terminated());
+        }
+    });
+    assert_gone(&pids);
 }
