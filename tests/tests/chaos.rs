@@ -125,6 +125,91 @@ fn chaos_soak() {
     );
     assert!(kills.load(Ordering::Relaxed) > 0 && crashes > 0 && timeouts > 0 && panics > 0);
 
+    // The same under fire through `apply` from four threads: without a
+    // deadline, a blocking apply takes idle workers on the direct lane.
+    let lane_base = TASKS;
+    let deaths_before = pool.stats().worker_deaths;
+    stop.store(false, Ordering::Relaxed);
+    let lane_results = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let pids = pool.worker_pids();
+                if pids.is_empty() {
+                    continue;
+                }
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let victim = pids[(seed % pids.len() as u64) as usize];
+                // SAFETY: kill only sends a signal (ESRCH if already gone).
+                unsafe {
+                    libc::kill(victim as i32, libc::SIGKILL);
+                }
+            }
+        });
+        let callers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    (0..5_000u64)
+                        .map(|k| {
+                            let id = lane_base + t * 5_000 + k;
+                            let kind = match kind(id) {
+                                Chaos::Hang => Chaos::Work,
+                                other => other,
+                            };
+                            (id, kind, pool.apply(chaos, (kind, id)))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<_> = callers
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        killer.join().unwrap();
+        all
+    });
+    let counts = recorded(&file);
+    assert_eq!(lane_results.len(), 20_000);
+    let mut lane_lost = 0;
+    for (id, kind, r) in &lane_results {
+        match (kind, r) {
+            (Chaos::Work, Ok(v)) => {
+                assert_eq!(v, id);
+                assert_eq!(
+                    counts.get(id),
+                    Some(&1),
+                    "task {id} ran {:?} times",
+                    counts.get(id)
+                );
+            }
+            (Chaos::Panic, Err(e)) if e.is_panic() => {}
+            (Chaos::Crash, Err(e)) if e.exit() == Some(Exit::Code(3)) => {}
+            (_, Err(e)) if killed(e) => {
+                assert!(
+                    counts.get(id).copied().unwrap_or(0) <= 1,
+                    "task {id} ran twice"
+                );
+                lane_lost += 1;
+            }
+            (k, other) => panic!("task {id} ({k:?}) ended in {other:?}"),
+        }
+    }
+    assert!(counts.values().all(|&c| c == 1), "a task ran twice");
+    eprintln!(
+        "chaos, apply phase: {lane_lost} of 20000 lost to outside kills; {:?}",
+        pool.stats()
+    );
+    assert!(
+        pool.stats().worker_deaths > deaths_before,
+        "no worker died in the apply phase"
+    );
+
     drop(pool);
     for pid in &seen {
         assert!(
