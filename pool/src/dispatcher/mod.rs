@@ -302,7 +302,6 @@ impl Dispatcher {
         {
             return;
         }
-        let mut parked_any = false;
         for w in &mut self.workers {
             if !w.parkable() {
                 continue;
@@ -319,15 +318,14 @@ impl Dispatcher {
                 Ok(p) => {
                     self.shared.lanes.park(p);
                     w.parked = true;
-                    parked_any = true;
                 }
                 // Out of descriptors: this worker stays with the dispatcher.
                 Err(e) => log::debug!("procpool: cannot lend worker {}: {e}", w.pid),
             }
         }
-        if parked_any || self.workers.iter().all(|w| !w.parked || w.parkable()) {
-            self.shared.lanes.resume();
-        }
+        // Nothing is queued: callers may take workers again (ones still
+        // lent from before come back into the lanes when their call ends).
+        self.shared.lanes.resume();
     }
 
     /// Takes back the lent workers that are not in use, and asks for the
