@@ -626,29 +626,9 @@ impl<'p> Call<'p> {
         Args: Serialize,
         R: DeserializeOwned,
     {
-        if self.timeout.is_none() {
-            let inner = &self.pool.inner;
-            let (job, rx) = inner.job(&f, None)?;
-            let mut encoded = Vec::new();
-            encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame)?;
-            let mut items = ItemsBuilder::new();
-            items.push(&encoded);
-            let batch = Batch::new(job.clone(), 0, items);
-            match inner.shared.lanes.take() {
-                Some(parked) => {
-                    dispatcher::lane::run(parked, batch, &inner.shared.lanes, &inner.handle)
-                }
-                None => inner.submit(batch),
-            }
-            let handle = AsyncResult {
-                rx,
-                job,
-                state: Slot::Waiting,
-                _r: PhantomData,
-            };
-            return handle.get();
-        }
-        self.apply_async(f, args)?.get()
+        // Blocking and without a deadline: the direct lane may take it.
+        let direct = self.timeout.is_none();
+        self.submit_one(f, args, direct)?.get()
     }
 
     /// [`Pool::apply_async`] with this call's options.
@@ -656,6 +636,23 @@ impl<'p> Call<'p> {
         self,
         f: F,
         args: Args,
+    ) -> Result<AsyncResult<R>, SubmitError<Args>>
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
+        R: DeserializeOwned,
+    {
+        self.submit_one(f, args, false)
+    }
+
+    /// Submits one task: to a parked worker on the direct lane when
+    /// `direct` and one is free (the caller then waits for the result
+    /// anyway), else to the dispatcher.
+    fn submit_one<F, Args, R, M>(
+        self,
+        f: F,
+        args: Args,
+        direct: bool,
     ) -> Result<AsyncResult<R>, SubmitError<Args>>
     where
         F: TaskRef<Args, R, M>,
@@ -673,7 +670,13 @@ impl<'p> Call<'p> {
         }
         let mut items = ItemsBuilder::new();
         items.push(&encoded);
-        inner.submit(Batch::new(job.clone(), 0, items));
+        let batch = Batch::new(job.clone(), 0, items);
+        match direct.then(|| inner.shared.lanes.take()).flatten() {
+            Some(parked) => {
+                dispatcher::lane::run(parked, batch, &inner.shared.lanes, &inner.handle)
+            }
+            None => inner.submit(batch),
+        }
         Ok(AsyncResult {
             rx,
             job,

@@ -30,6 +30,28 @@ fn kind(i: u64) -> Chaos {
     }
 }
 
+/// SIGKILLs a random worker of `pool` every 100 ms until `stop`.
+fn kill_randomly(pool: &Pool, stop: &AtomicBool, kills: &AtomicU64, mut seed: u64) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let pids = pool.worker_pids();
+        if pids.is_empty() {
+            continue;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let victim = pids[(seed % pids.len() as u64) as usize];
+        // The victim may have died and been reaped in between: then the
+        // signal finds no process (ESRCH), which is fine.
+        // SAFETY: kill only sends a signal.
+        unsafe {
+            libc::kill(victim as i32, libc::SIGKILL);
+        }
+        kills.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn chaos_soak() {
     let _w = watchdog("chaos_soak", Duration::from_secs(900));
@@ -49,27 +71,7 @@ fn chaos_soak() {
     let kills = Arc::new(AtomicU64::new(0));
     let mut seen = std::collections::BTreeSet::new();
     let results = std::thread::scope(|s| {
-        let killer = s.spawn(|| {
-            let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                let pids = pool.worker_pids();
-                if pids.is_empty() {
-                    continue;
-                }
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let victim = pids[(seed % pids.len() as u64) as usize];
-                // The victim may have died and been reaped in between:
-                // then the signal finds no process (ESRCH), which is fine.
-                // SAFETY: kill only sends a signal.
-                unsafe {
-                    libc::kill(victim as i32, libc::SIGKILL);
-                }
-                kills.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+        let killer = s.spawn(|| kill_randomly(&pool, &stop, &kills, 0x2545_f491_4f6c_dd1d));
         let results: Vec<_> = pool
             .with_chunksize(50)
             .imap(chaos, (0..TASKS).map(|i| (kind(i), i)))
@@ -131,24 +133,7 @@ fn chaos_soak() {
     let deaths_before = pool.stats().worker_deaths;
     stop.store(false, Ordering::Relaxed);
     let lane_results = std::thread::scope(|s| {
-        let killer = s.spawn(|| {
-            let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                let pids = pool.worker_pids();
-                if pids.is_empty() {
-                    continue;
-                }
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let victim = pids[(seed % pids.len() as u64) as usize];
-                // SAFETY: kill only sends a signal (ESRCH if already gone).
-                unsafe {
-                    libc::kill(victim as i32, libc::SIGKILL);
-                }
-            }
-        });
+        let killer = s.spawn(|| kill_randomly(&pool, &stop, &kills, 0x9e37_79b9_7f4a_7c15));
         let callers: Vec<_> = (0..4u64)
             .map(|t| {
                 let pool = &pool;

@@ -8,11 +8,10 @@ use std::time::Duration;
 use procpool::{AsyncResult, Pool};
 use procpool_tests::{
     Chaos, Death, DecodeBomb, chaos, crash_after_result, crash_decoding, crash_encoding,
-    crash_running, init_store, kill, process_exists, record, recorded, square, temp_path,
-    wait_until, watchdog,
+    crash_running, kill, process_exists, record, recorded, square, temp_path, wait_until, watchdog,
 };
 
-use crate::{FAULT_WORKER, LIMIT};
+use crate::{FAULT_WORKER, LIMIT, recording_pool};
 
 #[derive(Debug, Clone, Copy)]
 enum Phase {
@@ -20,15 +19,6 @@ enum Phase {
     Running,
     EncodingResult,
     AfterSendingResult,
-}
-
-fn recording_pool(workers: usize, record_file: &std::path::Path) -> Pool {
-    Pool::builder()
-        .workers(workers)
-        .worker_program(FAULT_WORKER)
-        .initializer(init_store, record_file.display().to_string())
-        .build()
-        .unwrap()
 }
 
 fn expect_all_ok(handles: Vec<AsyncResult<u64>>, ids: std::ops::Range<u64>) {

@@ -94,12 +94,7 @@ fn terminate_fails_every_unfinished_task_once() {
 fn dropping_an_async_handle_cancels_work_not_started() {
     let _w = watchdog("dropping_an_async_handle_cancels_work_not_started", LIMIT);
     let file = procpool_tests::temp_path("cancel-async");
-    let pool = procpool::Pool::builder()
-        .workers(1)
-        .worker_program(crate::FAULT_WORKER)
-        .initializer(procpool_tests::init_store, file.display().to_string())
-        .build()
-        .unwrap();
+    let pool = crate::recording_pool(1, &file);
     let blocker = pool.apply_async(procpool_tests::record_slowly, 0).unwrap();
     let dropped: Vec<_> = (1..11)
         .map(|i| pool.apply_async(procpool_tests::record_slowly, i).unwrap())
@@ -203,12 +198,7 @@ fn a_second_terminate_escalates_at_once() {
 fn dropping_an_imap_iterator_cancels_work_not_started() {
     let _w = watchdog("dropping_an_imap_iterator_cancels_work_not_started", LIMIT);
     let file = procpool_tests::temp_path("cancel");
-    let pool = procpool::Pool::builder()
-        .workers(1)
-        .worker_program(crate::FAULT_WORKER)
-        .initializer(procpool_tests::init_store, file.display().to_string())
-        .build()
-        .unwrap();
+    let pool = crate::recording_pool(1, &file);
     let mut it = pool
         .with_chunksize(1)
         .imap(procpool_tests::record_slowly, 0..6u64)

@@ -50,3 +50,13 @@ pub(crate) fn pool(n: usize) -> Pool {
         .build()
         .expect("the fault worker pool starts")
 }
+
+/// A pool of `n` fault workers whose `record` tasks append to `file`.
+pub(crate) fn recording_pool(n: usize, file: &std::path::Path) -> Pool {
+    Pool::builder()
+        .workers(n)
+        .worker_program(FAULT_WORKER)
+        .initializer(procpool_tests::init_store, file.display().to_string())
+        .build()
+        .expect("the recording pool starts")
+}
