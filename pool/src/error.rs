@@ -26,12 +26,17 @@ pub enum Exit {
     Code(i32),
     /// It was killed by this signal number.
     Signal(i32),
+    /// Its status was lost: it was reaped by someone else (a host program
+    /// that set `SIGCHLD` to `SIG_IGN` makes the kernel reap children), or
+    /// it was an in-process thread that could not be joined.
+    Unknown,
 }
 
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Unknown => f.write_str("exit status unknown"),
             Exit::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
                 Ok(sig) => write!(f, "signal {s} ({})", sig.as_str()),
                 Err(_) => write!(f, "signal {s}"),
@@ -373,5 +378,17 @@ impl std::error::Error for Error {
             } => Some(&**s),
             _ => None,
         }
+    }
+}
+
+/// The message of a panic payload (a `&str` or `String`; anything else is
+/// described as such).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
     }
 }

@@ -17,12 +17,10 @@ use procpool_protocol::ItemsBuilder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dispatcher::{
-    self, Batch, ChunkMsg, Command, Config, Handle, Initializer, Job, Limit, Shared,
-};
+use crate::dispatcher::{self, Batch, ChunkMsg, Command, Config, Handle, Initializer, Job, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::feed::{ChunkSize, Chunks, Feeder, count, decode_part, encode_arg};
-use crate::supervisor::Launch;
+use crate::supervisor::{Launch, Limit};
 use crate::task::{TaskRef, signature};
 use crate::worker::Registry;
 
@@ -672,9 +670,7 @@ impl<'p> Call<'p> {
         items.push(&encoded);
         let batch = Batch::new(job.clone(), 0, items);
         match direct.then(|| inner.shared.lanes.take()).flatten() {
-            Some(parked) => {
-                dispatcher::lane::run(parked, batch, &inner.shared.lanes, &inner.handle)
-            }
+            Some(loan) => dispatcher::lane::run(loan, batch, &inner.shared.lanes, &inner.handle),
             None => inner.submit(batch),
         }
         Ok(AsyncResult {

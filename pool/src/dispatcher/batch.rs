@@ -85,15 +85,6 @@ impl Batch {
         &self.items
     }
 
-    /// Chunk index of the first item in [`items`](Self::items).
-    pub(crate) fn sent_from(&self) -> u32 {
-        self.sent_from
-    }
-
-    pub(crate) fn delivered(&self) -> u32 {
-        self.delivered
-    }
-
     pub(crate) fn remaining(&self) -> u32 {
         self.total - self.delivered
     }
@@ -130,11 +121,6 @@ impl Batch {
         }
     }
 
-    /// Fails every item not yet reported.
-    pub(crate) fn fail(mut self, error: Error) {
-        self.fail_next(self.remaining(), error);
-    }
-
     /// The unreported items, ready to be sent again (to another worker);
     /// `None` if none is left.
     pub(crate) fn into_rest(mut self) -> Option<Self> {
@@ -144,6 +130,36 @@ impl Batch {
         self.items.drop_first(self.delivered - self.sent_from);
         self.sent_from = self.delivered;
         Some(self)
+    }
+}
+
+impl super::settle::Unit for Batch {
+    fn sent_from(&self) -> u32 {
+        self.sent_from
+    }
+    fn delivered(&self) -> u32 {
+        self.delivered
+    }
+    fn remaining(&self) -> u32 {
+        Batch::remaining(self)
+    }
+    fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Vec<u8>) {
+        Batch::deliver(self, n, skip, pid, frame);
+    }
+    fn fail_next(&mut self, count: u32, error: Error) {
+        Batch::fail_next(self, count, error);
+    }
+    fn into_rest(self) -> Option<Self> {
+        Batch::into_rest(self)
+    }
+    fn cancelled(&self) -> bool {
+        self.job.cancelled.load(Ordering::Relaxed)
+    }
+    fn timeout(&self) -> Option<Duration> {
+        self.job.timeout
+    }
+    fn task(&self) -> &str {
+        &self.job.task_name
     }
 }
 

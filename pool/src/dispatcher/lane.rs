@@ -1,35 +1,33 @@
-//! The direct lane: `apply` without the dispatcher on its critical path.
+//! The direct lane: lending idle workers to blocking callers.
 //!
 //! A blocking `apply` through the dispatcher crosses four threads (caller →
 //! dispatcher → worker → dispatcher → caller); a raw pipe round trip crosses
-//! two. So when a worker is idle and nothing is queued, the dispatcher
-//! *parks* it: it stops reading the worker's pipe (it keeps watching its
-//! pidfd) and offers duplicates of the pipe ends here. A calling thread that
-//! takes a parked worker writes its one-item `Run` frame and reads the `Done`
-//! frame itself, then parks the worker again.
+//! two. So while nothing is queued, the dispatcher *lends* its idle workers:
+//! it moves each one's [`Conn`] into [`Lanes`] (and stops reading its pipe;
+//! it keeps watching its pidfd). A blocking `apply` without a deadline takes
+//! one, writes its one-item `Run` frame and reads the `Done` frame on its
+//! own thread, through the same `Conn` the loop uses, then gives it back.
 //!
-//! The one-outcome rule is untouched: the caller's [`Batch`] reports its
-//! item exactly as the dispatcher would (`deliver`), and if anything goes
-//! wrong (end of stream, a death, a protocol violation) the batch goes to
-//! the dispatcher with the worker ([`Command::LaneFailed`]), which settles
-//! it like any batch in flight — re-dispatched if the worker never read it,
-//! failed with `WorkerDied` or `Protocol` otherwise.
+//! The lane decides nothing. Its batch reports a checked `Done` exactly as
+//! the loop's would; on anything else (the worker's end, a violation, a
+//! stall) it hands the batch and the worker back to the dispatcher
+//! ([`Command::LaneFailed`](super::Command::LaneFailed)), whose settlement
+//! core settles them like any loss: the worker's progress counter says
+//! whether the item started.
 //!
-//! The dispatcher takes parked workers back as soon as it has queued work,
-//! or is stopping; a worker in use by a caller comes back when that call
-//! ends (the caller wakes the dispatcher if it was asked to).
+//! The dispatcher takes workers back when it has queued work, is stopping,
+//! or saw a lent worker die: it sets `wanted`, so callers stop taking
+//! workers and wake it when they give one back.
 
-use std::fs::File;
-use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use parking_lot::Mutex;
-use procpool_protocol::{
-    FrameDecoder, FromWorker, ItemsBuilder, decode_done, decode_from_worker, encode_run,
-};
+use procpool_protocol::{FromWorker, decode_from_worker};
 
+use super::conn::{self, Conn, Lost, Violation};
+use super::settle;
 use super::{Batch, Command, Handle};
 
 /// Batch ids the lane uses: far from the dispatcher's, so a mix-up shows.
@@ -37,225 +35,146 @@ const LANE_IDS: u64 = 1 << 62;
 
 /// A worker lent out by the dispatcher.
 #[derive(Debug)]
-pub(crate) struct Parked {
+pub(crate) struct Loan {
     /// The dispatcher's id for the worker.
     pub(crate) slot: u64,
-    pub(crate) pid: u32,
-    to: File,
-    from: File,
+    pub(crate) conn: Conn,
     pidfd: Option<OwnedFd>,
-    /// Bytes read from the worker but not consumed (handed back).
-    pub(crate) decoder: FrameDecoder,
-    /// Bytes written to the worker through the lane, since parked.
-    pub(crate) written: u64,
-    next_id: u64,
+    /// `max_tasks_per_worker`: a worker that reached it goes back.
+    max_items: Option<u64>,
+    stall: Duration,
     max_frame: u32,
+    next_id: u64,
 }
 
-impl Parked {
+impl Loan {
     pub(crate) fn new(
         slot: u64,
-        pid: u32,
-        to: &File,
-        from: &File,
-        pidfd: Option<&OwnedFd>,
+        conn: Conn,
+        pidfd: Option<OwnedFd>,
+        max_items: Option<u64>,
+        stall: Duration,
         max_frame: u32,
-    ) -> io::Result<Self> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             slot,
-            pid,
-            to: to.try_clone()?,
-            from: from.try_clone()?,
-            pidfd: pidfd.map(OwnedFd::try_clone).transpose()?,
-            decoder: FrameDecoder::new(max_frame),
-            written: 0,
-            next_id: LANE_IDS,
+            conn,
+            pidfd,
+            max_items,
+            stall,
             max_frame,
-        })
+            next_id: LANE_IDS,
+        }
+    }
+
+    fn used_up(&self) -> bool {
+        self.max_items.is_some_and(|m| self.conn.items_sent() >= m)
     }
 }
 
-/// What the dispatcher and the callers share about parked workers.
+/// Where lent workers wait, shared by the dispatcher and the callers.
 #[derive(Debug, Default)]
 pub(crate) struct Lanes {
-    parked: Mutex<Vec<Parked>>,
-    /// The dispatcher wants its workers back: a caller that parks one
-    /// wakes it.
+    /// Free for a caller to take.
+    parked: Mutex<Vec<Loan>>,
+    /// The dispatcher wants its workers back: callers take none, and wake
+    /// it when they give one back.
     wanted: AtomicBool,
-    /// The dispatcher is stopping: workers given back are closed, not
-    /// parked, so they see the end of their input.
-    closed: AtomicBool,
 }
 
 impl Lanes {
-    /// A parked worker, if one is free.
-    pub(crate) fn take(&self) -> Option<Parked> {
+    /// A lent worker, if one is free and the dispatcher does not want it.
+    pub(crate) fn take(&self) -> Option<Loan> {
         if self.wanted.load(Ordering::Acquire) {
             return None;
         }
         self.parked.lock().pop()
     }
 
-    /// Offers a worker (dispatcher) or gives one back (caller).
-    pub(crate) fn park(&self, p: Parked) {
-        let mut parked = self.parked.lock();
-        if !self.closed.load(Ordering::Acquire) {
-            parked.push(p);
+    /// Lends a worker (dispatcher) or gives one back (caller). `true` if
+    /// the dispatcher wants it and must be woken.
+    pub(crate) fn park(&self, loan: Loan) -> bool {
+        let used_up = loan.used_up();
+        self.parked.lock().push(loan);
+        if used_up {
+            self.wanted.store(true, Ordering::Release);
         }
+        self.wanted.load(Ordering::Acquire)
     }
 
-    /// The parked worker `slot`, if it is not in use.
-    pub(crate) fn take_slot(&self, slot: u64) -> Option<Parked> {
-        let mut parked = self.parked.lock();
-        let i = parked.iter().position(|p| p.slot == slot)?;
-        Some(parked.swap_remove(i))
-    }
-
-    /// The dispatcher stops: nothing is lent any more, and every parked
-    /// duplicate is closed.
-    pub(crate) fn close(&self) {
-        let mut parked = self.parked.lock();
-        self.closed.store(true, Ordering::Release);
-        self.wanted.store(true, Ordering::Release);
-        parked.clear();
-    }
-
-    /// The dispatcher takes back every parked worker that is not in use,
-    /// and asks for the others.
-    pub(crate) fn reclaim(&self) -> Vec<Parked> {
+    /// The dispatcher takes back every worker not in use, and asks for the
+    /// others.
+    pub(crate) fn reclaim(&self) -> Vec<Loan> {
         self.wanted.store(true, Ordering::Release);
         std::mem::take(&mut *self.parked.lock())
     }
 
-    /// The dispatcher has every worker back: lending may resume.
+    /// The dispatcher has every worker back and lends again.
     pub(crate) fn resume(&self) {
         self.wanted.store(false, Ordering::Release);
     }
-
-    pub(crate) fn wanted(&self) -> bool {
-        self.wanted.load(Ordering::Acquire)
-    }
 }
 
-/// Why a lane call gave its worker back to the dispatcher.
-#[derive(Debug)]
-pub(crate) enum LaneLoss {
-    /// The stream ended, or the worker's pidfd says it exited.
-    Exited,
-    /// The worker broke the protocol.
-    Protocol(String),
-}
-
-/// Runs `batch` (one item) on the parked worker `p` from the calling
-/// thread. On success the result is delivered into the batch's job channel
-/// and the worker parked again; on failure both go to the dispatcher.
-pub(crate) fn run(mut p: Parked, mut batch: Batch, lanes: &Lanes, handle: &Handle) {
-    match exchange(&mut p, &mut batch) {
-        Ok(()) => {
-            lanes.park(p);
-            if lanes.wanted() {
-                handle.wake();
-            }
+/// Runs `batch` (one item) on the lent worker from the calling thread.
+/// On success the outcome is in the batch's channel and the worker is
+/// given back; otherwise both go to the dispatcher to be settled.
+pub(crate) fn run(mut loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) {
+    let id = loan.next_id;
+    loan.next_id += 1;
+    let first = match loan
+        .conn
+        .queue_run(id, batch.job.task, false, batch.items())
+    {
+        Ok(first) => first,
+        Err(len) => {
+            settle::unsendable(batch, len, loan.max_frame);
+            give_back(loan, lanes, handle);
+            return;
         }
-        Err(loss) => {
+    };
+    match exchange(&mut loan, &mut batch) {
+        Ok(()) => give_back(loan, lanes, handle),
+        Err(lost) => {
             // If the dispatcher is gone, the batch's Drop fails the item
             // with the pool's state.
             let _ = handle.send(Command::LaneFailed {
-                parked: Box::new(p),
+                loan: Box::new(loan),
                 batch,
-                loss,
+                first,
+                lost,
             });
         }
     }
 }
 
-fn exchange(p: &mut Parked, batch: &mut Batch) -> Result<(), LaneLoss> {
-    let id = p.next_id;
-    p.next_id += 1;
-    let mut frame = Vec::new();
-    let items: &ItemsBuilder = batch.items();
-    encode_run(&mut frame, id, batch.job.task, false, items, p.max_frame)
-        .map_err(|e| LaneLoss::Protocol(e.to_string()))?;
-    write_all(p, &frame)?;
-    // The answer cannot be there yet: wait before the first read rather
-    // than spend a read on EAGAIN.
-    wait(p, PollFlags::POLLIN)?;
-    loop {
-        while let Some(body) = p
-            .decoder
-            .next_frame()
-            .map_err(|e| LaneLoss::Protocol(e.to_string()))?
-        {
-            match decode_done(&body) {
-                Ok(Some(done)) if done.batch == id && done.count == 1 => {
-                    batch.deliver(1, 0, p.pid, body);
-                    return Ok(());
-                }
-                Ok(Some(done)) => {
-                    return Err(LaneLoss::Protocol(format!(
-                        "result for batch {} while batch {id} was running",
-                        done.batch
-                    )));
-                }
-                Ok(None) => match decode_from_worker(&body) {
-                    Ok(FromWorker::Log(record)) => {
-                        super::emit_log(p.pid, Some(&batch.job.task_name), record);
-                    }
-                    Ok(_) => return Err(LaneLoss::Protocol("unexpected message".into())),
-                    Err(e) => return Err(LaneLoss::Protocol(e.to_string())),
-                },
-                Err(e) => return Err(LaneLoss::Protocol(e.to_string())),
-            }
-        }
-        match p.decoder.read_from(&mut p.from) {
-            Ok(0) => return Err(LaneLoss::Exited),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(p, PollFlags::POLLIN)?,
-            Err(_) => return Err(LaneLoss::Exited),
-        }
+fn give_back(loan: Loan, lanes: &Lanes, handle: &Handle) {
+    if lanes.park(loan) {
+        handle.wake();
     }
 }
 
-fn write_all(p: &mut Parked, mut bytes: &[u8]) -> Result<(), LaneLoss> {
-    while !bytes.is_empty() {
-        match p.to.write(bytes) {
-            Ok(n) => {
-                bytes = &bytes[n..];
-                p.written += n as u64;
+fn exchange(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
+    let pidfd = loan.pidfd.as_ref().map(|p| p.as_fd());
+    loan.conn.flush_blocking(pidfd)?;
+    while batch.remaining() > 0 {
+        let frame = loan.conn.read_blocking(pidfd, loan.stall)?;
+        match conn::done_header(&frame).map_err(Lost::Violation)? {
+            Some((b, n)) => {
+                loan.conn.check_done(b, n).map_err(Lost::Violation)?;
+                batch.deliver(n, 0, loan.conn.pid, frame);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(p, PollFlags::POLLOUT)?,
-            Err(_) => return Err(LaneLoss::Exited),
+            None => match decode_from_worker(&frame) {
+                Ok(FromWorker::Log(record)) => {
+                    conn::forward_log(loan.conn.pid, Some(&batch.job.task_name), record);
+                }
+                Ok(_) => {
+                    return Err(Lost::Violation(Violation::Protocol(
+                        "unexpected message".into(),
+                    )));
+                }
+                Err(e) => return Err(Lost::Violation(Violation::Protocol(e.to_string()))),
+            },
         }
     }
     Ok(())
-}
-
-/// Blocks until the pipe is ready for `flags`, or the worker exits.
-fn wait(p: &Parked, flags: PollFlags) -> Result<(), LaneLoss> {
-    loop {
-        let pipe = if flags.contains(PollFlags::POLLOUT) {
-            p.to.as_fd()
-        } else {
-            p.from.as_fd()
-        };
-        let mut fds = vec![PollFd::new(pipe, flags)];
-        if let Some(pidfd) = &p.pidfd {
-            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
-        }
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return Err(LaneLoss::Exited),
-        }
-        let ready = fds[0].any().unwrap_or(false);
-        let exited = fds.get(1).is_some_and(|f| f.any().unwrap_or(false));
-        if ready {
-            return Ok(());
-        }
-        if exited {
-            return Err(LaneLoss::Exited);
-        }
-    }
 }

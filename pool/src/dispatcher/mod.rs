@@ -1,145 +1,46 @@
-//! The dispatcher: one thread that owns the pool's state.
+//! The dispatcher: one thread, one event loop, over every worker's pipes
+//! and pidfds.
 //!
-//! It owns the queue of batches, every worker's pipes and in-flight table,
-//! and the supervisor's processes. Callers talk to it only through
-//! [`Command`]s (plus an eventfd that wakes its `poll`); it talks back only
-//! through each job's channel. One `poll` over all worker pipes and pidfds
-//! replaces a reader thread per worker, so the parent's thread count does
-//! not grow with the pool. See `README.md` beside this file for why every
-//! task ends exactly once.
+//! It routes events and carries out decisions; it decides nothing itself:
+//! which items end how is [`settle`]'s, how a worker is killed or when one
+//! is started again is the supervisor's. Callers reach it through
+//! [`Command`]s (plus an eventfd that wakes its wait); it reaches them
+//! through each job's channel. See `README.md` beside this file.
 
 mod batch;
+mod command;
+mod conn;
 pub(crate) mod lane;
-mod restart;
-mod worker;
+mod settle;
+mod startup;
 
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
-pub(crate) use restart::Limit;
+pub(crate) use command::{Command, Handle};
+pub(crate) use startup::{Config, Initializer};
 
-use std::collections::VecDeque;
-use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::EventFd;
-use nix::sys::signal::Signal;
-use procpool_protocol::{
-    FrameDecoder, FromWorker, LogRecord, Outcome, PREAMBLE_LEN, TaskInfo, check_preamble,
-    decode_done, decode_from_worker, encode_init, encode_run, preamble,
-};
+use nix::poll::{PollFd, PollFlags};
+use procpool_protocol::{FromWorker, TaskInfo, decode_from_worker};
 
 use self::batch::Counters;
-use self::restart::{Restarts, Verdict};
-use self::worker::{Fate, InFlight, Phase, Worker};
+use self::command::Waker;
+use self::conn::{Conn, Filled, Lost, Violation};
+use self::settle::{Cause, Settle};
+use self::startup::Phase;
 use crate::error::{Error, ErrorKind, Exit};
-use crate::supervisor::Launch;
+use crate::supervisor::{Respawn, WorkerProcess};
+use crate::sys::{self, Waited};
 
 /// How long the dispatcher looks for a lone batch's reply before sleeping.
 const SPIN: Duration = Duration::from_micros(50);
 
-/// Reads per worker per poll round, so one chatty worker cannot starve
-/// the others.
+/// Reads per worker per round, so one chatty worker cannot starve others.
 const READS_PER_ROUND: usize = 8;
-
-/// What callers ask of the dispatcher.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Submit(Batch),
-    /// Finish the queued work, then stop the workers and exit.
-    Join,
-    /// Fail all unfinished work, stop the workers (SIGTERM, grace,
-    /// SIGKILL) and exit. A second one while the first waits escalates to
-    /// SIGKILL at once.
-    Terminate,
-    /// A lent worker failed its caller: settle the batch and the worker.
-    LaneFailed {
-        parked: Box<lane::Parked>,
-        batch: Batch,
-        loss: lane::LaneLoss,
-    },
-}
-
-/// The pool's settings, fixed at build time.
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) launch: Launch,
-    pub(crate) max_frame: u32,
-    pub(crate) startup_timeout: Duration,
-    pub(crate) pipeline: usize,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) kill_grace: Duration,
-    pub(crate) stall_timeout: Duration,
-    pub(crate) max_tasks_per_worker: Option<u64>,
-    pub(crate) restart_limit: Limit,
-    pub(crate) initializer: Option<Initializer>,
-}
-
-/// Judges an initializer's encoded result: `Err(message)` if it failed.
-pub(crate) type InitCheck = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
-
-/// The initializer: a registered task with its encoded argument, and how
-/// to judge its encoded result.
-pub(crate) struct Initializer {
-    pub(crate) name: String,
-    pub(crate) signature: (String, String),
-    pub(crate) arg: Vec<u8>,
-    pub(crate) check: InitCheck,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("workers", &self.workers)
-            .field("launch", &self.launch)
-            .field("max_frame", &self.max_frame)
-            .field("pipeline", &self.pipeline)
-            .field("initializer", &self.initializer.as_ref().map(|i| &i.name))
-            .finish_non_exhaustive()
-    }
-}
-
-/// Wakes the dispatcher out of `poll`, with one eventfd write only when it
-/// is (about to be) asleep: while it is busy, submissions cost no syscall.
-#[derive(Debug)]
-struct Waker {
-    fd: EventFd,
-    sleeping: AtomicBool,
-}
-
-impl Waker {
-    /// Callers: after queueing a command.
-    fn wake(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
-            // A full eventfd counter (impossible in practice) still wakes.
-            let _ = self.fd.write(1);
-        }
-    }
-}
-
-/// The callers' side of the dispatcher.
-#[derive(Debug)]
-pub(crate) struct Handle {
-    tx: Sender<Command>,
-    waker: Arc<Waker>,
-}
-
-impl Handle {
-    /// Wakes the dispatcher (to look at the lanes).
-    pub(crate) fn wake(&self) {
-        self.waker.wake();
-    }
-
-    /// Sends a command; gives it back if the dispatcher has exited.
-    pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
-        self.tx.send(cmd).map_err(|e| e.0)?;
-        self.waker.wake();
-        Ok(())
-    }
-}
 
 /// Starts the dispatcher thread and waits until every initial worker has
 /// shaken hands (and run the initializer), or the first start-up error.
@@ -149,14 +50,25 @@ pub(crate) fn start(
 ) -> Result<(Handle, std::thread::JoinHandle<()>), Error> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let waker = Arc::new(Waker {
-        fd: crate::sys::wake_fd().map_err(|e| Error::startup_io("cannot create an eventfd", e))?,
+        fd: sys::wake_fd().map_err(|e| Error::startup_io("cannot create an eventfd", e))?,
         sleeping: AtomicBool::new(false),
     });
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let thread_waker = waker.clone();
     let thread = std::thread::Builder::new()
         .name("procpool-dispatcher".into())
-        .spawn(move || Dispatcher::new(config, shared, rx, thread_waker, ready_tx).run())
+        .spawn(move || {
+            let mut d = Dispatcher::new(config, shared.clone(), rx, thread_waker, ready_tx);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.run()));
+            if let Err(payload) = run {
+                // Never a hang: every waiting caller gets an error naming
+                // the panic (the batches' Drop reads it), and dropping the
+                // dispatcher kills and reaps every worker.
+                let message = crate::error::panic_message(&*payload);
+                log::error!("procpool: the dispatcher panicked: {message}");
+                shared.set_broken(format!("the dispatcher panicked: {message}"));
+            }
+        })
         .map_err(|e| Error::startup_io("cannot start the dispatcher thread", e))?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok((Handle { tx, waker }, thread)),
@@ -171,27 +83,54 @@ pub(crate) fn start(
     }
 }
 
+/// Where the pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Open,
+    /// `join`: finish what is queued and lent, then drain.
+    Joining,
+    /// Every input closed; workers exit on their own until `until`.
+    Draining {
+        until: Option<Instant>,
+    },
+    /// `terminate`: work failed, workers signalled; they are reaped as
+    /// they die.
+    Terminating,
+}
+
 /// Why a worker is being removed.
 #[derive(Debug)]
 enum Loss {
-    /// It exited or was killed (its pidfd or pipe says so).
+    /// It exited (its pidfd or the end of its output says so).
     Exited,
-    Io(io::Error),
-    /// It broke the protocol.
-    Protocol(String),
-    /// It did not finish starting in time.
+    Io(std::io::Error),
+    Violation(Violation),
     StartupTimeout,
-    /// The initializer failed in it.
     InitFailed(String),
-    /// It is not a worker we can speak to (wrong magic or version).
-    Identity(String),
 }
 
-/// Something to do to a worker, found while scanning the workers.
-enum Action {
-    Lose(Loss),
-    Expire,
-    Kill,
+/// One worker as the loop sees it.
+#[derive(Debug)]
+struct Worker {
+    slot: u64,
+    process: WorkerProcess,
+    /// `None` while lent to a caller.
+    conn: Option<Conn>,
+    /// Keeps the progress counter's path open until the handshake.
+    progress_fd: Option<OwnedFd>,
+    phase: Phase,
+    startup_deadline: Option<Instant>,
+    /// Used up by `max_tasks_per_worker`: its input is closed.
+    retiring: bool,
+    /// Its pidfd fired while a caller had it: settle when it comes back.
+    dead_while_lent: bool,
+}
+
+impl Worker {
+    /// Counts towards the pool's size and takes work.
+    fn serving(&self) -> bool {
+        !self.retiring && !self.dead_while_lent && !self.process.killing()
+    }
 }
 
 struct Dispatcher {
@@ -200,26 +139,17 @@ struct Dispatcher {
     rx: Receiver<Command>,
     waker: Arc<Waker>,
     workers: Vec<Worker>,
-    queue: VecDeque<Batch>,
-    next_batch: u64,
+    settle: Settle<Batch>,
+    respawn: Respawn,
+    stage: Stage,
     /// Present until the initial workers are all ready.
     starting: Option<Sender<Result<(), Error>>>,
-    joining: bool,
-    /// Set once the pool is broken for good: the loop ends.
+    /// Set once the pool is broken for good.
     halted: bool,
     /// The task list every worker must announce, once the first did.
     tasks: Option<Vec<TaskInfo>>,
     init_task: Option<u32>,
-    restarts: Restarts,
-    /// When scheduled replacement spawns are due.
-    respawn_at: Vec<Instant>,
-    /// The id of the next worker.
     next_slot: u64,
-}
-
-enum Next {
-    Continue,
-    Terminate,
 }
 
 impl Dispatcher {
@@ -230,375 +160,206 @@ impl Dispatcher {
         waker: Arc<Waker>,
         ready: Sender<Result<(), Error>>,
     ) -> Self {
-        let restarts = Restarts::new(config.restart_limit);
         Self {
+            respawn: Respawn::new(config.restart_limit),
             config,
             shared,
             rx,
             waker,
             workers: Vec::new(),
-            queue: VecDeque::new(),
-            next_batch: 0,
+            settle: Settle::default(),
+            stage: Stage::Open,
             starting: Some(ready),
-            joining: false,
             halted: false,
             tasks: None,
             init_task: None,
-            restarts,
-            respawn_at: Vec::new(),
             next_slot: 0,
         }
     }
 
-    /// The event loop. When it returns, the dispatcher is dropped with its
-    /// command receiver: batches still in the channel are dropped too, and
-    /// their `Drop` fails their items with the pool's state.
-    fn run(mut self) {
+    /// The event loop: take commands, act, wait for the next event.
+    fn run(&mut self) {
         loop {
-            if let Next::Terminate = self.drain_commands() {
-                self.shared.lanes.close();
-                self.reclaim_lent();
-                self.terminate();
-                return;
-            }
-            if self.joining && self.starting.is_none() && self.idle() {
-                self.shared.lanes.close();
-                self.reclaim_lent();
-                self.shutdown_gracefully();
-                return;
-            }
-            self.keep_capacity();
-            if self.halted {
-                return;
-            }
-            if !self.queue.is_empty() {
-                self.reclaim_lent();
-            }
-            self.dispatch();
-            self.retire_used_up();
-            self.park_idle();
-            for w in &mut self.workers {
-                w.flush();
-            }
-            if let Err(e) = self.poll_round() {
-                log::error!("procpool: the dispatcher's poll failed: {e}");
-                self.halt(Error::new(ErrorKind::Broken {
-                    reason: format!("poll failed: {e}"),
-                }));
-            }
-            if self.halted {
-                return;
-            }
-        }
-    }
-
-    /// Lends every idle worker to the direct lane, while nothing is queued
-    /// and the pool is not stopping.
-    fn park_idle(&mut self) {
-        if !self.queue.is_empty()
-            || self.joining
-            || self.starting.is_some()
-            || self.config.max_tasks_per_worker.is_some()
-        {
-            return;
-        }
-        for w in &mut self.workers {
-            if !w.parkable() {
-                continue;
-            }
-            let Some(to) = &w.to else { continue };
-            match lane::Parked::new(
-                w.slot,
-                w.pid,
-                to,
-                &w.from,
-                w.pidfd.as_ref(),
-                self.config.max_frame,
-            ) {
-                Ok(p) => {
-                    self.shared.lanes.park(p);
-                    w.parked = true;
+            self.drain_commands();
+            let now = Instant::now();
+            if matches!(self.stage, Stage::Open | Stage::Joining) && !self.halted {
+                self.keep_capacity(now);
+                if self.settle.queued() || self.stage == Stage::Joining {
+                    self.reclaim_lent();
                 }
-                // Out of descriptors: this worker stays with the dispatcher.
-                Err(e) => log::debug!("procpool: cannot lend worker {}: {e}", w.pid),
+                self.dispatch(now);
+                self.retire_used_up();
+                if self.stage == Stage::Joining && self.finished() {
+                    self.drain(now);
+                } else if self.stage == Stage::Open {
+                    self.lend_idle();
+                }
+            }
+            if self.halted {
+                return;
+            }
+            if matches!(self.stage, Stage::Draining { .. } | Stage::Terminating)
+                && self.workers.is_empty()
+            {
+                return;
+            }
+            for w in &mut self.workers {
+                if let Some(c) = &mut w.conn {
+                    c.flush();
+                }
+            }
+            if let Err(e) = self.wait_and_handle() {
+                log::error!("procpool: the dispatcher's wait failed: {e}");
+                self.halt(format!("waiting for workers failed: {e}"));
             }
         }
-        // Nothing is queued: callers may take workers again (ones still
-        // lent from before come back into the lanes when their call ends).
-        self.shared.lanes.resume();
     }
 
-    /// Takes back the lent workers that are not in use, and asks for the
-    /// others (they come back when their caller is done).
-    fn reclaim_lent(&mut self) {
-        if !self.workers.iter().any(|w| w.parked) {
-            return;
-        }
-        for p in self.shared.lanes.reclaim() {
-            self.unpark(p);
-        }
+    /// Joined: nothing queued, in flight or lent, and the pool started.
+    fn finished(&self) -> bool {
+        self.starting.is_none()
+            && self.settle.idle()
+            && self.workers.iter().all(|w| w.conn.is_some())
     }
 
-    /// Takes worker `i` back from the lanes if no caller is using it.
-    fn take_back(&mut self, i: usize) -> bool {
-        match self.shared.lanes.take_slot(self.workers[i].slot) {
-            Some(p) => {
-                self.unpark(p);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// A lent worker is the dispatcher's again: its stream position moves
-    /// past what the lane wrote, and bytes the lane read but did not use
-    /// are read again from the dispatcher's decoder.
-    fn unpark(&mut self, p: lane::Parked) -> Option<usize> {
-        let i = self.workers.iter().position(|w| w.slot == p.slot)?;
-        let w = &mut self.workers[i];
-        w.parked = false;
-        w.out_base += p.written;
-        let leftover = p.decoder.peek();
-        if !leftover.is_empty() {
-            w.decoder.extend_from_slice(leftover);
-        }
-        Some(i)
-    }
-
-    /// A lent worker failed its caller: the batch becomes the worker's
-    /// in-flight batch and the worker is settled like any lost worker.
-    fn lane_failed(&mut self, parked: lane::Parked, batch: Batch, loss: lane::LaneLoss) {
-        let pid = parked.pid;
-        let Some(i) = self.unpark(parked) else {
-            // Already removed (the pool is stopping): its Drop reports.
-            batch.fail(Error::new(ErrorKind::Protocol {
-                pid,
-                detail: "the worker was lost while lent to a caller".into(),
-            }));
-            return;
-        };
-        let w = &mut self.workers[i];
-        let cursor = batch.sent_from();
-        let frame_end = w.queued_to();
-        w.inflight.push_back(InFlight {
-            id: u64::MAX,
-            batch,
-            eager: false,
-            cursor,
-            timed_out: None,
-            frame_end,
-        });
-        let loss = match loss {
-            lane::LaneLoss::Exited => Loss::Exited,
-            lane::LaneLoss::Protocol(d) => Loss::Protocol(d),
-        };
-        self.lose_worker(i, loss);
-    }
-
-    fn idle(&self) -> bool {
-        self.queue.is_empty() && self.workers.iter().all(|w| w.inflight.is_empty())
-    }
-
-    fn drain_commands(&mut self) -> Next {
+    fn drain_commands(&mut self) {
         loop {
             match self.rx.try_recv() {
-                // Chunks of jobs started before `close()` still run: only
-                // new jobs are refused, by the caller, from the state.
-                Ok(Command::Submit(batch)) => self.queue.push_back(batch),
-                Ok(Command::Join) => self.joining = true,
-                Ok(Command::Terminate) => return Next::Terminate,
+                Ok(Command::Submit(batch)) => match self.stage {
+                    // Chunks of jobs started before `close()` still run:
+                    // only new jobs are refused, by the caller.
+                    Stage::Open | Stage::Joining => self.settle.submit(batch),
+                    _ => drop(batch),
+                },
+                Ok(Command::Join) => {
+                    if self.stage == Stage::Open {
+                        self.stage = Stage::Joining;
+                    }
+                }
+                Ok(Command::Terminate) => self.terminate(),
                 Ok(Command::LaneFailed {
-                    parked,
+                    loan,
                     batch,
-                    loss,
-                }) => self.lane_failed(*parked, batch, loss),
-                Err(TryRecvError::Empty) => return Next::Continue,
+                    first,
+                    lost,
+                }) => {
+                    let slot = loan.slot;
+                    if self.stage == Stage::Terminating {
+                        settle::fail(batch, Error::new(ErrorKind::Terminated));
+                    } else {
+                        self.settle.hand_back(slot, batch, first);
+                    }
+                    self.unlend(*loan);
+                    let loss = match lost {
+                        Lost::Exited => Loss::Exited,
+                        Lost::Violation(v) => Loss::Violation(v),
+                    };
+                    self.lose(slot, loss);
+                }
+                Err(TryRecvError::Empty) => return,
                 // Every handle is gone without a Terminate: stop.
-                Err(TryRecvError::Disconnected) => return Next::Terminate,
+                Err(TryRecvError::Disconnected) => return self.terminate(),
             }
         }
     }
 
-    fn report_startup(&mut self, result: Result<(), Error>) {
-        if let Some(tx) = self.starting.take() {
-            let _ = tx.send(result);
-        }
+    fn index(&self, slot: u64) -> Option<usize> {
+        self.workers.iter().position(|w| w.slot == slot)
     }
 
-    /// Starts workers (now, or when their backoff is over) until as many
-    /// serve as the pool should have.
-    fn keep_capacity(&mut self) {
-        let now = Instant::now();
-        let due = self.respawn_at.iter().filter(|&&t| t <= now).count();
-        self.respawn_at.retain(|&t| t > now);
-        for _ in 0..due {
-            self.spawn_or_retry();
-        }
-        while !self.halted
-            && self.workers.iter().filter(|w| w.serving()).count() + self.respawn_at.len()
-                < self.config.workers
-        {
-            self.spawn_or_retry();
-        }
-    }
-
-    fn spawn_or_retry(&mut self) {
-        match self.spawn_worker() {
-            Ok(()) => {}
-            Err(e) => self.start_failed(e),
-        }
-    }
-
-    /// A worker could not start. While the pool is being built this fails
-    /// the build; afterwards the restart policy decides.
-    fn start_failed(&mut self, error: Error) {
-        Counters::bump(&self.shared.stats.start_failures);
-        if self.starting.is_some() {
-            log::error!("procpool: {error}");
-            self.report_startup(Err(error.clone()));
-            self.halt(error);
+    /// `terminate()` (a second one escalates to SIGKILL at once).
+    fn terminate(&mut self) {
+        if self.stage == Stage::Terminating {
+            for w in &mut self.workers {
+                w.process.kill();
+            }
             return;
         }
-        match self.restarts.failed(Instant::now()) {
-            Verdict::RetryAt(at) => {
-                log::warn!(
-                    "procpool: a replacement worker failed to start ({error}); retrying in {:?}",
-                    at.saturating_duration_since(Instant::now())
-                );
-                self.respawn_at.push(at);
+        self.stage = Stage::Terminating;
+        self.shared.set_terminated();
+        self.settle.fail_all(|| Error::new(ErrorKind::Terminated));
+        self.respawn.clear();
+        self.reclaim_lent();
+        let now = Instant::now();
+        for w in &mut self.workers {
+            // End of input: an idle worker (or an in-process thread, which
+            // no signal reaches) exits at once on its own.
+            if let Some(c) = &mut w.conn {
+                c.close_input();
             }
-            Verdict::GiveUp { failures } => {
-                let limit = self.config.restart_limit;
-                log::error!(
-                    "procpool: workers failed to start {failures} times within {:?}; the pool is broken: {error}",
-                    limit.window
-                );
-                self.halt(Error::new(ErrorKind::Broken {
-                    reason: format!(
-                        "workers failed to start {failures} times within {:?} (the limit is {}); last: {error}",
-                        limit.window, limit.max
-                    ),
-                }));
-            }
+            w.process.terminate(now, self.config.kill_grace);
         }
+        self.publish_pids();
     }
 
-    fn spawn_worker(&mut self) -> Result<(), Error> {
-        let spawned = self.config.launch.spawn().map_err(|e| {
-            Error::startup_io(
-                format!("cannot start `{}`", self.config.launch.describe()),
-                e,
-            )
-        })?;
-        let pid = spawned.process.pid();
-        Counters::bump(&self.shared.stats.workers_started);
-        log::debug!("procpool: started worker {pid}");
-        let mut out = Vec::with_capacity(64 << 10);
-        out.extend_from_slice(&preamble());
-        let now = Instant::now();
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        self.workers.push(Worker {
-            pidfd: spawned.process.pidfd(),
-            process: spawned.process,
-            slot,
-            pid,
-            parked: false,
-            lent_and_dead: false,
-            to: Some(spawned.to_worker),
-            pipe_broken: false,
-            from: spawned.from_worker,
-            decoder: FrameDecoder::new(self.config.max_frame),
-            out,
-            written: 0,
-            out_base: 0,
-            phase: Phase::Handshake { preamble_ok: false },
-            fate: Fate::Serving,
-            inflight: VecDeque::new(),
-            startup_deadline: now + self.config.startup_timeout,
-            progress_at: now,
-            last_bytes_at: now,
-            assigned: 0,
-        });
+    /// `join()` reached the end of the work: close every input; workers
+    /// exit on their own, or are killed when the grace period ends.
+    fn drain(&mut self, now: Instant) {
+        self.stage = Stage::Draining {
+            until: sys::after(now, self.config.shutdown_grace),
+        };
+        self.respawn.clear();
+        for w in &mut self.workers {
+            if let Some(c) = &mut w.conn {
+                c.close_input();
+            }
+        }
         self.publish_pids();
-        Ok(())
+    }
+
+    /// Breaks the pool for good: all work fails with the reason, every
+    /// worker is killed and reaped, and the loop ends.
+    fn halt(&mut self, reason: String) {
+        if !self.halted {
+            self.shared.set_broken(reason);
+        }
+        self.halted = true;
+        let error = self.shared.loss_error();
+        self.settle.fail_all(|| error.clone());
+        self.respawn.clear();
+        self.reclaim_lent();
+        for mut w in std::mem::take(&mut self.workers) {
+            w.process.end();
+        }
+        self.publish_pids();
     }
 
     fn publish_pids(&self) {
         *self.shared.pids.lock() = self
             .workers
             .iter()
-            .filter(|w| w.serving())
-            .map(|w| w.pid)
+            .filter(|w| w.serving() && matches!(self.stage, Stage::Open | Stage::Joining))
+            .map(|w| w.process.pid())
             .collect();
     }
 
     /// Hands queued batches to ready workers: first one to each idle
     /// worker, then up to `pipeline` per worker.
-    fn dispatch(&mut self) {
-        let max_tasks = self.config.max_tasks_per_worker;
+    fn dispatch(&mut self, now: Instant) {
+        let max = self.config.max_tasks_per_worker;
         for depth in [1, self.config.pipeline] {
             for i in 0..self.workers.len() {
-                while self.workers[i].dispatchable(depth, max_tasks) {
-                    let Some(batch) = self.next_live_batch() else {
-                        return;
+                loop {
+                    let w = &mut self.workers[i];
+                    if !w.serving() || w.phase != Phase::Ready {
+                        break;
+                    }
+                    let Some(conn) = w.conn.as_mut() else { break };
+                    if max.is_some_and(|m| conn.items_sent() >= m) {
+                        break;
+                    }
+                    let first = conn.items_sent();
+                    let Some((id, batch)) = self.settle.dispatch(w.slot, depth, first, now) else {
+                        break;
                     };
-                    self.send_batch(i, batch);
+                    let job = &batch.job;
+                    let eager = job.timeout.is_some();
+                    if let Err(len) = conn.queue_run(id, job.task, eager, batch.items()) {
+                        self.settle.refuse(w.slot, len, self.config.max_frame);
+                    }
                 }
             }
         }
-    }
-
-    /// The next queued batch whose caller still wants it.
-    fn next_live_batch(&mut self) -> Option<Batch> {
-        while let Some(b) = self.queue.pop_front() {
-            if b.job.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
-                b.fail(Error::new(ErrorKind::Cancelled));
-                continue;
-            }
-            return Some(b);
-        }
-        None
-    }
-
-    fn send_batch(&mut self, i: usize, batch: Batch) {
-        let id = self.next_batch;
-        self.next_batch += 1;
-        let eager = batch.job.timeout.is_some();
-        let w = &mut self.workers[i];
-        let items = batch.items();
-        if let Err(e) = encode_run(
-            &mut w.out,
-            id,
-            batch.job.task,
-            eager,
-            items,
-            self.config.max_frame,
-        ) {
-            let task = batch.job.task_name.to_string();
-            let len = items.bytes();
-            log::warn!("procpool: batch of `{task}` does not fit a frame: {e}");
-            batch.fail(Error::new(ErrorKind::ArgTooLarge {
-                task,
-                len,
-                max: self.config.max_frame,
-            }));
-            return;
-        }
-        if w.inflight.is_empty() {
-            w.progress_at = Instant::now();
-        }
-        w.assigned += u64::from(items.count());
-        let cursor = batch.sent_from();
-        let frame_end = w.queued_to();
-        w.inflight.push_back(InFlight {
-            id,
-            batch,
-            eager,
-            cursor,
-            timed_out: None,
-            frame_end,
-        });
     }
 
     /// Workers that reached `max_tasks_per_worker` and finished their work
@@ -609,237 +370,316 @@ impl Dispatcher {
         };
         let mut retired = false;
         for w in &mut self.workers {
-            if w.serving() && w.phase == Phase::Ready && w.assigned >= max && w.inflight.is_empty()
-            {
-                log::debug!(
-                    "procpool: recycling worker {} after {} tasks",
-                    w.pid,
-                    w.assigned
-                );
-                w.fate = Fate::Retiring;
-                w.to = None;
+            let serving = w.serving();
+            let Some(conn) = &mut w.conn else { continue };
+            if serving && conn.items_sent() >= max && self.settle.in_flight(w.slot) == 0 {
+                log::debug!("procpool: recycling worker {} after {max} tasks", conn.pid);
+                w.retiring = true;
+                conn.close_input();
+                self.settle.retire(w.slot);
                 Counters::bump(&self.shared.stats.recycles);
                 retired = true;
             }
         }
         if retired {
             self.publish_pids();
-            self.keep_capacity();
         }
     }
 
-    /// One `poll` over the wake fd and every worker's pipes and pidfd, then
-    /// the work it reported ready and the deadlines that passed.
-    fn poll_round(&mut self) -> io::Result<()> {
-        let stall = self.config.stall_timeout;
-        let next = self
-            .workers
-            .iter()
-            .filter_map(|w| w.next_deadline(stall))
-            .chain(self.respawn_at.iter().copied())
-            .min();
-        let mut timeout = match next {
-            None => PollTimeout::NONE,
-            Some(d) => poll_timeout(d.saturating_duration_since(Instant::now())),
+    /// Lends every idle worker to the direct lane, while nothing is queued.
+    fn lend_idle(&mut self) {
+        if self.settle.queued() || self.starting.is_some() {
+            return;
+        }
+        let max = self.config.max_tasks_per_worker;
+        for w in &mut self.workers {
+            let lendable = w.serving()
+                && w.phase == Phase::Ready
+                && self.settle.in_flight(w.slot) == 0
+                && w.conn
+                    .as_ref()
+                    .is_some_and(|c| c.quiet() && max.is_none_or(|m| c.items_sent() < m));
+            if !lendable {
+                continue;
+            }
+            // Out of descriptors: this worker stays with the dispatcher.
+            let pidfd = match w
+                .process
+                .pidfd()
+                .map(|p| p.try_clone_to_owned())
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    log::debug!("procpool: cannot lend a worker: {e}");
+                    continue;
+                }
+            };
+            let conn = w.conn.take().expect("checked");
+            self.settle.lend(w.slot);
+            self.shared.lanes.park(lane::Loan::new(
+                w.slot,
+                conn,
+                pidfd,
+                max,
+                self.config.stall_timeout,
+                self.config.max_frame,
+            ));
+        }
+        // Nothing is queued: callers may take workers again.
+        self.shared.lanes.resume();
+    }
+
+    /// Takes back every lent worker not in use, and asks for the others
+    /// (their callers give them back and wake us).
+    fn reclaim_lent(&mut self) {
+        if self.workers.iter().all(|w| w.conn.is_some()) {
+            return;
+        }
+        for loan in self.shared.lanes.reclaim() {
+            let slot = loan.slot;
+            if self.unlend(loan) {
+                self.lose(slot, Loss::Exited);
+            }
+        }
+    }
+
+    /// A lent worker is the loop's again. `true` if it died meanwhile (the
+    /// caller then settles it).
+    fn unlend(&mut self, loan: lane::Loan) -> bool {
+        let Some(i) = self.index(loan.slot) else {
+            return false;
         };
+        let w = &mut self.workers[i];
+        w.conn = Some(loan.conn);
+        self.settle.unlend(w.slot);
+        w.dead_while_lent
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        // Lent workers come back to be killed with the rest.
+        for loan in self.shared.lanes.reclaim() {
+            drop(loan);
+        }
+    }
+}
+
+/// Something to do to a worker, found while looking at the events.
+#[derive(Debug)]
+enum Action {
+    Lose(Loss),
+    /// Its pidfd fired while it was lent.
+    DiedWhileLent,
+}
+
+impl Dispatcher {
+    /// The next instant something is due: a deadline, a SIGKILL, a retry, a
+    /// stall, a start-up timeout, the end of the drain.
+    fn next_deadline(&self) -> Option<Instant> {
+        let stall = self.config.stall_timeout;
+        let workers = self.workers.iter().flat_map(|w| {
+            [
+                w.process.kill_deadline(),
+                w.startup_deadline.filter(|_| w.phase != Phase::Ready),
+                w.conn.as_ref().and_then(|c| c.stall_deadline(stall)),
+            ]
+        });
+        let drain = match self.stage {
+            Stage::Draining { until } => until,
+            _ => None,
+        };
+        workers
+            .chain([
+                self.settle.next_deadline(),
+                self.respawn.next_deadline(),
+                drain,
+            ])
+            .flatten()
+            .min()
+    }
+
+    /// One wait over the wake fd and every worker's pipes and pidfd, then
+    /// the events it reported and the deadlines that passed.
+    fn wait_and_handle(&mut self) -> std::io::Result<()> {
+        let deadline = self.next_deadline();
         // Announce sleep, then look once more: a command queued before the
         // announcement is seen here, one queued after it writes the eventfd.
         self.waker.sleeping.store(true, Ordering::SeqCst);
-        if !self.rx.is_empty() {
-            timeout = PollTimeout::ZERO;
-        }
-
+        let busy = !self.rx.is_empty();
         // Spin before sleeping only while exactly one batch is out and
         // nothing waits: the latency-bound case (`apply` in a loop).
-        let spin_first = self.queue.is_empty()
-            && self.workers.iter().map(|w| w.inflight.len()).sum::<usize>() == 1;
-        // Per worker: [from, to, pidfd] slots.
+        let spin = !self.settle.queued() && self.settle.total_in_flight() == 1;
         let mut readable = Vec::new();
         let mut exited = Vec::new();
-        let mut degraded = false;
+        let waited;
         {
-            let mut fds = Vec::with_capacity(1 + 3 * self.workers.len());
-            fds.push(PollFd::new(self.waker.fd.as_fd(), PollFlags::POLLIN));
+            // Per worker: [output, input, pidfd] (unused slots watch the
+            // wake fd for nothing).
+            let none = || PollFd::new(self.waker.fd.as_fd(), PollFlags::empty());
+            let mut fds = vec![PollFd::new(self.waker.fd.as_fd(), PollFlags::POLLIN)];
             for w in &self.workers {
-                let read = if w.parked {
-                    PollFlags::empty()
-                } else {
-                    PollFlags::POLLIN
-                };
-                fds.push(PollFd::new(w.from.as_fd(), read));
-                match (&w.to, w.wants_write()) {
-                    (Some(to), true) => fds.push(PollFd::new(to.as_fd(), PollFlags::POLLOUT)),
-                    _ => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
+                match &w.conn {
+                    Some(c) => fds.push(PollFd::new(c.output_fd(), PollFlags::POLLIN)),
+                    None => fds.push(none()),
                 }
-                match &w.pidfd {
-                    Some(p) if !w.lent_and_dead => {
-                        fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-                    }
-                    _ => fds.push(PollFd::new(w.from.as_fd(), PollFlags::empty())),
+                match w.conn.as_ref().and_then(|c| c.write_fd()) {
+                    Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLOUT)),
+                    None => fds.push(none()),
+                }
+                match w.process.pidfd().filter(|_| !w.dead_while_lent) {
+                    Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLIN)),
+                    None => fds.push(none()),
                 }
             }
-            // A reply to a lone batch usually comes within microseconds:
-            // look a few times before sleeping, saving the wake-up.
-            let mut polled = Ok(0);
-            if timeout != PollTimeout::ZERO && spin_first {
+            let mut got = if busy {
+                sys::peek(&mut fds)?
+            } else {
+                Waited::TimedOut
+            };
+            if !busy && spin {
                 let until = Instant::now() + SPIN;
-                while let Ok(0) = polled {
-                    if Instant::now() >= until {
-                        break;
-                    }
+                while got == Waited::TimedOut && Instant::now() < until {
                     std::hint::spin_loop();
-                    polled = nix::poll::poll(&mut fds, PollTimeout::ZERO);
+                    got = sys::peek(&mut fds)?;
                 }
             }
-            if let Ok(0) = polled {
-                polled = nix::poll::poll(&mut fds, timeout);
+            if !busy && got == Waited::TimedOut {
+                got = sys::wait(&mut fds, deadline)?;
             }
             self.waker.sleeping.store(false, Ordering::SeqCst);
-            match polled {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => return Ok(()),
-                // More descriptors to watch than RLIMIT_NOFILE allows (the
-                // host lowered it): poll refuses. Degrade to looking every
-                // few milliseconds instead of breaking the pool.
-                Err(nix::errno::Errno::EINVAL) => degraded = true,
-                Err(e) => return Err(e.into()),
-            }
-            if fds[0].any().unwrap_or(false) {
+            waited = got;
+            if sys::flagged(&fds[0]) {
                 let _ = self.waker.fd.read();
             }
-            for (i, slots) in fds[1..].chunks(3).enumerate() {
-                if degraded {
-                    break;
+            if got == Waited::Ready {
+                for (i, f) in fds[1..].chunks(3).enumerate() {
+                    if sys::flagged(&f[0]) && self.workers[i].conn.is_some() {
+                        readable.push(self.workers[i].slot);
+                    }
+                    if sys::flagged(&f[2]) && self.workers[i].process.pidfd().is_some() {
+                        exited.push(self.workers[i].slot);
+                    }
                 }
-                // A lent worker's pipe belongs to its caller (poll reports
-                // a hang-up even when no event was asked for).
-                let lent = self.workers[i].parked;
-                if !lent && slots[0].any().unwrap_or(false) {
-                    readable.push(i);
-                }
-                let watched = self.workers[i].pidfd.is_some() && !self.workers[i].lent_and_dead;
-                if watched && slots[2].any().unwrap_or(false) {
-                    exited.push(i);
+            }
+        }
+        if waited == Waited::Refused {
+            // More descriptors to watch than RLIMIT_NOFILE allows (the host
+            // lowered it): look at every pipe and process every few ms.
+            log::warn!("procpool: poll refused its descriptors (RLIMIT_NOFILE too low?)");
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = self.waker.fd.read();
+            for w in &mut self.workers {
+                if w.process.has_exited() {
+                    exited.push(w.slot);
+                } else if w.conn.is_some() {
+                    readable.push(w.slot);
                 }
             }
         }
 
-        if degraded {
-            // More descriptors to watch than RLIMIT_NOFILE allows (the host
-            // lowered it): poll refuses them all. Look every few
-            // milliseconds instead: at every pipe, and at every process.
-            log::warn!("procpool: poll refused its descriptors (RLIMIT_NOFILE too low?)");
-            std::thread::sleep(Duration::from_millis(5));
-            for (i, w) in self.workers.iter_mut().enumerate() {
-                if w.process.has_exited() {
-                    exited.push(i);
-                } else if !w.parked {
-                    readable.push(i);
-                }
-            }
-            let _ = self.waker.fd.read();
-        }
-        let mut actions: Vec<(usize, Action)> = Vec::new();
-        for i in readable {
-            if let Err(loss) = self.read_worker(i, READS_PER_ROUND) {
-                actions.push((i, Action::Lose(loss)));
+        let mut actions: Vec<(u64, Action)> = Vec::new();
+        for slot in readable {
+            if let Err(loss) = self.read_worker(slot, READS_PER_ROUND) {
+                actions.push((slot, Action::Lose(loss)));
             }
         }
-        for i in exited {
-            if actions.iter().any(|(j, _)| *j == i) {
+        for slot in exited {
+            if actions.iter().any(|(s, _)| *s == slot) {
                 continue;
             }
-            if self.workers[i].parked && !self.take_back(i) {
-                // A caller is using it: it will see the death and report.
-                self.workers[i].lent_and_dead = true;
+            let Some(i) = self.index(slot) else { continue };
+            if self.workers[i].conn.is_none() {
+                actions.push((slot, Action::DiedWhileLent));
                 continue;
             }
             // It exited: take everything it wrote, then settle.
             let loss = self
-                .read_worker(i, usize::MAX)
+                .read_worker(slot, usize::MAX)
                 .err()
                 .unwrap_or(Loss::Exited);
-            actions.push((i, Action::Lose(loss)));
+            actions.push((slot, Action::Lose(loss)));
         }
         let now = Instant::now();
-        for (i, w) in self.workers.iter().enumerate() {
-            if actions.iter().any(|(j, _)| *j == i) {
+        for w in &mut self.workers {
+            if actions.iter().any(|(s, _)| *s == w.slot) {
                 continue;
             }
-            if w.phase != Phase::Ready && now >= w.startup_deadline {
-                actions.push((i, Action::Lose(Loss::StartupTimeout)));
-            } else if w.decoder.buffered() > 0 && now >= w.last_bytes_at + stall {
-                actions.push((
-                    i,
-                    Action::Lose(Loss::Protocol(format!(
-                        "a frame stalled half-written for {stall:?} ({} bytes buffered)",
-                        w.decoder.buffered()
-                    ))),
-                ));
-            } else if w.task_deadline().is_some_and(|d| now >= d) {
-                actions.push((i, Action::Expire));
-            } else if let Fate::Killing {
-                kill_at,
-                killed: false,
-            } = w.fate
+            if w.phase != Phase::Ready && w.startup_deadline.is_some_and(|d| now >= d) {
+                actions.push((w.slot, Action::Lose(Loss::StartupTimeout)));
+            } else if let Some(v) = w
+                .conn
+                .as_ref()
+                .and_then(|c| c.stalled(self.config.stall_timeout, now))
             {
-                if now >= kill_at {
-                    actions.push((i, Action::Kill));
-                }
+                actions.push((w.slot, Action::Lose(Loss::Violation(v))));
+            } else {
+                w.process.tick(now);
             }
         }
-        // Highest index first, so removals keep the other indices valid.
-        actions.sort_by_key(|a| std::cmp::Reverse(a.0));
-        for (i, action) in actions {
+        for (slot, action) in actions {
             if self.halted {
                 break;
             }
             match action {
-                Action::Lose(loss) => self.lose_worker(i, loss),
-                Action::Expire => self.expire(i),
-                Action::Kill => {
-                    let w = &mut self.workers[i];
-                    log::warn!(
-                        "procpool: worker {} outlived its grace period after SIGTERM; sending SIGKILL",
-                        w.pid
-                    );
-                    w.process.signal_group(Signal::SIGKILL);
-                    if let Fate::Killing { killed, .. } = &mut w.fate {
-                        *killed = true;
+                Action::Lose(loss) => self.lose(slot, loss),
+                Action::DiedWhileLent => {
+                    // Its caller sees the end too and gives it back (or
+                    // hands back its batch); until then nothing is decided.
+                    if let Some(i) = self.index(slot) {
+                        self.workers[i].dead_while_lent = true;
                     }
+                    self.publish_pids();
+                    self.reclaim_lent();
                 }
             }
+        }
+        for expired in self.settle.expire(now) {
+            Counters::bump(&self.shared.stats.timeouts);
+            let Some(i) = self.index(expired.worker) else {
+                continue;
+            };
+            let w = &mut self.workers[i];
+            // No more input: a worker that outlives SIGTERM (or a thread,
+            // which no signal stops) ends at the end of what it has.
+            if let Some(c) = &mut w.conn {
+                c.close_input();
+            }
+            w.process.terminate(now, self.config.kill_grace);
+            log::warn!(
+                "procpool: task `{}` in worker {} passed its {:?} deadline; \
+                 sent SIGTERM to it and its descendants (SIGKILL in {:?})",
+                expired.task,
+                w.process.pid(),
+                expired.timeout,
+                self.config.kill_grace
+            );
+            self.publish_pids();
         }
         Ok(())
     }
 
-    /// Reads what worker `i` sent (at most `rounds` reads) and handles
+    /// Reads what worker `slot` sent (at most `rounds` reads) and handles
     /// every whole frame. `Err` when the worker is to be removed.
-    fn read_worker(&mut self, i: usize, rounds: usize) -> Result<(), Loss> {
+    fn read_worker(&mut self, slot: u64, rounds: usize) -> Result<(), Loss> {
+        let i = self.index(slot).ok_or(Loss::Exited)?;
         for _ in 0..rounds {
-            let w = &mut self.workers[i];
-            match w.decoder.read_from(&mut w.from) {
-                Ok(0) => {
-                    self.handle_frames(i)?;
+            let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
+            let filled = conn.fill(Instant::now()).map_err(Loss::Io)?;
+            self.handle_frames(i)?;
+            match filled {
+                Filled::Data { more: true } => {}
+                Filled::Data { more: false } | Filled::Empty => return Ok(()),
+                Filled::Eof => {
                     let w = &self.workers[i];
                     if w.phase == Phase::Ready {
-                        if let Err(e) = w.decoder.finish() {
-                            return Err(Loss::Protocol(format!("{e} when its output ended")));
+                        if let Some(c) = &w.conn {
+                            c.ended_cleanly().map_err(Loss::Violation)?;
                         }
                     }
                     return Err(Loss::Exited);
                 }
-                Ok(_) => {
-                    self.workers[i].last_bytes_at = Instant::now();
-                    self.handle_frames(i)?;
-                    if self.workers[i].decoder.last_read_short() {
-                        // Drained; poll is level-triggered if more comes.
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(Loss::Io(e)),
             }
         }
         Ok(())
@@ -847,522 +687,107 @@ impl Dispatcher {
 
     fn handle_frames(&mut self, i: usize) -> Result<(), Loss> {
         loop {
-            if self.workers[i].phase == (Phase::Handshake { preamble_ok: false }) {
-                let decoder = &mut self.workers[i].decoder;
-                let Some(p) = decoder.take_raw::<PREAMBLE_LEN>() else {
-                    // A program that prints a short line is judged by what
-                    // it printed, without waiting for twelve bytes.
-                    let head = decoder.peek();
-                    let n = head.len().min(procpool_protocol::MAGIC.len());
-                    if !procpool_protocol::MAGIC.starts_with(&head[..n]) {
-                        let e = check_preamble(&pad(head)).err();
-                        return Err(Loss::Identity(
-                            e.map_or_else(String::new, |e| e.to_string()),
-                        ));
-                    }
-                    return Ok(());
-                };
-                check_preamble(&p).map_err(|e| Loss::Identity(e.to_string()))?;
-                self.workers[i].phase = Phase::Handshake { preamble_ok: true };
-            }
-            let frame = match self.workers[i].decoder.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(Loss::Protocol(e.to_string())),
+            let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
+            let Some(frame) = conn.next_frame().map_err(Loss::Violation)? else {
+                return Ok(());
             };
             self.handle_frame(i, frame)?;
         }
     }
 
     fn handle_frame(&mut self, i: usize, frame: Vec<u8>) -> Result<(), Loss> {
-        // The hot message first, validated without collecting its outcomes.
-        match decode_done(&frame) {
-            Ok(Some(done)) if self.workers[i].phase == Phase::Ready => {
-                return self.handle_done(i, done.batch, done.count, frame);
+        let protocol = |d: String| Loss::Violation(Violation::Protocol(d));
+        // The hot message first, checked without collecting its outcomes.
+        if let Some((batch, n)) = conn::done_header(&frame).map_err(Loss::Violation)? {
+            let w = &mut self.workers[i];
+            if w.phase != Phase::Ready {
+                return Err(protocol("unexpected Done message".into()));
             }
-            Ok(Some(_)) => return Err(Loss::Protocol("unexpected Done message".into())),
-            Ok(None) => {}
-            Err(e) => return Err(Loss::Protocol(e.to_string())),
+            let conn = w.conn.as_mut().ok_or(Loss::Exited)?;
+            conn.check_done(batch, n).map_err(Loss::Violation)?;
+            return self
+                .settle
+                .done(w.slot, batch, n, frame, Instant::now())
+                .map_err(protocol);
         }
-        let msg = decode_from_worker(&frame).map_err(|e| Loss::Protocol(e.to_string()))?;
-        match (self.workers[i].phase, msg) {
-            (_, FromWorker::Log(record)) => {
-                self.forward_log(i, record);
+        match decode_from_worker(&frame).map_err(|e| protocol(e.to_string()))? {
+            FromWorker::Log(record) => {
+                let w = &self.workers[i];
+                conn::forward_log(w.process.pid(), self.settle.running_task(w.slot), record);
                 Ok(())
             }
-            (Phase::Handshake { .. }, FromWorker::Hello(hello)) => {
+            FromWorker::Hello(hello) if matches!(self.workers[i].phase, Phase::Handshake) => {
                 self.accept_hello(i, hello.tasks)
             }
-            (Phase::Init, FromWorker::InitDone(outcome)) => {
-                let init = self.config.initializer.as_ref().expect("init phase");
-                let verdict = match outcome {
-                    Outcome::Ok(bytes) => (init.check)(bytes),
-                    Outcome::Panicked { message, location } => Err(match location {
-                        Some(l) => {
-                            format!("panicked at {}:{}:{}: {message}", l.file, l.line, l.column)
-                        }
-                        None => format!("panicked: {message}"),
-                    }),
-                    Outcome::ArgDecode(m) => Err(format!("cannot decode its argument: {m}")),
-                    Outcome::OutputEncode(m) => Err(format!("cannot encode its result: {m}")),
-                };
-                match verdict {
-                    Ok(()) => {
-                        self.became_ready(i);
-                        Ok(())
-                    }
-                    Err(m) => Err(Loss::InitFailed(m)),
-                }
+            FromWorker::InitDone(outcome) if self.workers[i].phase == Phase::Init => {
+                let verdict = startup::judge_init(self.config.initializer.as_ref(), &outcome);
+                drop(outcome);
+                verdict.map_err(Loss::InitFailed)?;
+                self.became_ready(i);
+                Ok(())
             }
-            (_, other) => Err(Loss::Protocol(format!(
+            other => Err(protocol(format!(
                 "unexpected {} message",
-                match other {
-                    FromWorker::Hello(_) => "Hello",
-                    FromWorker::InitDone(_) => "InitDone",
-                    FromWorker::Done(_) => "Done",
-                    FromWorker::Log(_) => "Log",
-                }
+                startup::name_of(&other)
             ))),
         }
     }
 
-    /// Hands a worker's `log` record to this process's logger.
-    fn forward_log(&self, i: usize, record: LogRecord) {
-        let w = &self.workers[i];
-        let task = w.inflight.front().map(|f| &*f.batch.job.task_name);
-        emit_log(w.pid, task, record);
-    }
-
-    /// `n` outcomes of batch `batch` from worker `i`, in `frame`.
-    fn handle_done(&mut self, i: usize, batch: u64, n: u32, frame: Vec<u8>) -> Result<(), Loss> {
-        let w = &mut self.workers[i];
-        let pid = w.pid;
-        let Some(front) = w.inflight.front_mut() else {
-            return Err(Loss::Protocol(format!(
-                "result for batch {batch} it was never given"
-            )));
-        };
-        if batch != front.id {
-            return Err(Loss::Protocol(format!(
-                "result for batch {batch} while batch {} was running",
-                front.id
-            )));
-        }
-        let left = front.batch.delivered() + front.batch.remaining() - front.cursor;
-        if n > left {
-            return Err(Loss::Protocol(format!(
-                "{n} outcomes for a batch with {left} left"
-            )));
-        }
-        // Outcomes the caller already has (an item failed by its deadline)
-        // are skipped, never delivered twice.
-        let skip = (front.batch.delivered() - front.cursor).min(n);
-        front.batch.deliver(n, skip, pid, frame);
-        front.cursor += n;
-        let finished = front.cursor == front.batch.delivered() + front.batch.remaining();
-        w.progress_at = Instant::now();
-        if finished {
-            w.inflight.pop_front();
-        }
-        Ok(())
-    }
-
-    fn accept_hello(&mut self, i: usize, tasks: Vec<TaskInfo>) -> Result<(), Loss> {
-        match &self.tasks {
-            None => {
-                if let Some(init) = &self.config.initializer {
-                    let Some(idx) = tasks.iter().position(|t| t.name == init.name) else {
-                        return Err(Loss::InitFailed(format!(
-                            "the workers do not serve the initializer task `{}`",
-                            init.name
-                        )));
-                    };
-                    let t = &tasks[idx];
-                    if (&t.arg_type, &t.output_type) != (&init.signature.0, &init.signature.1) {
-                        return Err(Loss::InitFailed(format!(
-                            "the initializer `{}` is served as fn({}) -> {}, called as fn({}) -> {}",
-                            init.name,
-                            t.arg_type,
-                            t.output_type,
-                            init.signature.0,
-                            init.signature.1
-                        )));
-                    }
-                    self.init_task = Some(idx as u32);
-                }
-                let _ = self.shared.tasks.set(batch::TaskTable::new(tasks.clone()));
-                self.tasks = Some(tasks);
-            }
-            Some(known) if *known != tasks => {
-                return Err(Loss::Protocol(
-                    "it serves other tasks than the pool's first worker".into(),
-                ));
-            }
-            Some(_) => {}
-        }
-        let max = self.config.max_frame;
-        let w = &mut self.workers[i];
-        match (&self.config.initializer, self.init_task) {
-            (Some(init), Some(task)) => {
-                encode_init(&mut w.out, task, &init.arg, max).map_err(|e| {
-                    Loss::InitFailed(format!("its argument does not fit a frame: {e}"))
-                })?;
-                w.phase = Phase::Init;
-            }
-            _ => self.became_ready(i),
-        }
-        Ok(())
-    }
-
-    fn became_ready(&mut self, i: usize) {
-        let w = &mut self.workers[i];
-        w.phase = Phase::Ready;
-        w.progress_at = Instant::now();
-        self.restarts.succeeded();
-        if self.starting.is_some()
-            && self.workers.len() == self.config.workers
-            && self.workers.iter().all(|w| w.phase == Phase::Ready)
-        {
-            self.report_startup(Ok(()));
-        }
-    }
-
-    /// The running item of worker `i` passed its deadline: it fails with
-    /// `TimedOut`, and the worker's group gets SIGTERM (SIGKILL after the
-    /// grace period). A replacement starts at once.
-    fn expire(&mut self, i: usize) {
-        let grace = self.config.kill_grace;
-        let w = &mut self.workers[i];
-        let pid = w.pid;
-        let Some(front) = w.inflight.front_mut() else {
-            return;
-        };
-        let timeout = front.batch.job.timeout.unwrap_or_default();
-        let task = front.batch.job.task_name.to_string();
-        // Eager batches: the item at the cursor is the running one.
-        if front.batch.delivered() == front.cursor {
-            front.batch.fail_next(
-                1,
-                Error::new(ErrorKind::TimedOut {
-                    task: task.clone(),
-                    pid,
-                    timeout,
-                }),
-            );
-        }
-        front.timed_out = Some(front.cursor);
-        // No more input: a worker that outlives SIGTERM (or a thread,
-        // which no signal stops) ends at the end of what it already has.
-        w.to = None;
-        w.fate = Fate::Killing {
-            kill_at: Instant::now() + grace,
-            killed: false,
-        };
-        w.process.signal_group(Signal::SIGTERM);
-        Counters::bump(&self.shared.stats.timeouts);
-        log::warn!(
-            "procpool: task `{task}` in worker {pid} passed its {timeout:?} deadline; \
-             sent SIGTERM to its process group (SIGKILL in {grace:?})"
-        );
-        self.publish_pids();
-    }
-
-    /// Removes worker `i`: reaps it, settles its in-flight work (see the
-    /// module README), and lets `keep_capacity` replace it.
-    fn lose_worker(&mut self, i: usize, loss: Loss) {
+    /// Removes worker `slot`: ends and reaps it, settles what it held, and
+    /// lets `keep_capacity` replace it.
+    fn lose(&mut self, slot: u64, loss: Loss) {
+        let Some(i) = self.index(slot) else { return };
         let mut w = self.workers.swap_remove(i);
         self.publish_pids();
-        let exit = w.process.kill_and_reap();
-        let pid = w.pid;
-
-        if w.fate == Fate::Retiring && matches!(loss, Loss::Exited) {
+        let exit = w.process.end();
+        let pid = w.process.pid();
+        let started = w.conn.as_ref().map_or(0, Conn::started);
+        if w.retiring && matches!(loss, Loss::Exited) {
             if exit != Exit::Code(0) {
                 log::warn!("procpool: recycled worker {pid} ended with {exit}");
             }
+            self.settle.lost(slot, started, &Cause::Died(exit));
+            return;
+        }
+        if matches!(self.stage, Stage::Draining { .. } | Stage::Terminating) {
+            log::debug!("procpool: worker {pid} stopped ({exit})");
+            self.settle.lost(slot, started, &Cause::Died(exit));
             return;
         }
         Counters::bump(&self.shared.stats.worker_deaths);
-
         if w.phase != Phase::Ready {
-            let error = startup_error(&self.config.launch, pid, exit, &loss, &w.decoder);
-            self.start_failed(error);
-            return;
+            self.settle.remove(slot);
+            let error = self.startup_error(pid, exit, &loss, w.conn.as_ref());
+            return self.start_failed(error);
         }
-
-        let mut inflight = std::mem::take(&mut w.inflight);
-        let mut requeue = Vec::new();
-        // A batch whose frame the worker did not wholly read from its pipe
-        // (it died first) never started: it goes back to the queue.
-        let received = w.read_to();
-        let started = inflight.front().is_some_and(|f| f.frame_end <= received);
-        if let Some(mut front) = started.then(|| inflight.pop_front()).flatten() {
-            let task = front.batch.job.task_name.to_string();
-            let error = match &loss {
-                Loss::Protocol(detail) => Error::new(ErrorKind::Protocol {
-                    pid,
-                    detail: detail.clone(),
-                }),
-                _ => Error::new(ErrorKind::WorkerDied {
-                    task: task.clone(),
-                    pid,
-                    exit,
-                }),
-            };
-            log::warn!(
-                "procpool: worker {pid} lost while running `{task}` ({})",
-                loss_text(&loss, exit)
-            );
-            if front.eager {
-                // The item at the cursor was running, unless the worker was
-                // still stuck in the item its deadline already failed.
-                let still_in_timed_out = front.timed_out == Some(front.cursor);
-                if !still_in_timed_out {
-                    front.batch.fail_next(1, error);
-                }
-                requeue.extend(front.batch.into_rest());
-            } else {
-                front.batch.fail(error);
-            }
-        } else {
-            log::warn!(
-                "procpool: idle worker {pid} lost ({})",
-                loss_text(&loss, exit)
-            );
+        let cause = match &loss {
+            Loss::Violation(v) => Cause::Protocol(v.detail().to_owned()),
+            _ => Cause::Died(exit),
+        };
+        let settled = self.settle.lost(slot, started, &cause);
+        match settled.task {
+            Some(task) => log::warn!(
+                "procpool: worker {pid} lost while running `{task}` ({}); {} item(s) failed, {} re-queued",
+                loss_text(&loss, exit),
+                settled.failed,
+                settled.requeued
+            ),
+            None => log::warn!(
+                "procpool: worker {pid} lost while idle ({}); {} item(s) re-queued",
+                loss_text(&loss, exit),
+                settled.requeued
+            ),
         }
-        // Never started: back to the front of the queue, in order.
-        requeue.extend(inflight.into_iter().filter_map(|f| f.batch.into_rest()));
-        for b in requeue.into_iter().rev() {
-            self.queue.push_front(b);
-        }
-        if !self.halted {
-            log::info!("procpool: replacing worker {pid}");
-        }
+        log::info!("procpool: replacing worker {pid}");
     }
-
-    /// Breaks the pool for good: every worker is killed, all work fails with
-    /// a `Broken` error naming `cause`, and the loop ends. Later submissions
-    /// fail the same way, from the pool's state.
-    fn halt(&mut self, cause: Error) {
-        if !self.halted {
-            self.shared.set_broken(cause.to_string());
-        }
-        let error = self.shared.loss_error();
-        self.kill_all(Signal::SIGKILL, || error.clone());
-        self.halted = true;
-    }
-
-    /// Fails queued and in-flight work, signals every worker's group,
-    /// reaps them all.
-    fn kill_all(&mut self, signal: Signal, error: impl Fn() -> Error) {
-        self.fail_all(&error);
-        for w in &self.workers {
-            w.process.signal_group(signal);
-        }
-        for mut w in std::mem::take(&mut self.workers) {
-            w.process.kill_and_reap();
-        }
-        self.respawn_at.clear();
-        self.publish_pids();
-    }
-
-    fn fail_all(&mut self, error: &impl Fn() -> Error) {
-        for w in &mut self.workers {
-            for f in w.inflight.drain(..) {
-                f.batch.fail(error());
-            }
-        }
-        while let Some(b) = self.queue.pop_front() {
-            b.fail(error());
-        }
-    }
-
-    /// `terminate()`: every unfinished task fails now; the workers get
-    /// SIGTERM, and SIGKILL after the grace period or at a second
-    /// terminate, whichever comes first.
-    fn terminate(&mut self) {
-        let terminated = || Error::new(ErrorKind::Terminated);
-        self.fail_all(&terminated);
-        self.respawn_at.clear();
-        for w in &mut self.workers {
-            // End of input: an idle worker (or an in-process thread, which
-            // no signal reaches) exits at once on its own.
-            w.to = None;
-            w.process.signal_group(Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + self.config.kill_grace;
-        let mut buf = [0u8; 4096];
-        'wait: while !self.workers.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut gone = Vec::new();
-            {
-                // Always woken: a second terminate must escalate at once.
-                self.waker.sleeping.store(true, Ordering::SeqCst);
-                let mut fds = vec![PollFd::new(self.waker.fd.as_fd(), PollFlags::POLLIN)];
-                for w in &self.workers {
-                    let fd = w.pidfd.as_ref().map_or(w.from.as_fd(), |p| p.as_fd());
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                }
-                match nix::poll::poll(&mut fds, poll_timeout(left)) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(_) => break,
-                }
-                if fds[0].any().unwrap_or(false) {
-                    let _ = self.waker.fd.read();
-                }
-                for (i, fd) in fds[1..].iter().enumerate() {
-                    if fd.any().unwrap_or(false) {
-                        gone.push(i);
-                    }
-                }
-            }
-            loop {
-                match self.rx.try_recv() {
-                    Ok(Command::Terminate) => break 'wait, // escalate now
-                    Ok(Command::Submit(b)) => b.fail(terminated()),
-                    Ok(Command::LaneFailed { batch, .. }) => batch.fail(terminated()),
-                    Ok(Command::Join) => {}
-                    Err(_) => break,
-                }
-            }
-            for &i in gone.iter().rev() {
-                let w = &mut self.workers[i];
-                if w.pidfd.is_none() {
-                    // Without a pidfd the pipe tells: drain until its end.
-                    match w.from.read(&mut buf) {
-                        Ok(0) => {}
-                        _ => continue,
-                    }
-                }
-                let mut w = self.workers.swap_remove(i);
-                w.process.reap();
-            }
-        }
-        self.kill_all(Signal::SIGKILL, terminated);
-    }
-
-    /// After `join`: every batch is done. Close each worker's input so it
-    /// exits on its own; kill those that do not within the grace period.
-    fn shutdown_gracefully(&mut self) {
-        let deadline = Instant::now() + self.config.shutdown_grace;
-        let workers = std::mem::take(&mut self.workers);
-        self.publish_pids();
-        let mut buf = [0u8; 4096];
-        for mut w in workers {
-            w.to = None;
-            // Wait for the end of its output (it exits), bounded.
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let mut fds = [PollFd::new(w.from.as_fd(), PollFlags::POLLIN)];
-                match nix::poll::poll(&mut fds, poll_timeout(left)) {
-                    Ok(0) => {
-                        log::warn!(
-                            "procpool: worker {} did not exit within {:?} of its input closing; killing it",
-                            w.pid,
-                            self.config.shutdown_grace
-                        );
-                        break;
-                    }
-                    Ok(_) => match w.from.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(_) => continue,
-                        Err(e)
-                            if e.kind() == io::ErrorKind::WouldBlock
-                                || e.kind() == io::ErrorKind::Interrupted =>
-                        {
-                            continue;
-                        }
-                        Err(_) => break,
-                    },
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
-            }
-            let exit = w.process.kill_and_reap();
-            log::debug!("procpool: worker {} stopped ({exit})", w.pid);
-        }
-    }
-}
-
-/// Emits a worker's `log` record through this process's logger, tagged
-/// with the worker's pid and the task it is running.
-pub(crate) fn emit_log(pid: u32, task: Option<&str>, record: LogRecord) {
-    let level = match record.level {
-        1 => log::Level::Error,
-        2 => log::Level::Warn,
-        3 => log::Level::Info,
-        4 => log::Level::Debug,
-        _ => log::Level::Trace,
-    };
-    if level > log::max_level() {
-        return;
-    }
-    let task = task.map(|t| format!(" `{t}`")).unwrap_or_default();
-    log::logger().log(
-        &log::Record::builder()
-            .level(level)
-            .target(&record.target)
-            .file(record.file.as_deref())
-            .line(record.line)
-            .args(format_args!("[worker {pid}{task}] {}", record.message))
-            .build(),
-    );
-}
-
-fn poll_timeout(d: Duration) -> PollTimeout {
-    // Round up, so a deadline is never polled for a millisecond early.
-    let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-}
-
-/// Pads a short head of output to a preamble's size for the error message.
-fn pad(head: &[u8]) -> [u8; PREAMBLE_LEN] {
-    let mut p = [b' '; PREAMBLE_LEN];
-    let n = head.len().min(PREAMBLE_LEN);
-    p[..n].copy_from_slice(&head[..n]);
-    p
 }
 
 fn loss_text(loss: &Loss, exit: Exit) -> String {
     match loss {
         Loss::Exited => format!("{exit}"),
         Loss::Io(e) => format!("read error {e}; {exit}"),
-        Loss::Protocol(d) => format!("protocol error: {d}"),
+        Loss::Violation(v) => format!("protocol error: {}", v.detail()),
         Loss::StartupTimeout => "start-up timed out".into(),
         Loss::InitFailed(m) => format!("initializer failed: {m}"),
-        Loss::Identity(m) => m.clone(),
-    }
-}
-
-fn startup_error(
-    launch: &Launch,
-    pid: u32,
-    exit: Exit,
-    loss: &Loss,
-    decoder: &FrameDecoder,
-) -> Error {
-    let program = launch.describe();
-    match loss {
-        Loss::InitFailed(m) => Error::new(ErrorKind::Initializer { message: m.clone() }),
-        Loss::Identity(m) => Error::startup(format!(
-            "`{program}` is not a procpool worker we can use: {m}"
-        )),
-        Loss::StartupTimeout => Error::startup(format!(
-            "`{program}` (pid {pid}) did not complete the handshake in time"
-        )),
-        Loss::Exited if decoder.buffered() > 0 => Error::startup(format!(
-            "`{program}` (pid {pid}) ended ({exit}) after writing {} bytes that are not a handshake: \"{}\"",
-            decoder.buffered(),
-            decoder.peek()[..decoder.buffered().min(64)].escape_ascii()
-        )),
-        Loss::Exited => Error::startup(format!(
-            "`{program}` (pid {pid}) ended ({exit}) before its handshake"
-        )),
-        Loss::Io(e) => Error::startup(format!("reading from `{program}` (pid {pid}) failed: {e}")),
-        Loss::Protocol(d) => {
-            Error::startup(format!("`{program}` (pid {pid}) sent a bad handshake: {d}"))
-        }
     }
 }

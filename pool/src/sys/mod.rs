@@ -3,15 +3,28 @@
 //! crate is here, one per syscall, its result checked at once.
 //!
 //! Linux is the supported platform (close_range, eventfd, pipes with
-//! O_CLOEXEC from birth); see the crate docs.
+//! O_CLOEXEC from birth, pidfds, memfd); see the crate docs.
+//!
+//! - `wait`: the one wait primitive (`poll`, EINTR handled once);
+//! - `proc`: pidfds, signals through them, descendant trees;
+//! - `shm`: the progress counter a worker shares with the pool.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+
+mod proc;
+mod shm;
+mod wait;
+
+pub(crate) use proc::{
+    become_subreaper, descendants, die_with_parent, kill_descendants_of_self, limit_memory,
+    pidfd_open, pidfd_signal, signal_group, unreaped,
+};
+pub(crate) use shm::SharedCounter;
+pub(crate) use wait::{Waited, after, flagged, peek, wait};
 
 /// Descriptor numbers the worker runtime moves the protocol pipes to.
 const PROTOCOL_IN_FD: RawFd = 3;
@@ -112,60 +125,6 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `signal` to the process group led by `pid`. A group that is
-/// already gone is not an error.
-pub(crate) fn signal_group(pid: u32, signal: Signal) -> io::Result<()> {
-    match killpg(Pid::from_raw(pid as i32), signal) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// A pidfd for our own unreaped child `pid`: readable once it has exited.
-/// `None` where the kernel has no pidfd_open (before Linux 5.3); the pipe's
-/// end then tells of the death instead.
-pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // (close-on-exec by definition) or -1; it touches no memory of ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the syscall returned a fresh descriptor that we now own.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Worker start-up: asks the kernel to SIGKILL this process when the
-/// thread that started it (the pool's dispatcher) dies, then checks that
-/// the parent did not die before the request was made.
-pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    if nix::unistd::getppid().as_raw() as u32 != parent {
-        return Err(io::Error::other(
-            "the parent exited before the worker started",
-        ));
-    }
-    Ok(())
-}
-
-/// Worker start-up: caps the address space, so a runaway allocation fails
-/// (and the worker aborts) instead of exhausting the machine.
-pub(crate) fn limit_memory(bytes: u64) -> io::Result<()> {
-    use nix::sys::resource::{Resource, setrlimit};
-    setrlimit(Resource::RLIMIT_AS, bytes, bytes)?;
-    Ok(())
-}
-
-/// Bytes written into a pipe that its reader has not read yet (FIONREAD,
-/// which Linux answers on either end, also after the reader is gone).
-pub(crate) fn pipe_unread(fd: BorrowedFd<'_>) -> Option<u64> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer we pass, which
-    // points at a live local.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
-    (r == 0 && n >= 0).then_some(n as u64)
-}
-
 /// Whether a descriptor is a terminal.
 pub(crate) fn is_terminal(fd: BorrowedFd<'_>) -> bool {
     nix::unistd::isatty(fd).unwrap_or(false)
@@ -188,20 +147,6 @@ mod tests {
         let fd = wake_fd().unwrap();
         let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
-    }
-
-    #[test]
-    fn unread_bytes_are_counted_on_the_write_end() {
-        use std::io::{Read, Write};
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        let (mut r, mut w) = (File::from(r), File::from(w));
-        w.write_all(b"0123456789").unwrap();
-        assert_eq!(pipe_unread(w.as_fd()), Some(10));
-        let mut four = [0; 4];
-        r.read_exact(&mut four).unwrap();
-        assert_eq!(pipe_unread(w.as_fd()), Some(6));
-        drop(r);
-        assert_eq!(pipe_unread(w.as_fd()), Some(6));
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub(crate) const MEMORY_LIMIT_ENV: &str = "PROCPOOL_MEMORY_LIMIT";
 /// Environment variable carrying the parent's `log` level (0 = off to
 /// 5 = trace), so workers forward only records the parent wants.
 pub(crate) const LOG_LEVEL_ENV: &str = "PROCPOOL_LOG_LEVEL";
+/// The path of the pool's progress counter for this worker (a memfd of the
+/// pool's, as `/proc/<pid>/fd/<n>`): the worker stores how many items it
+/// has started there.
+pub(crate) const PROGRESS_ENV: &str = "PROCPOOL_PROGRESS";
 
 /// Whether this process was started by a pool as a worker.
 pub fn is_worker() -> bool {
@@ -88,10 +92,19 @@ pub(crate) fn serve_on_thread(
     input: std::fs::File,
     output: std::fs::File,
     max_frame: u32,
+    progress: &str,
 ) -> i32 {
+    let progress = match crate::sys::SharedCounter::open(progress) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("procpool: an in-process worker cannot map its progress counter: {e}");
+            return exit_code::SETUP_FAILED;
+        }
+    };
     serve::serve(
         registry,
         crate::sys::ProtocolStdio { input, output },
+        Some(&progress),
         serve::ServeOptions {
             max_frame,
             own_process: None,
@@ -107,6 +120,7 @@ fn serve_now(registry: &Registry) -> i32 {
     let max_frame = env_number(MAX_FRAME_ENV).unwrap_or(procpool_protocol::DEFAULT_MAX_FRAME);
     let parent: Option<u32> = env_number(PARENT_PID_ENV);
     let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);
+    let progress = std::env::var(PROGRESS_ENV).ok();
     let log_level = match env_number::<usize>(LOG_LEVEL_ENV).unwrap_or(0) {
         0 => log::LevelFilter::Off,
         1 => log::LevelFilter::Error,
@@ -121,6 +135,7 @@ fn serve_now(registry: &Registry) -> i32 {
         PARENT_PID_ENV,
         MEMORY_LIMIT_ENV,
         LOG_LEVEL_ENV,
+        PROGRESS_ENV,
     ] {
         crate::sys::remove_env(var);
     }
@@ -138,6 +153,12 @@ fn serve_now(registry: &Registry) -> i32 {
             return exit_code::SETUP_FAILED;
         }
     }
+    // Orphaned descendants of a task stay in this worker's tree, where a
+    // kill of the worker reaches them.
+    if let Err(e) = crate::sys::become_subreaper() {
+        eprintln!("procpool worker: cannot become a child subreaper: {e}");
+        return exit_code::SETUP_FAILED;
+    }
     let stdio = match crate::sys::take_protocol_stdio() {
         Ok(s) => s,
         Err(e) => {
@@ -145,12 +166,26 @@ fn serve_now(registry: &Registry) -> i32 {
             return exit_code::SETUP_FAILED;
         }
     };
-    serve::serve(
+    // Without a counter (a worker behind a launcher that has no shared
+    // memory with the pool) nothing is recorded; a named one must work.
+    let progress = match progress.map(|p| crate::sys::SharedCounter::open(&p).map_err(|e| (p, e))) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err((p, e))) => {
+            eprintln!("procpool worker: cannot map its progress counter {p}: {e}");
+            return exit_code::SETUP_FAILED;
+        }
+    };
+    let code = serve::serve(
         registry,
         stdio,
+        progress.as_ref(),
         serve::ServeOptions {
             max_frame,
             own_process: Some(log_level),
         },
-    )
+    );
+    // Whatever the tasks started and left behind ends with the worker.
+    crate::sys::kill_descendants_of_self();
+    code
 }

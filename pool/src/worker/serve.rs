@@ -16,7 +16,7 @@ use procpool_protocol::{
 };
 
 use super::{ItemError, Registry};
-use crate::sys::ProtocolStdio;
+use crate::sys::{ProtocolStdio, SharedCounter};
 
 /// A batch's outcomes so far are sent early once they reach this age, so a
 /// long batch streams results and a crash loses as little as possible.
@@ -43,7 +43,12 @@ pub(crate) struct ServeOptions {
     pub(crate) own_process: Option<log::LevelFilter>,
 }
 
-pub(crate) fn serve(registry: &Registry, stdio: ProtocolStdio, opts: ServeOptions) -> i32 {
+pub(crate) fn serve(
+    registry: &Registry,
+    stdio: ProtocolStdio,
+    progress: Option<&SharedCounter>,
+    opts: ServeOptions,
+) -> i32 {
     let max_frame = opts.max_frame;
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
@@ -99,6 +104,8 @@ pub(crate) fn serve(registry: &Registry, stdio: ProtocolStdio, opts: ServeOption
 
     let mut server = Server {
         registry,
+        progress,
+        started: 0,
         output,
         max_frame,
         out,
@@ -140,6 +147,11 @@ struct Stop(i32);
 
 struct Server<'r> {
     registry: &'r Registry,
+    /// Where the pool reads how many items this worker has started: after
+    /// a death it knows exactly which item was running.
+    progress: Option<&'r SharedCounter>,
+    /// Items started so far (not counting the initializer).
+    started: u64,
     output: Arc<Mutex<std::fs::File>>,
     max_frame: u32,
     /// The frame being written.
@@ -178,6 +190,10 @@ impl Server<'_> {
         // back to every item as soon as they are not.
         let (mut stride, mut since_check) = (1u32, 0u32);
         for item in items {
+            self.started += 1;
+            if let Some(p) = self.progress {
+                p.store(self.started);
+            }
             let outcome = run_item(self.registry, task as usize, item, &mut self.scratch, limit);
             let before = self.outcomes.len();
             push_outcome(&mut self.outcomes, &outcome);

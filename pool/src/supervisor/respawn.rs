@@ -28,7 +28,7 @@ pub(crate) struct Limit {
 
 /// What to do after a start failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+enum Verdict {
     /// Try again at this instant.
     RetryAt(Instant),
     /// Too many failures: the pool is broken.
@@ -36,14 +36,14 @@ pub(crate) enum Verdict {
 }
 
 #[derive(Debug)]
-pub(crate) struct Restarts {
+struct Restarts {
     limit: Limit,
     failures: VecDeque<Instant>,
     consecutive: u32,
 }
 
 impl Restarts {
-    pub(crate) fn new(limit: Limit) -> Self {
+    fn new(limit: Limit) -> Self {
         Self {
             limit,
             failures: VecDeque::new(),
@@ -52,7 +52,7 @@ impl Restarts {
     }
 
     /// Records a start failure at `now`.
-    pub(crate) fn failed(&mut self, now: Instant) -> Verdict {
+    fn failed(&mut self, now: Instant) -> Verdict {
         while self
             .failures
             .front()
@@ -69,12 +69,71 @@ impl Restarts {
             .saturating_mul(1 << self.consecutive.min(16))
             .min(MAX_BACKOFF);
         self.consecutive += 1;
-        Verdict::RetryAt(now + backoff)
+        Verdict::RetryAt(now.checked_add(backoff).unwrap_or(now))
     }
 
     /// A worker started and shook hands.
-    pub(crate) fn succeeded(&mut self) {
+    fn succeeded(&mut self) {
         self.consecutive = 0;
+    }
+}
+
+/// Replacement starts waiting out their backoff, under the restart limit.
+#[derive(Debug)]
+pub(crate) struct Respawn {
+    restarts: Restarts,
+    /// When scheduled retries are due.
+    at: Vec<Instant>,
+}
+
+impl Respawn {
+    pub(crate) fn new(limit: Limit) -> Self {
+        Self {
+            restarts: Restarts::new(limit),
+            at: Vec::new(),
+        }
+    }
+
+    pub(crate) fn limit(&self) -> Limit {
+        self.restarts.limit
+    }
+
+    /// A start failed at `now`: a retry is scheduled (`Ok(when)`), or the
+    /// limit is passed (`Err(failures)`).
+    pub(crate) fn failed(&mut self, now: Instant) -> Result<Instant, u32> {
+        match self.restarts.failed(now) {
+            Verdict::RetryAt(at) => {
+                self.at.push(at);
+                Ok(at)
+            }
+            Verdict::GiveUp { failures } => Err(failures),
+        }
+    }
+
+    /// A worker reached the ready state.
+    pub(crate) fn succeeded(&mut self) {
+        self.restarts.succeeded();
+    }
+
+    /// Takes the retries due at `now`: how many starts to make.
+    pub(crate) fn due(&mut self, now: Instant) -> usize {
+        let due = self.at.iter().filter(|&&t| t <= now).count();
+        self.at.retain(|&t| t > now);
+        due
+    }
+
+    /// Retries still waiting (they count towards the pool's size).
+    pub(crate) fn pending(&self) -> usize {
+        self.at.len()
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.at.iter().copied().min()
+    }
+
+    /// The pool stops: no more retries.
+    pub(crate) fn clear(&mut self) {
+        self.at.clear();
     }
 }
 

@@ -1,0 +1,400 @@
+//! One worker's connection: its pipes, frame reassembly, the stall timeout,
+//! the check of every `Done` against what was sent, and the progress
+//! counter. The event loop and the direct lane both read and write through
+//! this type, so the two paths cannot disagree on what a violation is.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags};
+use procpool_protocol::{
+    FrameDecoder, ItemsBuilder, LogRecord, MAGIC, PREAMBLE_LEN, check_preamble, decode_done,
+    encode_run,
+};
+
+use crate::sys::{self, SharedCounter, Waited};
+
+/// Why a connection cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// The other end is not a procpool worker we can speak to.
+    Identity(String),
+    /// It broke the protocol.
+    Protocol(String),
+}
+
+impl Violation {
+    pub(crate) fn detail(&self) -> &str {
+        match self {
+            Violation::Identity(d) | Violation::Protocol(d) => d,
+        }
+    }
+}
+
+/// What one read found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// Bytes arrived; `more` if the pipe may hold more.
+    Data { more: bool },
+    /// Nothing to read now.
+    Empty,
+    /// The worker's output ended.
+    Eof,
+}
+
+/// The parent's end of one worker.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) pid: u32,
+    /// `None` once closed (retiring, stopping).
+    to: Option<File>,
+    from: File,
+    decoder: FrameDecoder,
+    preamble_ok: bool,
+    /// Bytes for the worker; `out[written..]` is pending.
+    out: Vec<u8>,
+    written: usize,
+    /// A write failed (EPIPE): the worker is gone; write no more.
+    broken: bool,
+    /// Items sent so far: the stream index of the next one.
+    items_sent: u64,
+    /// `Run` frames sent and not wholly answered: (batch id, items left).
+    answering: VecDeque<(u64, u32)>,
+    /// When bytes last arrived (a half-written frame must not stall).
+    last_bytes_at: Instant,
+    progress: SharedCounter,
+    max_frame: u32,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        pid: u32,
+        to: File,
+        from: File,
+        progress: SharedCounter,
+        max_frame: u32,
+        now: Instant,
+    ) -> Self {
+        let mut out = Vec::with_capacity(64 << 10);
+        out.extend_from_slice(&procpool_protocol::preamble());
+        Self {
+            pid,
+            to: Some(to),
+            from,
+            decoder: FrameDecoder::new(max_frame),
+            preamble_ok: false,
+            out,
+            written: 0,
+            broken: false,
+            items_sent: 0,
+            answering: VecDeque::new(),
+            last_bytes_at: now,
+            progress,
+            max_frame,
+        }
+    }
+
+    pub(crate) fn output_fd(&self) -> BorrowedFd<'_> {
+        self.from.as_fd()
+    }
+
+    /// The input pipe, while there is output waiting to be written to it.
+    pub(crate) fn write_fd(&self) -> Option<BorrowedFd<'_>> {
+        let to = self.to.as_ref()?;
+        (!self.broken && self.written < self.out.len()).then(|| to.as_fd())
+    }
+
+    /// Items sent so far (and so the stream index of the next).
+    pub(crate) fn items_sent(&self) -> u64 {
+        self.items_sent
+    }
+
+    /// How many items the worker started, as it counted them (never more
+    /// than it was sent).
+    pub(crate) fn started(&self) -> u64 {
+        self.progress.load().min(self.items_sent)
+    }
+
+    /// Nothing pending either way, nothing unanswered: it may be lent.
+    pub(crate) fn quiet(&self) -> bool {
+        self.to.is_some()
+            && !self.broken
+            && self.out.len() == self.written
+            && self.answering.is_empty()
+            && self.decoder.buffered() == 0
+    }
+
+    /// Bytes received and not yet a whole frame.
+    pub(crate) fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    /// The first bytes received, for start-up error messages.
+    pub(crate) fn head(&self) -> &[u8] {
+        let p = self.decoder.peek();
+        &p[..p.len().min(64)]
+    }
+
+    /// When a half-written frame has stalled for `stall`, if one is
+    /// waiting.
+    pub(crate) fn stall_deadline(&self, stall: Duration) -> Option<Instant> {
+        if self.decoder.buffered() == 0 {
+            return None;
+        }
+        self.last_bytes_at.checked_add(stall)
+    }
+
+    /// The stall as a violation, if its deadline passed at `now`.
+    pub(crate) fn stalled(&self, stall: Duration, now: Instant) -> Option<Violation> {
+        let at = self.stall_deadline(stall)?;
+        (now >= at).then(|| {
+            Violation::Protocol(format!(
+                "a frame stalled half-written for {stall:?} ({} bytes buffered)",
+                self.decoder.buffered()
+            ))
+        })
+    }
+
+    /// Queues raw frame bytes (the initializer's frame).
+    pub(crate) fn queue_frame(&mut self, frame: &[u8]) {
+        self.out.extend_from_slice(frame);
+    }
+
+    /// Queues a `Run` frame of `items` as batch `id`; returns the stream
+    /// index of its first item, or the encoded size that did not fit.
+    pub(crate) fn queue_run(
+        &mut self,
+        id: u64,
+        task: u32,
+        eager: bool,
+        items: &ItemsBuilder,
+    ) -> Result<u64, usize> {
+        let at = self.out.len();
+        if encode_run(&mut self.out, id, task, eager, items, self.max_frame).is_err() {
+            self.out.truncate(at);
+            return Err(items.bytes());
+        }
+        let first = self.items_sent;
+        self.items_sent += u64::from(items.count());
+        self.answering.push_back((id, items.count()));
+        Ok(first)
+    }
+
+    /// Closes the worker's input: it exits at the end of what it has.
+    pub(crate) fn close_input(&mut self) {
+        self.to = None;
+    }
+
+    /// Writes pending output without blocking. A failed write (the worker
+    /// is gone) stops all writing; its pidfd or its output's end reports
+    /// the death, and the progress counter says what it started.
+    pub(crate) fn flush(&mut self) {
+        let Some(to) = &mut self.to else {
+            return;
+        };
+        while !self.broken && self.written < self.out.len() {
+            match to.write(&self.out[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.broken = true,
+            }
+        }
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+        }
+    }
+
+    /// One read of what the worker sent.
+    pub(crate) fn fill(&mut self, now: Instant) -> io::Result<Filled> {
+        loop {
+            match self.decoder.read_from(&mut self.from) {
+                Ok(0) => return Ok(Filled::Eof),
+                Ok(_) => {
+                    self.last_bytes_at = now;
+                    let more = !self.decoder.last_read_short();
+                    return Ok(Filled::Data { more });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Filled::Empty),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next whole frame body received, after the preamble. A program
+    /// that prints something else first is judged by what it printed,
+    /// without waiting for a whole preamble.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Vec<u8>>, Violation> {
+        if !self.preamble_ok {
+            let Some(p) = self.decoder.take_raw::<PREAMBLE_LEN>() else {
+                let head = self.decoder.peek();
+                let n = head.len().min(MAGIC.len());
+                if !MAGIC.starts_with(&head[..n]) {
+                    let e = check_preamble(&pad(head)).err();
+                    return Err(Violation::Identity(
+                        e.map_or_else(String::new, |e| e.to_string()),
+                    ));
+                }
+                return Ok(None);
+            };
+            check_preamble(&p).map_err(|e| Violation::Identity(e.to_string()))?;
+            self.preamble_ok = true;
+        }
+        self.decoder
+            .next_frame()
+            .map_err(|e| Violation::Protocol(e.to_string()))
+    }
+
+    /// Whether the output ended cleanly (no half frame left).
+    pub(crate) fn ended_cleanly(&self) -> Result<(), Violation> {
+        self.decoder
+            .finish()
+            .map_err(|e| Violation::Protocol(format!("{e} when its output ended")))
+    }
+
+    /// A `Done` header, checked against what was sent: the running batch,
+    /// no more outcomes than it has left.
+    pub(crate) fn check_done(&mut self, batch: u64, n: u32) -> Result<(), Violation> {
+        let Some((id, left)) = self.answering.front_mut() else {
+            return Err(Violation::Protocol(format!(
+                "result for batch {batch} it was never given"
+            )));
+        };
+        if *id != batch {
+            return Err(Violation::Protocol(format!(
+                "result for batch {batch} while batch {id} was running"
+            )));
+        }
+        if n > *left {
+            return Err(Violation::Protocol(format!(
+                "{n} outcomes for a batch with {left} left"
+            )));
+        }
+        *left -= n;
+        if *left == 0 {
+            self.answering.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The lane: writes everything pending, blocking, watching `pidfd`.
+    pub(crate) fn flush_blocking(&mut self, pidfd: Option<BorrowedFd<'_>>) -> Result<(), Lost> {
+        loop {
+            self.flush();
+            if self.broken {
+                return Err(Lost::Exited);
+            }
+            if self.written == self.out.len() {
+                return Ok(());
+            }
+            let to = self.to.as_ref().ok_or(Lost::Exited)?;
+            let mut fds = vec![PollFd::new(to.as_fd(), PollFlags::POLLOUT)];
+            if let Some(p) = pidfd {
+                fds.push(PollFd::new(p, PollFlags::POLLIN));
+            }
+            sys::wait(&mut fds, None).map_err(|_| Lost::Exited)?;
+            if fds.get(1).is_some_and(sys::flagged) && !sys::flagged(&fds[0]) {
+                return Err(Lost::Exited);
+            }
+        }
+    }
+
+    /// The lane: the next frame, blocking, watching `pidfd`, under the same
+    /// stall timeout as the loop.
+    pub(crate) fn read_blocking(
+        &mut self,
+        pidfd: Option<BorrowedFd<'_>>,
+        stall: Duration,
+    ) -> Result<Vec<u8>, Lost> {
+        loop {
+            if let Some(frame) = self.next_frame().map_err(Lost::Violation)? {
+                return Ok(frame);
+            }
+            let mut fds = vec![PollFd::new(self.from.as_fd(), PollFlags::POLLIN)];
+            if let Some(p) = pidfd {
+                fds.push(PollFd::new(p, PollFlags::POLLIN));
+            }
+            match sys::wait(&mut fds, self.stall_deadline(stall)).map_err(|_| Lost::Exited)? {
+                Waited::TimedOut => {
+                    if let Some(v) = self.stalled(stall, Instant::now()) {
+                        return Err(Lost::Violation(v));
+                    }
+                    continue;
+                }
+                Waited::Refused | Waited::Ready => {}
+            }
+            let readable = sys::flagged(&fds[0]);
+            let exited = fds.get(1).is_some_and(sys::flagged);
+            if !readable && !exited {
+                continue;
+            }
+            match self.fill(Instant::now()) {
+                Ok(Filled::Data { .. }) => {}
+                Ok(Filled::Empty) if exited => return Err(Lost::Exited),
+                Ok(Filled::Empty) => {}
+                Ok(Filled::Eof) | Err(_) => {
+                    // Frames it wrote before it ended still count.
+                    if let Some(frame) = self.next_frame().map_err(Lost::Violation)? {
+                        return Ok(frame);
+                    }
+                    return Err(Lost::Exited);
+                }
+            }
+        }
+    }
+}
+
+/// Why a lane call gave its worker back.
+#[derive(Debug)]
+pub(crate) enum Lost {
+    /// The worker's output ended, or its pidfd says it exited.
+    Exited,
+    Violation(Violation),
+}
+
+/// Emits a worker's `log` record through this process's logger, tagged
+/// with the worker's pid and the task it is running.
+pub(crate) fn forward_log(pid: u32, task: Option<&str>, record: LogRecord) {
+    let level = match record.level {
+        1 => log::Level::Error,
+        2 => log::Level::Warn,
+        3 => log::Level::Info,
+        4 => log::Level::Debug,
+        _ => log::Level::Trace,
+    };
+    if level > log::max_level() {
+        return;
+    }
+    let task = task.map(|t| format!(" `{t}`")).unwrap_or_default();
+    log::logger().log(
+        &log::Record::builder()
+            .level(level)
+            .target(&record.target)
+            .file(record.file.as_deref())
+            .line(record.line)
+            .args(format_args!("[worker {pid}{task}] {}", record.message))
+            .build(),
+    );
+}
+
+/// The header of a `Done` frame (`None`: another message).
+pub(crate) fn done_header(frame: &[u8]) -> Result<Option<(u64, u32)>, Violation> {
+    match decode_done(frame) {
+        Ok(Some(done)) => Ok(Some((done.batch, done.count))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(Violation::Protocol(e.to_string())),
+    }
+}
+
+/// Pads a short head of output to a preamble's size for the error message.
+fn pad(head: &[u8]) -> [u8; PREAMBLE_LEN] {
+    let mut p = [b' '; PREAMBLE_LEN];
+    let n = head.len().min(PREAMBLE_LEN);
+    p[..n].copy_from_slice(&head[..n]);
+    p
+}

@@ -1,0 +1,130 @@
+//! Ending a worker: SIGTERM, a grace period, then SIGKILL, to the worker
+//! itself (through its pidfd), its process group, and its descendant tree.
+//!
+//! A task may move its worker to another process group, or start children
+//! that leave the group (`setsid`). So a kill reaches three sets:
+//!
+//! - the worker, through its pidfd (never a recycled pid);
+//! - its process group, while the worker is unreaped (the group id cannot
+//!   be reused while its leader's pid is held);
+//! - its descendants as `/proc/<pid>/task/*/children` lists them (a worker
+//!   is a child subreaper, so orphaned grandchildren stay in its tree),
+//!   each through a pidfd. They are frozen with SIGSTOP before the SIGKILL
+//!   so none can fork a new one in between.
+//!
+//! What can still escape: a descendant that left the worker's group and
+//! was orphaned when the worker died on its own (a crash, not a kill), as
+//! the kernel then hands it to init; and a descendant that double-forks
+//! between the two walks of a SIGTERM-only grace period. Workers also
+//! SIGKILL their own descendants when their input ends (`join`).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::WorkerProcess;
+use crate::error::Exit;
+use crate::sys;
+
+/// A kill in progress.
+#[derive(Debug, Default)]
+pub(crate) struct Escalation {
+    /// When SIGKILL follows the SIGTERM already sent (`None`: no grace
+    /// period is running).
+    sigkill_at: Option<Instant>,
+    /// SIGTERM was sent.
+    terminated: bool,
+    /// SIGKILL was sent.
+    killed: bool,
+    /// Descendants found when SIGTERM was sent.
+    tree: Vec<OwnedFd>,
+}
+
+impl WorkerProcess {
+    /// SIGTERM now, SIGKILL after `grace` (a `Duration::MAX` grace never
+    /// escalates by itself). A second call changes nothing: escalate with
+    /// [`kill`](Self::kill).
+    pub(crate) fn terminate(&mut self, now: Instant, grace: Duration) {
+        if self.kill.terminated || self.kill.killed {
+            return;
+        }
+        self.kill.terminated = true;
+        self.kill.sigkill_at = sys::after(now, grace);
+        self.kill.tree = self.tree_pidfds();
+        self.signal(Signal::SIGTERM);
+        for fd in &self.kill.tree {
+            let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGTERM);
+        }
+    }
+
+    /// SIGKILL to the worker, its group and its (frozen) tree, now.
+    pub(crate) fn kill(&mut self) {
+        if self.kill.killed {
+            return;
+        }
+        self.kill.killed = true;
+        self.kill.sigkill_at = None;
+        let mut tree = std::mem::take(&mut self.kill.tree);
+        // Freeze the worker and what it started, then walk again: nothing
+        // stopped can fork a child the walk would miss.
+        self.signal(Signal::SIGSTOP);
+        for fd in &tree {
+            let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGSTOP);
+        }
+        tree.extend(self.tree_pidfds());
+        for fd in &tree {
+            let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGSTOP);
+        }
+        self.signal(Signal::SIGKILL);
+        for fd in &tree {
+            let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGKILL);
+        }
+    }
+
+    /// Whether a kill was started (SIGTERM or SIGKILL sent).
+    pub(crate) fn killing(&self) -> bool {
+        self.kill.terminated || self.kill.killed
+    }
+
+    /// When this worker's SIGKILL is due, if a grace period is running.
+    pub(crate) fn kill_deadline(&self) -> Option<Instant> {
+        self.kill.sigkill_at
+    }
+
+    /// Sends the SIGKILL whose time has come.
+    pub(crate) fn tick(&mut self, now: Instant) -> bool {
+        match self.kill.sigkill_at {
+            Some(at) if now >= at => {
+                log::warn!(
+                    "procpool: worker {} outlived its grace period after SIGTERM; sending SIGKILL",
+                    self.pid()
+                );
+                self.kill();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the worker for good: whatever is left of it and its tree is
+    /// killed, and it is reaped. For a worker that exited on its own this
+    /// only clears what it left behind in its group.
+    pub(crate) fn end(&mut self) -> Exit {
+        if self.is_thread() {
+            return self.reap();
+        }
+        self.kill();
+        self.reap()
+    }
+
+    fn tree_pidfds(&self) -> Vec<OwnedFd> {
+        if self.is_thread() {
+            return Vec::new();
+        }
+        sys::descendants(self.pid())
+            .into_iter()
+            .filter_map(sys::pidfd_open)
+            .collect()
+    }
+}

@@ -1,0 +1,361 @@
+//! A worker process: started by exec, watched through its pidfd, reaped
+//! exactly once with its status cached.
+//!
+//! - **Spawn only by exec.** [`Launch::spawn`] uses `std::process::Command`
+//!   (posix_spawn, or vfork + exec) with no `pre_exec` closure: no code of
+//!   ours runs between fork and exec. The only descriptors a worker inherits
+//!   are its two protocol pipes (as stdin and stdout) and stderr; every
+//!   descriptor this crate creates is close-on-exec from birth.
+//! - **Own process group.** Each worker leads a new process group, so a
+//!   signal to the group reaches whatever the task spawned.
+//! - **Exact reaping.** We wait on our own child's pid only, and cache its
+//!   exit status; the worker itself is signalled through its pidfd, and its
+//!   group only while the worker is unreaped (see `sys::signal_group`).
+//! - **A launcher seam.** [`Launch`] holds what to start: a program by
+//!   exec, or (the debugging mode) a thread of this process serving the
+//!   registry over pipes.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+
+use crate::error::Exit;
+use crate::sys;
+use crate::worker::{
+    LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV, Registry,
+    WORKER_ENV,
+};
+
+/// What a worker is.
+#[derive(Clone)]
+pub(crate) enum Program {
+    /// A program started by exec (the current executable or a worker
+    /// program), with its `argv[0]` and arguments.
+    Exec {
+        path: PathBuf,
+        arg0: Option<OsString>,
+        args: Vec<OsString>,
+    },
+    /// A thread of this process running the serve loop over pipes: the
+    /// debugging mode, without isolation.
+    Thread(Arc<Registry>),
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Program::Exec { path, args, .. } => f
+                .debug_struct("Exec")
+                .field("path", path)
+                .field("args", args)
+                .finish(),
+            Program::Thread(r) => f.debug_tuple("Thread").field(r).finish(),
+        }
+    }
+}
+
+/// How to start one worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub(crate) program: Program,
+    pub(crate) max_frame: u32,
+    pub(crate) memory_limit: Option<u64>,
+}
+
+impl Launch {
+    /// Re-exec mode: this very executable, through `/proc/self/exe` so a
+    /// binary replaced on disk since start-up (a rebuild) is not picked up.
+    pub(crate) fn current_exe(max_frame: u32) -> Self {
+        Self::with(
+            Program::Exec {
+                path: PathBuf::from("/proc/self/exe"),
+                arg0: std::env::args_os().next(),
+                args: Vec::new(),
+            },
+            max_frame,
+        )
+    }
+
+    /// A named worker program.
+    pub(crate) fn program(path: PathBuf, args: Vec<OsString>, max_frame: u32) -> Self {
+        Self::with(
+            Program::Exec {
+                path,
+                arg0: None,
+                args,
+            },
+            max_frame,
+        )
+    }
+
+    /// Threads of this process serving `registry`.
+    pub(crate) fn threads(registry: Arc<Registry>, max_frame: u32) -> Self {
+        Self::with(Program::Thread(registry), max_frame)
+    }
+
+    fn with(program: Program, max_frame: u32) -> Self {
+        Self {
+            program,
+            max_frame,
+            memory_limit: None,
+        }
+    }
+
+    /// A human-readable name of what is started, for errors.
+    pub(crate) fn describe(&self) -> String {
+        match &self.program {
+            Program::Exec {
+                path,
+                arg0: Some(a),
+                ..
+            } if path.as_os_str() == "/proc/self/exe" => {
+                format!("{} (re-exec)", a.to_string_lossy())
+            }
+            Program::Exec { path, .. } => path.display().to_string(),
+            Program::Thread(_) => "an in-process worker thread".to_owned(),
+        }
+    }
+
+    /// Starts one worker.
+    pub(crate) fn spawn(&self) -> io::Result<Spawned> {
+        let (path, arg0, args) = match &self.program {
+            Program::Exec { path, arg0, args } => (path, arg0, args),
+            Program::Thread(registry) => return self.spawn_thread(registry.clone()),
+        };
+        let (progress_fd, progress) = sys::SharedCounter::create()?;
+        let progress_path = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            progress_fd.as_raw_fd()
+        );
+        let mut cmd = Command::new(path);
+        if let Some(a) = arg0 {
+            cmd.arg0(a);
+        }
+        cmd.args(args)
+            .env(WORKER_ENV, procpool_protocol::PROTOCOL_VERSION.to_string())
+            .env(MAX_FRAME_ENV, self.max_frame.to_string())
+            .env(PARENT_PID_ENV, std::process::id().to_string())
+            .env(LOG_LEVEL_ENV, (log::max_level() as usize).to_string())
+            .env(PROGRESS_ENV, &progress_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        if let Some(bytes) = self.memory_limit {
+            cmd.env(MEMORY_LIMIT_ENV, bytes.to_string());
+        }
+        let mut child = cmd.spawn()?;
+        let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
+        let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
+        let pidfd = sys::pidfd_open(child.id());
+        let process = WorkerProcess::new(Kind::Process(child), pidfd);
+        Self::finish(process, to_worker, from_worker, progress_fd, progress)
+    }
+
+    fn spawn_thread(&self, registry: Arc<Registry>) -> io::Result<Spawned> {
+        let (worker_in, to_worker) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (from_worker, worker_out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let max_frame = self.max_frame;
+        let (progress_fd, progress) = sys::SharedCounter::create()?;
+        let progress_path = format!("/proc/self/fd/{}", progress_fd.as_raw_fd());
+        let thread = std::thread::Builder::new()
+            .name("procpool-inproc-worker".into())
+            .spawn(move || {
+                crate::worker::serve_on_thread(
+                    &registry,
+                    File::from(worker_in),
+                    File::from(worker_out),
+                    max_frame,
+                    &progress_path,
+                )
+            })?;
+        let process = WorkerProcess::new(Kind::Thread(Some(thread)), None);
+        Self::finish(process, to_worker, from_worker, progress_fd, progress)
+    }
+
+    fn finish(
+        process: WorkerProcess,
+        to_worker: OwnedFd,
+        from_worker: OwnedFd,
+        progress_fd: OwnedFd,
+        progress: sys::SharedCounter,
+    ) -> io::Result<Spawned> {
+        sys::set_nonblocking(to_worker.as_fd())?;
+        sys::set_nonblocking(from_worker.as_fd())?;
+        Ok(Spawned {
+            process,
+            to_worker: File::from(to_worker),
+            from_worker: File::from(from_worker),
+            progress,
+            progress_fd,
+        })
+    }
+}
+
+/// A started worker: its process and the parent's ends of its pipes
+/// (non-blocking, close-on-exec).
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) process: WorkerProcess,
+    pub(crate) to_worker: File,
+    pub(crate) from_worker: File,
+    /// How many items the worker has started (it stores, we read).
+    pub(crate) progress: sys::SharedCounter,
+    /// Keeps the counter's path open until the worker has opened it (its
+    /// handshake says so).
+    pub(crate) progress_fd: OwnedFd,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Process(Child),
+    /// `None` once joined or detached.
+    Thread(Option<std::thread::JoinHandle<i32>>),
+}
+
+/// One worker process (or in-process thread), reaped exactly once.
+/// Dropping a process unreaped kills it (and its group and tree) and
+/// reaps it, so no zombie and no stray process outlives it.
+#[derive(Debug)]
+pub(crate) struct WorkerProcess {
+    kind: Kind,
+    pidfd: Option<OwnedFd>,
+    exit: Option<Exit>,
+    /// A kill in progress (see `kill.rs`).
+    pub(super) kill: super::kill::Escalation,
+}
+
+impl WorkerProcess {
+    fn new(kind: Kind, pidfd: Option<OwnedFd>) -> Self {
+        Self {
+            kind,
+            pidfd,
+            exit: None,
+            kill: Default::default(),
+        }
+    }
+
+    /// The worker's pid; for an in-process thread, this process's own.
+    pub(crate) fn pid(&self) -> u32 {
+        match &self.kind {
+            Kind::Process(c) => c.id(),
+            Kind::Thread(_) => std::process::id(),
+        }
+    }
+
+    /// Its pidfd (readable once it has exited), if it is a process and the
+    /// kernel has pidfds.
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|f| f.as_fd())
+    }
+
+    pub(crate) fn is_thread(&self) -> bool {
+        matches!(self.kind, Kind::Thread(_))
+    }
+
+    /// Signals the worker itself (through its pidfd: never a recycled pid,
+    /// and whatever process group it moved to) and its process group
+    /// (only while the worker is unreaped). A thread cannot be signalled:
+    /// it stops when its task returns and its input is closed.
+    pub(super) fn signal(&self, signal: Signal) {
+        if self.exit.is_some() {
+            return;
+        }
+        let Kind::Process(child) = &self.kind else {
+            return;
+        };
+        let pid = child.id();
+        let direct = match &self.pidfd {
+            Some(fd) => sys::pidfd_signal(fd.as_fd(), signal),
+            None if sys::unreaped(pid) => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+                    .map_err(io::Error::from)
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = direct.and_then(|()| sys::signal_group(pid, signal)) {
+            log::warn!("procpool: cannot signal worker {pid}: {e}");
+        }
+    }
+
+    /// Waits for the worker to end and returns how it ended. Only called
+    /// once it has exited or was sent SIGKILL, so it never waits on a
+    /// process nothing has ended. A thread still running (a hung task) is
+    /// detached, not waited for.
+    pub(super) fn reap(&mut self) -> Exit {
+        if let Some(e) = self.exit {
+            return e;
+        }
+        let exit = match &mut self.kind {
+            Kind::Process(child) => loop {
+                match child.wait() {
+                    Ok(status) => break exit_of(status),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // ECHILD: the kernel reaped it (the host program set
+                        // SIGCHLD to SIG_IGN) or someone else did: its
+                        // status is lost.
+                        log::debug!("procpool: cannot wait for worker {}: {e}", child.id());
+                        break Exit::Unknown;
+                    }
+                }
+            },
+            Kind::Thread(handle) => match handle.take() {
+                Some(h) if h.is_finished() => h.join().map_or(Exit::Unknown, Exit::Code),
+                Some(_) => {
+                    log::warn!("procpool: an in-process worker thread is still busy; detaching it");
+                    Exit::Unknown
+                }
+                None => Exit::Unknown,
+            },
+        };
+        self.exit = Some(exit);
+        exit
+    }
+
+    /// Whether the worker has exited, without blocking. For when its
+    /// pidfd cannot be polled.
+    pub(crate) fn has_exited(&mut self) -> bool {
+        if self.exit.is_some() {
+            return true;
+        }
+        match &mut self.kind {
+            Kind::Process(child) => match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.exit = Some(exit_of(status));
+                    true
+                }
+                Ok(None) => false,
+                Err(_) => {
+                    self.exit = Some(Exit::Unknown);
+                    true
+                }
+            },
+            Kind::Thread(handle) => handle.as_ref().is_none_or(|h| h.is_finished()),
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.end();
+        }
+    }
+}
+
+fn exit_of(status: ExitStatus) -> Exit {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(s)) => Exit::Signal(s),
+        (None, None) => Exit::Unknown,
+    }
+}

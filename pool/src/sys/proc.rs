@@ -1,0 +1,182 @@
+//! Processes: pidfds, signals through them, descendant trees, and the
+//! worker's own start-up settings (parent-death signal, subreaper, memory).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// A pidfd for process `pid`: readable once it has exited. `None` where
+/// the kernel has no pidfd_open (before Linux 5.3) or the process is gone.
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (close-on-exec by definition) or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh descriptor that we now own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process a pidfd refers to. A process that already
+/// exited is not an error: a pidfd can never reach a recycled pid.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal reads a descriptor, a signal number and a
+    // null siginfo pointer (allowed: the kernel fills in a default).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Whether our child `pid` is still unreaped (running, stopped, or a
+/// zombie), without reaping it. While it is, its pid, and so its process
+/// group id, cannot be reused. `false` once reaped, by us or by the kernel
+/// (a host program that set SIGCHLD to SIG_IGN).
+pub(crate) fn unreaped(pid: u32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t through a pointer to a live local;
+    // WNOWAIT leaves the child waitable, WNOHANG never blocks.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    r == 0
+}
+
+/// Sends `signal` to the process group `pgid`, but only while its leader
+/// `pgid` is our unreaped child, so the group id cannot belong to anyone
+/// else. A group that is already empty is not an error.
+pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
+    if !unreaped(pgid) {
+        return Ok(());
+    }
+    match killpg(Pid::from_raw(pgid as i32), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every live descendant of `pid` (children first, then theirs), read from
+/// `/proc/<pid>/task/*/children`. Best effort: a process that forks while
+/// we read may be missed; callers stop the tree before they walk it again.
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        for child in children(p) {
+            if child != pid && !found.contains(&child) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|s| s.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Worker start-up: asks the kernel to SIGKILL this process when the
+/// thread that started it (the pool's dispatcher) dies, then checks that
+/// the parent did not die before the request was made.
+pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::other(
+            "the parent exited before the worker started",
+        ));
+    }
+    Ok(())
+}
+
+/// Worker start-up: orphaned descendants of this worker become its
+/// children, not init's, so the worker (and a kill of its tree) can still
+/// reach them.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)?;
+    Ok(())
+}
+
+/// Worker shut-down: SIGKILLs every descendant still alive (a task's
+/// forgotten or daemonised children), through pidfds.
+pub(crate) fn kill_descendants_of_self() {
+    for pid in descendants(std::process::id()) {
+        if let Some(fd) = pidfd_open(pid) {
+            let _ = pidfd_signal(std::os::fd::AsFd::as_fd(&fd), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Worker start-up: caps the address space, so a runaway allocation fails
+/// (and the worker aborts) instead of exhausting the machine.
+pub(crate) fn limit_memory(bytes: u64) -> io::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_AS, bytes, bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn descendants_are_found_through_a_shell() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // The shell forks its sleep at once; look until it shows (bounded).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = Vec::new();
+        while found.is_empty() && std::time::Instant::now() < until {
+            found = descendants(pid);
+            std::thread::yield_now();
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(unreaped(pid));
+        for p in found {
+            let fd = pidfd_open(p).unwrap();
+            pidfd_signal(fd.as_fd(), Signal::SIGKILL).unwrap();
+        }
+        child.wait().unwrap();
+        assert!(!unreaped(pid));
+        // A group whose leader was reaped is never signalled.
+        signal_group(pid, Signal::SIGKILL).unwrap();
+    }
+}

@@ -1,0 +1,120 @@
+//! A counter in memory shared by the pool and one worker: the worker
+//! stores how many items it has started, the pool reads it after a death.
+//! That makes the running item known exactly with no syscall per item.
+//!
+//! The pool creates the memory (a memfd, close-on-exec, so no other child
+//! inherits it) and names it to the worker as `/proc/<pool pid>/fd/<n>`;
+//! the worker opens and maps that path at start-up.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Size of the mapping: one page holds the counter.
+const LEN: usize = 4096;
+
+/// A shared `u64` counter, mapped read-write.
+#[derive(Debug)]
+pub(crate) struct SharedCounter {
+    ptr: NonNull<AtomicU64>,
+}
+
+// SAFETY: the mapping is process-wide memory accessed only through an
+// AtomicU64, which is Send and Sync.
+unsafe impl Send for SharedCounter {}
+// SAFETY: as above.
+unsafe impl Sync for SharedCounter {}
+
+impl SharedCounter {
+    /// Creates the memory (zeroed) and maps it: the pool's side. The
+    /// descriptor must stay open until the worker has opened its path.
+    pub(crate) fn create() -> io::Result<(OwnedFd, Self)> {
+        let name = c"procpool-progress";
+        // SAFETY: memfd_create reads a NUL-terminated name and returns a new
+        // descriptor (close-on-exec, as asked) or -1.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a fresh descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        nix::unistd::ftruncate(fd.as_fd(), LEN as i64)?;
+        let map = Self::map(&fd)?;
+        Ok((fd, map))
+    }
+
+    /// Opens and maps the memory the pool named: the worker's side.
+    pub(crate) fn open(path: &str) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Self::map(&OwnedFd::from(file))
+    }
+
+    fn map(fd: &OwnedFd) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of LEN bytes of a file at least LEN
+        // long; no existing memory is touched. The result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<AtomicU64>()).ok_or_else(|| io::Error::other("mmap"))?;
+        Ok(Self { ptr })
+    }
+
+    fn cell(&self) -> &AtomicU64 {
+        // SAFETY: `ptr` points at the start of a live, page-aligned mapping
+        // of LEN bytes, valid until Drop; an AtomicU64 may alias memory that
+        // another process updates atomically.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.cell().load(Ordering::Acquire)
+    }
+
+    pub(crate) fn store(&self, v: u64) {
+        self.cell().store(v, Ordering::Release);
+    }
+}
+
+impl Drop for SharedCounter {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no reference to
+        // it outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), LEN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_mappings_of_one_memfd_share_the_counter() {
+        let (fd, a) = SharedCounter::create().unwrap();
+        let b = SharedCounter::open(&format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        drop(fd);
+        assert_eq!(a.load(), 0);
+        b.store(41);
+        assert_eq!(a.load(), 41);
+        let flags =
+            nix::fcntl::fcntl(a_fd_for_test().as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
+    fn a_fd_for_test() -> OwnedFd {
+        SharedCounter::create().unwrap().0
+    }
+}
