@@ -635,7 +635,12 @@ impl Dispatcher {
                 }
             }
         }
-        for expired in self.settle.expire(now) {
+        let workers = &self.workers;
+        let started = |slot| {
+            let w = workers.iter().find(|w| w.slot == slot);
+            w.and_then(|w| w.conn.as_ref()).map_or(0, Conn::started)
+        };
+        for expired in self.settle.expire(now, started) {
             Counters::bump(&self.shared.stats.timeouts);
             let Some(i) = self.index(expired.worker) else {
                 continue;
@@ -648,11 +653,16 @@ impl Dispatcher {
             }
             w.process.terminate(now, self.config.kill_grace);
             log::warn!(
-                "procpool: task `{}` in worker {} passed its {:?} deadline; \
+                "procpool: task `{}` in worker {} passed its {:?} deadline{}; \
                  sent SIGTERM to it and its descendants (SIGKILL in {:?})",
                 expired.task,
                 w.process.pid(),
                 expired.timeout,
+                if expired.started {
+                    ""
+                } else {
+                    " before the worker even started it"
+                },
                 self.config.kill_grace
             );
             self.publish_pids();

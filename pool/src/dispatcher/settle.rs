@@ -138,6 +138,9 @@ pub(crate) struct Expired {
     pub(crate) worker: u64,
     pub(crate) task: String,
     pub(crate) timeout: Duration,
+    /// The item had started (and failed); `false`: the worker never
+    /// started it (it stays unsettled and runs elsewhere).
+    pub(crate) started: bool,
 }
 
 /// The queue and the in-flight table.
@@ -324,8 +327,12 @@ impl<U: Unit> Settle<U> {
     }
 
     /// Running items past their deadline at `now` fail with `TimedOut`;
-    /// their workers take no more work. The caller kills them.
-    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Expired> {
+    /// their workers take no more work and the caller kills them.
+    /// `started(worker)` is the worker's progress counter: an item it has
+    /// not even started by its deadline (a stopped or stuck worker) does
+    /// not fail; the worker is killed all the same and the item runs
+    /// elsewhere.
+    pub(crate) fn expire(&mut self, now: Instant, started: impl Fn(u64) -> u64) -> Vec<Expired> {
         let mut out = Vec::new();
         for s in &mut self.workers {
             if Self::deadline_of(s).is_none_or(|d| now < d) {
@@ -335,8 +342,9 @@ impl<U: Unit> Settle<U> {
             let front = s.inflight.front_mut().expect("a deadline has a batch");
             let timeout = front.unit.timeout().unwrap_or_default();
             let task = front.unit.task().to_owned();
+            let running = front.stream(front.cursor) < started(s.id);
             // Eager batches: the item at the cursor is the running one.
-            if front.unit.delivered() == front.cursor {
+            if running && front.unit.delivered() == front.cursor {
                 front.unit.fail_next(
                     1,
                     Error::new(ErrorKind::TimedOut {
@@ -352,6 +360,7 @@ impl<U: Unit> Settle<U> {
                 worker: s.id,
                 task,
                 timeout,
+                started: running,
             });
         }
         out

@@ -1,1 +1,473 @@
-// placeholder, replaced below
+//! The settlement core driven by generated event sequences: simulated
+//! workers that receive, start, finish, report and die at any point, with
+//! deadlines, cancels, lane loans and hand-backs, and terminate. Whatever
+//! the sequence: every item ends exactly once, nothing that started runs
+//! again, nothing that never started fails as if it had run, and once the
+//! core is idle every item has its outcome.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// What happened to each item: its outcomes, and how often it started.
+#[derive(Debug, Default)]
+struct Log {
+    outcomes: HashMap<u64, Vec<String>>,
+    runs: HashMap<u64, u32>,
+}
+
+type Shared = Rc<RefCell<Log>>;
+
+/// A chunk of items with global ids, reporting into the log.
+#[derive(Debug)]
+struct Model {
+    items: Vec<u64>,
+    sent_from: u32,
+    delivered: u32,
+    timeout: Option<Duration>,
+    cancelled: Rc<RefCell<bool>>,
+    log: Shared,
+}
+
+impl Model {
+    fn record(&mut self, count: u32, what: &str) {
+        let mut log = self.log.borrow_mut();
+        for k in self.delivered..self.delivered + count {
+            let id = self.items[k as usize];
+            log.outcomes.entry(id).or_default().push(what.to_owned());
+        }
+        self.delivered += count;
+    }
+}
+
+impl Unit for Model {
+    fn sent_from(&self) -> u32 {
+        self.sent_from
+    }
+    fn delivered(&self) -> u32 {
+        self.delivered
+    }
+    fn remaining(&self) -> u32 {
+        self.items.len() as u32 - self.delivered
+    }
+    fn deliver(&mut self, n: u32, skip: u32, _pid: u32, _frame: Vec<u8>) {
+        assert!(n - skip <= self.remaining());
+        self.record(n - skip, "ok");
+    }
+    fn fail_next(&mut self, count: u32, error: Error) {
+        let count = count.min(self.remaining());
+        let what = if error.is_worker_died() {
+            "died"
+        } else if error.is_timeout() {
+            "timed out"
+        } else if error.is_cancelled() {
+            "cancelled"
+        } else {
+            "failed"
+        };
+        self.record(count, what);
+    }
+    fn into_rest(mut self) -> Option<Self> {
+        if self.remaining() == 0 {
+            return None;
+        }
+        self.sent_from = self.delivered;
+        let rest = Model {
+            items: std::mem::take(&mut self.items),
+            sent_from: self.sent_from,
+            delivered: self.delivered,
+            timeout: self.timeout,
+            cancelled: self.cancelled.clone(),
+            log: self.log.clone(),
+        };
+        Some(rest)
+    }
+    fn cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+    fn task(&self) -> &str {
+        "model"
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        if !self.items.is_empty() && self.remaining() > 0 {
+            let n = self.remaining();
+            self.record(n, "dropped");
+        }
+    }
+}
+
+/// A simulated worker: what it was sent, how far it got.
+#[derive(Debug, Default)]
+struct Sim {
+    id: u64,
+    /// (batch id, item id) in the order sent.
+    stream: Vec<(u64, u64)>,
+    started: u64,
+    finished: u64,
+    reported: u64,
+    /// Timed out: being killed, takes nothing new.
+    killing: bool,
+    lent: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit { n: u8, timeout: bool },
+    Dispatch { w: u8 },
+    Start { w: u8 },
+    Finish { w: u8 },
+    Report { w: u8, k: u8 },
+    Tick { ms: u8 },
+    Die { w: u8 },
+    Cancel { job: u8 },
+    Lane { w: u8, fate: u8 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u8..5, any::<bool>()).prop_map(|(n, timeout)| Op::Submit { n, timeout }),
+        (0u8..3).prop_map(|w| Op::Dispatch { w }),
+        (0u8..3).prop_map(|w| Op::Start { w }),
+        (0u8..3).prop_map(|w| Op::Finish { w }),
+        (0u8..3, 1u8..4).prop_map(|(w, k)| Op::Report { w, k }),
+        (0u8..30).prop_map(|ms| Op::Tick { ms }),
+        (0u8..3).prop_map(|w| Op::Die { w }),
+        (0u8..8).prop_map(|job| Op::Cancel { job }),
+        (0u8..3, 0u8..4).prop_map(|(w, fate)| Op::Lane { w, fate }),
+    ]
+}
+
+struct World {
+    core: Settle<Model>,
+    sims: Vec<Sim>,
+    log: Shared,
+    now: Instant,
+    next_item: u64,
+    next_worker: u64,
+    jobs: Vec<Rc<RefCell<bool>>>,
+    /// Items handed to the core or the lane.
+    submitted: Vec<u64>,
+}
+
+const DEADLINE: Duration = Duration::from_millis(40);
+
+impl World {
+    fn new() -> Self {
+        let mut w = World {
+            core: Settle::default(),
+            sims: Vec::new(),
+            log: Shared::default(),
+            now: Instant::now(),
+            next_item: 0,
+            next_worker: 0,
+            jobs: Vec::new(),
+            submitted: Vec::new(),
+        };
+        for _ in 0..3 {
+            w.spawn();
+        }
+        w
+    }
+
+    fn spawn(&mut self) {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        self.core.add_worker(id, 1000 + id as u32, self.now);
+        self.sims.push(Sim {
+            id,
+            ..Sim::default()
+        });
+    }
+
+    fn model(&mut self, n: u8, timeout: bool) -> Model {
+        let items: Vec<u64> = (0..n as u64).map(|i| self.next_item + i).collect();
+        self.next_item += n as u64;
+        self.submitted.extend(&items);
+        let cancelled = Rc::new(RefCell::new(false));
+        self.jobs.push(cancelled.clone());
+        Model {
+            items,
+            sent_from: 0,
+            delivered: 0,
+            timeout: timeout.then_some(DEADLINE),
+            cancelled,
+            log: self.log.clone(),
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let s = &mut self.sims[i];
+        if s.finished == s.started && (s.started as usize) < s.stream.len() {
+            let item = s.stream[s.started as usize].1;
+            *self.log.borrow_mut().runs.entry(item).or_default() += 1;
+            s.started += 1;
+        }
+    }
+
+    fn die(&mut self, i: usize) {
+        let s = self.sims.swap_remove(i);
+        self.core
+            .lost(s.id, s.started, &Cause::Died(Exit::Signal(9)));
+        self.spawn();
+    }
+
+    fn apply(&mut self, op: Op) {
+        let pick = |w: u8, n: usize| (w as usize) % n.max(1);
+        match op {
+            Op::Submit { n, timeout } => {
+                let m = self.model(n, timeout);
+                self.core.submit(m);
+            }
+            Op::Dispatch { w } => {
+                let i = pick(w, self.sims.len());
+                let s = &mut self.sims[i];
+                if s.killing || s.lent {
+                    return;
+                }
+                let first = s.stream.len() as u64;
+                if let Some((id, m)) = self.core.dispatch(s.id, 2, first, self.now) {
+                    for &item in &m.items[m.sent_from as usize..] {
+                        s.stream.push((id, item));
+                    }
+                }
+            }
+            Op::Start { w } => {
+                let i = pick(w, self.sims.len());
+                if !self.sims[i].lent {
+                    self.start(i);
+                }
+            }
+            Op::Finish { w } => {
+                let i = pick(w, self.sims.len());
+                let s = &mut self.sims[i];
+                if !s.lent {
+                    s.finished = s.started;
+                }
+            }
+            Op::Report { w, k } => {
+                let i = pick(w, self.sims.len());
+                let s = &mut self.sims[i];
+                if s.lent || s.reported >= s.finished {
+                    return;
+                }
+                // One Done frame covers outcomes of one batch only.
+                let batch = s.stream[s.reported as usize].0;
+                let mut n = 0;
+                while n < k as u64
+                    && s.reported + n < s.finished
+                    && s.stream[(s.reported + n) as usize].0 == batch
+                {
+                    n += 1;
+                }
+                let r = self.core.done(s.id, batch, n as u32, Vec::new(), self.now);
+                assert_eq!(r, Ok(()), "an honest worker's report is accepted");
+                s.reported += n;
+            }
+            Op::Tick { ms } => {
+                self.now += Duration::from_millis(ms as u64);
+                let started: HashMap<u64, u64> =
+                    self.sims.iter().map(|s| (s.id, s.started)).collect();
+                for e in self.core.expire(self.now, |w| started[&w]) {
+                    if let Some(s) = self.sims.iter_mut().find(|s| s.id == e.worker) {
+                        s.killing = true;
+                    }
+                }
+            }
+            Op::Die { w } => {
+                let i = pick(w, self.sims.len());
+                if !self.sims[i].lent {
+                    self.die(i);
+                }
+            }
+            Op::Cancel { job } => {
+                if let Some(c) = self.jobs.get(job as usize) {
+                    *c.borrow_mut() = true;
+                }
+            }
+            Op::Lane { w, fate } => {
+                let i = pick(w, self.sims.len());
+                let s = &self.sims[i];
+                if s.killing || s.lent || self.core.in_flight(s.id) != 0 {
+                    return;
+                }
+                // Lent only once all it was sent is answered.
+                if s.reported != s.stream.len() as u64 {
+                    return;
+                }
+                let id = s.id;
+                self.core.lend(id);
+                self.sims[i].lent = true;
+                let mut m = self.model(1, false);
+                let item = m.items[0];
+                let first = self.sims[i].stream.len() as u64;
+                self.sims[i].stream.push((u64::MAX, item));
+                match fate {
+                    // The exchange succeeds: the lane delivers, gives back.
+                    0 | 1 => {
+                        self.sims[i].lent = false;
+                        self.start(i);
+                        let s = &mut self.sims[i];
+                        s.finished = s.started;
+                        s.reported = s.finished;
+                        m.deliver(1, 0, 0, Vec::new());
+                        self.core.unlend(id);
+                    }
+                    // Dies before reading it, or while running it: the
+                    // batch is handed back and the loss settles it.
+                    _ => {
+                        self.sims[i].lent = false;
+                        if fate == 3 {
+                            self.start(i);
+                        }
+                        self.core.hand_back(id, m, first);
+                        self.die(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drives every worker, fault-free, until the core is idle.
+    fn finish(&mut self) {
+        for _ in 0..10_000 {
+            if self.core.idle() {
+                return;
+            }
+            for i in 0..self.sims.len() {
+                if self.sims[i].killing {
+                    // The kill lands.
+                    self.die(i);
+                    break;
+                }
+                self.apply(Op::Dispatch { w: i as u8 });
+                self.start(i);
+                self.sims[i].finished = self.sims[i].started;
+                self.apply(Op::Report { w: i as u8, k: 3 });
+            }
+        }
+        panic!("the core never became idle");
+    }
+
+    fn check(&self, terminated: bool) {
+        let log = self.log.borrow();
+        for id in &self.submitted {
+            let outcomes = log.outcomes.get(id).cloned().unwrap_or_default();
+            assert_eq!(outcomes.len(), 1, "item {id}: {outcomes:?}");
+            let runs = log.runs.get(id).copied().unwrap_or(0);
+            assert!(runs <= 1, "item {id} ran {runs} times");
+            match outcomes[0].as_str() {
+                "ok" | "died" | "timed out" => {
+                    assert_eq!(runs, 1, "item {id} ended `{}` without running", outcomes[0])
+                }
+                "cancelled" => assert_eq!(runs, 0, "item {id} ran, then was cancelled"),
+                "failed" => assert!(terminated, "item {id} failed outside a terminate"),
+                other => panic!("item {id}: unexpected outcome {other}"),
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(600))]
+
+    /// Any sequence, then the work is finished without faults: every item
+    /// ends exactly once, and only items that ran end as if they ran.
+    #[test]
+    fn every_item_ends_exactly_once(ops in proptest::collection::vec(op(), 0..80)) {
+        let mut world = World::new();
+        for op in ops {
+            world.apply(op);
+        }
+        world.finish();
+        prop_assert!(world.core.idle());
+        world.check(false);
+    }
+
+    /// Any sequence, then terminate: everything unfinished fails, nothing
+    /// twice.
+    #[test]
+    fn terminate_at_any_point_ends_everything_once(ops in proptest::collection::vec(op(), 0..80)) {
+        let mut world = World::new();
+        for op in ops {
+            world.apply(op);
+        }
+        world.core.fail_all(|| Error::new(ErrorKind::Terminated));
+        prop_assert!(world.core.idle());
+        world.check(true);
+    }
+}
+
+#[test]
+fn a_death_fails_only_what_started_and_requeues_the_rest() {
+    let mut world = World::new();
+    let m = world.model(4, false);
+    world.core.submit(m);
+    world.apply(Op::Dispatch { w: 0 });
+    world.start(0);
+    world.sims[0].finished = 1;
+    world.start(0);
+    // Item 0 finished unreported, item 1 running, 2 and 3 never started.
+    world.die(0);
+    let log = world.log.borrow();
+    assert_eq!(log.outcomes.get(&0).unwrap(), &["died"]);
+    assert_eq!(log.outcomes.get(&1).unwrap(), &["died"]);
+    assert!(!log.outcomes.contains_key(&2));
+    drop(log);
+    assert!(world.core.queued());
+    world.finish();
+    world.check(false);
+}
+
+#[test]
+fn a_deadline_fails_the_running_item_once_and_a_late_result_is_skipped() {
+    let mut world = World::new();
+    let m = world.model(2, true);
+    world.core.submit(m);
+    world.apply(Op::Dispatch { w: 0 });
+    world.start(0);
+    world.apply(Op::Tick { ms: 50 });
+    assert!(world.sims[0].killing);
+    // The task returns anyway, and its result arrives late.
+    world.sims[0].finished = 1;
+    world.apply(Op::Report { w: 0, k: 1 });
+    world.die(0);
+    world.finish();
+    let log = world.log.borrow();
+    assert_eq!(log.outcomes.get(&0).unwrap(), &["timed out"]);
+    assert_eq!(log.outcomes.get(&1).unwrap(), &["ok"]);
+    drop(log);
+    world.check(false);
+}
+
+#[test]
+fn an_unrepresentable_deadline_never_fires() {
+    let mut core: Settle<Model> = Settle::default();
+    let now = Instant::now();
+    core.add_worker(0, 1, now);
+    let log = Shared::default();
+    core.submit(Model {
+        items: vec![0],
+        sent_from: 0,
+        delivered: 0,
+        timeout: Some(Duration::MAX),
+        cancelled: Rc::default(),
+        log,
+    });
+    assert!(core.dispatch(0, 1, 0, now).is_some());
+    assert_eq!(core.next_deadline(), None);
+    assert!(
+        core.expire(now + Duration::from_secs(1 << 40), |_| 1)
+            .is_empty()
+    );
+}
