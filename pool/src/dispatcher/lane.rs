@@ -28,7 +28,7 @@ use procpool_protocol::{FromWorker, decode_from_worker};
 
 use super::conn::{self, Conn, Lost, Violation};
 use super::settle;
-use super::{Batch, Command, Handle};
+use super::{Batch, Command, Dispatcher, Handle, Loss, Phase};
 
 /// Batch ids the lane uses: far from the dispatcher's, so a mix-up shows.
 const LANE_IDS: u64 = 1 << 62;
@@ -177,4 +177,77 @@ fn exchange(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
         }
     }
     Ok(())
+}
+
+/// The dispatcher's side: lending and taking back.
+impl Dispatcher {
+    /// Lends every idle worker to the direct lane, while nothing is queued.
+    pub(super) fn lend_idle(&mut self) {
+        if self.settle.queued() || self.starting.is_some() {
+            return;
+        }
+        let max = self.config.max_tasks_per_worker;
+        for w in &mut self.workers {
+            let lendable = w.serving()
+                && w.phase == Phase::Ready
+                && self.settle.in_flight(w.slot) == 0
+                && w.conn
+                    .as_ref()
+                    .is_some_and(|c| c.quiet() && max.is_none_or(|m| c.items_sent() < m));
+            if !lendable {
+                continue;
+            }
+            // Out of descriptors: this worker stays with the dispatcher.
+            let pidfd = match w
+                .process
+                .pidfd()
+                .map(|p| p.try_clone_to_owned())
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    log::debug!("procpool: cannot lend a worker: {e}");
+                    continue;
+                }
+            };
+            let conn = w.conn.take().expect("checked");
+            self.settle.lend(w.slot);
+            self.shared.lanes.park(Loan::new(
+                w.slot,
+                conn,
+                pidfd,
+                max,
+                self.config.stall_timeout,
+                self.config.max_frame,
+            ));
+        }
+        // Nothing is queued: callers may take workers again.
+        self.shared.lanes.resume();
+    }
+
+    /// Takes back every lent worker not in use, and asks for the others
+    /// (their callers give them back and wake us).
+    pub(super) fn reclaim_lent(&mut self) {
+        if self.workers.iter().all(|w| w.conn.is_some()) {
+            return;
+        }
+        for loan in self.shared.lanes.reclaim() {
+            let slot = loan.slot;
+            if self.unlend(loan) {
+                self.lose(slot, Loss::Exited);
+            }
+        }
+    }
+
+    /// A lent worker is the loop's again. `true` if it died meanwhile (the
+    /// caller then settles it).
+    pub(super) fn unlend(&mut self, loan: Loan) -> bool {
+        let Some(i) = self.index(loan.slot) else {
+            return false;
+        };
+        let w = &mut self.workers[i];
+        w.conn = Some(loan.conn);
+        self.settle.unlend(w.slot);
+        w.dead_while_lent
+    }
 }

@@ -10,9 +10,12 @@
 mod batch;
 mod command;
 mod conn;
+mod frames;
 pub(crate) mod lane;
+mod queue;
 mod settle;
 mod startup;
+mod stop;
 
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
 pub(crate) use command::{Command, Handle};
@@ -25,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::poll::{PollFd, PollFlags};
-use procpool_protocol::{FromWorker, TaskInfo, decode_from_worker};
+use procpool_protocol::TaskInfo;
 
 use self::batch::Counters;
 use self::command::Waker;
-use self::conn::{Conn, Filled, Lost, Violation};
+use self::conn::{Conn, Lost, Violation};
 use self::settle::{Cause, Settle};
 use self::startup::Phase;
 use crate::error::{Error, ErrorKind, Exit};
@@ -267,193 +270,13 @@ impl Dispatcher {
         self.workers.iter().position(|w| w.slot == slot)
     }
 
-    /// `terminate()` (a second one escalates to SIGKILL at once).
-    fn terminate(&mut self) {
-        if self.stage == Stage::Terminating {
-            for w in &mut self.workers {
-                w.process.kill();
-            }
-            return;
-        }
-        self.stage = Stage::Terminating;
-        self.shared.set_terminated();
-        self.settle.fail_all(|| Error::new(ErrorKind::Terminated));
-        self.respawn.clear();
-        self.reclaim_lent();
-        let now = Instant::now();
-        for w in &mut self.workers {
-            // End of input: an idle worker (or an in-process thread, which
-            // no signal reaches) exits at once on its own.
-            if let Some(c) = &mut w.conn {
-                c.close_input();
-            }
-            w.process.terminate(now, self.config.kill_grace);
-        }
-        self.publish_pids();
-    }
-
-    /// `join()` reached the end of the work: close every input; workers
-    /// exit on their own, or are killed when the grace period ends.
-    fn drain(&mut self, now: Instant) {
-        self.stage = Stage::Draining {
-            until: sys::after(now, self.config.shutdown_grace),
-        };
-        self.respawn.clear();
-        for w in &mut self.workers {
-            if let Some(c) = &mut w.conn {
-                c.close_input();
-            }
-        }
-        self.publish_pids();
-    }
-
-    /// Breaks the pool for good: all work fails with the reason, every
-    /// worker is killed and reaped, and the loop ends.
-    fn halt(&mut self, reason: String) {
-        if !self.halted {
-            self.shared.set_broken(reason);
-        }
-        self.halted = true;
-        let error = self.shared.loss_error();
-        self.settle.fail_all(|| error.clone());
-        self.respawn.clear();
-        self.reclaim_lent();
-        for mut w in std::mem::take(&mut self.workers) {
-            w.process.end();
-        }
-        self.publish_pids();
-    }
-
-    fn publish_pids(&self) {
+    pub(super) fn publish_pids(&self) {
         *self.shared.pids.lock() = self
             .workers
             .iter()
             .filter(|w| w.serving() && matches!(self.stage, Stage::Open | Stage::Joining))
             .map(|w| w.process.pid())
             .collect();
-    }
-
-    /// Hands queued batches to ready workers: first one to each idle
-    /// worker, then up to `pipeline` per worker.
-    fn dispatch(&mut self, now: Instant) {
-        let max = self.config.max_tasks_per_worker;
-        for depth in [1, self.config.pipeline] {
-            for i in 0..self.workers.len() {
-                loop {
-                    let w = &mut self.workers[i];
-                    if !w.serving() || w.phase != Phase::Ready {
-                        break;
-                    }
-                    let Some(conn) = w.conn.as_mut() else { break };
-                    if max.is_some_and(|m| conn.items_sent() >= m) {
-                        break;
-                    }
-                    let first = conn.items_sent();
-                    let Some((id, batch)) = self.settle.dispatch(w.slot, depth, first, now) else {
-                        break;
-                    };
-                    let job = &batch.job;
-                    let eager = job.timeout.is_some();
-                    if let Err(len) = conn.queue_run(id, job.task, eager, batch.items()) {
-                        self.settle.refuse(w.slot, len, self.config.max_frame);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Workers that reached `max_tasks_per_worker` and finished their work
-    /// get their input closed: they exit on their own and are replaced.
-    fn retire_used_up(&mut self) {
-        let Some(max) = self.config.max_tasks_per_worker else {
-            return;
-        };
-        let mut retired = false;
-        for w in &mut self.workers {
-            let serving = w.serving();
-            let Some(conn) = &mut w.conn else { continue };
-            if serving && conn.items_sent() >= max && self.settle.in_flight(w.slot) == 0 {
-                log::debug!("procpool: recycling worker {} after {max} tasks", conn.pid);
-                w.retiring = true;
-                conn.close_input();
-                self.settle.retire(w.slot);
-                Counters::bump(&self.shared.stats.recycles);
-                retired = true;
-            }
-        }
-        if retired {
-            self.publish_pids();
-        }
-    }
-
-    /// Lends every idle worker to the direct lane, while nothing is queued.
-    fn lend_idle(&mut self) {
-        if self.settle.queued() || self.starting.is_some() {
-            return;
-        }
-        let max = self.config.max_tasks_per_worker;
-        for w in &mut self.workers {
-            let lendable = w.serving()
-                && w.phase == Phase::Ready
-                && self.settle.in_flight(w.slot) == 0
-                && w.conn
-                    .as_ref()
-                    .is_some_and(|c| c.quiet() && max.is_none_or(|m| c.items_sent() < m));
-            if !lendable {
-                continue;
-            }
-            // Out of descriptors: this worker stays with the dispatcher.
-            let pidfd = match w
-                .process
-                .pidfd()
-                .map(|p| p.try_clone_to_owned())
-                .transpose()
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    log::debug!("procpool: cannot lend a worker: {e}");
-                    continue;
-                }
-            };
-            let conn = w.conn.take().expect("checked");
-            self.settle.lend(w.slot);
-            self.shared.lanes.park(lane::Loan::new(
-                w.slot,
-                conn,
-                pidfd,
-                max,
-                self.config.stall_timeout,
-                self.config.max_frame,
-            ));
-        }
-        // Nothing is queued: callers may take workers again.
-        self.shared.lanes.resume();
-    }
-
-    /// Takes back every lent worker not in use, and asks for the others
-    /// (their callers give them back and wake us).
-    fn reclaim_lent(&mut self) {
-        if self.workers.iter().all(|w| w.conn.is_some()) {
-            return;
-        }
-        for loan in self.shared.lanes.reclaim() {
-            let slot = loan.slot;
-            if self.unlend(loan) {
-                self.lose(slot, Loss::Exited);
-            }
-        }
-    }
-
-    /// A lent worker is the loop's again. `true` if it died meanwhile (the
-    /// caller then settles it).
-    fn unlend(&mut self, loan: lane::Loan) -> bool {
-        let Some(i) = self.index(loan.slot) else {
-            return false;
-        };
-        let w = &mut self.workers[i];
-        w.conn = Some(loan.conn);
-        self.settle.unlend(w.slot);
-        w.dead_while_lent
     }
 }
 
@@ -635,112 +458,8 @@ impl Dispatcher {
                 }
             }
         }
-        let workers = &self.workers;
-        let started = |slot| {
-            let w = workers.iter().find(|w| w.slot == slot);
-            w.and_then(|w| w.conn.as_ref()).map_or(0, Conn::started)
-        };
-        for expired in self.settle.expire(now, started) {
-            Counters::bump(&self.shared.stats.timeouts);
-            let Some(i) = self.index(expired.worker) else {
-                continue;
-            };
-            let w = &mut self.workers[i];
-            // No more input: a worker that outlives SIGTERM (or a thread,
-            // which no signal stops) ends at the end of what it has.
-            if let Some(c) = &mut w.conn {
-                c.close_input();
-            }
-            w.process.terminate(now, self.config.kill_grace);
-            log::warn!(
-                "procpool: task `{}` in worker {} passed its {:?} deadline{}; \
-                 sent SIGTERM to it and its descendants (SIGKILL in {:?})",
-                expired.task,
-                w.process.pid(),
-                expired.timeout,
-                if expired.started {
-                    ""
-                } else {
-                    " before the worker even started it"
-                },
-                self.config.kill_grace
-            );
-            self.publish_pids();
-        }
+        self.expire_deadlines(now);
         Ok(())
-    }
-
-    /// Reads what worker `slot` sent (at most `rounds` reads) and handles
-    /// every whole frame. `Err` when the worker is to be removed.
-    fn read_worker(&mut self, slot: u64, rounds: usize) -> Result<(), Loss> {
-        let i = self.index(slot).ok_or(Loss::Exited)?;
-        for _ in 0..rounds {
-            let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
-            let filled = conn.fill(Instant::now()).map_err(Loss::Io)?;
-            self.handle_frames(i)?;
-            match filled {
-                Filled::Data { more: true } => {}
-                Filled::Data { more: false } | Filled::Empty => return Ok(()),
-                Filled::Eof => {
-                    let w = &self.workers[i];
-                    if w.phase == Phase::Ready {
-                        if let Some(c) = &w.conn {
-                            c.ended_cleanly().map_err(Loss::Violation)?;
-                        }
-                    }
-                    return Err(Loss::Exited);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn handle_frames(&mut self, i: usize) -> Result<(), Loss> {
-        loop {
-            let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
-            let Some(frame) = conn.next_frame().map_err(Loss::Violation)? else {
-                return Ok(());
-            };
-            self.handle_frame(i, frame)?;
-        }
-    }
-
-    fn handle_frame(&mut self, i: usize, frame: Vec<u8>) -> Result<(), Loss> {
-        let protocol = |d: String| Loss::Violation(Violation::Protocol(d));
-        // The hot message first, checked without collecting its outcomes.
-        if let Some((batch, n)) = conn::done_header(&frame).map_err(Loss::Violation)? {
-            let w = &mut self.workers[i];
-            if w.phase != Phase::Ready {
-                return Err(protocol("unexpected Done message".into()));
-            }
-            let conn = w.conn.as_mut().ok_or(Loss::Exited)?;
-            conn.check_done(batch, n).map_err(Loss::Violation)?;
-            return self
-                .settle
-                .done(w.slot, batch, n, frame, Instant::now())
-                .map_err(protocol);
-        }
-        match decode_from_worker(&frame).map_err(|e| protocol(e.to_string()))? {
-            FromWorker::Log(record) => {
-                let w = &self.workers[i];
-                conn::forward_log(w.process.pid(), self.settle.running_task(w.slot), record);
-                Ok(())
-            }
-            FromWorker::Hello(hello) if matches!(self.workers[i].phase, Phase::Handshake) => {
-                self.accept_hello(i, hello.tasks)
-            }
-            FromWorker::InitDone(outcome) if self.workers[i].phase == Phase::Init => {
-                let verdict = startup::judge_init(self.config.initializer.as_ref(), &outcome);
-                drop(outcome);
-                verdict.map_err(Loss::InitFailed)?;
-                self.became_ready(i);
-                Ok(())
-            }
-            other => Err(protocol(format!(
-                "unexpected {} message",
-                startup::name_of(&other)
-            ))),
-        }
     }
 
     /// Removes worker `slot`: ends and reaps it, settles what it held, and

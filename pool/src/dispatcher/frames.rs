@@ -1,0 +1,84 @@
+//! A worker's frames, routed: `Done` to the settlement core, `Hello` and
+//! `InitDone` to start-up, `Log` to this process's logger.
+
+use std::time::Instant;
+
+use procpool_protocol::{FromWorker, decode_from_worker};
+
+use super::conn::{self, Filled, Violation};
+use super::{Dispatcher, Loss, Phase, startup};
+
+impl Dispatcher {
+    /// Reads what worker `slot` sent (at most `rounds` reads) and handles
+    /// every whole frame. `Err` when the worker is to be removed.
+    pub(super) fn read_worker(&mut self, slot: u64, rounds: usize) -> Result<(), Loss> {
+        let i = self.index(slot).ok_or(Loss::Exited)?;
+        for _ in 0..rounds {
+            let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
+            let filled = conn.fill(Instant::now()).map_err(Loss::Io)?;
+            self.handle_frames(i)?;
+            match filled {
+                Filled::Data { more: true } => {}
+                Filled::Data { more: false } | Filled::Empty => return Ok(()),
+                Filled::Eof => {
+                    let w = &self.workers[i];
+                    if w.phase == Phase::Ready {
+                        if let Some(c) = &w.conn {
+                            c.ended_cleanly().map_err(Loss::Violation)?;
+                        }
+                    }
+                    return Err(Loss::Exited);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_frames(&mut self, i: usize) -> Result<(), Loss> {
+        loop {
+            let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
+            let Some(frame) = conn.next_frame().map_err(Loss::Violation)? else {
+                return Ok(());
+            };
+            self.handle_frame(i, frame)?;
+        }
+    }
+
+    fn handle_frame(&mut self, i: usize, frame: Vec<u8>) -> Result<(), Loss> {
+        let protocol = |d: String| Loss::Violation(Violation::Protocol(d));
+        // The hot message first, checked without collecting its outcomes.
+        if let Some((batch, n)) = conn::done_header(&frame).map_err(Loss::Violation)? {
+            let w = &mut self.workers[i];
+            if w.phase != Phase::Ready {
+                return Err(protocol("unexpected Done message".into()));
+            }
+            let conn = w.conn.as_mut().ok_or(Loss::Exited)?;
+            conn.check_done(batch, n).map_err(Loss::Violation)?;
+            return self
+                .settle
+                .done(w.slot, batch, n, frame, Instant::now())
+                .map_err(protocol);
+        }
+        match decode_from_worker(&frame).map_err(|e| protocol(e.to_string()))? {
+            FromWorker::Log(record) => {
+                let w = &self.workers[i];
+                conn::forward_log(w.process.pid(), self.settle.running_task(w.slot), record);
+                Ok(())
+            }
+            FromWorker::Hello(hello) if matches!(self.workers[i].phase, Phase::Handshake) => {
+                self.accept_hello(i, hello.tasks)
+            }
+            FromWorker::InitDone(outcome) if self.workers[i].phase == Phase::Init => {
+                let verdict = startup::judge_init(self.config.initializer.as_ref(), &outcome);
+                drop(outcome);
+                verdict.map_err(Loss::InitFailed)?;
+                self.became_ready(i);
+                Ok(())
+            }
+            other => Err(protocol(format!(
+                "unexpected {} message",
+                startup::name_of(&other)
+            ))),
+        }
+    }
+}

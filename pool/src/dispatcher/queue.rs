@@ -1,0 +1,100 @@
+//! Handing queued work to workers, recycling used-up workers, and acting
+//! on deadlines the settlement core reports.
+
+use std::time::Instant;
+
+use super::batch::Counters;
+use super::conn::Conn;
+use super::{Dispatcher, Phase};
+
+impl Dispatcher {
+    /// Hands queued batches to ready workers: first one to each idle
+    /// worker, then up to `pipeline` per worker.
+    pub(super) fn dispatch(&mut self, now: Instant) {
+        let max = self.config.max_tasks_per_worker;
+        for depth in [1, self.config.pipeline] {
+            for i in 0..self.workers.len() {
+                loop {
+                    let w = &mut self.workers[i];
+                    if !w.serving() || w.phase != Phase::Ready {
+                        break;
+                    }
+                    let Some(conn) = w.conn.as_mut() else { break };
+                    if max.is_some_and(|m| conn.items_sent() >= m) {
+                        break;
+                    }
+                    let first = conn.items_sent();
+                    let Some((id, batch)) = self.settle.dispatch(w.slot, depth, first, now) else {
+                        break;
+                    };
+                    let job = &batch.job;
+                    let eager = job.timeout.is_some();
+                    if let Err(len) = conn.queue_run(id, job.task, eager, batch.items()) {
+                        self.settle.refuse(w.slot, len, self.config.max_frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Workers that reached `max_tasks_per_worker` and finished their work
+    /// get their input closed: they exit on their own and are replaced.
+    pub(super) fn retire_used_up(&mut self) {
+        let Some(max) = self.config.max_tasks_per_worker else {
+            return;
+        };
+        let mut retired = false;
+        for w in &mut self.workers {
+            let serving = w.serving();
+            let Some(conn) = &mut w.conn else { continue };
+            if serving && conn.items_sent() >= max && self.settle.in_flight(w.slot) == 0 {
+                log::debug!("procpool: recycling worker {} after {max} tasks", conn.pid);
+                w.retiring = true;
+                conn.close_input();
+                self.settle.retire(w.slot);
+                Counters::bump(&self.shared.stats.recycles);
+                retired = true;
+            }
+        }
+        if retired {
+            self.publish_pids();
+        }
+    }
+
+    /// Running items past their deadline fail (the core decides); their
+    /// workers are killed (the supervisor carries it out) and replaced.
+    pub(super) fn expire_deadlines(&mut self, now: Instant) {
+        let workers = &self.workers;
+        let started = |slot| {
+            let w = workers.iter().find(|w| w.slot == slot);
+            w.and_then(|w| w.conn.as_ref()).map_or(0, Conn::started)
+        };
+        for expired in self.settle.expire(now, started) {
+            Counters::bump(&self.shared.stats.timeouts);
+            let Some(i) = self.index(expired.worker) else {
+                continue;
+            };
+            let w = &mut self.workers[i];
+            // No more input: a worker that outlives SIGTERM (or a thread,
+            // which no signal stops) ends at the end of what it has.
+            if let Some(c) = &mut w.conn {
+                c.close_input();
+            }
+            w.process.terminate(now, self.config.kill_grace);
+            log::warn!(
+                "procpool: task `{}` in worker {} passed its {:?} deadline{}; \
+                 sent SIGTERM to it and its descendants (SIGKILL in {:?})",
+                expired.task,
+                w.process.pid(),
+                expired.timeout,
+                if expired.started {
+                    ""
+                } else {
+                    " before the worker even started it"
+                },
+                self.config.kill_grace
+            );
+            self.publish_pids();
+        }
+    }
+}
