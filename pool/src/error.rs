@@ -128,6 +128,9 @@ pub(crate) enum ErrorKind {
     Terminated,
     Cancelled,
     WaitTimeout,
+    InvalidCall {
+        detail: String,
+    },
     ResultTaken,
 }
 
@@ -281,6 +284,12 @@ impl Error {
     pub fn is_wait_timeout(&self) -> bool {
         matches!(*self.kind, ErrorKind::WaitTimeout)
     }
+
+    /// The call was refused before anything was sent because its options
+    /// make no sense (a zero deadline).
+    pub fn is_invalid_call(&self) -> bool {
+        matches!(*self.kind, ErrorKind::InvalidCall { .. })
+    }
 }
 
 impl fmt::Display for Error {
@@ -356,6 +365,7 @@ impl fmt::Display for Error {
             ErrorKind::Terminated => f.write_str("the pool was terminated"),
             ErrorKind::Cancelled => f.write_str("the task was cancelled"),
             ErrorKind::WaitTimeout => f.write_str("timed out waiting for the result"),
+            ErrorKind::InvalidCall { detail } => write!(f, "invalid call: {detail}"),
             ErrorKind::ResultTaken => f.write_str("the result was already taken"),
         }
     }

@@ -175,16 +175,20 @@
 //! program down, and a deadline fails the task without stopping its
 //! thread.
 
+mod builder;
 mod dispatcher;
 mod error;
 mod feed;
+mod handle;
 mod pool;
 mod supervisor;
 mod sys;
 mod task;
 pub mod worker;
 
+pub use builder::{Builder, InitOutput};
 pub use error::{Error, Exit, PanicLocation};
-pub use pool::{AsyncResult, Builder, Call, Imap, InitOutput, Pool, Stats, SubmitError};
+pub use handle::{AsyncResult, Imap, SubmitError};
+pub use pool::{Call, Pool, Stats};
 pub use task::{Named, Task, TaskFn, TaskRef};
 pub use worker::{Registry, serve_if_worker};

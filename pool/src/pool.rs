@@ -1,318 +1,39 @@
-//! The public API: [`Pool`], its [`Builder`], the streaming iterators and
-//! [`AsyncResult`].
+//! The public entry points: [`Pool`] and [`Call`]. Thin: a call checks
+//! the task, encodes its input and hands batches over; outcomes come back
+//! through the job's channel (see `feed.rs` and `handle.rs`).
 
 use std::any::type_name;
-use std::ffi::OsString;
 use std::fmt;
 use std::marker::PhantomData;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use procpool_protocol::ItemsBuilder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dispatcher::{self, Batch, ChunkMsg, Command, Config, Handle, Initializer, Job, Shared};
+use crate::builder::{Builder, PIPELINE};
+use crate::dispatcher::{self, Batch, ChunkMsg, Command, Handle, Job, Shared};
 use crate::error::{Error, ErrorKind};
-use crate::feed::{ChunkSize, Chunks, Feeder, count, decode_part, encode_arg};
-use crate::supervisor::{Launch, Limit};
-use crate::task::{TaskRef, signature};
-use crate::worker::Registry;
-
-/// Batches in flight per worker: while a worker runs one, the next is
-/// already in its pipe.
-const PIPELINE: usize = 2;
-
-/// What an initializer may return: `()`, or `Result<(), E>` whose `Err`
-/// fails the pool's start-up with `E`'s message.
-pub trait InitOutput: DeserializeOwned {
-    /// `Err(message)` if the initializer failed.
-    fn into_init_result(self) -> Result<(), String>;
-}
-
-impl InitOutput for () {
-    fn into_init_result(self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-impl<E: fmt::Display + DeserializeOwned> InitOutput for Result<(), E> {
-    fn into_init_result(self) -> Result<(), String> {
-        self.map_err(|e| e.to_string())
-    }
-}
-
-/// Configures and starts a [`Pool`]; from [`Pool::builder`].
-pub struct Builder {
-    workers: Option<usize>,
-    program: Option<(PathBuf, Vec<OsString>)>,
-    in_process: Option<Arc<Registry>>,
-    initializer: Option<Result<Initializer, Error>>,
-    chunksize: Option<usize>,
-    max_frame: u32,
-    startup_timeout: Duration,
-    shutdown_grace: Duration,
-    kill_grace: Duration,
-    stall_timeout: Duration,
-    task_timeout: Option<Duration>,
-    max_tasks_per_worker: Option<u64>,
-    memory_limit: Option<u64>,
-    restart_limit: Limit,
-}
-
-impl fmt::Debug for Builder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("workers", &self.workers)
-            .field("program", &self.program)
-            .field("chunksize", &self.chunksize)
-            .field("max_frame", &self.max_frame)
-            .field("startup_timeout", &self.startup_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Builder {
-    fn new() -> Self {
-        Self {
-            workers: None,
-            program: None,
-            in_process: None,
-            initializer: None,
-            chunksize: None,
-            max_frame: procpool_protocol::DEFAULT_MAX_FRAME,
-            startup_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(5),
-            kill_grace: Duration::from_secs(1),
-            stall_timeout: Duration::from_secs(10),
-            task_timeout: None,
-            max_tasks_per_worker: None,
-            memory_limit: None,
-            restart_limit: Limit {
-                max: 10,
-                window: Duration::from_secs(60),
-            },
-        }
-    }
-
-    /// Number of worker processes (default: the available parallelism).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n);
-        self
-    }
-
-    /// Start this program as the worker instead of re-executing the
-    /// current executable. It must call [`worker::run`](crate::worker::run)
-    /// with a registry serving the tasks the pool will call.
-    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
-        self.program = Some((path.into(), Vec::new()));
-        self
-    }
-
-    /// The debugging mode (Python's `multiprocessing.dummy`): the workers
-    /// are threads of this process running `registry`'s tasks through the
-    /// same protocol and API, so a debugger steps straight into a task.
-    ///
-    /// This gives up isolation: a task that crashes, aborts or exits takes
-    /// the whole program with it, a deadline fails the task but cannot stop
-    /// its thread, the memory limit does not apply, and tasks print to the
-    /// real stdout. Worker pids are this process's own.
-    pub fn in_process(mut self, registry: Registry) -> Self {
-        self.in_process = Some(Arc::new(registry));
-        self
-    }
-
-    /// Extra arguments for the worker program.
-    pub fn worker_args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        let args = args.into_iter().map(Into::into).collect();
-        match &mut self.program {
-            Some((_, a)) => *a = args,
-            None => self.program = Some((std::env::current_exe().unwrap_or_default(), args)),
-        }
-        self
-    }
-
-    /// A registered task each worker runs once, with `args`, before its
-    /// first task. If it panics or returns `Err` the pool does not start
-    /// ([`Error::is_startup`]).
-    pub fn initializer<F, Args, R, M>(mut self, f: F, args: Args) -> Self
-    where
-        F: TaskRef<Args, R, M>,
-        Args: Serialize,
-        R: InitOutput,
-    {
-        let name = f.task_name().into_owned();
-        self.initializer = Some(match postcard::to_stdvec(&args) {
-            Ok(arg) => Ok(Initializer {
-                name,
-                signature: signature::<Args, R>(),
-                arg,
-                check: Box::new(|bytes: &[u8]| match postcard::from_bytes::<R>(bytes) {
-                    Ok(r) => r.into_init_result(),
-                    Err(e) => Err(format!("cannot decode its result: {e}")),
-                }),
-            }),
-            Err(e) => Err(Error::new(ErrorKind::ArgEncode {
-                task: name,
-                message: e.to_string(),
-            })),
-        });
-        self
-    }
-
-    /// Items per chunk for `map`, `imap`, `imap_unordered` and `starmap`
-    /// (default: automatic; see the crate docs).
-    pub fn chunksize(mut self, n: usize) -> Self {
-        self.chunksize = Some(n.max(1));
-        self
-    }
-
-    /// Largest frame either side accepts, in bytes (default 64 MiB).
-    pub fn max_frame(mut self, bytes: u32) -> Self {
-        self.max_frame = bytes.max(1024);
-        self
-    }
-
-    /// How long a worker may take to start and shake hands (default 10 s).
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
-        self.startup_timeout = timeout;
-        self
-    }
-
-    /// How long [`Pool::join`] waits for a worker to exit after its input
-    /// was closed before killing it (default 5 s).
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
-        self
-    }
-
-    /// A deadline for every task, from when it starts running (default:
-    /// none). At the deadline the task fails with an error that
-    /// [`is_timeout`](Error::is_timeout), its worker's process group gets
-    /// SIGTERM, then SIGKILL after the [`kill_grace`](Self::kill_grace), and
-    /// a replacement starts. Per call: [`Pool::with_timeout`].
-    ///
-    /// Jobs with a deadline have each outcome reported as soon as it is
-    /// ready (not batched), so the deadline is exact and the items queued
-    /// behind a killed task are never lost.
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
-        self
-    }
-
-    /// How long a worker has between SIGTERM and SIGKILL, at a deadline and
-    /// at [`Pool::terminate`] (default 1 s).
-    pub fn kill_grace(mut self, grace: Duration) -> Self {
-        self.kill_grace = grace;
-        self
-    }
-
-    /// Replaces a worker after it has run `n` tasks (rounded up to whole
-    /// chunks), to contain slow leaks (Python's `maxtasksperchild`).
-    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
-        self.max_tasks_per_worker = Some(n.max(1));
-        self
-    }
-
-    /// Caps each worker's address space (`RLIMIT_AS`) at `bytes`: a runaway
-    /// allocation then kills that worker (its task fails with
-    /// [`is_worker_died`](Error::is_worker_died)) instead of the machine's
-    /// memory.
-    pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
-        self.memory_limit = Some(bytes);
-        self
-    }
-
-    /// The restart intensity: after the pool is built, at most `max`
-    /// failed worker starts (spawn errors, deaths before the handshake,
-    /// failed initializers) within `window`; each is retried after a
-    /// backoff that doubles from 10 ms to 2 s. One more breaks the pool:
-    /// queued and later tasks fail with an error that
-    /// [`is_broken`](Error::is_broken). Default: 10 within 60 s.
-    pub fn restart_limit(mut self, max: u32, window: Duration) -> Self {
-        self.restart_limit = Limit { max, window };
-        self
-    }
-
-    /// A worker that leaves a frame half-written for this long is treated
-    /// as broken: killed and replaced (default 10 s).
-    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
-        self.stall_timeout = timeout;
-        self
-    }
-
-    /// Starts the workers and waits until every one has shaken hands (and
-    /// run the initializer).
-    pub fn build(self) -> Result<Pool, Error> {
-        let workers = match self.workers {
-            Some(0) => return Err(Error::startup("a pool needs at least one worker")),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let mut launch = match (self.in_process, self.program) {
-            (Some(registry), _) => Launch::threads(registry, self.max_frame),
-            (None, Some((path, args))) => Launch::program(path, args, self.max_frame),
-            (None, None) => {
-                if crate::worker::is_worker() {
-                    // Without this guard a worker that forgot to call
-                    // serve_if_worker would start a pool of its own, and so
-                    // on: a fork bomb.
-                    return Err(Error::startup(
-                        "this process was started as a procpool worker but builds a pool: \
-                         call procpool::serve_if_worker(&registry) first thing in main",
-                    ));
-                }
-                Launch::current_exe(self.max_frame)
-            }
-        };
-        launch.memory_limit = self.memory_limit;
-        let initializer = self.initializer.transpose()?;
-        let config = Config {
-            workers,
-            launch,
-            max_frame: self.max_frame,
-            startup_timeout: self.startup_timeout,
-            pipeline: PIPELINE,
-            shutdown_grace: self.shutdown_grace,
-            kill_grace: self.kill_grace,
-            stall_timeout: self.stall_timeout,
-            max_tasks_per_worker: self.max_tasks_per_worker,
-            restart_limit: self.restart_limit,
-            initializer,
-        };
-        let shared = Arc::new(Shared::new());
-        let (handle, thread) = dispatcher::start(config, shared.clone())?;
-        Ok(Pool {
-            inner: Arc::new(Inner {
-                shared,
-                handle,
-                thread: Mutex::new(Some(thread)),
-                workers,
-                chunksize: self.chunksize,
-                timeout: self.task_timeout,
-                max_frame: self.max_frame,
-                stopped: AtomicBool::new(false),
-            }),
-        })
-    }
-}
+use crate::feed::{ChunkSize, Chunks, Feeder, encode_arg};
+use crate::handle::{AsyncResult, Imap, Slot, SubmitError};
+use crate::task::TaskRef;
 
 /// What the pool's handles share.
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
-    handle: Handle,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    workers: usize,
-    chunksize: Option<usize>,
-    timeout: Option<Duration>,
+    pub(crate) handle: Handle,
+    pub(crate) thread: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) workers: usize,
+    pub(crate) chunksize: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
     pub(crate) max_frame: u32,
     /// The dispatcher has exited and was joined.
-    stopped: AtomicBool,
+    pub(crate) stopped: AtomicBool,
 }
 
 impl fmt::Debug for Inner {
@@ -344,6 +65,13 @@ impl Inner {
     {
         if !self.shared.is_open() {
             return Err(self.shared.loss_error());
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Err(Error::new(ErrorKind::InvalidCall {
+                detail: "a zero deadline would end every task before it starts; \
+                         give a positive duration, or no deadline"
+                    .into(),
+            }));
         }
         let name = f.task_name();
         let table = self
@@ -404,7 +132,7 @@ impl Inner {
 /// or in an `Arc`. Dropping it [terminates](Pool::terminate) it.
 #[derive(Debug)]
 pub struct Pool {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Per-call options; from [`Pool::with_chunksize`] or
@@ -606,7 +334,9 @@ impl<'p> Call<'p> {
         self
     }
 
-    /// Sets the deadline per task for this call.
+    /// Sets the deadline per task for this call. A zero deadline is refused
+    /// at submit ([`Error::is_invalid_call`]); `Duration::MAX` is no
+    /// deadline.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -756,222 +486,6 @@ impl<'p> Call<'p> {
             feeder: Feeder::new(iter, job, inner.clone(), size),
             yielded: 0,
         })
-    }
-}
-
-/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
-/// `Result` per input item.
-///
-/// Input is pulled from the source iterator as results are consumed, a
-/// bounded window ahead. Dropping it cancels the work not yet started.
-///
-/// # Progress
-///
-/// Its `size_hint` is exact whenever the input's is, and
-/// [`completed`](Self::completed) counts the results yielded, so a progress
-/// bar is one adapter away; with `indicatif`:
-///
-/// ```ignore
-/// use indicatif::ProgressIterator;
-/// let n = inputs.len() as u64;
-/// for r in pool.imap_unordered(task, inputs)?.progress_count(n) { /* ... */ }
-/// ```
-pub struct Imap<R, I> {
-    chunks: Chunks<R>,
-    feeder: Feeder<I>,
-    yielded: u64,
-}
-
-impl<R, I> fmt::Debug for Imap<R, I> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Imap")
-            .field("task", &self.feeder.job.task_name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<R, I, Args> Iterator for Imap<R, I>
-where
-    I: Iterator<Item = Args>,
-    Args: Serialize,
-    R: DeserializeOwned,
-{
-    type Item = Result<R, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let next = self.chunks.next(&mut self.feeder);
-        if next.is_some() {
-            self.yielded += 1;
-        }
-        next
-    }
-
-    /// Exact when the input's size hint is: results still to come are the
-    /// items already submitted plus what the input has left.
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let pending = self.chunks.pending();
-        let (lo, hi) = self.feeder.input_hint();
-        (
-            pending.saturating_add(lo),
-            hi.and_then(|h| h.checked_add(pending)),
-        )
-    }
-}
-
-impl<R, I> Imap<R, I> {
-    /// Results yielded so far: a progress count.
-    pub fn completed(&self) -> u64 {
-        self.yielded
-    }
-}
-
-enum Slot<R> {
-    Waiting,
-    Ready(Result<R, Error>),
-    Taken,
-}
-
-/// A handle to one task's result; from [`Pool::apply_async`].
-///
-/// Dropping it before the task started cancels the task.
-pub struct AsyncResult<R> {
-    rx: Receiver<ChunkMsg>,
-    job: Arc<Job>,
-    state: Slot<R>,
-    _r: PhantomData<fn() -> R>,
-}
-
-impl<R> fmt::Debug for AsyncResult<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncResult")
-            .field("task", &self.job.task_name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<R: DeserializeOwned> AsyncResult<R> {
-    /// Waits for the result.
-    pub fn get(mut self) -> Result<R, Error> {
-        self.wait(None);
-        self.take()
-    }
-
-    /// Waits at most `timeout` for the result. On timeout the error
-    /// [`is_wait_timeout`](Error::is_wait_timeout) and the handle stays
-    /// usable; after a result was returned, further calls return an error.
-    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
-        self.wait(Some(timeout));
-        if matches!(self.state, Slot::Waiting) {
-            return Err(Error::new(ErrorKind::WaitTimeout));
-        }
-        self.take()
-    }
-
-    /// Whether the result has arrived (never blocks).
-    pub fn ready(&mut self) -> bool {
-        self.wait(Some(Duration::ZERO));
-        !matches!(self.state, Slot::Waiting)
-    }
-
-    fn take(&mut self) -> Result<R, Error> {
-        match std::mem::replace(&mut self.state, Slot::Taken) {
-            Slot::Ready(r) => r,
-            Slot::Taken => Err(Error::new(ErrorKind::ResultTaken)),
-            Slot::Waiting => unreachable!("take after wait"),
-        }
-    }
-
-    fn wait(&mut self, timeout: Option<Duration>) {
-        if !matches!(self.state, Slot::Waiting) {
-            return;
-        }
-        let msg = match timeout {
-            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => self.rx.recv_timeout(t),
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => return,
-            Err(RecvTimeoutError::Disconnected) => unreachable!("the job holds a sender"),
-        };
-        let result = match msg {
-            ChunkMsg::Part {
-                skip, pid, frame, ..
-            } => {
-                let mut out = None;
-                decode_part::<R>(
-                    &frame,
-                    skip,
-                    &self.job.task_name,
-                    pid,
-                    &self.job.shared,
-                    |r| out = Some(r),
-                );
-                out.expect("a Part carries at least one outcome")
-            }
-            ChunkMsg::Failed { error, .. } => {
-                let r = Err(error);
-                count(&self.job.shared, &r);
-                r
-            }
-        };
-        self.state = Slot::Ready(result);
-    }
-}
-
-impl<R> Drop for AsyncResult<R> {
-    fn drop(&mut self) {
-        self.job.cancelled.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A task refused at submit, with its argument handed back (like
-/// crossbeam's `SendError<T>`). Converts into [`Error`].
-pub struct SubmitError<A> {
-    error: Error,
-    arg: A,
-}
-
-impl<A> SubmitError<A> {
-    /// Why the task was refused.
-    pub fn error(&self) -> &Error {
-        &self.error
-    }
-
-    /// The argument that was not sent.
-    pub fn into_arg(self) -> A {
-        self.arg
-    }
-
-    /// Both parts.
-    pub fn into_parts(self) -> (Error, A) {
-        (self.error, self.arg)
-    }
-}
-
-impl<A> fmt::Debug for SubmitError<A> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubmitError")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<A> fmt::Display for SubmitError<A> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.error.fmt(f)
-    }
-}
-
-impl<A> std::error::Error for SubmitError<A> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-impl<A> From<SubmitError<A>> for Error {
-    fn from(e: SubmitError<A>) -> Self {
-        e.error
     }
 }
 
