@@ -96,12 +96,17 @@
 //!   own pid, and a replacement starts at once.
 //! - **Deadlines.** [`Builder::task_timeout`] (pool default) or
 //!   [`Pool::with_timeout`] (per call): at the deadline the task fails with
-//!   an error that [`is_timeout`](Error::is_timeout); the worker's process
-//!   group gets SIGTERM, then SIGKILL after [`Builder::kill_grace`], so a
-//!   task that ignores SIGTERM, was stopped, or spawned children is still
-//!   ended. Jobs with a deadline report each outcome as soon as it is ready,
-//!   so the running item is known exactly and the items behind it are sent
-//!   again elsewhere, never lost and never run twice.
+//!   an error that [`is_timeout`](Error::is_timeout); the worker (through
+//!   its pidfd), its process group and its descendant tree get SIGTERM,
+//!   then SIGKILL after [`Builder::kill_grace`], so a task that ignores
+//!   SIGTERM, was stopped, left the group or spawned children is still
+//!   ended. The items behind it are sent again elsewhere, never lost and
+//!   never run twice.
+//! - **Exact attribution.** Each worker counts the items it starts in
+//!   memory it shares with the pool (no syscall per item), so after a death
+//!   only the item that was running fails (with any whose results were
+//!   still buffered in the worker, at most 20 ms' worth); the unstarted rest
+//!   of its chunk, and the chunks queued behind it, run elsewhere, once.
 //! - **Leaks.** [`Builder::max_tasks_per_worker`] replaces a worker after
 //!   N tasks; [`Builder::worker_memory_limit`] caps its address space, so a
 //!   runaway allocation kills that worker only.
@@ -120,13 +125,12 @@
 //!   `Terminated` error and every worker is killed and reaped. Call
 //!   [`close`](Pool::close) and [`join`](Pool::join) to let queued work
 //!   finish.
-//! - **Without a deadline, a crash fails the rest of its chunk.** For
-//!   speed, a worker sends a chunk's results in batches (at least every
-//!   20 ms), so when it dies the pool cannot tell which unreported item was
-//!   running: every unreported item of that chunk fails with `WorkerDied`
-//!   (each exactly once; none runs twice). Chunks queued behind it run on
-//!   another worker. Give the job a deadline (or chunk size 1, as `apply`
-//!   has) to have only the running item fail.
+//! - **A worker's descendants end with it.** A kill reaches the worker's
+//!   process group and its descendant tree (workers are child subreapers),
+//!   and a worker SIGKILLs what its tasks left running when its input ends.
+//!   One thing escapes: a descendant that left the worker's process group
+//!   and was orphaned when the worker crashed on its own (the kernel hands
+//!   it to init before the pool can see it).
 //! - **Ordering:** `map` and `imap` yield in input order; `imap_unordered`
 //!   yields in completion order.
 //! - **`map` stops at the first error** (like Python's, which raises) and
@@ -144,7 +148,8 @@
 //!   started as a worker that builds a pool instead of serving gets a
 //!   start-up error, never a fork bomb.
 //! - **Platform:** Linux. The process handling relies on `close_range`,
-//!   `eventfd` and `/proc/self/exe`.
+//!   `eventfd`, pidfds, `memfd_create`, `/proc/self/exe` and
+//!   `/proc/<pid>/task/*/children`.
 //!
 //! # Progress
 //!
