@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::task::unnamed_kind;
+
 /// Everything that can go wrong with a task or with the pool.
 ///
 /// Each submitted task ends in exactly one outcome: its result, or one
@@ -215,12 +217,29 @@ impl Error {
     }
 
     /// The workers do not serve the named task, or serve it with other
-    /// argument or result types.
+    /// argument or result types. Also true for
+    /// [`is_unnamed_task`](Self::is_unnamed_task).
     pub fn is_unknown_task(&self) -> bool {
         matches!(
             *self.kind,
             ErrorKind::UnknownTask { .. } | ErrorKind::Signature { .. }
         )
+    }
+
+    /// The task was given as a closure (or a function pointer), which has
+    /// no name of its own: every closure in one function has the same type
+    /// name, so it could stand for another. No worker serves such a name
+    /// (registering one panics); name a `fn` and pass that, or call a
+    /// closure registered under an explicit name through
+    /// [`Task::named`](crate::Task::named).
+    ///
+    /// ```no_run
+    /// # let pool = procpool::Pool::builder().build().unwrap();
+    /// let err = pool.map(|x: u64| x * 100, 0..3).unwrap_err();
+    /// assert!(err.is_unnamed_task() && err.is_unknown_task());
+    /// ```
+    pub fn is_unnamed_task(&self) -> bool {
+        matches!(&*self.kind, ErrorKind::UnknownTask { name, .. } if unnamed_kind(name).is_some())
     }
 
     /// An argument or result could not be encoded or decoded (or was too
@@ -300,11 +319,18 @@ impl fmt::Display for Error {
                 f,
                 "task `{task}` passed its {timeout:?} deadline in worker {pid}, which was killed"
             ),
-            ErrorKind::UnknownTask { name, available } => write!(
-                f,
-                "the workers do not serve a task named `{name}` (they serve: {})",
-                available.join(", ")
-            ),
+            ErrorKind::UnknownTask { name, available } => match unnamed_kind(name) {
+                Some(kind) => write!(
+                    f,
+                    "`{name}` is {kind}, which cannot be a task: it has no name of its own \
+                     (others share `{name}`); name a `fn`, register it and pass that"
+                ),
+                None => write!(
+                    f,
+                    "the workers do not serve a task named `{name}` (they serve: {})",
+                    available.join(", ")
+                ),
+            },
             ErrorKind::Signature {
                 name,
                 expected,
@@ -373,5 +399,30 @@ impl std::error::Error for Error {
             } => Some(&**s),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closures_are_named_as_such_at_submit() {
+        let err = Error::new(ErrorKind::UnknownTask {
+            name: "app::main::{{closure}}".into(),
+            available: vec!["app::square".into()],
+        });
+        assert!(err.is_unnamed_task() && err.is_unknown_task());
+        assert_eq!(
+            err.to_string(),
+            "`app::main::{{closure}}` is a closure, which cannot be a task: it has no name of \
+             its own (others share `app::main::{{closure}}`); name a `fn`, register it and pass \
+             that"
+        );
+        let err = Error::new(ErrorKind::UnknownTask {
+            name: "app::cube".into(),
+            available: vec!["app::square".into()],
+        });
+        assert!(!err.is_unnamed_task() && err.is_unknown_task());
     }
 }

@@ -14,7 +14,8 @@
 //! - `recycle`: `max_tasks_per_worker` and the memory limit;
 //! - `wire`: hostile bytes both ways, frame limits;
 //! - `logs`: worker `log` records reach the parent's logger;
-//! - `inprocess`: the debugging mode on threads.
+//! - `inprocess`: the debugging mode on threads;
+//! - `edges`: closures refused as tasks.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -22,6 +23,7 @@ mod api;
 mod crash;
 mod crash_matrix;
 mod deadlines;
+mod edges;
 mod errors;
 mod inprocess;
 mod lifecycle;
