@@ -149,6 +149,21 @@ impl Error {
         })
     }
 
+    /// The reason to record when this error breaks the pool: a `Broken`
+    /// error's own reason (so that it is not wrapped in "the pool is
+    /// broken: " a second time), any other error's message.
+    #[allow(
+        dead_code,
+        reason = "for the dispatcher's `halt`, which records `cause.to_string()` today and so \
+                  wraps a Broken cause twice; see a_broken_pool_says_so_once"
+    )]
+    pub(crate) fn broken_reason(&self) -> String {
+        match &*self.kind {
+            ErrorKind::Broken { reason } => reason.clone(),
+            _ => self.to_string(),
+        }
+    }
+
     /// The task panicked in its worker (the worker survives).
     pub fn is_panic(&self) -> bool {
         matches!(*self.kind, ErrorKind::Panicked { .. })
@@ -405,6 +420,35 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatcher::Shared;
+
+    /// What the dispatcher's `halt(cause)` leaves for every caller: the
+    /// pool's state records a reason for `cause`, and work fails with the
+    /// pool's loss error.
+    fn halted_by(cause: Error) -> String {
+        let shared = Shared::new();
+        shared.set_broken(cause.broken_reason());
+        shared.loss_error().to_string()
+    }
+
+    #[test]
+    fn a_broken_pool_says_so_once() {
+        let cause = Error::new(ErrorKind::Broken {
+            reason: "workers failed to start 4 times within 60s (the limit is 3); last: \
+                     cannot start workers: exit code 7"
+                .into(),
+        });
+        assert_eq!(
+            halted_by(cause),
+            "the pool is broken: workers failed to start 4 times within 60s (the limit is 3); \
+             last: cannot start workers: exit code 7"
+        );
+        let cause = Error::startup("the worker program does not exist");
+        assert_eq!(
+            halted_by(cause),
+            "the pool is broken: cannot start workers: the worker program does not exist"
+        );
+    }
 
     #[test]
     fn closures_are_named_as_such_at_submit() {

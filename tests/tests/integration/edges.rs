@@ -1,8 +1,11 @@
-//! Edges found in review: closures as tasks.
+//! Edges found in review: closures as tasks, the reason of a broken pool.
 
-use procpool_tests::{square, watchdog};
+use std::time::Duration;
 
-use crate::{LIMIT, pool};
+use procpool::Pool;
+use procpool_tests::{kill, square, temp_path, wait_until, watchdog};
+
+use crate::{FAULT_WORKER, LIMIT, pool};
 
 #[test]
 fn a_closure_is_refused_at_submit() {
@@ -25,4 +28,45 @@ fn a_closure_is_refused_at_submit() {
     assert!(err.to_string().contains("a function pointer"), "{err}");
     // The function itself, by name, is fine.
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+#[test]
+#[ignore = "needs the dispatcher's halt to record cause.broken_reason() (see error.rs)"]
+fn a_broken_pool_says_so_once() {
+    let _w = watchdog("a_broken_pool_says_so_once", LIMIT);
+    let counter = temp_path("broken-once");
+    // The first worker starts; every replacement exits with code 7 before
+    // its handshake, past the restart limit.
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .worker_args([
+            "--crash-at",
+            "start",
+            "--death",
+            "exit:7",
+            "--counter",
+            &counter.display().to_string(),
+            "--skip",
+            "1",
+        ])
+        .restart_limit(1, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    kill(pool.worker_pids()[0], libc::SIGKILL);
+    assert!(wait_until(LIMIT, || pool.apply(square, 2).is_err()));
+    let err = pool.apply(square, 2).unwrap_err();
+    assert!(err.is_broken(), "{err}");
+    let message = err.to_string();
+    assert_eq!(
+        message.matches("the pool is broken").count(),
+        1,
+        "{message}"
+    );
+    assert!(
+        message.starts_with("the pool is broken: workers failed to start"),
+        "{message}"
+    );
+    pool.terminate();
+    let _ = std::fs::remove_file(&counter);
 }

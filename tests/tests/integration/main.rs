@@ -15,7 +15,7 @@
 //! - `wire`: hostile bytes both ways, frame limits;
 //! - `logs`: worker `log` records reach the parent's logger;
 //! - `inprocess`: the debugging mode on threads;
-//! - `edges`: closures refused as tasks.
+//! - `edges`: closures refused as tasks, a broken pool's reason said once.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
