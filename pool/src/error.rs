@@ -359,7 +359,8 @@ impl fmt::Display for Error {
             }
             ErrorKind::ArgTooLarge { task, len, max } => write!(
                 f,
-                "the argument of task `{task}` encodes to {len} bytes, over the frame limit of {max}"
+                "the argument of task `{task}` encodes to {len} bytes: with its framing, that is \
+                 over the frame limit of {max} bytes (Builder::max_frame)"
             ),
             ErrorKind::ArgDecode { task, message } => write!(
                 f,

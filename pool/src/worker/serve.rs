@@ -273,8 +273,9 @@ impl log::Log for ForwardLogger {
     fn flush(&self) {}
 }
 
-/// Runs one item, catching a panic; results larger than `limit` become an
-/// encode error for this item only.
+/// Runs one item, catching a panic; results whose outcome would not fit in
+/// `limit` (a frame's room for outcomes) become an encode error for this
+/// item only.
 fn run_item<'s>(
     registry: &Registry,
     task: usize,
@@ -282,12 +283,20 @@ fn run_item<'s>(
     scratch: &'s mut Vec<u8>,
     limit: usize,
 ) -> Outcome<'s> {
+    // An outcome's own header (variant and length) takes at most this.
+    const OUTCOME_ROOM: usize = 16;
     let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, arg, scratch)));
     match result {
-        Ok(Some(Ok(()))) if scratch.len() + 16 > limit => Outcome::OutputEncode(format!(
-            "the result encodes to {} bytes, over the frame limit of {limit}",
-            scratch.len()
-        )),
+        Ok(Some(Ok(()))) if scratch.len() + OUTCOME_ROOM > limit => {
+            // Name the limit the user configured, not the room left in it.
+            Outcome::OutputEncode(format!(
+                "the result encodes to {} bytes, more than fits in a frame: the frame limit of \
+                 {} bytes (Builder::max_frame) holds a result of at most {} bytes",
+                scratch.len(),
+                limit + DONE_HEADER_ROOM,
+                limit.saturating_sub(OUTCOME_ROOM)
+            ))
+        }
         Ok(Some(Ok(()))) => Outcome::Ok(Bytes::new(scratch)),
         Ok(Some(Err(ItemError::ArgDecode(m)))) => Outcome::ArgDecode(m),
         Ok(Some(Err(ItemError::OutputEncode(m)))) => Outcome::OutputEncode(m),

@@ -1,9 +1,10 @@
-//! Edges found in review: closures as tasks, the reason of a broken pool.
+//! Edges found in review: closures as tasks, the reason of a broken pool,
+//! results and arguments just over the frame limit.
 
 use std::time::Duration;
 
 use procpool::Pool;
-use procpool_tests::{kill, square, temp_path, wait_until, watchdog};
+use procpool_tests::{bytes_of_len, kill, len_of, square, temp_path, wait_until, watchdog};
 
 use crate::{FAULT_WORKER, LIMIT, pool};
 
@@ -69,4 +70,75 @@ fn a_broken_pool_says_so_once() {
     );
     pool.terminate();
     let _ = std::fs::remove_file(&counter);
+}
+
+/// The frame limit of the pools below, and the largest result a frame of
+/// that size holds: 32 bytes of `Done` header, 16 of outcome header.
+const SMALL_FRAME: u32 = 64 * 1024;
+const RESULT_FITS: usize = SMALL_FRAME as usize - 48;
+
+/// A `Vec<u8>` of `n >= 16384` bytes encodes to `n + 3` (its length as a
+/// three-byte varint first).
+fn vec_of_encoded_len(encoded: usize) -> u64 {
+    (encoded - 3) as u64
+}
+
+#[test]
+fn a_result_just_over_the_frame_limit_says_what_fits() {
+    let _w = watchdog("a_result_just_over_the_frame_limit_says_what_fits", LIMIT);
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .max_frame(SMALL_FRAME)
+        .build()
+        .unwrap();
+    let fits = pool
+        .apply(bytes_of_len, vec_of_encoded_len(RESULT_FITS))
+        .unwrap();
+    assert_eq!(fits.len() + 3, RESULT_FITS);
+    let err = pool
+        .apply(bytes_of_len, vec_of_encoded_len(RESULT_FITS + 1))
+        .unwrap_err();
+    assert!(err.is_serialization(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the worker cannot encode the result of task `procpool_tests::bytes_of_len`: the \
+             result encodes to {} bytes, more than fits in a frame: the frame limit of {} bytes \
+             (Builder::max_frame) holds a result of at most {} bytes",
+            RESULT_FITS + 1,
+            SMALL_FRAME,
+            RESULT_FITS
+        )
+    );
+}
+
+#[test]
+fn an_argument_just_over_the_frame_limit_names_the_limit() {
+    let _w = watchdog(
+        "an_argument_just_over_the_frame_limit_names_the_limit",
+        LIMIT,
+    );
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .max_frame(SMALL_FRAME)
+        .build()
+        .unwrap();
+    // 32 bytes of `Run` header and 8 of item length: 40 bytes of framing.
+    let fits = SMALL_FRAME as usize - 40;
+    let arg = vec![1u8; vec_of_encoded_len(fits) as usize];
+    assert_eq!(pool.apply(len_of, arg).unwrap() as usize + 3, fits);
+    let arg = vec![1u8; vec_of_encoded_len(fits + 1) as usize];
+    let err = pool.apply(len_of, arg).unwrap_err();
+    assert!(err.is_serialization(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the argument of task `procpool_tests::len_of` encodes to {} bytes: with its \
+             framing, that is over the frame limit of {} bytes (Builder::max_frame)",
+            fits + 1,
+            SMALL_FRAME
+        )
+    );
 }

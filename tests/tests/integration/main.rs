@@ -15,7 +15,8 @@
 //! - `wire`: hostile bytes both ways, frame limits;
 //! - `logs`: worker `log` records reach the parent's logger;
 //! - `inprocess`: the debugging mode on threads;
-//! - `edges`: closures refused as tasks, a broken pool's reason said once.
+//! - `edges`: closures refused as tasks, a broken pool's reason said once,
+//!   results and arguments just over the frame limit.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
