@@ -446,6 +446,17 @@ pub fn log_lines(tag: String, count: u64) -> u64 {
     count
 }
 
+/// Starts a thread named `doomed` that panics with `message`, joins it, and
+/// returns whether it panicked: the task itself succeeds.
+pub fn panic_in_thread(message: String) -> bool {
+    std::thread::Builder::new()
+        .name("doomed".into())
+        .spawn(move || panic!("{message}"))
+        .expect("spawn a thread")
+        .join()
+        .is_err()
+}
+
 /// Every fault task.
 pub fn registry() -> procpool::Registry {
     procpool::Registry::new()
@@ -481,6 +492,7 @@ pub fn registry() -> procpool::Registry {
         .task(bytes_of_len)
         .task(len_of)
         .task(log_lines)
+        .task(panic_in_thread)
         .task(chaos)
         .task(allocate_mib)
 }

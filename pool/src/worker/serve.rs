@@ -48,14 +48,52 @@ pub(crate) fn serve(registry: &Registry, stdio: ProtocolStdio, opts: ServeOption
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
     if let Some(level) = opts.own_process {
-        // Silent: the caller receives the message and the location.
-        panic::set_hook(Box::new(|info| {
+        let serve_thread = std::thread::current().id();
+        panic::set_hook(Box::new(move |info| {
             let loc = info.location().map(|l| Location {
                 file: l.file().to_owned(),
                 line: l.line(),
                 column: l.column(),
             });
-            LAST_PANIC.with(|p| *p.borrow_mut() = loc);
+            if std::thread::current().id() == serve_thread {
+                // Silent: the caller receives the message and the location.
+                LAST_PANIC.with(|p| *p.borrow_mut() = loc);
+                return;
+            }
+            // A thread a task started: nobody catches this for a caller,
+            // so it goes to the log, which the parent receives.
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("<unnamed>");
+            let payload = info.payload();
+            let message = match (
+                payload.downcast_ref::<&str>(),
+                payload.downcast_ref::<String>(),
+            ) {
+                (Some(s), _) => s,
+                (_, Some(s)) => s.as_str(),
+                _ => "a non-string payload",
+            };
+            let at = loc
+                .as_ref()
+                .map(|l| format!(" at {}:{}:{}", l.file, l.line, l.column))
+                .unwrap_or_default();
+            if log::max_level() >= log::LevelFilter::Error {
+                log::logger().log(
+                    &log::Record::builder()
+                        .level(log::Level::Error)
+                        .target(module_path!())
+                        .file(loc.as_ref().map(|l| l.file.as_str()))
+                        .line(loc.as_ref().map(|l| l.line))
+                        .args(format_args!("thread `{name}` panicked{at}: {message}"))
+                        .build(),
+                );
+            } else {
+                // Logging is off: leave the trace the default hook would.
+                eprintln!(
+                    "procpool worker {}: thread `{name}` panicked{at}: {message}",
+                    std::process::id()
+                );
+            }
         }));
         if level != log::LevelFilter::Off {
             let forward = ForwardLogger {

@@ -1,10 +1,13 @@
 //! Edges found in review: closures as tasks, the reason of a broken pool,
-//! results and arguments just over the frame limit.
+//! results and arguments just over the frame limit, panics on threads a
+//! task started.
 
 use std::time::Duration;
 
 use procpool::Pool;
-use procpool_tests::{bytes_of_len, kill, len_of, square, temp_path, wait_until, watchdog};
+use procpool_tests::{
+    bytes_of_len, kill, len_of, panic_in_thread, square, temp_path, wait_until, watchdog,
+};
 
 use crate::{FAULT_WORKER, LIMIT, pool};
 
@@ -141,4 +144,45 @@ fn an_argument_just_over_the_frame_limit_names_the_limit() {
             SMALL_FRAME
         )
     );
+}
+
+#[test]
+fn a_panic_on_a_thread_a_task_started_reaches_the_parents_log() {
+    let _w = watchdog(
+        "a_panic_on_a_thread_a_task_started_reaches_the_parents_log",
+        LIMIT,
+    );
+    crate::logs::install();
+    let pool = pool(1);
+    let pid = pool.worker_pids()[0];
+    // The thread's panic is not the task's: the task returns normally.
+    assert!(
+        pool.apply(panic_in_thread, "tag-5c1e gave up".to_owned())
+            .unwrap()
+    );
+    let ours: Vec<_> = crate::logs::CAPTURE
+        .records
+        .lock()
+        .iter()
+        .filter(|(_, _, m)| m.contains("tag-5c1e"))
+        .cloned()
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let (level, _, message) = &ours[0];
+    assert_eq!(*level, log::Level::Error);
+    let prefix = format!(
+        "[worker {pid} `procpool_tests::panic_in_thread`] thread `doomed` panicked at tests/src/lib.rs:"
+    );
+    let rest = message
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{message:?} does not start with {prefix:?}"));
+    // line:column, then the message.
+    let (line_col, text) = rest.split_once(": ").expect("a location, then the message");
+    assert!(
+        line_col.split(':').all(|n| n.parse::<u32>().is_ok()) && line_col.contains(':'),
+        "{message}"
+    );
+    assert_eq!(text, "tag-5c1e gave up");
+    // The worker lived on.
+    assert_eq!(pool.worker_pids(), vec![pid]);
 }

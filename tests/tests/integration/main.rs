@@ -16,7 +16,8 @@
 //! - `logs`: worker `log` records reach the parent's logger;
 //! - `inprocess`: the debugging mode on threads;
 //! - `edges`: closures refused as tasks, a broken pool's reason said once,
-//!   results and arguments just over the frame limit.
+//!   results and arguments just over the frame limit, panics on threads a
+//!   task started.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
