@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use procpool_protocol::TaskInfo;
+use procpool_protocol::value::take_value;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -124,8 +125,10 @@ impl Registry {
         }
         let (arg_type, output_type) = signature::<Args, R>();
         let run: Runner = Box::new(move |arg: &[u8], out: &mut Vec<u8>| {
-            let (args, rest) = postcard::take_from_bytes::<Args>(arg)
-                .map_err(|e| ItemError::ArgDecode(e.to_string()))?;
+            // A deeply nested argument decodes on a grown stack instead of
+            // overflowing the serve thread's.
+            let (args, rest) =
+                take_value::<Args>(arg).map_err(|e| ItemError::ArgDecode(e.to_string()))?;
             if !rest.is_empty() {
                 return Err(ItemError::ArgDecode(format!(
                     "{} bytes left over after the argument",

@@ -1,12 +1,13 @@
 //! Edges found in review: closures as tasks, the reason of a broken pool,
 //! results and arguments just over the frame limit, panics on threads a
-//! task started.
+//! task started, deeply nested results and arguments.
 
 use std::time::Duration;
 
 use procpool::Pool;
 use procpool_tests::{
-    bytes_of_len, kill, len_of, panic_in_thread, square, temp_path, wait_until, watchdog,
+    DeepList, bytes_of_len, deep_list, deep_list_depth, kill, len_of, panic_in_thread, square,
+    temp_path, wait_until, watchdog,
 };
 
 use crate::{FAULT_WORKER, LIMIT, pool};
@@ -185,4 +186,34 @@ fn a_panic_on_a_thread_a_task_started_reaches_the_parents_log() {
     assert_eq!(text, "tag-5c1e gave up");
     // The worker lived on.
     assert_eq!(pool.worker_pids(), vec![pid]);
+}
+
+/// 100,000 levels in 100 KB: decoding it recursively needs tens of MB of
+/// stack, far more than this test thread's 2 MiB or a worker's 8 MiB.
+const DEEP: u64 = 100_000;
+
+#[test]
+fn a_deeply_nested_result_decodes_in_the_caller() {
+    let _w = watchdog("a_deeply_nested_result_decodes_in_the_caller", LIMIT);
+    let pool = pool(1);
+    // Decoded on this thread (apply and map decode on the caller's).
+    assert_eq!(pool.apply(deep_list, DEEP).unwrap().depth(), DEEP);
+    let lists = pool.map(deep_list, [DEEP, 3]).unwrap();
+    assert_eq!(
+        lists.iter().map(DeepList::depth).collect::<Vec<_>>(),
+        [DEEP, 3]
+    );
+}
+
+#[test]
+fn a_deeply_nested_argument_decodes_in_the_worker() {
+    let _w = watchdog("a_deeply_nested_argument_decodes_in_the_worker", LIMIT);
+    let pool = pool(1);
+    let pid = pool.worker_pids()[0];
+    assert_eq!(
+        pool.apply(deep_list_depth, DeepList::of_depth(DEEP))
+            .unwrap(),
+        DEEP
+    );
+    assert_eq!(pool.worker_pids(), vec![pid], "the worker survived");
 }

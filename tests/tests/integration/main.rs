@@ -17,7 +17,7 @@
 //! - `inprocess`: the debugging mode on threads;
 //! - `edges`: closures refused as tasks, a broken pool's reason said once,
 //!   results and arguments just over the frame limit, panics on threads a
-//!   task started.
+//!   task started, deeply nested results and arguments.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
