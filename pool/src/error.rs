@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::task::unnamed_kind;
+
 /// Everything that can go wrong with a task or with the pool.
 ///
 /// Each submitted task ends in exactly one outcome: its result, or one
@@ -155,6 +157,16 @@ impl Error {
         })
     }
 
+    /// The reason to record when this error breaks the pool: a `Broken`
+    /// error's own reason (so that it is not wrapped in "the pool is
+    /// broken: " a second time), any other error's message.
+    pub(crate) fn broken_reason(&self) -> String {
+        match &*self.kind {
+            ErrorKind::Broken { reason } => reason.clone(),
+            _ => self.to_string(),
+        }
+    }
+
     /// The task panicked in its worker (the worker survives).
     pub fn is_panic(&self) -> bool {
         matches!(*self.kind, ErrorKind::Panicked { .. })
@@ -223,12 +235,29 @@ impl Error {
     }
 
     /// The workers do not serve the named task, or serve it with other
-    /// argument or result types.
+    /// argument or result types. Also true for
+    /// [`is_unnamed_task`](Self::is_unnamed_task).
     pub fn is_unknown_task(&self) -> bool {
         matches!(
             *self.kind,
             ErrorKind::UnknownTask { .. } | ErrorKind::Signature { .. }
         )
+    }
+
+    /// The task was given as a closure (or a function pointer), which has
+    /// no name of its own: every closure in one function has the same type
+    /// name, so it could stand for another. No worker serves such a name
+    /// (registering one panics); name a `fn` and pass that, or call a
+    /// closure registered under an explicit name through
+    /// [`Task::named`](crate::Task::named).
+    ///
+    /// ```no_run
+    /// # let pool = procpool::Pool::builder().build().unwrap();
+    /// let err = pool.map(|x: u64| x * 100, 0..3).unwrap_err();
+    /// assert!(err.is_unnamed_task() && err.is_unknown_task());
+    /// ```
+    pub fn is_unnamed_task(&self) -> bool {
+        matches!(&*self.kind, ErrorKind::UnknownTask { name, .. } if unnamed_kind(name).is_some())
     }
 
     /// An argument or result could not be encoded or decoded (or was too
@@ -314,11 +343,18 @@ impl fmt::Display for Error {
                 f,
                 "task `{task}` passed its {timeout:?} deadline in worker {pid}, which was killed"
             ),
-            ErrorKind::UnknownTask { name, available } => write!(
-                f,
-                "the workers do not serve a task named `{name}` (they serve: {})",
-                available.join(", ")
-            ),
+            ErrorKind::UnknownTask { name, available } => match unnamed_kind(name) {
+                Some(kind) => write!(
+                    f,
+                    "`{name}` is {kind}, which cannot be a task: it has no name of its own \
+                     (others share `{name}`); name a `fn`, register it and pass that"
+                ),
+                None => write!(
+                    f,
+                    "the workers do not serve a task named `{name}` (they serve: {})",
+                    available.join(", ")
+                ),
+            },
             ErrorKind::Signature {
                 name,
                 expected,
@@ -332,7 +368,8 @@ impl fmt::Display for Error {
             }
             ErrorKind::ArgTooLarge { task, len, max } => write!(
                 f,
-                "the argument of task `{task}` encodes to {len} bytes, over the frame limit of {max}"
+                "the argument of task `{task}` encodes to {len} bytes: with its framing, that is \
+                 over the frame limit of {max} bytes (Builder::max_frame)"
             ),
             ErrorKind::ArgDecode { task, message } => write!(
                 f,
@@ -400,5 +437,59 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatcher::Shared;
+
+    /// What the dispatcher's `halt(cause)` leaves for every caller: the
+    /// pool's state records a reason for `cause`, and work fails with the
+    /// pool's loss error.
+    fn halted_by(cause: Error) -> String {
+        let shared = Shared::new();
+        shared.set_broken(cause.broken_reason());
+        shared.loss_error().to_string()
+    }
+
+    #[test]
+    fn a_broken_pool_says_so_once() {
+        let cause = Error::new(ErrorKind::Broken {
+            reason: "workers failed to start 4 times within 60s (the limit is 3); last: \
+                     cannot start workers: exit code 7"
+                .into(),
+        });
+        assert_eq!(
+            halted_by(cause),
+            "the pool is broken: workers failed to start 4 times within 60s (the limit is 3); \
+             last: cannot start workers: exit code 7"
+        );
+        let cause = Error::startup("the worker program does not exist");
+        assert_eq!(
+            halted_by(cause),
+            "the pool is broken: cannot start workers: the worker program does not exist"
+        );
+    }
+
+    #[test]
+    fn closures_are_named_as_such_at_submit() {
+        let err = Error::new(ErrorKind::UnknownTask {
+            name: "app::main::{{closure}}".into(),
+            available: vec!["app::square".into()],
+        });
+        assert!(err.is_unnamed_task() && err.is_unknown_task());
+        assert_eq!(
+            err.to_string(),
+            "`app::main::{{closure}}` is a closure, which cannot be a task: it has no name of \
+             its own (others share `app::main::{{closure}}`); name a `fn`, register it and pass \
+             that"
+        );
+        let err = Error::new(ErrorKind::UnknownTask {
+            name: "app::cube".into(),
+            available: vec!["app::square".into()],
+        });
+        assert!(!err.is_unnamed_task() && err.is_unknown_task());
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Receiver;
+use procpool_protocol::value::take_value;
 use procpool_protocol::{ItemsBuilder, Outcome, done_header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -228,7 +229,9 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
     let (mut ok, mut failed) = (0, 0);
     for outcome in done.outcomes().skip(skip as usize) {
         let result = match outcome {
-            Outcome::Ok(bytes) => match postcard::take_from_bytes::<R>(bytes) {
+            // take_value: a deeply nested result decodes (on a grown stack)
+            // or fails this item; it never overflows this thread's stack.
+            Outcome::Ok(bytes) => match take_value::<R>(bytes) {
                 Ok((r, [])) => Ok(r),
                 Ok((_, rest)) => Err(Error::new(ErrorKind::OutputDecode {
                     task: task.to_owned(),
@@ -521,6 +524,85 @@ impl<R: DeserializeOwned> Chunks<R> {
 #[cfg(test)]
 mod tests {
     use super::ChunkSize;
+    use super::decode_part;
+    use crate::dispatcher::Shared;
+    use procpool_protocol::{Bytes, Outcome, encode_done, push_outcome};
+    use serde::Deserialize;
+
+    /// A list whose depth is data: on the wire `Cons` is variant 1 and
+    /// `Nil` variant 0, one byte each.
+    #[derive(Deserialize)]
+    enum List {
+        Nil,
+        Cons(Box<List>),
+    }
+
+    impl List {
+        fn depth(&self) -> usize {
+            let (mut d, mut at) = (0, self);
+            while let List::Cons(next) = at {
+                d += 1;
+                at = next;
+            }
+            d
+        }
+    }
+
+    impl Drop for List {
+        // Iterative: the derived drop would recurse as deep as the list.
+        fn drop(&mut self) {
+            let mut next = match self {
+                List::Cons(b) => std::mem::replace(&mut **b, List::Nil),
+                List::Nil => return,
+            };
+            while let List::Cons(b) = &mut next {
+                next = std::mem::replace(&mut **b, List::Nil);
+            }
+        }
+    }
+
+    /// The body of a `Done` frame, as the dispatcher forwards it.
+    fn done_body(outcomes: &[Outcome<'_>]) -> Vec<u8> {
+        let mut items = Vec::new();
+        for o in outcomes {
+            push_outcome(&mut items, o);
+        }
+        let mut frame = Vec::new();
+        encode_done(&mut frame, 1, outcomes.len() as u32, &items, u32::MAX).unwrap();
+        frame.split_off(4)
+    }
+
+    #[test]
+    fn a_deeply_nested_result_decodes_on_a_default_sized_thread() {
+        // 100,000 levels in 100 KB: recursive decoding needs tens of MB
+        // of stack; this thread has the default 2 MiB.
+        let mut deep = vec![1u8; 100_000];
+        deep.push(0);
+        let body = done_body(&[
+            Outcome::Ok(Bytes::new(&deep)),
+            Outcome::Ok(Bytes::new(&deep[..deep.len() - 1])),
+            Outcome::Ok(Bytes::new(&[1, 0])),
+        ]);
+        let results = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let shared = Shared::new();
+                let mut got = Vec::new();
+                decode_part::<List>(&body, 0, "deep", 1, &shared, |r| {
+                    got.push(r.map(|l| l.depth()))
+                });
+                got
+            })
+            .unwrap()
+            .join()
+            .expect("the decoding thread survived");
+        assert_eq!(results.len(), 3);
+        assert_eq!(*results[0].as_ref().unwrap(), 100_000);
+        // Cut short: that item fails to decode, the next one is fine.
+        let err = results[1].as_ref().unwrap_err();
+        assert!(err.is_serialization(), "{err}");
+        assert_eq!(*results[2].as_ref().unwrap(), 1);
+    }
 
     fn sizes(mut c: ChunkSize, n: usize) -> Vec<usize> {
         (0..n).map(|_| c.take()).collect()

@@ -1,12 +1,26 @@
 //! How a plain function becomes a task, on both sides of the pipe.
 //!
-//! A task is any `fn` item (or non-capturing closure) of zero to four
-//! arguments whose arguments implement `DeserializeOwned` and whose result
-//! implements `Serialize`. Its name is its Rust path
-//! (`std::any::type_name` of the function item), so the parent and a worker
-//! built from the same source agree on it without any macro; [`Task::named`]
-//! and [`Registry::task_named`](crate::Registry::task_named) give explicit
-//! names for workers built separately. Several arguments travel as one tuple:
+//! A task is any `fn` item of zero to four arguments whose arguments
+//! implement `DeserializeOwned` and whose result implements `Serialize`. Its
+//! name is its Rust path (`std::any::type_name` of the function item), so
+//! the parent and a worker built from the same source agree on it without
+//! any macro; [`Task::named`] and
+//! [`Registry::task_named`](crate::Registry::task_named) give explicit names
+//! for workers built separately.
+//!
+//! Closures and function pointers have no name of their own: every closure
+//! in one function has the type name `path::to::function::{{closure}}`, and
+//! every `fn(u64) -> u64` pointer is `fn(u64) -> u64`. Taken as a task, one
+//! would silently stand for another, so they are refused: registering one
+//! under its type name panics, and submitting one is an error
+//! ([`Error::is_unnamed_task`](crate::Error::is_unnamed_task)). A closure
+//! registered under an explicit name is fine, called through
+//! [`Task::named`].
+//!
+//! This cannot be a compile-time error: on stable Rust no trait tells an
+//! `fn` item from a non-capturing closure (both are `Fn + Copy + 'static`
+//! and neither can be excluded by a bound), and `type_name` is not usable
+//! in a `const` assertion. So the check is on the type name, at run time. Several arguments travel as one tuple:
 //! `fn add(a: u64, b: u64)` is called with `(u64, u64)`, which is what
 //! `starmap` feeds it.
 //!
@@ -20,8 +34,13 @@ use std::marker::PhantomData;
 /// A function the worker runtime can call with `Args` to get `R`.
 ///
 /// Implemented for every `Fn` of arity 0 to 4 that is
-/// `Copy + Send + Sync + 'static` (all `fn` items and non-capturing
-/// closures); `Args` is the argument for arity 1, a tuple otherwise.
+/// `Copy + Send + Sync + 'static`; `Args` is the argument for arity 1, a
+/// tuple otherwise. That takes in all `fn` items, and also non-capturing
+/// closures and function pointers, which no bound can exclude but which
+/// have no name of their own (all closures in one function share one type
+/// name): [`Registry::task`](crate::Registry::task) refuses them, and
+/// submitting one is an error that
+/// [`is_unnamed_task`](crate::Error::is_unnamed_task).
 pub trait TaskFn<Args, R, Marker>: Copy + Send + Sync + 'static {
     /// Calls the function.
     fn call(&self, args: Args) -> R;
@@ -124,7 +143,57 @@ impl<Args, R> TaskRef<Args, R, Named> for Task<Args, R> {
     }
 }
 
+/// What kind of anonymous type `name` (a `type_name`) is, if it is one
+/// that cannot name a task: all closures in one function share one type
+/// name, and all function pointers of one signature another.
+pub(crate) fn unnamed_kind(name: &str) -> Option<&'static str> {
+    // A reference to a closure or a function pointer is no better.
+    let bare = name.trim_start_matches('&');
+    if bare.ends_with("{{closure}}") {
+        Some("a closure")
+    } else if ["fn(", "unsafe ", "extern ", "for<"]
+        .iter()
+        .any(|p| bare.starts_with(p))
+    {
+        Some("a function pointer")
+    } else {
+        None
+    }
+}
+
 /// The signature string both sides compare: argument and result type names.
 pub(crate) fn signature<Args, R>() -> (String, String) {
     (type_name::<Args>().to_owned(), type_name::<R>().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_of<F: TaskRef<A, R, M>, A, R, M>(f: F) -> String {
+        f.task_name().into_owned()
+    }
+
+    fn plain(x: u64) -> u64 {
+        x
+    }
+
+    #[test]
+    fn closures_and_function_pointers_are_unnamed() {
+        let a = |x: u64| x + 1;
+        let b = |x: u64| x * 100;
+        // The bug this guards against: two closures, one name.
+        assert_eq!(name_of(a), name_of(b));
+        assert_eq!(unnamed_kind(&name_of(a)), Some("a closure"));
+        assert_eq!(
+            unnamed_kind(type_name::<&fn()>()),
+            Some("a function pointer")
+        );
+        let p: fn(u64) -> u64 = plain;
+        assert_eq!(unnamed_kind(&name_of(p)), Some("a function pointer"));
+        assert_eq!(unnamed_kind(&name_of(plain)), None);
+        // A function item defined inside a closure has a name of its own.
+        assert_eq!(unnamed_kind("crate::f::{{closure}}::inner"), None);
+        assert_eq!(unnamed_kind("square"), None);
+    }
 }

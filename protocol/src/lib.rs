@@ -25,11 +25,13 @@
 //! on the wire, so no frame can make a decoder loop or allocate beyond the
 //! frame's own size (a `Vec<()>` claiming `u64::MAX` elements cannot be
 //! expressed). User payloads travel as opaque byte strings and are decoded by
-//! the caller that asked for them.
+//! the caller that asked for them, with [`value::take_value`], which no depth
+//! of nesting can make overflow the stack.
 
 mod error;
 pub mod frame;
 mod message;
+pub mod value;
 mod varint;
 
 pub use error::{DecodeError, PreambleError};

@@ -120,7 +120,7 @@ impl Dispatcher {
         if self.starting.is_some() {
             log::error!("procpool: {error}");
             self.report_startup(Err(error.clone()));
-            self.halt(error.to_string());
+            self.halt(error.broken_reason());
             return;
         }
         let now = Instant::now();

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::fmt;
 
 use procpool_protocol::TaskInfo;
+use procpool_protocol::value::take_value;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::task::{TaskFn, signature};
+use crate::task::{TaskFn, signature, unnamed_kind};
 
 /// Why one item could not run (panics are caught separately).
 pub(crate) enum ItemError {
@@ -68,23 +69,47 @@ impl Registry {
     ///
     /// # Panics
     ///
-    /// If a task of that name is already registered (two closures in one
-    /// function can share a name; give them explicit names).
+    /// If `f` is a closure or a function pointer: neither has a name of its
+    /// own (all closures in one function share one type name), so the
+    /// parent could not tell it from another. This is a programming error,
+    /// like an invalid argument, and cannot be caught at compile time (on
+    /// stable Rust no bound tells an `fn` item from a non-capturing closure,
+    /// and `type_name` cannot be checked in a `const`). Register a named
+    /// `fn` instead, or the closure under an explicit name with
+    /// [`task_named`](Self::task_named):
+    ///
+    /// ```should_panic
+    /// let tasks = procpool::Registry::new().task(|x: u64| x * 100); // panics
+    /// ```
+    ///
+    /// Also if a task of that name is already registered.
     pub fn task<F, Args, R, M>(self, f: F) -> Self
     where
         F: TaskFn<Args, R, M>,
         Args: DeserializeOwned + 'static,
         R: Serialize + 'static,
     {
-        self.task_named(std::any::type_name::<F>(), f)
+        let name = std::any::type_name::<F>();
+        if let Some(kind) = unnamed_kind(name) {
+            panic!(
+                "procpool: cannot register `{name}` as a task: it is {kind}, which has no name of \
+                 its own (others share `{name}`), so the parent could not tell them apart; \
+                 name a `fn` and register that (or use Registry::task_named with an explicit name)"
+            );
+        }
+        self.task_named(name, f)
     }
 
     /// Registers `f` under an explicit name, for parents that refer to it
-    /// with [`Task::named`](crate::Task::named).
+    /// with [`Task::named`](crate::Task::named). `f` may be a closure: the
+    /// name is what identifies it.
     ///
     /// # Panics
     ///
-    /// If a task of that name is already registered.
+    /// If a task of that name is already registered, or if `name` is the
+    /// type name of a closure or function pointer (`..::{{closure}}`,
+    /// `fn(u64) -> u64`): a parent passing any such closure would then run
+    /// this task.
     pub fn task_named<F, Args, R, M>(mut self, name: impl Into<String>, f: F) -> Self
     where
         F: TaskFn<Args, R, M>,
@@ -92,10 +117,18 @@ impl Registry {
         R: Serialize + 'static,
     {
         let name = name.into();
+        if let Some(kind) = unnamed_kind(&name) {
+            panic!(
+                "procpool: `{name}` cannot be a task name: it is the type name of {kind}, \
+                 which other closures or function pointers share; choose another name"
+            );
+        }
         let (arg_type, output_type) = signature::<Args, R>();
         let run: Runner = Box::new(move |arg: &[u8], out: &mut Vec<u8>| {
-            let (args, rest) = postcard::take_from_bytes::<Args>(arg)
-                .map_err(|e| ItemError::ArgDecode(e.to_string()))?;
+            // A deeply nested argument decodes on a grown stack instead of
+            // overflowing the serve thread's.
+            let (args, rest) =
+                take_value::<Args>(arg).map_err(|e| ItemError::ArgDecode(e.to_string()))?;
             if !rest.is_empty() {
                 return Err(ItemError::ArgDecode(format!(
                     "{} bytes left over after the argument",
@@ -204,6 +237,34 @@ mod tests {
             r.run(0, &arg, &mut out),
             Some(Err(ItemError::ArgDecode(_)))
         ));
+    }
+
+    #[test]
+    #[should_panic(expected = "it is a closure, which has no name of its own")]
+    fn closures_are_refused_under_their_type_name() {
+        let _ = Registry::new().task(|x: u64| x + 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "it is a function pointer")]
+    fn function_pointers_are_refused_under_their_type_name() {
+        let f: fn(u64) -> u64 = double;
+        let _ = Registry::new().task(f);
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot be a task name: it is the type name of a closure")]
+    fn a_closure_type_name_is_refused_as_an_explicit_name() {
+        let _ = Registry::new().task_named("app::main::{{closure}}", double);
+    }
+
+    #[test]
+    fn a_closure_under_an_explicit_name_is_a_task() {
+        let r = Registry::new().task_named("hundredfold", |x: u64| x * 100);
+        let mut out = Vec::new();
+        let arg = postcard::to_stdvec(&3u64).unwrap();
+        assert!(matches!(r.run(0, &arg, &mut out), Some(Ok(()))));
+        assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 300);
     }
 
     #[test]

@@ -53,14 +53,52 @@ pub(crate) fn serve(
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
     if let Some(level) = opts.own_process {
-        // Silent: the caller receives the message and the location.
-        panic::set_hook(Box::new(|info| {
+        let serve_thread = std::thread::current().id();
+        panic::set_hook(Box::new(move |info| {
             let loc = info.location().map(|l| Location {
                 file: l.file().to_owned(),
                 line: l.line(),
                 column: l.column(),
             });
-            LAST_PANIC.with(|p| *p.borrow_mut() = loc);
+            if std::thread::current().id() == serve_thread {
+                // Silent: the caller receives the message and the location.
+                LAST_PANIC.with(|p| *p.borrow_mut() = loc);
+                return;
+            }
+            // A thread a task started: nobody catches this for a caller,
+            // so it goes to the log, which the parent receives.
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("<unnamed>");
+            let payload = info.payload();
+            let message = match (
+                payload.downcast_ref::<&str>(),
+                payload.downcast_ref::<String>(),
+            ) {
+                (Some(s), _) => s,
+                (_, Some(s)) => s.as_str(),
+                _ => "a non-string payload",
+            };
+            let at = loc
+                .as_ref()
+                .map(|l| format!(" at {}:{}:{}", l.file, l.line, l.column))
+                .unwrap_or_default();
+            if log::max_level() >= log::LevelFilter::Error {
+                log::logger().log(
+                    &log::Record::builder()
+                        .level(log::Level::Error)
+                        .target(module_path!())
+                        .file(loc.as_ref().map(|l| l.file.as_str()))
+                        .line(loc.as_ref().map(|l| l.line))
+                        .args(format_args!("thread `{name}` panicked{at}: {message}"))
+                        .build(),
+                );
+            } else {
+                // Logging is off: leave the trace the default hook would.
+                eprintln!(
+                    "procpool worker {}: thread `{name}` panicked{at}: {message}",
+                    std::process::id()
+                );
+            }
         }));
         if level != log::LevelFilter::Off {
             let forward = ForwardLogger {
@@ -289,8 +327,9 @@ impl log::Log for ForwardLogger {
     fn flush(&self) {}
 }
 
-/// Runs one item, catching a panic; results larger than `limit` become an
-/// encode error for this item only.
+/// Runs one item, catching a panic; results whose outcome would not fit in
+/// `limit` (a frame's room for outcomes) become an encode error for this
+/// item only.
 fn run_item<'s>(
     registry: &Registry,
     task: usize,
@@ -298,12 +337,20 @@ fn run_item<'s>(
     scratch: &'s mut Vec<u8>,
     limit: usize,
 ) -> Outcome<'s> {
+    // An outcome's own header (variant and length) takes at most this.
+    const OUTCOME_ROOM: usize = 16;
     let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, arg, scratch)));
     match result {
-        Ok(Some(Ok(()))) if scratch.len() + 16 > limit => Outcome::OutputEncode(format!(
-            "the result encodes to {} bytes, over the frame limit of {limit}",
-            scratch.len()
-        )),
+        Ok(Some(Ok(()))) if scratch.len() + OUTCOME_ROOM > limit => {
+            // Name the limit the user configured, not the room left in it.
+            Outcome::OutputEncode(format!(
+                "the result encodes to {} bytes, more than fits in a frame: the frame limit of \
+                 {} bytes (Builder::max_frame) holds a result of at most {} bytes",
+                scratch.len(),
+                limit + DONE_HEADER_ROOM,
+                limit.saturating_sub(OUTCOME_ROOM)
+            ))
+        }
         Ok(Some(Ok(()))) => Outcome::Ok(Bytes::new(scratch)),
         Ok(Some(Err(ItemError::ArgDecode(m)))) => Outcome::ArgDecode(m),
         Ok(Some(Err(ItemError::OutputEncode(m)))) => Outcome::OutputEncode(m),

@@ -9,8 +9,8 @@ use procpool_tests::{log_lines, watchdog};
 
 use crate::{LIMIT, pool};
 
-struct Capture {
-    records: Mutex<Vec<(log::Level, String, String)>>,
+pub(crate) struct Capture {
+    pub(crate) records: Mutex<Vec<(log::Level, String, String)>>,
 }
 
 impl log::Log for Capture {
@@ -27,11 +27,13 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
-static CAPTURE: Capture = Capture {
+pub(crate) static CAPTURE: Capture = Capture {
     records: Mutex::new(Vec::new()),
 };
 
-fn install() {
+/// Installs [`CAPTURE`] as this test process's logger, at `Info`, once
+/// (other modules capture through it too).
+pub(crate) fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         log::set_logger(&CAPTURE).unwrap();

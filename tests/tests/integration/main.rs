@@ -14,7 +14,10 @@
 //! - `recycle`: `max_tasks_per_worker` and the memory limit;
 //! - `wire`: hostile bytes both ways, frame limits;
 //! - `logs`: worker `log` records reach the parent's logger;
-//! - `inprocess`: the debugging mode on threads.
+//! - `inprocess`: the debugging mode on threads;
+//! - `edges`: closures refused as tasks, a broken pool's reason said once,
+//!   results and arguments just over the frame limit, panics on threads a
+//!   task started, deeply nested results and arguments.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -22,6 +25,7 @@ mod api;
 mod crash;
 mod crash_matrix;
 mod deadlines;
+mod edges;
 mod errors;
 mod inprocess;
 mod lifecycle;
