@@ -146,9 +146,17 @@ impl Builder {
                 name,
                 signature: signature::<Args, R>(),
                 arg,
-                check: Box::new(|bytes: &[u8]| match postcard::from_bytes::<R>(bytes) {
-                    Ok(r) => r.into_init_result(),
-                    Err(e) => Err(format!("cannot decode its result: {e}")),
+                // Through the stack-growing decoder, like every result: a
+                // deeply nested error value cannot overflow the stack.
+                check: Box::new(|bytes: &[u8]| {
+                    match procpool_protocol::value::take_value::<R>(bytes) {
+                        Ok((r, [])) => r.into_init_result(),
+                        Ok((_, rest)) => Err(format!(
+                            "cannot decode its result: {} bytes left over",
+                            rest.len()
+                        )),
+                        Err(e) => Err(format!("cannot decode its result: {e}")),
+                    }
                 }),
             }),
             Err(e) => Err(Error::new(ErrorKind::ArgEncode {
