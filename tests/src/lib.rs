@@ -485,9 +485,15 @@ pub fn registry() -> procpool::Registry {
         .task(allocate_mib)
 }
 
-/// Turns a hang into a failure: if not dropped within `limit`, prints
-/// which test hung and exits the test process with code 99 (its workers
-/// see their pipes close and exit too).
+/// Turns a hang into a failure: if not dropped within `limit`, writes
+/// which test hung straight to file descriptor 2 and ends the test process
+/// with exit code 99 (its workers die with it: they carry
+/// `PR_SET_PDEATHSIG`).
+///
+/// The message bypasses `eprintln!` on purpose: libtest captures what a
+/// test thread (and every thread it spawns) prints, and a process that
+/// ends here never shows its captured output. A raw `write(2)` always
+/// reaches the terminal or the CI log.
 #[must_use = "the watchdog is disarmed when dropped"]
 #[derive(Debug)]
 pub struct Watchdog {
@@ -497,16 +503,37 @@ pub struct Watchdog {
 /// Arms a [`Watchdog`].
 pub fn watchdog(name: &str, limit: Duration) -> Watchdog {
     let (tx, rx) = mpsc::channel::<()>();
-    let name = name.to_owned();
+    // Formatted now: nothing is allocated or locked when it fires.
+    let message = format!(
+        "\nwatchdog: `{name}` still running after {limit:?}: treating the hang as a failure\n"
+    );
     std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            eprintln!(
-                "watchdog: `{name}` still running after {limit:?}: treating the hang as a failure"
-            );
-            std::process::exit(99);
+            write_to_stderr_fd(message.as_bytes());
+            // SAFETY: _exit ends the process at once, running no atexit
+            // handler and taking no lock that a hung thread might hold;
+            // nothing is left to flush (the message went out unbuffered).
+            unsafe { libc::_exit(99) }
         }
     });
     Watchdog { _disarm: tx }
+}
+
+/// Writes `bytes` to file descriptor 2 with `write(2)`, past any output
+/// capture, retrying short writes and EINTR.
+pub fn write_to_stderr_fd(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live buffer of the given length to fd 2.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {
+            continue;
+        } else {
+            return;
+        }
+    }
 }
 
 /// Whether process `pid` exists at all (alive or zombie).
