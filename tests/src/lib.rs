@@ -446,6 +446,196 @@ pub fn log_lines(tag: String, count: u64) -> u64 {
     count
 }
 
+// ---------------------------------------------------------------------
+// Fault tasks for the regression tests of `tests/integration/seams.rs`
+// (and the `sigchld_ignored` and `deep_result` test binaries).
+// ---------------------------------------------------------------------
+
+/// Fault 3: moves this worker out of its own process group into its
+/// parent's (the test process's: `setpgid(0, getpgid(getppid()))`),
+/// ignores SIGTERM, creates `marker` to say so, and never returns. A pool
+/// that signals only the group its worker started in no longer reaches it.
+pub fn leave_group_and_hang(marker: String) {
+    // SAFETY: getppid, getpgid and setpgid only read and change this
+    // process's own process group; signal changes this process's SIGTERM
+    // disposition. No memory is touched.
+    unsafe {
+        let group = libc::getpgid(libc::getppid());
+        assert!(group > 0, "getpgid(getppid()) failed");
+        assert_eq!(libc::setpgid(0, group), 0, "setpgid failed");
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    std::fs::write(&marker, b"moved").expect("write the marker");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Fault 4: starts a grandchild `sleep 600` that leaves the worker's
+/// process group and session (`setsid()` before exec), writes its pid to
+/// `pidfile`, then hangs (`hang`) or returns the grandchild's pid.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the grandchild is never waited for on purpose: it must outlive the task"
+)]
+pub fn setsid_grandchild(pidfile: String, hang: bool) -> u32 {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setsid, which is async-signal-safe, and builds an io::Error
+    // from errno, which does not allocate.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn the setsid grandchild");
+    let pid = child.id();
+    std::fs::write(&pidfile, pid.to_string()).expect("write the pidfile");
+    if hang {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    pid
+}
+
+/// Bytes written to the protocol pipe that the parent has not read yet
+/// (FIONREAD on the write end, which Linux answers).
+fn protocol_unread() -> Option<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points
+    // at a live local.
+    let r = unsafe { libc::ioctl(PROTOCOL_OUT_FD, libc::FIONREAD, &mut n) };
+    (r == 0).then_some(n)
+}
+
+/// Fault 6: returns this worker's pid, and has a thread exit the worker
+/// (code 3) right after the result has left. With `delay_ms == 0` the
+/// thread waits until the result is in the protocol pipe (FIONREAD on its
+/// write end; 50 ms at most) and exits at once: the worker dies while its
+/// caller is still taking the result, so the exchange succeeds and the
+/// death is seen while the caller may still hold the worker. Otherwise
+/// the thread exits `delay_ms` after the task returned, once the worker
+/// was given back.
+pub fn exit_after_result(delay_ms: u64) -> u32 {
+    std::thread::spawn(move || {
+        if delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+        } else {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_millis(50) {
+                if protocol_unread().is_none_or(|n| n > 0) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        std::process::exit(3);
+    });
+    std::process::id()
+}
+
+/// Fault 12b: forks a child that keeps every descriptor of the worker
+/// (its protocol pipes included), sleeps `secs` seconds and `_exit`s;
+/// returns the child's pid at once.
+pub fn fork_pipe_holder(secs: u32) -> u32 {
+    // SAFETY: fork duplicates this process; the child only calls sleep and
+    // _exit, which are async-signal-safe, so the locks other threads held
+    // at the fork do not matter.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: in the child, as above.
+        unsafe {
+            libc::sleep(secs);
+            libc::_exit(0)
+        }
+    }
+    pid as u32
+}
+
+/// A list as deep as asked: `Cons(Cons(..(Nil)))`, for results nested
+/// deeper than any stack can decode recursively.
+///
+/// `Deserialize` is serde's derived one, which recurses once per level:
+/// that is the seam under test (the parent decoding a hostile result).
+/// `Serialize` is written by hand, without recursion, so the worker
+/// survives encoding its own result: under postcard (the pool's wire
+/// format) it writes exactly the derived encoding, the variant index of
+/// each level as a one-byte varint (`1` per `Cons`, then `0` for `Nil`).
+/// `Drop` is iterative too, so a deep value can be dropped on any stack.
+#[derive(Debug, Deserialize)]
+pub enum List {
+    /// The end.
+    Nil,
+    /// One more level.
+    Cons(Box<List>),
+}
+
+impl List {
+    /// A list `depth` levels deep, built without recursion.
+    pub fn deep(depth: u64) -> List {
+        let mut list = List::Nil;
+        for _ in 0..depth {
+            list = List::Cons(Box::new(list));
+        }
+        list
+    }
+
+    /// How many levels deep this list is, counted without recursion.
+    pub fn depth(&self) -> u64 {
+        let mut n = 0;
+        let mut cur = self;
+        while let List::Cons(next) = cur {
+            n += 1;
+            cur = next;
+        }
+        n
+    }
+}
+
+impl Serialize for List {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        let depth = self.depth();
+        let len = usize::try_from(depth + 1).map_err(serde::ser::Error::custom)?;
+        // postcard writes a tuple's elements back to back, and a u8 as one
+        // raw byte: the same bytes as the derived, recursive encoding.
+        let mut t = s.serialize_tuple(len)?;
+        for _ in 0..depth {
+            t.serialize_element(&1u8)?;
+        }
+        t.serialize_element(&0u8)?;
+        t.end()
+    }
+}
+
+impl Drop for List {
+    fn drop(&mut self) {
+        // Unlink one level at a time: every value dropped in the loop is a
+        // `Cons` of a `Nil`, whose own drop ends at once.
+        let List::Cons(next) = self else { return };
+        let mut rest = std::mem::replace(&mut **next, List::Nil);
+        while let List::Cons(next) = &mut rest {
+            let deeper = std::mem::replace(&mut **next, List::Nil);
+            rest = deeper;
+        }
+    }
+}
+
+/// A result `depth` levels deep ([`List::deep`]).
+pub fn deep_list(depth: u64) -> List {
+    List::deep(depth)
+}
+
 /// Every fault task.
 pub fn registry() -> procpool::Registry {
     procpool::Registry::new()
@@ -483,6 +673,11 @@ pub fn registry() -> procpool::Registry {
         .task(log_lines)
         .task(chaos)
         .task(allocate_mib)
+        .task(leave_group_and_hang)
+        .task(setsid_grandchild)
+        .task(exit_after_result)
+        .task(fork_pipe_holder)
+        .task(deep_list)
 }
 
 /// Turns a hang into a failure: if not dropped within `limit`, writes

@@ -14,7 +14,10 @@
 //! - `recycle`: `max_tasks_per_worker` and the memory limit;
 //! - `wire`: hostile bytes both ways, frame limits;
 //! - `logs`: worker `log` records reach the parent's logger;
-//! - `inprocess`: the debugging mode on threads.
+//! - `inprocess`: the debugging mode on threads;
+//! - `seams`: regression tests of the dispatcher's faults (join, the
+//!   direct lane, process groups, descendants, extreme durations), one
+//!   test per fault, named after it.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -28,6 +31,7 @@ mod lifecycle;
 mod logs;
 mod recycle;
 mod restart;
+mod seams;
 mod startup;
 mod stdio;
 mod wire;
