@@ -446,6 +446,122 @@ pub fn log_lines(tag: String, count: u64) -> u64 {
     count
 }
 
+// ---------------------------------------------------------------------
+// Fault tasks for the regression tests of `tests/integration/seams.rs`
+// (and the `sigchld_ignored` and `deep_result` test binaries).
+// ---------------------------------------------------------------------
+
+/// Fault 3: moves this worker out of its own process group into its
+/// parent's (the test process's: `setpgid(0, getpgid(getppid()))`),
+/// ignores SIGTERM, creates `marker` to say so, and never returns. A pool
+/// that signals only the group its worker started in no longer reaches it.
+pub fn leave_group_and_hang(marker: String) {
+    // SAFETY: getppid, getpgid and setpgid only read and change this
+    // process's own process group; signal changes this process's SIGTERM
+    // disposition. No memory is touched.
+    unsafe {
+        let group = libc::getpgid(libc::getppid());
+        assert!(group > 0, "getpgid(getppid()) failed");
+        assert_eq!(libc::setpgid(0, group), 0, "setpgid failed");
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    std::fs::write(&marker, b"moved").expect("write the marker");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Fault 4: starts a grandchild `sleep 600` that leaves the worker's
+/// process group and session (`setsid()` before exec), writes its pid to
+/// `pidfile`, then hangs (`hang`) or returns the grandchild's pid.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the grandchild is never waited for on purpose: it must outlive the task"
+)]
+pub fn setsid_grandchild(pidfile: String, hang: bool) -> u32 {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setsid, which is async-signal-safe, and builds an io::Error
+    // from errno, which does not allocate.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn the setsid grandchild");
+    let pid = child.id();
+    std::fs::write(&pidfile, pid.to_string()).expect("write the pidfile");
+    if hang {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    pid
+}
+
+/// Bytes written to the protocol pipe that the parent has not read yet
+/// (FIONREAD on the write end, which Linux answers).
+fn protocol_unread() -> Option<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points
+    // at a live local.
+    let r = unsafe { libc::ioctl(PROTOCOL_OUT_FD, libc::FIONREAD, &mut n) };
+    (r == 0).then_some(n)
+}
+
+/// Fault 6: returns this worker's pid, and has a thread exit the worker
+/// (code 3) right after the result has left. With `delay_ms == 0` the
+/// thread waits until the result is in the protocol pipe (FIONREAD on its
+/// write end; 50 ms at most) and exits at once: the worker dies while its
+/// caller is still taking the result, so the exchange succeeds and the
+/// death is seen while the caller may still hold the worker. Otherwise
+/// the thread exits `delay_ms` after the task returned, once the worker
+/// was given back.
+pub fn exit_after_result(delay_ms: u64) -> u32 {
+    std::thread::spawn(move || {
+        if delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+        } else {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_millis(50) {
+                if protocol_unread().is_none_or(|n| n > 0) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        std::process::exit(3);
+    });
+    std::process::id()
+}
+
+/// Fault 12b: forks a child that keeps every descriptor of the worker
+/// (its protocol pipes included), sleeps `secs` seconds and `_exit`s;
+/// returns the child's pid at once.
+pub fn fork_pipe_holder(secs: u32) -> u32 {
+    // SAFETY: fork duplicates this process; the child only calls sleep and
+    // _exit, which are async-signal-safe, so the locks other threads held
+    // at the fork do not matter.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: in the child, as above.
+        unsafe {
+            libc::sleep(secs);
+            libc::_exit(0)
+        }
+    }
+    pid as u32
+}
+
 /// Starts a thread named `doomed` that panics with `message`, joins it, and
 /// returns whether it panicked: the task itself succeeds.
 pub fn panic_in_thread(message: String) -> bool {
@@ -569,11 +685,21 @@ pub fn registry() -> procpool::Registry {
         .task(deep_list_depth)
         .task(chaos)
         .task(allocate_mib)
+        .task(leave_group_and_hang)
+        .task(setsid_grandchild)
+        .task(exit_after_result)
+        .task(fork_pipe_holder)
 }
 
-/// Turns a hang into a failure: if not dropped within `limit`, prints
-/// which test hung and exits the test process with code 99 (its workers
-/// see their pipes close and exit too).
+/// Turns a hang into a failure: if not dropped within `limit`, writes
+/// which test hung straight to file descriptor 2 and ends the test process
+/// with exit code 99 (its workers die with it: they carry
+/// `PR_SET_PDEATHSIG`).
+///
+/// The message bypasses `eprintln!` on purpose: libtest captures what a
+/// test thread (and every thread it spawns) prints, and a process that
+/// ends here never shows its captured output. A raw `write(2)` always
+/// reaches the terminal or the CI log.
 #[must_use = "the watchdog is disarmed when dropped"]
 #[derive(Debug)]
 pub struct Watchdog {
@@ -583,16 +709,37 @@ pub struct Watchdog {
 /// Arms a [`Watchdog`].
 pub fn watchdog(name: &str, limit: Duration) -> Watchdog {
     let (tx, rx) = mpsc::channel::<()>();
-    let name = name.to_owned();
+    // Formatted now: nothing is allocated or locked when it fires.
+    let message = format!(
+        "\nwatchdog: `{name}` still running after {limit:?}: treating the hang as a failure\n"
+    );
     std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            eprintln!(
-                "watchdog: `{name}` still running after {limit:?}: treating the hang as a failure"
-            );
-            std::process::exit(99);
+            write_to_stderr_fd(message.as_bytes());
+            // SAFETY: _exit ends the process at once, running no atexit
+            // handler and taking no lock that a hung thread might hold;
+            // nothing is left to flush (the message went out unbuffered).
+            unsafe { libc::_exit(99) }
         }
     });
     Watchdog { _disarm: tx }
+}
+
+/// Writes `bytes` to file descriptor 2 with `write(2)`, past any output
+/// capture, retrying short writes and EINTR.
+pub fn write_to_stderr_fd(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live buffer of the given length to fd 2.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {
+            continue;
+        } else {
+            return;
+        }
+    }
 }
 
 /// Whether process `pid` exists at all (alive or zombie).

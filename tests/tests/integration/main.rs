@@ -18,6 +18,9 @@
 //! - `edges`: closures refused as tasks, a broken pool's reason said once,
 //!   results and arguments just over the frame limit, panics on threads a
 //!   task started, deeply nested results and arguments.
+//! - `seams`: regression tests of the dispatcher's faults (join, the
+//!   direct lane, process groups, descendants, extreme durations), one
+//!   test per fault, named after it.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -32,6 +35,7 @@ mod lifecycle;
 mod logs;
 mod recycle;
 mod restart;
+mod seams;
 mod startup;
 mod stdio;
 mod wire;

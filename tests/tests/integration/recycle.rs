@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use procpool::Pool;
-use procpool_tests::{allocate_mib, pid, square, watchdog};
+use procpool_tests::{allocate_mib, pid, square, temp_path, watchdog};
 
 use crate::{FAULT_WORKER, LIMIT};
 
@@ -31,9 +31,13 @@ fn a_worker_is_replaced_after_max_tasks() {
 #[test]
 fn a_runaway_allocation_costs_its_worker_only() {
     let _w = watchdog("a_runaway_allocation_costs_its_worker_only", LIMIT);
+    // The worker's stderr (the allocation failure, and a backtrace under
+    // RUST_BACKTRACE) goes to a file, checked below, not to the terminal.
+    let stderr = temp_path("oom-stderr");
     let pool = Pool::builder()
         .workers(1)
         .worker_program(FAULT_WORKER)
+        .worker_args(["--stderr".into(), stderr.clone().into_os_string()])
         .worker_memory_limit(512 << 20)
         .build()
         .unwrap();
@@ -44,6 +48,12 @@ fn a_runaway_allocation_costs_its_worker_only() {
         err.exit(),
         Some(procpool::Exit::Signal(libc::SIGABRT)),
         "{err}"
+    );
+    let printed = std::fs::read_to_string(&stderr).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr);
+    assert!(
+        printed.contains("memory allocation of 4294967296 bytes failed"),
+        "the worker's stderr: {printed}"
     );
     assert_eq!(pool.apply(square, 8).unwrap(), 64);
 }

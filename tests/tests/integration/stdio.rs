@@ -1,16 +1,52 @@
-use procpool_tests::{noisy, watchdog};
+use procpool_tests::{noisy, temp_path, watchdog};
 
-use crate::{LIMIT, pool};
+use crate::{FAULT_WORKER, LIMIT, pool};
+
+/// How many times `needle` occurs in `haystack`.
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| w == &needle)
+        .count()
+}
 
 #[test]
 fn printing_tasks_leave_results_intact() {
     let _w = watchdog("printing_tasks_leave_results_intact", LIMIT);
-    let pool = pool(2);
+    // The workers' stderr goes to a file: the noise is checked there
+    // instead of being spilled on the terminal.
+    let stderr = temp_path("noisy-stderr");
+    let pool = procpool::Pool::builder()
+        .workers(2)
+        .worker_program(FAULT_WORKER)
+        .worker_args(["--stderr".into(), stderr.clone().into_os_string()])
+        .build()
+        .unwrap();
     // The noise includes bytes shaped like a frame header, written raw to
     // fd 1: they must land on stderr, not in the protocol stream.
     let got = pool.with_chunksize(3).map(noisy, 0..40u64).unwrap();
     assert_eq!(got, (0..40u64).collect::<Vec<_>>());
     assert_eq!(pool.stats().worker_deaths, 0);
+    // The workers exit at the end of their input, flushing their stdout.
+    pool.join();
+    let printed = std::fs::read(&stderr).unwrap();
+    let _ = std::fs::remove_file(&stderr);
+    // Each pattern is written by one write call, so it stays whole even
+    // when the two workers' lines interleave.
+    for pattern in [
+        &b"\xff\xff\xff\x7fraw bytes on fd 1\n"[..],
+        b"\x05\x00\x00\x00hello",
+        b"noise on stdout for ",
+        b"noise on stderr for ",
+    ] {
+        assert_eq!(
+            occurrences(&printed, pattern),
+            40,
+            "{:?} in the workers' stderr: {:?}",
+            pattern.escape_ascii().to_string(),
+            printed.escape_ascii().to_string()
+        );
+    }
 }
 
 #[test]
