@@ -4,7 +4,6 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -89,7 +88,11 @@ pub(crate) enum Slot<R> {
 
 /// A handle to one task's result; from [`Pool::apply_async`](crate::Pool::apply_async).
 ///
-/// Dropping it before the task started cancels the task.
+/// Dropping it *detaches* the task, as dropping a `JoinHandle` does: the
+/// task still runs and its result is discarded, so a fire-and-forget
+/// `apply_async` followed by [`close`](crate::Pool::close) and
+/// [`join`](crate::Pool::join) runs every task.
+#[must_use = "dropping an AsyncResult detaches the task: it still runs, its result is discarded"]
 pub struct AsyncResult<R> {
     pub(crate) rx: Receiver<ChunkMsg>,
     pub(crate) job: Arc<Job>,
@@ -172,12 +175,6 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             }
         };
         self.state = Slot::Ready(result);
-    }
-}
-
-impl<R> Drop for AsyncResult<R> {
-    fn drop(&mut self) {
-        self.job.cancelled.store(true, Ordering::Relaxed);
     }
 }
 

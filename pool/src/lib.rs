@@ -138,8 +138,9 @@
 //! - **A task's own error is a value:** a task returning `Result<T, E>`
 //!   delivers the `Result` itself; [`Error`] is only for what the pool saw
 //!   go wrong (panic, crash, unknown task, encoding, shutdown).
-//! - **Dropping an `imap` iterator or an [`AsyncResult`]** cancels work not
-//!   yet started.
+//! - **Dropping an `imap` iterator** cancels its work not yet started;
+//!   **dropping an [`AsyncResult`]** detaches its task, which still runs
+//!   (its result is discarded).
 //! - **Call [`serve_if_worker`] first in `main`**, before threads or files
 //!   are opened: a worker closes descriptors it did not expect to inherit.
 //!   A program whose `main` you do not control (a libtest test binary) cannot
