@@ -6,9 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::Sender;
 use nix::sys::eventfd::EventFd;
 
-use super::Batch;
+use crossbeam_channel::TryRecvError;
+
 use super::conn::Lost;
 use super::lane::Loan;
+use super::settle;
+use super::{Batch, Dispatcher, Loss, Stage};
+use crate::error::{Error, ErrorKind};
 
 /// What callers ask of the dispatcher.
 #[derive(Debug)]
@@ -67,5 +71,49 @@ impl Handle {
         self.tx.send(cmd).map_err(|e| e.0)?;
         self.waker.wake();
         Ok(())
+    }
+}
+
+impl Dispatcher {
+    /// Takes every command waiting, in order.
+    pub(super) fn drain_commands(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Submit(batch)) => match self.stage {
+                    // Chunks of jobs started before `close()` still run:
+                    // only new jobs are refused, by the caller.
+                    Stage::Open | Stage::Joining => self.settle.submit(batch),
+                    _ => drop(batch),
+                },
+                Ok(Command::Join) => {
+                    if self.stage == Stage::Open {
+                        self.stage = Stage::Joining;
+                    }
+                }
+                Ok(Command::Terminate) => self.terminate(),
+                Ok(Command::LaneFailed {
+                    loan,
+                    batch,
+                    first,
+                    lost,
+                }) => {
+                    let slot = loan.slot;
+                    if self.stage == Stage::Terminating {
+                        settle::fail(batch, Error::new(ErrorKind::Terminated));
+                    } else {
+                        self.settle.hand_back(slot, batch, first);
+                    }
+                    self.unlend(*loan);
+                    let loss = match lost {
+                        Lost::Exited => Loss::Exited,
+                        Lost::Violation(v) => Loss::Violation(v),
+                    };
+                    self.lose(slot, loss);
+                }
+                Err(TryRecvError::Empty) => return,
+                // Every handle is gone without a Terminate: stop.
+                Err(TryRecvError::Disconnected) => return self.terminate(),
+            }
+        }
     }
 }

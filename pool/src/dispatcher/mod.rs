@@ -26,16 +26,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags};
 use procpool_protocol::TaskInfo;
 
 use self::batch::Counters;
 use self::command::Waker;
-use self::conn::{Conn, Lost, Violation};
+use self::conn::{Conn, Violation};
 use self::settle::{Cause, Settle};
 use self::startup::Phase;
-use crate::error::{Error, ErrorKind, Exit};
+use crate::error::{Error, Exit};
 use crate::supervisor::{Respawn, WorkerProcess};
 use crate::sys::{self, Waited};
 
@@ -223,47 +223,6 @@ impl Dispatcher {
         self.starting.is_none()
             && self.settle.idle()
             && self.workers.iter().all(|w| w.conn.is_some())
-    }
-
-    fn drain_commands(&mut self) {
-        loop {
-            match self.rx.try_recv() {
-                Ok(Command::Submit(batch)) => match self.stage {
-                    // Chunks of jobs started before `close()` still run:
-                    // only new jobs are refused, by the caller.
-                    Stage::Open | Stage::Joining => self.settle.submit(batch),
-                    _ => drop(batch),
-                },
-                Ok(Command::Join) => {
-                    if self.stage == Stage::Open {
-                        self.stage = Stage::Joining;
-                    }
-                }
-                Ok(Command::Terminate) => self.terminate(),
-                Ok(Command::LaneFailed {
-                    loan,
-                    batch,
-                    first,
-                    lost,
-                }) => {
-                    let slot = loan.slot;
-                    if self.stage == Stage::Terminating {
-                        settle::fail(batch, Error::new(ErrorKind::Terminated));
-                    } else {
-                        self.settle.hand_back(slot, batch, first);
-                    }
-                    self.unlend(*loan);
-                    let loss = match lost {
-                        Lost::Exited => Loss::Exited,
-                        Lost::Violation(v) => Loss::Violation(v),
-                    };
-                    self.lose(slot, loss);
-                }
-                Err(TryRecvError::Empty) => return,
-                // Every handle is gone without a Terminate: stop.
-                Err(TryRecvError::Disconnected) => return self.terminate(),
-            }
-        }
     }
 
     fn index(&self, slot: u64) -> Option<usize> {
