@@ -24,6 +24,9 @@ pub(crate) enum Command {
     /// Fail all unfinished work, stop the workers (SIGTERM, grace,
     /// SIGKILL) and exit. A second one escalates to SIGKILL at once.
     Terminate,
+    /// Tests only: the dispatcher panics here, to prove what a panic does.
+    #[cfg(test)]
+    Panic,
     /// A lent worker failed its caller: settle the batch and the worker.
     LaneFailed {
         loan: Box<Loan>,
@@ -91,6 +94,8 @@ impl Dispatcher {
                     }
                 }
                 Ok(Command::Terminate) => self.terminate(),
+                #[cfg(test)]
+                Ok(Command::Panic) => panic!("injected by a test"),
                 Ok(Command::LaneFailed {
                     loan,
                     batch,

@@ -70,6 +70,8 @@ pub(crate) fn start(
                 let message = crate::error::panic_message(&*payload);
                 log::error!("procpool: the dispatcher panicked: {message}");
                 shared.set_broken(format!("the dispatcher panicked: {message}"));
+                drop(d);
+                shared.pids.lock().clear();
             }
         })
         .map_err(|e| Error::startup_io("cannot start the dispatcher thread", e))?;
@@ -477,5 +479,47 @@ fn loss_text(loss: &Loss, exit: Exit) -> String {
         Loss::Violation(v) => format!("protocol error: {}", v.detail()),
         Loss::StartupTimeout => "start-up timed out".into(),
         Loss::InitFailed(m) => format!("initializer failed: {m}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Command;
+    use crate::{Pool, Registry};
+
+    fn nap(ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    /// A panic in the dispatcher never leaves a caller waiting: every
+    /// unfinished task fails with an error naming the panic, later calls
+    /// are refused the same way, and the pool still shuts down.
+    #[test]
+    fn a_dispatcher_panic_fails_every_waiting_caller_with_its_message() {
+        let pool = Pool::builder()
+            .workers(1)
+            .in_process(Registry::new().task(nap))
+            .build()
+            .unwrap();
+        // One running, one queued behind it.
+        let running = pool.apply_async(nap, 300).unwrap();
+        let queued = pool.apply_async(nap, 1).unwrap();
+        pool.inner.handle.send(Command::Panic).unwrap();
+        for handle in [running, queued] {
+            let err = handle.get().unwrap_err();
+            assert!(err.is_broken(), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("the dispatcher panicked: injected by a test"),
+                "{err}"
+            );
+        }
+        let err = pool.apply(nap, 1).unwrap_err();
+        assert!(err.is_broken(), "{err}");
+        pool.terminate();
+        assert!(pool.worker_pids().is_empty());
     }
 }
