@@ -148,6 +148,13 @@
 //!   ([`Builder::worker_program`]) or a `harness = false` test. A process
 //!   started as a worker that builds a pool instead of serving gets a
 //!   start-up error, never a fork bomb.
+//! - **SIGPIPE:** the pool never lets a write to a dead worker raise
+//!   SIGPIPE in your process (the lane blocks it around its call, the
+//!   dispatcher's thread for good), so a host whose SIGPIPE is at the
+//!   default action is safe.
+//! - **In-process mode** ([`Builder::in_process`]) cannot kill a thread: at
+//!   a deadline, or at `terminate`, a task that does not return within the
+//!   grace period is detached and left running.
 //! - **Platform:** Linux. The process handling relies on `close_range`,
 //!   `eventfd`, pidfds, `memfd_create`, `/proc/self/exe` and
 //!   `/proc/<pid>/task/*/children`.

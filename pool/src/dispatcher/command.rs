@@ -27,6 +27,12 @@ pub(crate) enum Command {
     /// Tests only: the dispatcher panics here, to prove what a panic does.
     #[cfg(test)]
     Panic,
+    /// A lent worker comes back while the dispatcher wants it (or used up);
+    /// `abandoned`: its caller unwound in the middle of a call.
+    GiveBack {
+        loan: Box<Loan>,
+        abandoned: bool,
+    },
     /// A lent worker failed its caller: settle the batch and the worker.
     LaneFailed {
         loan: Box<Loan>,
@@ -64,11 +70,6 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    /// Wakes the dispatcher (to look at the lanes).
-    pub(crate) fn wake(&self) {
-        self.waker.wake();
-    }
-
     /// Sends a command; gives it back if the dispatcher has exited.
     pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
         self.tx.send(cmd).map_err(|e| e.0)?;
@@ -94,6 +95,7 @@ impl Dispatcher {
                     }
                 }
                 Ok(Command::Terminate) => self.terminate(),
+                Ok(Command::GiveBack { loan, abandoned }) => self.give_back(*loan, abandoned),
                 #[cfg(test)]
                 Ok(Command::Panic) => panic!("injected by a test"),
                 Ok(Command::LaneFailed {

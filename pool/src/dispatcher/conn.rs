@@ -107,14 +107,24 @@ impl Conn {
         (!self.broken && self.written < self.out.len()).then(|| to.as_fd())
     }
 
+    /// A write failed: the worker is gone.
+    pub(crate) fn write_failed(&self) -> bool {
+        self.broken
+    }
+
     /// Items sent so far (and so the stream index of the next).
     pub(crate) fn items_sent(&self) -> u64 {
         self.items_sent
     }
 
     /// How many items the worker started, as it counted them (never more
-    /// than it was sent).
+    /// than it was sent). A worker that never attached to its counter (a
+    /// launcher stripped its environment) cannot tell: everything it was
+    /// sent counts as started, so nothing can run twice.
     pub(crate) fn started(&self) -> u64 {
+        if !self.progress.attached() {
+            return self.items_sent;
+        }
         self.progress.load().min(self.items_sent)
     }
 

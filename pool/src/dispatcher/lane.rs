@@ -20,7 +20,6 @@
 //! workers and wake it when they give one back.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -28,7 +27,7 @@ use procpool_protocol::{FromWorker, decode_from_worker};
 
 use super::conn::{self, Conn, Lost, Violation};
 use super::settle;
-use super::{Batch, Command, Dispatcher, Handle, Loss, Phase};
+use super::{Batch, Command, Dispatcher, Handle, Loss, Phase, Stage};
 
 /// Batch ids the lane uses: far from the dispatcher's, so a mix-up shows.
 const LANE_IDS: u64 = 1 << 62;
@@ -73,70 +72,122 @@ impl Loan {
 }
 
 /// Where lent workers wait, shared by the dispatcher and the callers.
+///
+/// `wanted` and the list change together under one lock, so a worker is
+/// never parked where the dispatcher has stopped looking: while the
+/// dispatcher wants its workers back, a caller hands its worker over
+/// through the command channel (which wakes the dispatcher), never into
+/// the list.
 #[derive(Debug, Default)]
 pub(crate) struct Lanes {
+    inner: Mutex<Parked>,
+}
+
+#[derive(Debug, Default)]
+struct Parked {
     /// Free for a caller to take.
-    parked: Mutex<Vec<Loan>>,
-    /// The dispatcher wants its workers back: callers take none, and wake
-    /// it when they give one back.
-    wanted: AtomicBool,
+    free: Vec<Loan>,
+    /// The dispatcher wants its workers back.
+    wanted: bool,
 }
 
 impl Lanes {
     /// A lent worker, if one is free and the dispatcher does not want it.
     pub(crate) fn take(&self) -> Option<Loan> {
-        if self.wanted.load(Ordering::Acquire) {
+        let mut p = self.inner.lock();
+        if p.wanted {
             return None;
         }
-        self.parked.lock().pop()
+        p.free.pop()
     }
 
-    /// Lends a worker (dispatcher) or gives one back (caller). `true` if
-    /// the dispatcher wants it and must be woken.
-    pub(crate) fn park(&self, loan: Loan) -> bool {
-        let used_up = loan.used_up();
-        self.parked.lock().push(loan);
-        if used_up {
-            self.wanted.store(true, Ordering::Release);
+    /// Lends a worker (dispatcher) or gives one back (caller). A worker the
+    /// dispatcher wants, or one used up by `max_tasks_per_worker`, is not
+    /// parked but returned: the caller sends it to the dispatcher.
+    fn park(&self, loan: Loan) -> Option<Loan> {
+        let mut p = self.inner.lock();
+        if p.wanted || loan.used_up() {
+            return Some(loan);
         }
-        self.wanted.load(Ordering::Acquire)
+        p.free.push(loan);
+        None
+    }
+
+    /// The dispatcher lends a worker (returned if it cannot be).
+    pub(crate) fn lend(&self, loan: Loan) -> Option<Loan> {
+        self.park(loan)
     }
 
     /// The dispatcher takes back every worker not in use, and asks for the
-    /// others.
+    /// others (their callers send them back through the channel).
     pub(crate) fn reclaim(&self) -> Vec<Loan> {
-        self.wanted.store(true, Ordering::Release);
-        std::mem::take(&mut *self.parked.lock())
+        let mut p = self.inner.lock();
+        p.wanted = true;
+        std::mem::take(&mut p.free)
     }
 
-    /// The dispatcher has every worker back and lends again.
+    /// The dispatcher lends again.
     pub(crate) fn resume(&self) {
-        self.wanted.store(false, Ordering::Release);
+        self.inner.lock().wanted = false;
+    }
+}
+
+/// A worker in a caller's hands. If the caller unwinds (a panicking
+/// logger, say) the worker still goes back to the dispatcher, which ends
+/// it: nothing is left waiting for a worker that never returns.
+struct Held<'a> {
+    loan: Option<Loan>,
+    handle: &'a Handle,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(loan) = self.loan.take() {
+            let _ = self.handle.send(Command::GiveBack {
+                loan: Box::new(loan),
+                abandoned: true,
+            });
+        }
     }
 }
 
 /// Runs `batch` (one item) on the lent worker from the calling thread.
 /// On success the outcome is in the batch's channel and the worker is
 /// given back; otherwise both go to the dispatcher to be settled.
-pub(crate) fn run(mut loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) {
+pub(crate) fn run(loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) {
+    let mut held = Held {
+        loan: Some(loan),
+        handle,
+    };
+    let loan = held.loan.as_mut().expect("just set");
     let id = loan.next_id;
     loan.next_id += 1;
-    let first = match loan
+    let queued = loan
         .conn
-        .queue_run(id, batch.job.task, false, batch.items())
-    {
-        Ok(first) => first,
+        .queue_run(id, batch.job.task, false, batch.items());
+    let outcome = match queued {
         Err(len) => {
             settle::unsendable(batch, len, loan.max_frame);
-            give_back(loan, lanes, handle);
-            return;
+            Ok(())
         }
+        Ok(first) => match exchange(loan, &mut batch) {
+            Ok(()) => Ok(()),
+            Err(lost) => Err((batch, first, lost)),
+        },
     };
-    match exchange(&mut loan, &mut batch) {
-        Ok(()) => give_back(loan, lanes, handle),
-        Err(lost) => {
-            // If the dispatcher is gone, the batch's Drop fails the item
-            // with the pool's state.
+    let loan = held.loan.take().expect("still held");
+    match outcome {
+        Ok(()) => {
+            if let Some(loan) = lanes.park(loan) {
+                let _ = handle.send(Command::GiveBack {
+                    loan: Box::new(loan),
+                    abandoned: false,
+                });
+            }
+        }
+        // If the dispatcher is gone, the batch's Drop fails the item with
+        // the pool's state.
+        Err((batch, first, lost)) => {
             let _ = handle.send(Command::LaneFailed {
                 loan: Box::new(loan),
                 batch,
@@ -147,13 +198,19 @@ pub(crate) fn run(mut loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Hand
     }
 }
 
-fn give_back(loan: Loan, lanes: &Lanes, handle: &Handle) {
-    if lanes.park(loan) {
-        handle.wake();
+/// Writes the task and reads its answer, with SIGPIPE blocked: a worker
+/// that died makes the write fail with EPIPE, never kills the caller's
+/// process (its SIGPIPE may be at the default action).
+fn exchange(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
+    let sigpipe = crate::sys::SigpipeBlocked::new();
+    let r = talk(loan, batch);
+    if loan.conn.write_failed() {
+        sigpipe.consume();
     }
+    r
 }
 
-fn exchange(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
+fn talk(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
     let pidfd = loan.pidfd.as_ref().map(|p| p.as_fd());
     loan.conn.flush_blocking(pidfd)?;
     while batch.remaining() > 0 {
@@ -181,13 +238,20 @@ fn exchange(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
 
 /// The dispatcher's side: lending and taking back.
 impl Dispatcher {
-    /// Lends every idle worker to the direct lane, while nothing is queued.
+    /// Lends every idle worker to the direct lane, while nothing is queued
+    /// and no lent worker is known dead (that one must come back first).
     pub(super) fn lend_idle(&mut self) {
-        if self.settle.queued() || self.starting.is_some() {
+        if self.settle.queued()
+            || self.starting.is_some()
+            || self.workers.iter().any(|w| w.dead_while_lent)
+        {
             return;
         }
+        // Callers may take workers again.
+        self.shared.lanes.resume();
         let max = self.config.max_tasks_per_worker;
-        for w in &mut self.workers {
+        for i in 0..self.workers.len() {
+            let w = &mut self.workers[i];
             let lendable = w.serving()
                 && w.phase == Phase::Ready
                 && self.settle.in_flight(w.slot) == 0
@@ -212,41 +276,61 @@ impl Dispatcher {
             };
             let conn = w.conn.take().expect("checked");
             self.settle.lend(w.slot);
-            self.shared.lanes.park(Loan::new(
+            let loan = Loan::new(
                 w.slot,
                 conn,
                 pidfd,
                 max,
                 self.config.stall_timeout,
                 self.config.max_frame,
-            ));
+            );
+            if let Some(loan) = self.shared.lanes.lend(loan) {
+                self.unlend(loan);
+            }
         }
-        // Nothing is queued: callers may take workers again.
-        self.shared.lanes.resume();
     }
 
     /// Takes back every lent worker not in use, and asks for the others
-    /// (their callers give them back and wake us).
+    /// (their callers send them back through the command channel).
     pub(super) fn reclaim_lent(&mut self) {
         if self.workers.iter().all(|w| w.conn.is_some()) {
             return;
         }
         for loan in self.shared.lanes.reclaim() {
-            let slot = loan.slot;
-            if self.unlend(loan) {
-                self.lose(slot, Loss::Exited);
-            }
+            self.give_back(loan, false);
         }
     }
 
-    /// A lent worker is the loop's again. `true` if it died meanwhile (the
-    /// caller then settles it).
+    /// A lent worker came back: it is the loop's again. One that died
+    /// meanwhile, or whose caller unwound mid-call (`abandoned`), is ended
+    /// and replaced; one that comes back while the pool stops has its input
+    /// closed.
+    pub(super) fn give_back(&mut self, loan: Loan, abandoned: bool) {
+        let slot = loan.slot;
+        if self.unlend(loan) || abandoned {
+            let loss = if abandoned {
+                Loss::Violation(super::conn::Violation::Protocol(
+                    "its caller unwound in the middle of a call".into(),
+                ))
+            } else {
+                Loss::Exited
+            };
+            self.lose(slot, loss);
+        }
+    }
+
+    /// Puts a lent worker's connection back. `true` if it died while lent.
     pub(super) fn unlend(&mut self, loan: Loan) -> bool {
         let Some(i) = self.index(loan.slot) else {
             return false;
         };
+        let stopping = matches!(self.stage, Stage::Draining { .. } | Stage::Terminating);
         let w = &mut self.workers[i];
-        w.conn = Some(loan.conn);
+        let mut conn = loan.conn;
+        if stopping || w.retiring {
+            conn.close_input();
+        }
+        w.conn = Some(conn);
         self.settle.unlend(w.slot);
         w.dead_while_lent
     }

@@ -61,6 +61,8 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("procpool-dispatcher".into())
         .spawn(move || {
+            // Writes to a dead worker fail with EPIPE on this thread.
+            sys::block_sigpipe_in_this_thread();
             let mut d = Dispatcher::new(config, shared.clone(), rx, thread_waker, ready_tx);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.run()));
             if let Err(payload) = run {
@@ -386,6 +388,7 @@ impl Dispatcher {
             actions.push((slot, Action::Lose(loss)));
         }
         let now = Instant::now();
+        let drain_over = matches!(self.stage, Stage::Draining { until: Some(u) } if now >= u);
         for w in &mut self.workers {
             if actions.iter().any(|(s, _)| *s == w.slot) {
                 continue;
@@ -398,9 +401,21 @@ impl Dispatcher {
                 .and_then(|c| c.stalled(self.config.stall_timeout, now))
             {
                 actions.push((w.slot, Action::Lose(Loss::Violation(v))));
-            } else {
-                w.process.tick(now);
+            } else if drain_over {
+                log::warn!(
+                    "procpool: worker {} did not exit within {:?} of its input closing; killing it",
+                    w.process.pid(),
+                    self.config.shutdown_grace
+                );
+                actions.push((w.slot, Action::Lose(Loss::Exited)));
+            } else if w.process.tick(now) && w.process.is_thread() {
+                // No signal stops a thread: past its grace period it is
+                // detached, and the pool goes on without it.
+                actions.push((w.slot, Action::Lose(Loss::Exited)));
             }
+        }
+        if drain_over {
+            self.stage = Stage::Draining { until: None };
         }
         for (slot, action) in actions {
             if self.halted {

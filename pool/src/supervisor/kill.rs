@@ -118,13 +118,12 @@ impl WorkerProcess {
         self.reap()
     }
 
+    /// The worker's descendants, as pidfds; none once it was reaped (its
+    /// pid may name another process by then).
     fn tree_pidfds(&self) -> Vec<OwnedFd> {
-        if self.is_thread() {
+        if self.is_thread() || self.reaped() {
             return Vec::new();
         }
-        sys::descendants(self.pid())
-            .into_iter()
-            .filter_map(sys::pidfd_open)
-            .collect()
+        sys::descendant_pidfds(self.pid())
     }
 }

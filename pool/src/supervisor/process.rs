@@ -257,6 +257,11 @@ impl WorkerProcess {
         self.pidfd.as_ref().map(|f| f.as_fd())
     }
 
+    /// Reaped: its pid is no longer ours.
+    pub(super) fn reaped(&self) -> bool {
+        self.exit.is_some()
+    }
+
     pub(crate) fn is_thread(&self) -> bool {
         matches!(self.kind, Kind::Thread(_))
     }

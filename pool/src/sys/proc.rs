@@ -78,20 +78,34 @@ pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
 }
 
 /// Every live descendant of `pid` (children first, then theirs), read from
-/// `/proc/<pid>/task/*/children`. Best effort: a process that forks while
-/// we read may be missed; callers stop the tree before they walk it again.
-pub(crate) fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
+/// `/proc/<pid>/task/*/children`, as (pid, its parent). Best effort: a
+/// process that forks while we read may be missed; callers stop the tree
+/// before they walk it again.
+pub(crate) fn descendants(pid: u32) -> Vec<(u32, u32)> {
+    let mut found: Vec<(u32, u32)> = Vec::new();
     let mut next = vec![pid];
     while let Some(p) = next.pop() {
         for child in children(p) {
-            if child != pid && !found.contains(&child) {
-                found.push(child);
+            if child != pid && !found.iter().any(|&(c, _)| c == child) {
+                found.push((child, p));
                 next.push(child);
             }
         }
     }
     found
+}
+
+/// Pidfds of the descendants of `pid`. A pid is kept only if, once its
+/// pidfd is open, its parent is still the one the walk saw: a pid that
+/// ended and was reused meanwhile is never signalled.
+pub(crate) fn descendant_pidfds(pid: u32) -> Vec<OwnedFd> {
+    descendants(pid)
+        .into_iter()
+        .filter_map(|(child, parent)| {
+            let fd = pidfd_open(child)?;
+            (parent_of(child) == Some(parent)).then_some(fd)
+        })
+        .collect()
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -108,6 +122,14 @@ fn children(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Worker start-up: asks the kernel to SIGKILL this process when the
@@ -134,9 +156,66 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
 /// Worker shut-down: SIGKILLs every descendant still alive (a task's
 /// forgotten or daemonised children), through pidfds.
 pub(crate) fn kill_descendants_of_self() {
-    for pid in descendants(std::process::id()) {
-        if let Some(fd) = pidfd_open(pid) {
-            let _ = pidfd_signal(std::os::fd::AsFd::as_fd(&fd), Signal::SIGKILL);
+    for fd in descendant_pidfds(std::process::id()) {
+        let _ = pidfd_signal(std::os::fd::AsFd::as_fd(&fd), Signal::SIGKILL);
+    }
+}
+
+/// Blocks SIGPIPE in the calling thread for good (the dispatcher's own
+/// thread): a write to a worker that died fails with EPIPE instead of
+/// killing a host process whose SIGPIPE is at its default action.
+pub(crate) fn block_sigpipe_in_this_thread() {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+}
+
+/// SIGPIPE blocked in the calling thread (a caller on the direct lane)
+/// while this guard lives; a SIGPIPE that a failed write raised meanwhile is
+/// consumed before the thread's own mask comes back.
+#[derive(Debug)]
+pub(crate) struct SigpipeBlocked {
+    /// The thread's mask before, when SIGPIPE was not blocked in it.
+    old: Option<nix::sys::signal::SigSet>,
+}
+
+impl SigpipeBlocked {
+    pub(crate) fn new() -> Self {
+        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGPIPE);
+        let mut old = SigSet::empty();
+        if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_err() {
+            return Self { old: None };
+        }
+        let old = (!old.contains(Signal::SIGPIPE)).then_some(old);
+        Self { old }
+    }
+
+    /// A write failed with EPIPE: take the SIGPIPE it raised.
+    pub(crate) fn consume(&self) {
+        if self.old.is_none() {
+            return; // blocked before us: not ours to take
+        }
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(Signal::SIGPIPE);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: sigtimedwait reads a signal set and a timespec through
+        // pointers to live values and may write a null siginfo (allowed); a
+        // zero timeout never blocks.
+        unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+    }
+}
+
+impl Drop for SigpipeBlocked {
+    fn drop(&mut self) {
+        use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+        if let Some(old) = &self.old {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None);
         }
     }
 }
@@ -169,9 +248,11 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1, pid);
         assert!(unreaped(pid));
-        for p in found {
-            let fd = pidfd_open(p).unwrap();
+        let fds = descendant_pidfds(pid);
+        assert_eq!(fds.len(), 1);
+        for fd in fds {
             pidfd_signal(fd.as_fd(), Signal::SIGKILL).unwrap();
         }
         child.wait().unwrap();

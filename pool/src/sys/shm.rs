@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Size of the mapping: one page holds the counter.
 const LEN: usize = 4096;
 
+/// What a worker stores in the second word once it has mapped the page,
+/// so the pool can tell a worker that counts from one that never attached.
+const ATTACHED: u64 = u64::from_le_bytes(*b"PPattach");
+
 /// A shared `u64` counter, mapped read-write.
 #[derive(Debug)]
 pub(crate) struct SharedCounter {
@@ -33,13 +37,22 @@ impl SharedCounter {
         let name = c"procpool-progress";
         // SAFETY: memfd_create reads a NUL-terminated name and returns a new
         // descriptor (close-on-exec, as asked) or -1.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: memfd_create returned a fresh descriptor that we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         nix::unistd::ftruncate(fd.as_fd(), LEN as i64)?;
+        // Its size is fixed for good: a worker that tried to shrink it
+        // would otherwise make the pool's next read fault (SIGBUS).
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an int argument and touches no memory.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         let map = Self::map(&fd)?;
         Ok((fd, map))
     }
@@ -73,19 +86,32 @@ impl SharedCounter {
         Ok(Self { ptr })
     }
 
-    fn cell(&self) -> &AtomicU64 {
+    /// Word `i` (0: the counter, 1: the attach mark) of the page.
+    fn cell(&self, i: usize) -> &AtomicU64 {
+        assert!(i < 2);
         // SAFETY: `ptr` points at the start of a live, page-aligned mapping
-        // of LEN bytes, valid until Drop; an AtomicU64 may alias memory that
-        // another process updates atomically.
-        unsafe { self.ptr.as_ref() }
+        // of LEN bytes, valid until Drop, so words 0 and 1 are in bounds and
+        // aligned; an AtomicU64 may alias memory that another process
+        // updates atomically.
+        unsafe { &*self.ptr.as_ptr().add(i) }
     }
 
     pub(crate) fn load(&self) -> u64 {
-        self.cell().load(Ordering::Acquire)
+        self.cell(0).load(Ordering::Acquire)
     }
 
     pub(crate) fn store(&self, v: u64) {
-        self.cell().store(v, Ordering::Release);
+        self.cell(0).store(v, Ordering::Release);
+    }
+
+    /// The worker: it counts from now on.
+    pub(crate) fn attach(&self) {
+        self.cell(1).store(ATTACHED, Ordering::Release);
+    }
+
+    /// The pool: whether the worker said it counts.
+    pub(crate) fn attached(&self) -> bool {
+        self.cell(1).load(Ordering::Acquire) == ATTACHED
     }
 }
 
@@ -107,8 +133,11 @@ mod tests {
         let b = SharedCounter::open(&format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
         drop(fd);
         assert_eq!(a.load(), 0);
+        assert!(!a.attached());
+        b.attach();
         b.store(41);
         assert_eq!(a.load(), 41);
+        assert!(a.attached());
         let flags =
             nix::fcntl::fcntl(a_fd_for_test().as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);

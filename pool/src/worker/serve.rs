@@ -50,6 +50,10 @@ pub(crate) fn serve(
     opts: ServeOptions,
 ) -> i32 {
     let max_frame = opts.max_frame;
+    // Before the handshake: the pool may trust the counter from then on.
+    if let Some(p) = progress {
+        p.attach();
+    }
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
     if let Some(level) = opts.own_process {

@@ -18,6 +18,9 @@
 //! - `edges`: closures refused as tasks, a broken pool's reason said once,
 //!   results and arguments just over the frame limit, panics on threads a
 //!   task started, deeply nested results and arguments.
+//! - `lane_wakeup`, `lane_wakeup_join`, `lane_recycle`, `drain`,
+//!   `no_counter`, `inprocess_stop`, `deadline_stop`, `tiny_deadline`:
+//!   regressions found by a hostile review of the rebuilt dispatcher;
 //! - `seams`: regression tests of the dispatcher's faults (join, the
 //!   direct lane, process groups, descendants, extreme durations), one
 //!   test per fault, named after it.
@@ -27,17 +30,25 @@
 mod api;
 mod crash;
 mod crash_matrix;
+mod deadline_stop;
 mod deadlines;
+mod drain;
 mod edges;
 mod errors;
 mod inprocess;
+mod inprocess_stop;
+mod lane_recycle;
+mod lane_wakeup;
+mod lane_wakeup_join;
 mod lifecycle;
 mod logs;
+mod no_counter;
 mod recycle;
 mod restart;
 mod seams;
 mod startup;
 mod stdio;
+mod tiny_deadline;
 mod wire;
 
 use std::time::Duration;

@@ -1,0 +1,57 @@
+//! Regression (hostile review): a host program whose SIGPIPE is at its default action (many
+//! CLI programs restore it) must survive a worker that dies. The lane
+//! hands out a worker the dispatcher already knows is dead, and the
+//! caller writes to its pipe.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use procpool::Pool;
+use procpool_tests::{kill, log_lines, square, watchdog};
+
+const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
+
+static ENTERED: AtomicBool = AtomicBool::new(false);
+
+struct Slow;
+impl log::Log for Slow {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if r.args().to_string().contains("slow-marker") && !ENTERED.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_dead_workers_pipe_does_not_kill_the_host() {
+    let _w = watchdog(
+        "a_dead_workers_pipe_does_not_kill_the_host",
+        Duration::from_secs(60),
+    );
+    log::set_logger(&Slow).unwrap();
+    log::set_max_level(log::LevelFilter::Warn);
+    // SAFETY: only changes this test process's SIGPIPE disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let pool = std::sync::Arc::new(
+        Pool::builder()
+            .workers(1)
+            .worker_program(FAULT_WORKER)
+            .build()
+            .unwrap(),
+    );
+    let victim = pool.worker_pids()[0];
+    let p = pool.clone();
+    let caller = std::thread::spawn(move || p.apply(log_lines, ("slow-marker".to_owned(), 1)));
+    while !ENTERED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    kill(victim, libc::SIGKILL);
+    assert_eq!(caller.join().unwrap().unwrap(), 1);
+    eprintln!("caller done; applying again");
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    eprintln!("survived");
+}
