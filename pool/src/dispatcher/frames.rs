@@ -69,7 +69,10 @@ impl Dispatcher {
                 self.accept_hello(i, hello.tasks)
             }
             FromWorker::InitDone(outcome) if self.workers[i].phase == Phase::Init => {
-                let verdict = startup::judge_init(self.config.initializer.as_ref(), &outcome);
+                let verdict = crate::supervisor::handshake::judge_init(
+                    self.config.initializer.as_ref(),
+                    &outcome,
+                );
                 drop(outcome);
                 verdict.map_err(Loss::InitFailed)?;
                 self.became_ready(i);

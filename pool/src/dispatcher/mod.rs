@@ -17,9 +17,10 @@ mod settle;
 mod startup;
 mod stop;
 
+pub(crate) use crate::supervisor::handshake::Initializer;
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
 pub(crate) use command::{Command, Handle};
-pub(crate) use startup::{Config, Initializer};
+pub(crate) use startup::Config;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;

@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use procpool_protocol::{FromWorker, Outcome, TaskInfo, encode_init};
+use procpool_protocol::{FromWorker, TaskInfo, encode_init};
 
 use super::batch::{Counters, TaskTable};
 use super::conn::{Conn, Violation};
 use super::{Dispatcher, Loss, Worker};
 use crate::error::{Error, ErrorKind, Exit};
+use crate::supervisor::handshake::{self, Initializer, Refusal};
 use crate::supervisor::{Launch, Limit};
 
 /// The pool's settings, fixed at build time.
@@ -38,18 +39,6 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Judges an initializer's encoded result: `Err(message)` if it failed.
-pub(crate) type InitCheck = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
-
-/// The initializer: a registered task with its encoded argument, and how
-/// to judge its encoded result.
-pub(crate) struct Initializer {
-    pub(crate) name: String,
-    pub(crate) signature: (String, String),
-    pub(crate) arg: Vec<u8>,
-    pub(crate) check: InitCheck,
-}
-
 /// How far a worker got in starting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -58,22 +47,6 @@ pub(crate) enum Phase {
     /// Waiting for the initializer's outcome.
     Init,
     Ready,
-}
-
-/// The initializer's outcome as a verdict.
-pub(crate) fn judge_init(init: Option<&Initializer>, outcome: &Outcome<'_>) -> Result<(), String> {
-    let Some(init) = init else {
-        return Err("an initializer result nobody asked for".into());
-    };
-    match outcome {
-        Outcome::Ok(bytes) => (init.check)(bytes),
-        Outcome::Panicked { message, location } => Err(match location {
-            Some(l) => format!("panicked at {}:{}:{}: {message}", l.file, l.line, l.column),
-            None => format!("panicked: {message}"),
-        }),
-        Outcome::ArgDecode(m) => Err(format!("cannot decode its argument: {m}")),
-        Outcome::OutputEncode(m) => Err(format!("cannot encode its result: {m}")),
-    }
 }
 
 /// A message's name, for protocol errors.
@@ -176,37 +149,24 @@ impl Dispatcher {
     }
 
     pub(super) fn accept_hello(&mut self, i: usize, tasks: Vec<TaskInfo>) -> Result<(), Loss> {
-        match &self.tasks {
-            None => {
-                if let Some(init) = &self.config.initializer {
-                    let Some(idx) = tasks.iter().position(|t| t.name == init.name) else {
-                        return Err(Loss::InitFailed(format!(
-                            "the workers do not serve the initializer task `{}`",
-                            init.name
-                        )));
-                    };
-                    let t = &tasks[idx];
-                    if (&t.arg_type, &t.output_type) != (&init.signature.0, &init.signature.1) {
-                        return Err(Loss::InitFailed(format!(
-                            "the initializer `{}` is served as fn({}) -> {}, called as fn({}) -> {}",
-                            init.name,
-                            t.arg_type,
-                            t.output_type,
-                            init.signature.0,
-                            init.signature.1
-                        )));
-                    }
-                    self.init_task = Some(idx as u32);
-                }
+        let verdict = handshake::check_hello(
+            self.tasks.as_deref(),
+            &tasks,
+            self.config.initializer.as_ref(),
+        );
+        match verdict {
+            Ok(init_task) if self.tasks.is_none() => {
+                self.init_task = init_task;
                 let _ = self.shared.tasks.set(TaskTable::new(tasks.clone()));
                 self.tasks = Some(tasks);
             }
-            Some(known) if *known != tasks => {
+            Ok(_) => {}
+            Err(Refusal::Initializer(m)) => return Err(Loss::InitFailed(m)),
+            Err(Refusal::OtherTasks) => {
                 return Err(Loss::Violation(Violation::Protocol(
                     "it serves other tasks than the pool's first worker".into(),
                 )));
             }
-            Some(_) => {}
         }
         // It opened its progress counter before saying hello.
         self.workers[i].progress_fd = None;

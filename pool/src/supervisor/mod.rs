@@ -6,8 +6,11 @@
 //!   status;
 //! - `kill.rs`: escalation: SIGTERM, grace, SIGKILL, to the worker, its
 //!   group and its descendant tree;
+//! - `handshake.rs`: what a starting worker must show (its task list, its
+//!   initializer's success) before it gets work;
 //! - `respawn.rs`: restart intensity and backoff.
 
+pub(crate) mod handshake;
 mod kill;
 mod process;
 mod respawn;
