@@ -81,6 +81,8 @@ pub(crate) enum ErrorKind {
         task: String,
         pid: u32,
         timeout: std::time::Duration,
+        /// `false`: no worker even started it within its deadline, twice.
+        started: bool,
     },
     UnknownTask {
         name: String,
@@ -339,9 +341,24 @@ impl fmt::Display for Error {
             ErrorKind::WorkerDied { task, pid, exit } => {
                 write!(f, "worker {pid} died ({exit}) while running task `{task}`")
             }
-            ErrorKind::TimedOut { task, pid, timeout } => write!(
+            ErrorKind::TimedOut {
+                task,
+                pid,
+                timeout,
+                started: true,
+            } => write!(
                 f,
                 "task `{task}` passed its {timeout:?} deadline in worker {pid}, which was killed"
+            ),
+            ErrorKind::TimedOut {
+                task,
+                pid,
+                timeout,
+                started: false,
+            } => write!(
+                f,
+                "task `{task}` was not even started within its {timeout:?} deadline, by two \
+                 workers in turn (the last, {pid}, was killed)"
             ),
             ErrorKind::UnknownTask { name, available } => match unnamed_kind(name) {
                 Some(kind) => write!(

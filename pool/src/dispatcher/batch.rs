@@ -65,6 +65,8 @@ pub(crate) struct Batch {
     total: u32,
     sent_from: u32,
     delivered: u32,
+    /// Deadlines its next item passed before a worker started it.
+    missed_starts: u32,
 }
 
 impl Batch {
@@ -77,6 +79,7 @@ impl Batch {
             total,
             sent_from: 0,
             delivered: 0,
+            missed_starts: 0,
         }
     }
 
@@ -160,6 +163,12 @@ impl super::settle::Unit for Batch {
     }
     fn task(&self) -> &str {
         &self.job.task_name
+    }
+    fn note_missed_start(&mut self) {
+        self.missed_starts += 1;
+    }
+    fn missed_starts(&self) -> u32 {
+        self.missed_starts
     }
 }
 

@@ -57,6 +57,10 @@ pub(crate) trait Unit: Sized {
     fn timeout(&self) -> Option<Duration>;
     /// The task's name, for errors.
     fn task(&self) -> &str;
+    /// Its next item's worker did not even start it by its deadline.
+    fn note_missed_start(&mut self);
+    /// How many times that happened.
+    fn missed_starts(&self) -> u32;
 }
 
 /// Fails every unreported item of `unit` with `error`.
@@ -331,7 +335,8 @@ impl<U: Unit> Settle<U> {
     /// `started(worker)` is the worker's progress counter: an item it has
     /// not even started by its deadline (a stopped or stuck worker) does
     /// not fail; the worker is killed all the same and the item runs
-    /// elsewhere.
+    /// elsewhere — once: after a second miss the loss fails it
+    /// (`TimedOut`, not started).
     pub(crate) fn expire(&mut self, now: Instant, started: impl Fn(u64) -> u64) -> Vec<Expired> {
         let mut out = Vec::new();
         for s in &mut self.workers {
@@ -343,6 +348,10 @@ impl<U: Unit> Settle<U> {
             let timeout = front.unit.timeout().unwrap_or_default();
             let task = front.unit.task().to_owned();
             let running = front.stream(front.cursor) < started(s.id);
+            if !running {
+                // Settled when the worker is gone: it may still start it.
+                front.unit.note_missed_start();
+            }
             // Eager batches: the item at the cursor is the running one.
             if running && front.unit.delivered() == front.cursor {
                 front.unit.fail_next(
@@ -351,6 +360,7 @@ impl<U: Unit> Settle<U> {
                         task: task.clone(),
                         pid,
                         timeout,
+                        started: true,
                     }),
                 );
             }
@@ -440,6 +450,23 @@ impl<U: Unit> Settle<U> {
                 settled.task.get_or_insert(task);
                 f.unit.fail_next(ran, error);
                 settled.failed += ran;
+            }
+            // The item its deadline found unstarted never started at all: it
+            // runs elsewhere, but only once more. An item no worker starts
+            // within its deadline twice (a deadline shorter than handing it
+            // over) fails, rather than cost a worker per try for ever.
+            let unstarted =
+                f.timed_out == Some(f.unit.delivered()) && f.stream(f.unit.delivered()) >= started;
+            if unstarted && f.unit.missed_starts() >= 2 {
+                f.unit.fail_next(
+                    1,
+                    Error::new(ErrorKind::TimedOut {
+                        task: f.unit.task().to_owned(),
+                        pid: s.pid,
+                        timeout: f.unit.timeout().unwrap_or_default(),
+                        started: false,
+                    }),
+                );
             }
             if let Some(rest) = f.unit.into_rest() {
                 settled.requeued += rest.remaining();

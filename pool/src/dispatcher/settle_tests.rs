@@ -32,6 +32,7 @@ struct Model {
     timeout: Option<Duration>,
     cancelled: Rc<RefCell<bool>>,
     log: Shared,
+    missed: u32,
 }
 
 impl Model {
@@ -63,6 +64,8 @@ impl Unit for Model {
         let count = count.min(self.remaining());
         let what = if error.is_worker_died() {
             "died"
+        } else if error.is_timeout() && error.to_string().contains("not even started") {
+            "never started"
         } else if error.is_timeout() {
             "timed out"
         } else if error.is_cancelled() {
@@ -84,6 +87,7 @@ impl Unit for Model {
             timeout: self.timeout,
             cancelled: self.cancelled.clone(),
             log: self.log.clone(),
+            missed: self.missed,
         };
         Some(rest)
     }
@@ -95,6 +99,12 @@ impl Unit for Model {
     }
     fn task(&self) -> &str {
         "model"
+    }
+    fn note_missed_start(&mut self) {
+        self.missed += 1;
+    }
+    fn missed_starts(&self) -> u32 {
+        self.missed
     }
 }
 
@@ -203,6 +213,7 @@ impl World {
             timeout: timeout.then_some(DEADLINE),
             cancelled,
             log: self.log.clone(),
+            missed: 0,
         }
     }
 
@@ -371,6 +382,7 @@ impl World {
                     assert_eq!(runs, 1, "item {id} ended `{}` without running", outcomes[0])
                 }
                 "cancelled" => assert_eq!(runs, 0, "item {id} ran, then was cancelled"),
+                "never started" => assert_eq!(runs, 0, "item {id} ran, yet failed unstarted"),
                 "failed" => assert!(terminated, "item {id} failed outside a terminate"),
                 other => panic!("item {id}: unexpected outcome {other}"),
             }
@@ -463,6 +475,7 @@ fn an_unrepresentable_deadline_never_fires() {
         timeout: Some(Duration::MAX),
         cancelled: Rc::default(),
         log,
+        missed: 0,
     });
     assert!(core.dispatch(0, 1, 0, now).is_some());
     assert_eq!(core.next_deadline(), None);
@@ -470,4 +483,29 @@ fn an_unrepresentable_deadline_never_fires() {
         core.expire(now + Duration::from_secs(1 << 40), |_| 1)
             .is_empty()
     );
+}
+
+#[test]
+fn an_item_no_worker_starts_in_time_runs_elsewhere_once_then_fails() {
+    let mut world = World::new();
+    let m = world.model(1, true);
+    world.core.submit(m);
+    // The first worker never starts it: killed, the item goes back.
+    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Tick { ms: 50 });
+    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    world.die(i);
+    assert!(world.core.queued());
+    assert!(world.log.borrow().outcomes.is_empty());
+    // Nor does the next one: now it fails, never having run.
+    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Tick { ms: 50 });
+    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    world.die(i);
+    world.finish();
+    assert_eq!(
+        world.log.borrow().outcomes.get(&0).unwrap(),
+        &["never started"]
+    );
+    world.check(false);
 }
