@@ -823,3 +823,51 @@ pub fn fd_and_thread_counts() -> (usize, usize) {
     // the same way every time.
     (count("/proc/self/fd"), count("/proc/self/task"))
 }
+
+/// A logger that, the first time it receives a record containing
+/// `slow-marker` (see [`held_apply`]), sleeps `delay` in the calling
+/// thread: it holds a direct-lane caller inside its call, between reading
+/// the worker's `Log` frame and its `Done` frame.
+struct SlowLogger {
+    delay: Duration,
+    entered: std::sync::atomic::AtomicBool,
+}
+
+impl log::Log for SlowLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        use std::sync::atomic::Ordering;
+        if r.args().to_string().contains("slow-marker")
+            && !self.entered.swap(true, Ordering::SeqCst)
+        {
+            std::thread::sleep(self.delay);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Starts a blocking `apply` on another thread that is held inside its
+/// direct-lane call for `delay` (through a process-wide logger, so one use
+/// per test binary), and returns once it is held, with the caller's
+/// handle.
+pub fn held_apply(
+    pool: &std::sync::Arc<procpool::Pool>,
+    delay: Duration,
+) -> std::thread::JoinHandle<Result<u64, procpool::Error>> {
+    let logger: &'static SlowLogger = Box::leak(Box::new(SlowLogger {
+        delay,
+        entered: Default::default(),
+    }));
+    log::set_logger(logger).expect("one logger per test binary");
+    log::set_max_level(log::LevelFilter::Warn);
+    let p = pool.clone();
+    let caller = std::thread::spawn(move || p.apply(log_lines, ("slow-marker".to_owned(), 1)));
+    while !logger.entered.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    caller
+}

@@ -1,28 +1,12 @@
 //! Regression (hostile review): `terminate()` while a direct-lane caller holds a worker that
 //! dies after answering (the pidfd is seen before the caller gives the
 //! worker back). The caller's slow logger widens the window.
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use procpool::Pool;
-use procpool_tests::{log_lines, watchdog};
+use procpool_tests::watchdog;
 
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
-
-static ENTERED: AtomicBool = AtomicBool::new(false);
-
-struct Slow;
-impl log::Log for Slow {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if r.args().to_string().contains("slow-marker") && !ENTERED.swap(true, Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(1000));
-        }
-    }
-    fn flush(&self) {}
-}
 
 #[test]
 fn terminate_while_a_lane_caller_finishes_on_a_dead_worker() {
@@ -30,8 +14,6 @@ fn terminate_while_a_lane_caller_finishes_on_a_dead_worker() {
         "terminate_while_a_lane_caller_finishes_on_a_dead_worker",
         Duration::from_secs(60),
     );
-    log::set_logger(&Slow).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
     let pool = std::sync::Arc::new(
         Pool::builder()
             .workers(1)
@@ -40,11 +22,7 @@ fn terminate_while_a_lane_caller_finishes_on_a_dead_worker() {
             .unwrap(),
     );
     let victim = pool.worker_pids()[0];
-    let p = pool.clone();
-    let caller = std::thread::spawn(move || p.apply(log_lines, ("slow-marker".to_owned(), 1)));
-    while !ENTERED.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let caller = procpool_tests::held_apply(&pool, Duration::from_millis(1000));
     // The worker has written its Log and Done frames; the caller sleeps
     // in the logger. terminate(): SIGTERM kills the idle worker, the
     // dispatcher sees its pidfd (DiedWhileLent), then the caller reads

@@ -2,28 +2,12 @@
 //! CLI programs restore it) must survive a worker that dies. The lane
 //! hands out a worker the dispatcher already knows is dead, and the
 //! caller writes to its pipe.
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use procpool::Pool;
-use procpool_tests::{kill, log_lines, square, watchdog};
+use procpool_tests::{kill, square, watchdog};
 
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
-
-static ENTERED: AtomicBool = AtomicBool::new(false);
-
-struct Slow;
-impl log::Log for Slow {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if r.args().to_string().contains("slow-marker") && !ENTERED.swap(true, Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(600));
-        }
-    }
-    fn flush(&self) {}
-}
 
 #[test]
 fn a_dead_workers_pipe_does_not_kill_the_host() {
@@ -31,8 +15,6 @@ fn a_dead_workers_pipe_does_not_kill_the_host() {
         "a_dead_workers_pipe_does_not_kill_the_host",
         Duration::from_secs(60),
     );
-    log::set_logger(&Slow).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
     // SAFETY: only changes this test process's SIGPIPE disposition.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let pool = std::sync::Arc::new(
@@ -43,11 +25,7 @@ fn a_dead_workers_pipe_does_not_kill_the_host() {
             .unwrap(),
     );
     let victim = pool.worker_pids()[0];
-    let p = pool.clone();
-    let caller = std::thread::spawn(move || p.apply(log_lines, ("slow-marker".to_owned(), 1)));
-    while !ENTERED.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let caller = procpool_tests::held_apply(&pool, Duration::from_millis(600));
     std::thread::sleep(Duration::from_millis(100));
     kill(victim, libc::SIGKILL);
     assert_eq!(caller.join().unwrap().unwrap(), 1);
