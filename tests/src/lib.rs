@@ -850,20 +850,28 @@ impl log::Log for SlowLogger {
     fn flush(&self) {}
 }
 
-/// Starts a blocking `apply` on another thread that is held inside its
-/// direct-lane call for `delay` (through a process-wide logger, so one use
-/// per test binary), and returns once it is held, with the caller's
-/// handle.
-pub fn held_apply(
-    pool: &std::sync::Arc<procpool::Pool>,
-    delay: Duration,
-) -> std::thread::JoinHandle<Result<u64, procpool::Error>> {
+static SLOW_LOGGER: std::sync::OnceLock<&'static SlowLogger> = std::sync::OnceLock::new();
+
+/// Installs the process-wide logger that holds a direct-lane caller for
+/// `delay` (one use per test binary). Call it before building the pool:
+/// workers forward log records at the level set when they start.
+pub fn hold_lane_callers(delay: Duration) {
     let logger: &'static SlowLogger = Box::leak(Box::new(SlowLogger {
         delay,
         entered: Default::default(),
     }));
     log::set_logger(logger).expect("one logger per test binary");
     log::set_max_level(log::LevelFilter::Warn);
+    let _ = SLOW_LOGGER.set(logger);
+}
+
+/// Starts a blocking `apply` on another thread and returns once it is held
+/// inside its direct-lane call (see [`hold_lane_callers`]), with the
+/// caller's handle.
+pub fn held_apply(
+    pool: &std::sync::Arc<procpool::Pool>,
+) -> std::thread::JoinHandle<Result<u64, procpool::Error>> {
+    let logger = SLOW_LOGGER.get().expect("hold_lane_callers first");
     let p = pool.clone();
     let caller = std::thread::spawn(move || p.apply(log_lines, ("slow-marker".to_owned(), 1)));
     while !logger.entered.load(std::sync::atomic::Ordering::SeqCst) {

@@ -14,6 +14,7 @@ fn terminate_while_a_lane_caller_finishes_on_a_dead_worker() {
         "terminate_while_a_lane_caller_finishes_on_a_dead_worker",
         Duration::from_secs(60),
     );
+    procpool_tests::hold_lane_callers(Duration::from_millis(1000));
     let pool = std::sync::Arc::new(
         Pool::builder()
             .workers(1)
@@ -22,7 +23,7 @@ fn terminate_while_a_lane_caller_finishes_on_a_dead_worker() {
             .unwrap(),
     );
     let victim = pool.worker_pids()[0];
-    let caller = procpool_tests::held_apply(&pool, Duration::from_millis(1000));
+    let caller = procpool_tests::held_apply(&pool);
     // The worker has written its Log and Done frames; the caller sleeps
     // in the logger. terminate(): SIGTERM kills the idle worker, the
     // dispatcher sees its pidfd (DiedWhileLent), then the caller reads

@@ -17,6 +17,7 @@ fn a_dead_workers_pipe_does_not_kill_the_host() {
     );
     // SAFETY: only changes this test process's SIGPIPE disposition.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    procpool_tests::hold_lane_callers(Duration::from_millis(600));
     let pool = std::sync::Arc::new(
         Pool::builder()
             .workers(1)
@@ -25,7 +26,7 @@ fn a_dead_workers_pipe_does_not_kill_the_host() {
             .unwrap(),
     );
     let victim = pool.worker_pids()[0];
-    let caller = procpool_tests::held_apply(&pool, Duration::from_millis(600));
+    let caller = procpool_tests::held_apply(&pool);
     std::thread::sleep(Duration::from_millis(100));
     kill(victim, libc::SIGKILL);
     assert_eq!(caller.join().unwrap().unwrap(), 1);
