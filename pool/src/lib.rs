@@ -154,7 +154,9 @@
 //!   default action is safe.
 //! - **In-process mode** ([`Builder::in_process`]) cannot kill a thread: at
 //!   a deadline, or at `terminate`, a task that does not return within the
-//!   grace period is detached and left running.
+//!   grace period is detached and left running (its unreported items fail;
+//!   none runs twice). A blocking `apply` waiting on such a thread still
+//!   ends at `terminate`, with `Terminated`.
 //! - **Platform:** Linux. The process handling relies on `close_range`,
 //!   `eventfd`, pidfds, `memfd_create`, `/proc/self/exe` and
 //!   `/proc/<pid>/task/*/children`.

@@ -689,6 +689,8 @@ pub fn registry() -> procpool::Registry {
         .task(setsid_grandchild)
         .task(exit_after_result)
         .task(fork_pipe_holder)
+        .task(tree_then_violate)
+        .task(record_then_sleep)
 }
 
 /// Turns a hang into a failure: if not dropped within `limit`, writes
@@ -878,4 +880,85 @@ pub fn held_apply(
         std::thread::sleep(Duration::from_millis(5));
     }
     caller
+}
+
+/// Review 2: starts a child `C` (its own session, every descriptor but
+/// stderr closed) that forks `n` grandchildren `G` (each `pause()`s
+/// forever), then watches this worker's state and exits 300 µs after it
+/// sees the worker stopped (the pool's SIGSTOP before its tree walk). Writes
+/// `C G1 G2 ...` to `pidfile`, then breaks the protocol (an oversized frame
+/// length) and hangs: the pool removes the worker and kills its tree.
+pub fn tree_then_violate(n: u32, pidfile: String) -> u64 {
+    let w = std::process::id();
+    let stat = std::ffi::CString::new(format!("/proc/{w}/stat")).expect("no NUL");
+    // SAFETY: after fork the child calls only async-signal-safe functions
+    // (setsid, close, fork, pause, open, read, nanosleep, _exit) on memory
+    // allocated before the fork.
+    let c = unsafe { libc::fork() };
+    assert!(c >= 0, "fork failed");
+    if c == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::setsid();
+            for fd in 0..1024 {
+                if fd != 2 {
+                    libc::close(fd);
+                }
+            }
+            for _ in 0..n {
+                if libc::fork() == 0 {
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            let mut buf = [0u8; 1024];
+            loop {
+                let fd = libc::open(stat.as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    libc::_exit(0);
+                }
+                let len = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                libc::close(fd);
+                if len > 0 {
+                    let s = &buf[..len as usize];
+                    if let Some(i) = s.iter().rposition(|&b| b == b')') {
+                        if let Some(&st) = s.get(i + 2) {
+                            if st == b'T' || st == b'Z' || st == b'X' {
+                                let ts = libc::timespec {
+                                    tv_sec: 0,
+                                    tv_nsec: 300_000,
+                                };
+                                libc::nanosleep(&ts, std::ptr::null_mut());
+                                libc::_exit(0);
+                            }
+                        }
+                    }
+                }
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 20_000,
+                };
+                libc::nanosleep(&ts, std::ptr::null_mut());
+            }
+        }
+    }
+    let children = format!("/proc/{c}/task/{c}/children");
+    let gs = loop {
+        let s = std::fs::read_to_string(&children).unwrap_or_default();
+        let gs: Vec<String> = s.split_whitespace().map(str::to_owned).collect();
+        if gs.len() >= n as usize {
+            break gs;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::fs::write(&pidfile, format!("{c} {}", gs.join(" "))).expect("write pidfile");
+    wire_write(vec![0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4], Then::Hang)
+}
+
+/// Review 2: [`record`]s `id`, then sleeps `ms` milliseconds.
+pub fn record_then_sleep(id: u64, ms: u64) -> u64 {
+    record(id);
+    sleep_ms(ms);
+    id
 }

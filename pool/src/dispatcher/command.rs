@@ -114,6 +114,7 @@ impl Dispatcher {
                     let loss = match lost {
                         Lost::Exited => Loss::Exited,
                         Lost::Violation(v) => Loss::Violation(v),
+                        Lost::Stopped => Loss::Exited,
                     };
                     self.lose(slot, loss);
                 }

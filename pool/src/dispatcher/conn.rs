@@ -292,8 +292,9 @@ impl Conn {
         Ok(())
     }
 
-    /// The lane: writes everything pending, blocking, watching `pidfd`.
-    pub(crate) fn flush_blocking(&mut self, pidfd: Option<BorrowedFd<'_>>) -> Result<(), Lost> {
+    /// The lane: writes everything pending, blocking, watching the
+    /// worker's end and the pool's stop.
+    pub(crate) fn flush_blocking(&mut self, watch: Watch<'_>) -> Result<(), Lost> {
         loop {
             self.flush();
             if self.broken {
@@ -303,32 +304,26 @@ impl Conn {
                 return Ok(());
             }
             let to = self.to.as_ref().ok_or(Lost::Exited)?;
-            let mut fds = vec![PollFd::new(to.as_fd(), PollFlags::POLLOUT)];
-            if let Some(p) = pidfd {
-                fds.push(PollFd::new(p, PollFlags::POLLIN));
-            }
+            let mut fds = watch.fds(PollFd::new(to.as_fd(), PollFlags::POLLOUT));
             sys::wait(&mut fds, None).map_err(|_| Lost::Exited)?;
-            if fds.get(1).is_some_and(sys::flagged) && !sys::flagged(&fds[0]) {
-                return Err(Lost::Exited);
+            if !sys::flagged(&fds[0]) {
+                watch.check(&fds)?;
             }
         }
     }
 
-    /// The lane: the next frame, blocking, watching `pidfd`, under the same
-    /// stall timeout as the loop.
+    /// The lane: the next frame, blocking, watching the worker's end and
+    /// the pool's stop, under the same stall timeout as the loop.
     pub(crate) fn read_blocking(
         &mut self,
-        pidfd: Option<BorrowedFd<'_>>,
+        watch: Watch<'_>,
         stall: Duration,
     ) -> Result<Vec<u8>, Lost> {
         loop {
             if let Some(frame) = self.next_frame().map_err(Lost::Violation)? {
                 return Ok(frame);
             }
-            let mut fds = vec![PollFd::new(self.from.as_fd(), PollFlags::POLLIN)];
-            if let Some(p) = pidfd {
-                fds.push(PollFd::new(p, PollFlags::POLLIN));
-            }
+            let mut fds = watch.fds(PollFd::new(self.from.as_fd(), PollFlags::POLLIN));
             match sys::wait(&mut fds, self.stall_deadline(stall)).map_err(|_| Lost::Exited)? {
                 Waited::TimedOut => {
                     if let Some(v) = self.stalled(stall, Instant::now()) {
@@ -339,14 +334,14 @@ impl Conn {
                 Waited::Refused | Waited::Ready => {}
             }
             let readable = sys::flagged(&fds[0]);
-            let exited = fds.get(1).is_some_and(sys::flagged);
-            if !readable && !exited {
+            let ended = watch.check(&fds);
+            if !readable {
+                ended?;
                 continue;
             }
             match self.fill(Instant::now()) {
                 Ok(Filled::Data { .. }) => {}
-                Ok(Filled::Empty) if exited => return Err(Lost::Exited),
-                Ok(Filled::Empty) => {}
+                Ok(Filled::Empty) => ended?,
                 Ok(Filled::Eof) | Err(_) => {
                     // Frames it wrote before it ended still count.
                     if let Some(frame) = self.next_frame().map_err(Lost::Violation)? {
@@ -359,12 +354,47 @@ impl Conn {
     }
 }
 
+/// What a lane call watches beside the worker's pipe: its pidfd (its end)
+/// and the pool's stop pipe (its write end closes at `terminate`, which
+/// reaches every caller at once, in-process worker threads included).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch<'a> {
+    pub(crate) pidfd: Option<BorrowedFd<'a>>,
+    pub(crate) stop: Option<BorrowedFd<'a>>,
+}
+
+impl<'a> Watch<'a> {
+    fn fds(&self, pipe: PollFd<'a>) -> Vec<PollFd<'a>> {
+        let mut fds = vec![pipe];
+        fds.extend(self.pidfd.map(|p| PollFd::new(p, PollFlags::POLLIN)));
+        fds.extend(self.stop.map(|p| PollFd::new(p, PollFlags::POLLIN)));
+        fds
+    }
+
+    /// `Err` if the worker ended or the pool stopped, by `fds` from `fds()`.
+    fn check(&self, fds: &[PollFd<'_>]) -> Result<(), Lost> {
+        let mut i = 1;
+        if self.pidfd.is_some() {
+            if sys::flagged(&fds[i]) {
+                return Err(Lost::Exited);
+            }
+            i += 1;
+        }
+        if self.stop.is_some() && sys::flagged(&fds[i]) {
+            return Err(Lost::Stopped);
+        }
+        Ok(())
+    }
+}
+
 /// Why a lane call gave its worker back.
 #[derive(Debug)]
 pub(crate) enum Lost {
     /// The worker's output ended, or its pidfd says it exited.
     Exited,
     Violation(Violation),
+    /// The pool is terminating.
+    Stopped,
 }
 
 /// Emits a worker's `log` record through this process's logger, tagged

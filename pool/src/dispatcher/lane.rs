@@ -25,7 +25,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use procpool_protocol::{FromWorker, decode_from_worker};
 
-use super::conn::{self, Conn, Lost, Violation};
+use super::conn::{self, Conn, Lost, Violation, Watch};
 use super::settle;
 use super::{Batch, Command, Dispatcher, Handle, Loss, Phase, Stage};
 
@@ -39,6 +39,8 @@ pub(crate) struct Loan {
     pub(crate) slot: u64,
     pub(crate) conn: Conn,
     pidfd: Option<OwnedFd>,
+    /// The pool's stop pipe (read end).
+    stop: Option<OwnedFd>,
     /// `max_tasks_per_worker`: a worker that reached it goes back.
     max_items: Option<u64>,
     stall: Duration,
@@ -51,6 +53,7 @@ impl Loan {
         slot: u64,
         conn: Conn,
         pidfd: Option<OwnedFd>,
+        stop: Option<OwnedFd>,
         max_items: Option<u64>,
         stall: Duration,
         max_frame: u32,
@@ -59,6 +62,7 @@ impl Loan {
             slot,
             conn,
             pidfd,
+            stop,
             max_items,
             stall,
             max_frame,
@@ -211,10 +215,13 @@ fn exchange(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
 }
 
 fn talk(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
-    let pidfd = loan.pidfd.as_ref().map(|p| p.as_fd());
-    loan.conn.flush_blocking(pidfd)?;
+    let watch = Watch {
+        pidfd: loan.pidfd.as_ref().map(|p| p.as_fd()),
+        stop: loan.stop.as_ref().map(|p| p.as_fd()),
+    };
+    loan.conn.flush_blocking(watch)?;
     while batch.remaining() > 0 {
-        let frame = loan.conn.read_blocking(pidfd, loan.stall)?;
+        let frame = loan.conn.read_blocking(watch, loan.stall)?;
         match conn::done_header(&frame).map_err(Lost::Violation)? {
             Some((b, n)) => {
                 loan.conn.check_done(b, n).map_err(Lost::Violation)?;
@@ -274,12 +281,20 @@ impl Dispatcher {
                     continue;
                 }
             };
+            let stop = match self.stop.0.try_clone() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log::debug!("procpool: cannot lend a worker: {e}");
+                    continue;
+                }
+            };
             let conn = w.conn.take().expect("checked");
             self.settle.lend(w.slot);
             let loan = Loan::new(
                 w.slot,
                 conn,
                 pidfd,
+                Some(stop),
                 max,
                 self.config.stall_timeout,
                 self.config.max_frame,

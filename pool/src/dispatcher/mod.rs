@@ -58,13 +58,15 @@ pub(crate) fn start(
         sleeping: AtomicBool::new(false),
     });
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let stop = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::startup_io("cannot create a pipe", e.into()))?;
     let thread_waker = waker.clone();
     let thread = std::thread::Builder::new()
         .name("procpool-dispatcher".into())
         .spawn(move || {
             // Writes to a dead worker fail with EPIPE on this thread.
             sys::block_sigpipe_in_this_thread();
-            let mut d = Dispatcher::new(config, shared.clone(), rx, thread_waker, ready_tx);
+            let mut d = Dispatcher::new(config, shared.clone(), rx, thread_waker, ready_tx, stop);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.run()));
             if let Err(payload) = run {
                 // Never a hang: every waiting caller gets an error naming
@@ -158,6 +160,9 @@ struct Dispatcher {
     tasks: Option<Vec<TaskInfo>>,
     init_task: Option<u32>,
     next_slot: u64,
+    /// The stop pipe: lent workers' callers watch the read end; the write
+    /// end is dropped at `terminate` (and with the dispatcher).
+    stop: (OwnedFd, Option<OwnedFd>),
 }
 
 impl Dispatcher {
@@ -167,6 +172,7 @@ impl Dispatcher {
         rx: Receiver<Command>,
         waker: Arc<Waker>,
         ready: Sender<Result<(), Error>>,
+        stop: (OwnedFd, OwnedFd),
     ) -> Self {
         Self {
             respawn: Respawn::new(config.restart_limit),
@@ -182,6 +188,7 @@ impl Dispatcher {
             tasks: None,
             init_task: None,
             next_slot: 0,
+            stop: (stop.0, Some(stop.1)),
         }
     }
 
@@ -447,7 +454,13 @@ impl Dispatcher {
         self.publish_pids();
         let exit = w.process.end();
         let pid = w.process.pid();
-        let started = w.conn.as_ref().map_or(0, Conn::started);
+        // A detached thread may still be starting items: everything it was
+        // sent counts as started, so nothing runs twice.
+        let started = match &w.conn {
+            Some(c) if w.process.detached() => c.items_sent(),
+            Some(c) => c.started(),
+            None => 0,
+        };
         if w.retiring && matches!(loss, Loss::Exited) {
             if exit != Exit::Code(0) {
                 log::warn!("procpool: recycled worker {pid} ended with {exit}");

@@ -21,6 +21,8 @@ impl Dispatcher {
         }
         self.stage = Stage::Terminating;
         self.shared.set_terminated();
+        // Every caller holding a lent worker sees the stop pipe's end.
+        self.stop.1 = None;
         self.settle.fail_all(|| Error::new(ErrorKind::Terminated));
         self.respawn.clear();
         self.reclaim_lent();

@@ -229,6 +229,8 @@ pub(crate) struct WorkerProcess {
     kind: Kind,
     pidfd: Option<OwnedFd>,
     exit: Option<Exit>,
+    /// An in-process thread left running (in a task) when it was reaped.
+    detached: bool,
     /// A kill in progress (see `kill.rs`).
     pub(super) kill: super::kill::Escalation,
 }
@@ -239,6 +241,7 @@ impl WorkerProcess {
             kind,
             pidfd,
             exit: None,
+            detached: false,
             kill: Default::default(),
         }
     }
@@ -255,6 +258,12 @@ impl WorkerProcess {
     /// kernel has pidfds.
     pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         self.pidfd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// An in-process thread still running when it was reaped: it may go on
+    /// starting items, so its progress counter is not final.
+    pub(crate) fn detached(&self) -> bool {
+        self.detached
     }
 
     /// Reaped: its pid is no longer ours.
@@ -314,9 +323,12 @@ impl WorkerProcess {
                 }
             },
             Kind::Thread(handle) => match handle.take() {
-                Some(h) if h.is_finished() => h.join().map_or(Exit::Unknown, Exit::Code),
+                // A thread whose serve loop just returned needs a moment to
+                // finish; one still in a task is detached after that.
+                Some(h) if finishes_soon(&h) => h.join().map_or(Exit::Unknown, Exit::Code),
                 Some(_) => {
                     log::warn!("procpool: an in-process worker thread is still busy; detaching it");
+                    self.detached = true;
                     Exit::Unknown
                 }
                 None => Exit::Unknown,
@@ -326,24 +338,17 @@ impl WorkerProcess {
         exit
     }
 
-    /// Whether the worker has exited, without blocking. For when its
-    /// pidfd cannot be polled.
+    /// Whether the worker has exited (or was reaped by someone else),
+    /// without blocking and without reaping it. For when its pidfd cannot
+    /// be polled.
     pub(crate) fn has_exited(&mut self) -> bool {
         if self.exit.is_some() {
             return true;
         }
         match &mut self.kind {
-            Kind::Process(child) => match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.exit = Some(exit_of(status));
-                    true
-                }
-                Ok(None) => false,
-                Err(_) => {
-                    self.exit = Some(Exit::Unknown);
-                    true
-                }
-            },
+            // Not reaped here: until `end` reaps it, its process group
+            // can still be signalled safely.
+            Kind::Process(child) => sys::exited_unreaped(child.id()),
             Kind::Thread(handle) => handle.as_ref().is_none_or(|h| h.is_finished()),
         }
     }
@@ -355,6 +360,18 @@ impl Drop for WorkerProcess {
             self.end();
         }
     }
+}
+
+/// Whether thread `h` finishes within a few milliseconds (its serve loop
+/// has returned and it is unwinding its stack).
+fn finishes_soon(h: &std::thread::JoinHandle<i32>) -> bool {
+    for _ in 0..100 {
+        if h.is_finished() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    h.is_finished()
 }
 
 fn exit_of(status: ExitStatus) -> Exit {

@@ -21,8 +21,8 @@ mod wait;
 
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,
-    die_with_parent, kill_descendants_of_self, limit_memory, pidfd_open, pidfd_signal,
-    signal_group, unreaped,
+    die_with_parent, exited_unreaped, kill_descendants_of_self, limit_memory, pidfd_open,
+    pidfd_signal, signal_group, unreaped,
 };
 pub(crate) use shm::SharedCounter;
 pub(crate) use wait::{Waited, after, flagged, peek, wait};

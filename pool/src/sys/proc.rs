@@ -64,6 +64,25 @@ pub(crate) fn unreaped(pid: u32) -> bool {
     r == 0
 }
 
+/// Whether our child `pid` has exited (a zombie) or is gone (reaped by
+/// someone else), without reaping it.
+pub(crate) fn exited_unreaped(pid: u32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t through a pointer to a live local;
+    // WNOWAIT leaves the child waitable, WNOHANG never blocks.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (si_pid stays 0 if nothing has exited).
+    r != 0 || unsafe { info.si_pid() } != 0
+}
+
 /// Sends `signal` to the process group `pgid`, but only while its leader
 /// `pgid` is our unreaped child, so the group id cannot belong to anyone
 /// else. A group that is already empty is not an error.
@@ -96,14 +115,16 @@ pub(crate) fn descendants(pid: u32) -> Vec<(u32, u32)> {
 }
 
 /// Pidfds of the descendants of `pid`. A pid is kept only if, once its
-/// pidfd is open, its parent is still the one the walk saw: a pid that
-/// ended and was reused meanwhile is never signalled.
+/// pidfd is open, it is still the process the walk saw (the same start
+/// time): a pid that ended and was reused meanwhile is never signalled,
+/// while one whose parent exited (and so was reparented) still is.
 pub(crate) fn descendant_pidfds(pid: u32) -> Vec<OwnedFd> {
     descendants(pid)
         .into_iter()
-        .filter_map(|(child, parent)| {
+        .filter_map(|(child, _)| {
+            let seen = start_time(child)?;
             let fd = pidfd_open(child)?;
-            (parent_of(child) == Some(parent)).then_some(fd)
+            (start_time(child) == Some(seen)).then_some(fd)
         })
         .collect()
 }
@@ -124,12 +145,14 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// The parent pid of `pid`, from `/proc/<pid>/stat`.
-fn parent_of(pid: u32) -> Option<u32> {
+/// When `pid` started (field 22 of `/proc/<pid>/stat`, in clock ticks
+/// since boot): with the pid, it names one process for good.
+fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses;
+    // after it, the state is field 3, so the start time is the 20th.
     let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Worker start-up: asks the kernel to SIGKILL this process when the
@@ -172,34 +195,52 @@ pub(crate) fn block_sigpipe_in_this_thread() {
 }
 
 /// SIGPIPE blocked in the calling thread (a caller on the direct lane)
-/// while this guard lives; a SIGPIPE that a failed write raised meanwhile is
-/// consumed before the thread's own mask comes back.
+/// while this guard lives. A SIGPIPE that a failed write raised meanwhile is
+/// taken before the guard ends, whether or not the thread had SIGPIPE
+/// blocked already, so none is left pending for later.
 #[derive(Debug)]
 pub(crate) struct SigpipeBlocked {
-    /// The thread's mask before, when SIGPIPE was not blocked in it.
-    old: Option<nix::sys::signal::SigSet>,
+    /// We blocked it (the thread had not): unblock it again at the end,
+    /// and only it, so other changes to the mask meanwhile stand.
+    blocked_here: bool,
+    /// A SIGPIPE was pending before: not ours to take.
+    pending_before: bool,
+}
+
+fn sigpipe_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    set
+}
+
+fn sigpipe_pending() -> bool {
+    // SAFETY: a zeroed sigset_t is a valid value for sigpending to fill.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigpending writes one sigset_t through a pointer to a live
+    // local; sigismember only reads it.
+    unsafe {
+        libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGPIPE) == 1
+    }
 }
 
 impl SigpipeBlocked {
     pub(crate) fn new() -> Self {
         use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGPIPE);
         let mut old = SigSet::empty();
-        if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_err() {
-            return Self { old: None };
+        let blocked_here =
+            pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigpipe_set()), Some(&mut old)).is_ok()
+                && !old.contains(Signal::SIGPIPE);
+        Self {
+            blocked_here,
+            pending_before: !blocked_here && sigpipe_pending(),
         }
-        let old = (!old.contains(Signal::SIGPIPE)).then_some(old);
-        Self { old }
     }
 
     /// A write failed with EPIPE: take the SIGPIPE it raised.
     pub(crate) fn consume(&self) {
-        if self.old.is_none() {
-            return; // blocked before us: not ours to take
+        if self.pending_before {
+            return;
         }
-        let mut set = nix::sys::signal::SigSet::empty();
-        set.add(Signal::SIGPIPE);
         let zero = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -207,15 +248,15 @@ impl SigpipeBlocked {
         // SAFETY: sigtimedwait reads a signal set and a timespec through
         // pointers to live values and may write a null siginfo (allowed); a
         // zero timeout never blocks.
-        unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+        unsafe { libc::sigtimedwait(sigpipe_set().as_ref(), std::ptr::null_mut(), &zero) };
     }
 }
 
 impl Drop for SigpipeBlocked {
     fn drop(&mut self) {
         use nix::sys::signal::{SigmaskHow, pthread_sigmask};
-        if let Some(old) = &self.old {
-            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None);
+        if self.blocked_here {
+            let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigpipe_set()), None);
         }
     }
 }
@@ -249,6 +290,7 @@ mod tests {
         }
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].1, pid);
+        assert!(start_time(found[0].0).is_some());
         assert!(unreaped(pid));
         let fds = descendant_pidfds(pid);
         assert_eq!(fds.len(), 1);
