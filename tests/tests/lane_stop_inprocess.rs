@@ -16,7 +16,7 @@ const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
 fn inprocess_lane_call_is_failed_by_terminate() {
     let _w = watchdog(
         "inprocess_lane_call_is_failed_by_terminate",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     );
     let pool = Arc::new(
         Pool::builder()
@@ -31,7 +31,7 @@ fn inprocess_lane_call_is_failed_by_terminate() {
     let p = pool.clone();
     let caller = std::thread::spawn(move || {
         let t = Instant::now();
-        let r = p.apply(sleep_ms, 6000);
+        let r = p.apply(sleep_ms, 60_000);
         (r, t.elapsed())
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -45,7 +45,7 @@ fn inprocess_lane_call_is_failed_by_terminate() {
         "a lane call outlived terminate(): {r:?} after {waited:?}"
     );
     assert!(
-        waited < Duration::from_secs(3),
+        waited < Duration::from_secs(30),
         "the caller waited {waited:?}"
     );
 }
@@ -55,7 +55,7 @@ fn inprocess_lane_call_is_failed_by_terminate() {
 fn process_lane_call_is_failed_by_terminate() {
     let _w = watchdog(
         "process_lane_call_is_failed_by_terminate",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     );
     let pool = Arc::new(
         Pool::builder()
@@ -70,13 +70,13 @@ fn process_lane_call_is_failed_by_terminate() {
     let p = pool.clone();
     let caller = std::thread::spawn(move || {
         let t = Instant::now();
-        (p.apply(sleep_ms, 6000), t.elapsed())
+        (p.apply(sleep_ms, 60_000), t.elapsed())
     });
     std::thread::sleep(Duration::from_millis(300));
     pool.terminate();
     let (r, waited) = caller.join().unwrap();
     assert!(matches!(&r, Err(e) if e.is_terminated()), "{r:?}");
-    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
 }
 
 /// In-process mode: a worker thread detached at the end of its kill grace

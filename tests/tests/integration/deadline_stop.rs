@@ -34,7 +34,7 @@ fn a_stopped_workers_items_run_elsewhere() {
         assert_eq!(r.as_ref().ok(), Some(&(i as u64)), "item {i}: {r:?}");
         assert_eq!(counts.get(&(i as u64)), Some(&1));
     }
-    assert!(procpool_tests::wait_until(Duration::from_secs(5), || {
+    assert!(procpool_tests::wait_until(Duration::from_secs(30), || {
         procpool_tests::not_running(victim)
     }));
     let _ = std::fs::remove_file(&file);

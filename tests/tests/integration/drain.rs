@@ -41,7 +41,8 @@ fn join_kills_a_stopped_worker_after_shutdown_grace() {
         p.join();
         let _ = tx.send(());
     });
-    let finished = rx.recv_timeout(Duration::from_secs(3)).is_ok();
+    // The worker is stopped: without the kill, join would wait for ever.
+    let finished = rx.recv_timeout(Duration::from_secs(30)).is_ok();
     let cpu = cpu_time() - cpu0;
     let wall = start.elapsed();
     let state = process_state(victim);

@@ -28,7 +28,7 @@ fn a_crashing_task_on_a_counterless_worker_fails_once() {
         .build()
         .unwrap();
     let mut h = pool.apply_async(crash_running, Death::Exit(3)).unwrap();
-    let r = h.get_timeout(Duration::from_secs(5));
+    let r = h.get_timeout(Duration::from_secs(30));
     let stats = pool.stats();
     assert!(
         matches!(&r, Err(e) if e.is_worker_died()),
