@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::WorkerProcess;
+
+/// Walks of a stopped tree before the SIGKILL: each finds what the last
+/// one could not (children handed over by a member that exited).
+const MAX_WALKS: usize = 16;
 use crate::error::Exit;
 use crate::sys;
 
@@ -37,8 +41,8 @@ pub(crate) struct Escalation {
     terminated: bool,
     /// SIGKILL was sent.
     killed: bool,
-    /// Descendants found when SIGTERM was sent.
-    tree: Vec<OwnedFd>,
+    /// Descendants found when SIGTERM was sent (pid, pidfd).
+    tree: Vec<(u32, OwnedFd)>,
 }
 
 impl WorkerProcess {
@@ -53,7 +57,7 @@ impl WorkerProcess {
         self.kill.sigkill_at = sys::after(now, grace);
         self.kill.tree = self.tree_pidfds();
         self.signal(Signal::SIGTERM);
-        for fd in &self.kill.tree {
+        for (_, fd) in &self.kill.tree {
             let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGTERM);
         }
     }
@@ -66,18 +70,30 @@ impl WorkerProcess {
         self.kill.killed = true;
         self.kill.sigkill_at = None;
         let mut tree = std::mem::take(&mut self.kill.tree);
-        // Freeze the worker and what it started, then walk again: nothing
-        // stopped can fork a child the walk would miss.
+        // Freeze the worker and what it started, then walk again until a
+        // walk finds nothing new: nothing stopped can fork a child the walk
+        // would miss, and a member that exits meanwhile hands its children
+        // to the (stopped, subreaper) worker, where the next walk sees them.
         self.signal(Signal::SIGSTOP);
-        for fd in &tree {
+        for (_, fd) in &tree {
             let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGSTOP);
         }
-        tree.extend(self.tree_pidfds());
-        for fd in &tree {
-            let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGSTOP);
+        for _ in 0..MAX_WALKS {
+            let new: Vec<(u32, OwnedFd)> = self
+                .tree_pidfds()
+                .into_iter()
+                .filter(|(p, _)| !tree.iter().any(|(q, _)| q == p))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for (_, fd) in &new {
+                let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGSTOP);
+            }
+            tree.extend(new);
         }
         self.signal(Signal::SIGKILL);
-        for fd in &tree {
+        for (_, fd) in &tree {
             let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGKILL);
         }
     }
@@ -120,7 +136,7 @@ impl WorkerProcess {
 
     /// The worker's descendants, as pidfds; none once it was reaped (its
     /// pid may name another process by then).
-    fn tree_pidfds(&self) -> Vec<OwnedFd> {
+    fn tree_pidfds(&self) -> Vec<(u32, OwnedFd)> {
         if self.is_thread() || self.reaped() {
             return Vec::new();
         }

@@ -118,13 +118,13 @@ pub(crate) fn descendants(pid: u32) -> Vec<(u32, u32)> {
 /// pidfd is open, it is still the process the walk saw (the same start
 /// time): a pid that ended and was reused meanwhile is never signalled,
 /// while one whose parent exited (and so was reparented) still is.
-pub(crate) fn descendant_pidfds(pid: u32) -> Vec<OwnedFd> {
+pub(crate) fn descendant_pidfds(pid: u32) -> Vec<(u32, OwnedFd)> {
     descendants(pid)
         .into_iter()
         .filter_map(|(child, _)| {
             let seen = start_time(child)?;
             let fd = pidfd_open(child)?;
-            (start_time(child) == Some(seen)).then_some(fd)
+            (start_time(child) == Some(seen)).then_some((child, fd))
         })
         .collect()
 }
@@ -179,8 +179,20 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
 /// Worker shut-down: SIGKILLs every descendant still alive (a task's
 /// forgotten or daemonised children), through pidfds.
 pub(crate) fn kill_descendants_of_self() {
-    for fd in descendant_pidfds(std::process::id()) {
-        let _ = pidfd_signal(std::os::fd::AsFd::as_fd(&fd), Signal::SIGKILL);
+    // Again until none is left: the children of one killed meanwhile come
+    // to this (subreaper) process, where the next walk finds them.
+    // (Killed ones stay listed until reaped: stop when a walk finds no pid
+    // the last one did not.)
+    let mut seen: Vec<u32> = Vec::new();
+    for _ in 0..16 {
+        let found = descendant_pidfds(std::process::id());
+        if found.iter().all(|(p, _)| seen.contains(p)) {
+            return;
+        }
+        for (pid, fd) in found {
+            let _ = pidfd_signal(std::os::fd::AsFd::as_fd(&fd), Signal::SIGKILL);
+            seen.push(pid);
+        }
     }
 }
 
@@ -294,7 +306,7 @@ mod tests {
         assert!(unreaped(pid));
         let fds = descendant_pidfds(pid);
         assert_eq!(fds.len(), 1);
-        for fd in fds {
+        for (_, fd) in fds {
             pidfd_signal(fd.as_fd(), Signal::SIGKILL).unwrap();
         }
         child.wait().unwrap();
