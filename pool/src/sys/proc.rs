@@ -44,43 +44,41 @@ pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<
     Ok(())
 }
 
+/// Looks at our child `pid` without reaping it or blocking (`WNOWAIT |
+/// WNOHANG` added to `flags`): `None` if it is not (any more) our unreaped
+/// child, else what waitid filled in (`si_pid` 0: no state change).
+fn peek_child(pid: u32, flags: libc::c_int) -> Option<libc::siginfo_t> {
+    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t through a pointer to a live local;
+    // WNOWAIT leaves the child waitable, WNOHANG never blocks.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            flags | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    (r == 0).then_some(info)
+}
+
 /// Whether our child `pid` is still unreaped (running, stopped, or a
 /// zombie), without reaping it. While it is, its pid, and so its process
 /// group id, cannot be reused. `false` once reaped, by us or by the kernel
 /// (a host program that set SIGCHLD to SIG_IGN).
 pub(crate) fn unreaped(pid: u32) -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid writes one siginfo_t through a pointer to a live local;
-    // WNOWAIT leaves the child waitable, WNOHANG never blocks.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    r == 0
+    peek_child(pid, libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED).is_some()
 }
 
 /// Whether our child `pid` has exited (a zombie) or is gone (reaped by
 /// someone else), without reaping it.
 pub(crate) fn exited_unreaped(pid: u32) -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid writes one siginfo_t through a pointer to a live local;
-    // WNOWAIT leaves the child waitable, WNOHANG never blocks.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: waitid filled `info` (si_pid stays 0 if nothing has exited).
-    r != 0 || unsafe { info.si_pid() } != 0
+    match peek_child(pid, libc::WEXITED) {
+        None => true,
+        // SAFETY: waitid filled `info` (si_pid stays 0 if nothing exited).
+        Some(info) => (unsafe { info.si_pid() }) != 0,
+    }
 }
 
 /// Sends `signal` to the process group `pgid`, but only while its leader
