@@ -260,6 +260,7 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
                 task: task.to_owned(),
                 message,
             })),
+            Outcome::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
         };
         if result.is_ok() {
             ok += 1;

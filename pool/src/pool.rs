@@ -96,10 +96,12 @@ impl Inner {
         }
         let (sink, rx) = crossbeam_channel::unbounded();
         let job = Arc::new(Job {
+            id: Job::next_id(),
             task: index as u32,
             task_name: table.names[index].clone(),
             timeout,
             sink,
+            listener: Default::default(),
             cancelled: Default::default(),
             shared: self.shared.clone(),
         });

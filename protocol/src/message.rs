@@ -14,7 +14,7 @@ use crate::varint;
 pub const MAGIC: [u8; 8] = *b"PROCPOOL";
 
 /// The version of this protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of the preamble: magic then version.
 pub const PREAMBLE_LEN: usize = 12;
@@ -94,6 +94,9 @@ pub enum Outcome<'a> {
     ArgDecode(String),
     /// The task's result could not be encoded.
     OutputEncode(String),
+    /// The item was not run: its caller cancelled it before the worker
+    /// reached it.
+    Cancelled,
 }
 
 /// A batch of items for one task.

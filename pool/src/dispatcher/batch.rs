@@ -7,8 +7,9 @@
 //! takes — queued, in flight, re-dispatched after a crash, dropped with a
 //! closed channel, or unwound by a panic — every item ends exactly once.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
+use std::task::Waker;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -42,13 +43,73 @@ pub(crate) enum ChunkMsg {
 /// One caller's stream of chunks for one task.
 #[derive(Debug)]
 pub(crate) struct Job {
+    /// Unique in the process: names the job in a cancel.
+    pub(crate) id: u64,
     pub(crate) task: u32,
     pub(crate) task_name: Arc<str>,
     /// Deadline of each task, from when it starts.
     pub(crate) timeout: Option<Duration>,
     pub(crate) sink: Sender<ChunkMsg>,
+    /// Who to wake when something is sent to `sink` (an async caller).
+    pub(crate) listener: Listener,
     pub(crate) cancelled: AtomicBool,
     pub(crate) shared: Arc<Shared>,
+}
+
+impl Job {
+    /// A fresh job id.
+    pub(crate) fn next_id() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn send(&self, msg: ChunkMsg) {
+        let _ = self.sink.send(msg);
+        self.listener.notify();
+    }
+}
+
+/// The waker of an async caller waiting on a job's channel: a future or a
+/// stream polled by an executor, or the pool's callback thread.
+///
+/// Blocking callers never register one, and then a message costs one
+/// fence and one load more than the channel send.
+#[derive(Debug, Default)]
+pub(crate) struct Listener {
+    armed: AtomicBool,
+    waker: parking_lot::Mutex<Option<Waker>>,
+}
+
+impl Listener {
+    /// Wakes `waker` at the next message. The caller looks at the channel
+    /// again *after* this, so a message sent in between is not missed:
+    /// either it sees the message, or the sender sees the waker.
+    pub(crate) fn listen(&self, waker: &Waker) {
+        {
+            let mut slot = self.waker.lock();
+            match &*slot {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+        }
+        self.armed.store(true, Ordering::SeqCst);
+        // Orders the store above before the caller's next look at the
+        // channel (paired with the fence in `notify`).
+        fence(Ordering::SeqCst);
+    }
+
+    /// A message was sent: wake the listener, if there is one.
+    pub(crate) fn notify(&self) {
+        // Orders the channel send before the load below (paired with the
+        // fence in `listen`).
+        fence(Ordering::SeqCst);
+        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
+            let waker = self.waker.lock().take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
 }
 
 /// A chunk of encoded items on its way to a worker.
@@ -100,7 +161,7 @@ impl Batch {
         if fresh == 0 {
             return;
         }
-        let _ = self.job.sink.send(ChunkMsg::Part {
+        self.job.send(ChunkMsg::Part {
             seq: self.seq,
             offset: self.delivered,
             skip,
@@ -114,7 +175,7 @@ impl Batch {
     pub(crate) fn fail_next(&mut self, count: u32, error: Error) {
         let count = count.min(self.remaining());
         if count > 0 {
-            let _ = self.job.sink.send(ChunkMsg::Failed {
+            self.job.send(ChunkMsg::Failed {
                 seq: self.seq,
                 offset: self.delivered,
                 count,
@@ -157,6 +218,9 @@ impl super::settle::Unit for Batch {
     }
     fn cancelled(&self) -> bool {
         self.job.cancelled.load(Ordering::Relaxed)
+    }
+    fn job(&self) -> u64 {
+        self.job.id
     }
     fn timeout(&self) -> Option<Duration> {
         self.job.timeout

@@ -24,6 +24,9 @@ pub(crate) enum Command {
     /// Fail all unfinished work, stop the workers (SIGTERM, grace,
     /// SIGKILL) and exit. A second one escalates to SIGKILL at once.
     Terminate,
+    /// The caller of this job cancelled it: fail what is queued, skip what
+    /// is sent, kill what runs.
+    Cancel(u64),
     /// Tests only: the dispatcher panics here, to prove what a panic does.
     #[cfg(test)]
     Panic,
@@ -95,6 +98,7 @@ impl Dispatcher {
                     }
                 }
                 Ok(Command::Terminate) => self.terminate(),
+                Ok(Command::Cancel(job)) => self.cancel(job, std::time::Instant::now()),
                 Ok(Command::GiveBack { loan, abandoned }) => self.give_back(*loan, abandoned),
                 #[cfg(test)]
                 Ok(Command::Panic) => panic!("injected by a test"),

@@ -15,7 +15,7 @@ use procpool_protocol::{
     encode_run,
 };
 
-use crate::sys::{self, SharedCounter, Waited};
+use crate::sys::{self, MAX_RUNS_IN_FLIGHT, SharedCounter, Waited};
 
 /// Why a connection cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub(crate) struct Conn {
     broken: bool,
     /// Items sent so far: the stream index of the next one.
     items_sent: u64,
+    /// `Run` frames sent so far: the number of the next one.
+    runs_sent: u64,
     /// `Run` frames sent and not wholly answered: (batch id, items left).
     answering: VecDeque<(u64, u32)>,
     /// When bytes last arrived (a half-written frame must not stall).
@@ -90,6 +92,7 @@ impl Conn {
             written: 0,
             broken: false,
             items_sent: 0,
+            runs_sent: 0,
             answering: VecDeque::new(),
             last_bytes_at: now,
             progress,
@@ -115,6 +118,17 @@ impl Conn {
     /// Items sent so far (and so the stream index of the next).
     pub(crate) fn items_sent(&self) -> u64 {
         self.items_sent
+    }
+
+    /// The number the next `Run` frame will have.
+    pub(crate) fn runs_sent(&self) -> u64 {
+        self.runs_sent
+    }
+
+    /// The worker is to skip the items of `Run` frame `run` it has not
+    /// started (their job was cancelled).
+    pub(crate) fn skip(&self, run: u64) {
+        self.progress.skip(run);
     }
 
     /// How many items the worker started, as it counted them (never more
@@ -187,6 +201,9 @@ impl Conn {
             self.out.truncate(at);
             return Err(items.bytes());
         }
+        debug_assert!(self.answering.len() < MAX_RUNS_IN_FLIGHT);
+        self.progress.unskip(self.runs_sent);
+        self.runs_sent += 1;
         let first = self.items_sent;
         self.items_sent += u64::from(items.count());
         self.answering.push_back((id, items.count()));

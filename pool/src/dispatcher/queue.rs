@@ -23,8 +23,9 @@ impl Dispatcher {
                     if max.is_some_and(|m| conn.items_sent() >= m) {
                         break;
                     }
-                    let first = conn.items_sent();
-                    let Some((id, batch)) = self.settle.dispatch(w.slot, depth, first, now) else {
+                    let (first, run) = (conn.items_sent(), conn.runs_sent());
+                    let Some((id, batch)) = self.settle.dispatch(w.slot, depth, first, run, now)
+                    else {
                         break;
                     };
                     let job = &batch.job;
@@ -74,13 +75,8 @@ impl Dispatcher {
             let Some(i) = self.index(expired.worker) else {
                 continue;
             };
-            let w = &mut self.workers[i];
-            // No more input: a worker that outlives SIGTERM (or a thread,
-            // which no signal stops) ends at the end of what it has.
-            if let Some(c) = &mut w.conn {
-                c.close_input();
-            }
-            w.process.terminate(now, self.config.kill_grace);
+            self.stop_worker(i, now);
+            let w = &self.workers[i];
             log::warn!(
                 "procpool: task `{}` in worker {} passed its {:?} deadline{}; \
                  sent SIGTERM to it and its descendants (SIGKILL in {:?})",
@@ -94,7 +90,49 @@ impl Dispatcher {
                 },
                 self.config.kill_grace
             );
-            self.publish_pids();
         }
+    }
+
+    /// The caller of `job` cancelled it: the core fails its queued items
+    /// and marks its batches in flight to be skipped; a worker running one
+    /// of its items is killed (like a deadline's) and replaced.
+    pub(super) fn cancel(&mut self, job: u64, now: Instant) {
+        let workers = &self.workers;
+        let conn = |slot| {
+            let w = workers.iter().find(|w| w.slot == slot);
+            w.and_then(|w| w.conn.as_ref())
+        };
+        let skip = |slot, run| {
+            if let Some(c) = conn(slot) {
+                c.skip(run);
+            }
+        };
+        let started = |slot| conn(slot).map_or(0, Conn::started);
+        for slot in self.settle.cancel(job, skip, started) {
+            let Some(i) = self.index(slot) else { continue };
+            if self.workers[i].process.killing() {
+                continue;
+            }
+            self.stop_worker(i, now);
+            log::info!(
+                "procpool: a task running in worker {} was cancelled; sent SIGTERM to it and its \
+                 descendants (SIGKILL in {:?})",
+                self.workers[i].process.pid(),
+                self.config.kill_grace
+            );
+        }
+    }
+
+    /// Kills worker `i` the deadline way: no more input (a worker that
+    /// outlives SIGTERM, or a thread, which no signal stops, ends at the
+    /// end of what it has), SIGTERM to it and its tree, SIGKILL after the
+    /// grace.
+    fn stop_worker(&mut self, i: usize, now: Instant) {
+        let w = &mut self.workers[i];
+        if let Some(c) = &mut w.conn {
+            c.close_input();
+        }
+        w.process.terminate(now, self.config.kill_grace);
+        self.publish_pids();
     }
 }

@@ -28,6 +28,13 @@
 //! when the last frame arrived (`progress_at`). At the deadline that item
 //! fails with `TimedOut`; the worker is no longer given work and is killed;
 //! a late outcome for the item is skipped, never delivered twice.
+//!
+//! Cancel (a caller's `cancel()`): the job's queued items fail `Cancelled`
+//! at once; each of its batches in flight gets its skip bit (the worker
+//! reports the items it reaches after that as `Cancelled`, unrun); a worker
+//! running one of its items is killed, and the loss fails that item (and
+//! any other of the job without an outcome) `Cancelled`. Items of other
+//! jobs on that worker that never started run elsewhere, once.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -53,6 +60,8 @@ pub(crate) trait Unit: Sized {
     fn into_rest(self) -> Option<Self>;
     /// Its caller no longer wants the items not yet started.
     fn cancelled(&self) -> bool;
+    /// The job it belongs to.
+    fn job(&self) -> u64;
     /// Deadline of each item, from when it starts.
     fn timeout(&self) -> Option<Duration>;
     /// The task's name, for errors.
@@ -67,6 +76,18 @@ pub(crate) trait Unit: Sized {
 pub(crate) fn fail<U: Unit>(mut unit: U, error: Error) {
     let n = unit.remaining();
     unit.fail_next(n, error);
+}
+
+/// `error`, or `Cancelled` if the unit's caller cancelled it: an item of
+/// a cancelled job that ends without its result ends cancelled, whatever
+/// stopped it (the kill that carried out the cancel, as a rule; or a
+/// deadline that fell on an item the worker skipped and had not reported).
+fn unless_cancelled<U: Unit>(unit: &U, error: Error) -> Error {
+    if unit.cancelled() {
+        Error::new(ErrorKind::Cancelled)
+    } else {
+        error
+    }
 }
 
 /// A batch that cannot be sent (it does not fit a frame): its items fail,
@@ -90,6 +111,8 @@ struct InFlight<U> {
     /// `sent_from`.
     first: u64,
     sent_from: u32,
+    /// Its `Run` frame's number on this worker (`None`: a lane call).
+    run: Option<u64>,
 }
 
 impl<U: Unit> InFlight<U> {
@@ -100,6 +123,15 @@ impl<U: Unit> InFlight<U> {
 
     fn finished(&self) -> bool {
         self.cursor == self.unit.delivered() + self.unit.remaining()
+    }
+
+    /// Whether the item at stream index `i` is one of this batch's and has
+    /// no outcome yet.
+    fn unsettled(&self, i: u64) -> bool {
+        let end = self.unit.delivered() + self.unit.remaining();
+        i >= self.first
+            && i - self.first < u64::from(end - self.sent_from)
+            && self.sent_from + (i - self.first) as u32 >= self.unit.delivered()
     }
 }
 
@@ -226,6 +258,7 @@ impl<U: Unit> Settle<U> {
         worker: u64,
         depth: usize,
         first: u64,
+        run: u64,
         now: Instant,
     ) -> Option<(u64, &U)> {
         let i = self.workers.iter().position(|s| s.id == worker)?;
@@ -255,6 +288,7 @@ impl<U: Unit> Settle<U> {
             unit,
             timed_out: None,
             first,
+            run: Some(run),
         });
         let f = s.inflight.back().expect("just pushed");
         Some((id, &f.unit))
@@ -354,15 +388,13 @@ impl<U: Unit> Settle<U> {
             }
             // Eager batches: the item at the cursor is the running one.
             if running && front.unit.delivered() == front.cursor {
-                front.unit.fail_next(
-                    1,
-                    Error::new(ErrorKind::TimedOut {
-                        task: task.clone(),
-                        pid,
-                        timeout,
-                        started: true,
-                    }),
-                );
+                let error = Error::new(ErrorKind::TimedOut {
+                    task: task.clone(),
+                    pid,
+                    timeout,
+                    started: true,
+                });
+                front.unit.fail_next(1, unless_cancelled(&front.unit, error));
             }
             front.timed_out = Some(front.cursor);
             s.serving = false;
@@ -417,6 +449,7 @@ impl<U: Unit> Settle<U> {
             unit,
             timed_out: None,
             first,
+            run: None,
         });
     }
 
@@ -436,6 +469,8 @@ impl<U: Unit> Settle<U> {
             let ran = (next..end).take_while(|&c| f.stream(c) < started).count() as u32;
             if ran > 0 {
                 let task = f.unit.task().to_owned();
+                // A cancelled job's item ends cancelled whatever stopped it
+                // (the kill that carried out the cancel, as a rule).
                 let error = match cause {
                     Cause::Died(exit) => Error::new(ErrorKind::WorkerDied {
                         task: task.clone(),
@@ -448,7 +483,7 @@ impl<U: Unit> Settle<U> {
                     }),
                 };
                 settled.task.get_or_insert(task);
-                f.unit.fail_next(ran, error);
+                f.unit.fail_next(ran, unless_cancelled(&f.unit, error));
                 settled.failed += ran;
             }
             // The item its deadline found unstarted never started at all: it
@@ -458,15 +493,13 @@ impl<U: Unit> Settle<U> {
             let unstarted =
                 f.timed_out == Some(f.unit.delivered()) && f.stream(f.unit.delivered()) >= started;
             if unstarted && f.unit.missed_starts() >= 2 {
-                f.unit.fail_next(
-                    1,
-                    Error::new(ErrorKind::TimedOut {
-                        task: f.unit.task().to_owned(),
-                        pid: s.pid,
-                        timeout: f.unit.timeout().unwrap_or_default(),
-                        started: false,
-                    }),
-                );
+                let error = Error::new(ErrorKind::TimedOut {
+                    task: f.unit.task().to_owned(),
+                    pid: s.pid,
+                    timeout: f.unit.timeout().unwrap_or_default(),
+                    started: false,
+                });
+                f.unit.fail_next(1, unless_cancelled(&f.unit, error));
             }
             if let Some(rest) = f.unit.into_rest() {
                 settled.requeued += rest.remaining();
@@ -478,6 +511,57 @@ impl<U: Unit> Settle<U> {
             self.queue.push_front(u);
         }
         settled
+    }
+
+    /// The caller of `job` cancelled it (its units say `cancelled()` from
+    /// now on). Its queued items fail `Cancelled` now. For each of its
+    /// batches in flight, `skip(worker, run)` tells that worker to skip
+    /// the items of `Run` frame `run` it has not started; only then is
+    /// `started` read. Returns the workers running one of its items: they
+    /// take no more work and the caller kills them; the loss then settles
+    /// that item (and any others of the job that did not report) as
+    /// cancelled, and the others' unstarted items run elsewhere.
+    ///
+    /// A worker that starts an item in the instant between the skip and
+    /// the read of its counter runs it: the item then ends with its own
+    /// outcome, once, as if it had started before the cancel.
+    pub(crate) fn cancel(
+        &mut self,
+        job: u64,
+        mut skip: impl FnMut(u64, u64),
+        started: impl Fn(u64) -> u64,
+    ) -> Vec<u64> {
+        let mut keep = VecDeque::with_capacity(self.queue.len());
+        for u in self.queue.drain(..) {
+            if u.job() == job {
+                fail(u, Error::new(ErrorKind::Cancelled));
+            } else {
+                keep.push_back(u);
+            }
+        }
+        self.queue = keep;
+        for s in &self.workers {
+            for f in s.inflight.iter().filter(|f| f.unit.job() == job) {
+                if let Some(run) = f.run {
+                    skip(s.id, run);
+                }
+            }
+        }
+        let mut kill = Vec::new();
+        for s in &mut self.workers {
+            let Some(running) = started(s.id).checked_sub(1) else {
+                continue;
+            };
+            let hit = s
+                .inflight
+                .iter()
+                .any(|f| f.unit.job() == job && f.unsettled(running));
+            if hit {
+                s.serving = false;
+                kill.push(s.id);
+            }
+        }
+        kill
     }
 
     /// Every queued and in-flight item fails with `error()` (terminate, or

@@ -6,7 +6,7 @@
 //! core is idle every item has its outcome.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ struct Model {
     delivered: u32,
     timeout: Option<Duration>,
     cancelled: Rc<RefCell<bool>>,
+    job: u64,
     log: Shared,
     missed: u32,
 }
@@ -56,9 +57,13 @@ impl Unit for Model {
     fn remaining(&self) -> u32 {
         self.items.len() as u32 - self.delivered
     }
-    fn deliver(&mut self, n: u32, skip: u32, _pid: u32, _frame: Vec<u8>) {
+    /// `frame`: one byte per outcome, 1 for an item the worker skipped.
+    fn deliver(&mut self, n: u32, skip: u32, _pid: u32, frame: Vec<u8>) {
         assert!(n - skip <= self.remaining());
-        self.record(n - skip, "ok");
+        for k in skip..n {
+            let skipped = frame.get(k as usize) == Some(&1);
+            self.record(1, if skipped { "cancelled" } else { "ok" });
+        }
     }
     fn fail_next(&mut self, count: u32, error: Error) {
         let count = count.min(self.remaining());
@@ -86,6 +91,7 @@ impl Unit for Model {
             delivered: self.delivered,
             timeout: self.timeout,
             cancelled: self.cancelled.clone(),
+            job: self.job,
             log: self.log.clone(),
             missed: self.missed,
         };
@@ -93,6 +99,9 @@ impl Unit for Model {
     }
     fn cancelled(&self) -> bool {
         *self.cancelled.borrow()
+    }
+    fn job(&self) -> u64 {
+        self.job
     }
     fn timeout(&self) -> Option<Duration> {
         self.timeout
@@ -121,8 +130,14 @@ impl Drop for Model {
 #[derive(Debug, Default)]
 struct Sim {
     id: u64,
-    /// (batch id, item id) in the order sent.
-    stream: Vec<(u64, u64)>,
+    /// (batch id, item id, run frame number) in the order sent.
+    stream: Vec<(u64, u64, u64)>,
+    /// Run frames sent to it.
+    runs: u64,
+    /// Run frames whose unstarted items it is to skip (the skip bits).
+    skip: HashSet<u64>,
+    /// Per stream position: the item was skipped, not run.
+    skipped: Vec<bool>,
     started: u64,
     finished: u64,
     reported: u64,
@@ -140,7 +155,9 @@ enum Op {
     Report { w: u8, k: u8 },
     Tick { ms: u8 },
     Die { w: u8 },
-    Cancel { job: u8 },
+    /// `hard`: cancel() on a handle; otherwise a dropped Imap (the flag
+    /// alone).
+    Cancel { job: u8, hard: bool },
     Lane { w: u8, fate: u8 },
 }
 
@@ -153,7 +170,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..3, 1u8..4).prop_map(|(w, k)| Op::Report { w, k }),
         (0u8..30).prop_map(|ms| Op::Tick { ms }),
         (0u8..3).prop_map(|w| Op::Die { w }),
-        (0u8..8).prop_map(|job| Op::Cancel { job }),
+        (0u8..8, any::<bool>()).prop_map(|(job, hard)| Op::Cancel { job, hard }),
         (0u8..3, 0u8..4).prop_map(|(w, fate)| Op::Lane { w, fate }),
     ]
 }
@@ -166,6 +183,10 @@ struct World {
     next_item: u64,
     next_worker: u64,
     jobs: Vec<Rc<RefCell<bool>>>,
+    /// Jobs cancelled through the core: none of their items may start.
+    hard_cancelled: HashSet<u64>,
+    /// The job of every item.
+    job_of: HashMap<u64, u64>,
     /// Items handed to the core or the lane.
     submitted: Vec<u64>,
 }
@@ -182,6 +203,8 @@ impl World {
             next_item: 0,
             next_worker: 0,
             jobs: Vec::new(),
+            hard_cancelled: HashSet::new(),
+            job_of: HashMap::new(),
             submitted: Vec::new(),
         };
         for _ in 0..3 {
@@ -205,13 +228,18 @@ impl World {
         self.next_item += n as u64;
         self.submitted.extend(&items);
         let cancelled = Rc::new(RefCell::new(false));
+        let job = self.jobs.len() as u64;
         self.jobs.push(cancelled.clone());
+        for &i in &items {
+            self.job_of.insert(i, job);
+        }
         Model {
             items,
             sent_from: 0,
             delivered: 0,
             timeout: timeout.then_some(DEADLINE),
             cancelled,
+            job,
             log: self.log.clone(),
             missed: 0,
         }
@@ -220,9 +248,20 @@ impl World {
     fn start(&mut self, i: usize) {
         let s = &mut self.sims[i];
         if s.finished == s.started && (s.started as usize) < s.stream.len() {
-            let item = s.stream[s.started as usize].1;
-            *self.log.borrow_mut().runs.entry(item).or_default() += 1;
+            let (_, item, run) = s.stream[s.started as usize];
             s.started += 1;
+            if s.skip.contains(&run) {
+                // Counted as started, reported as cancelled, never run.
+                s.skipped.push(true);
+                s.finished = s.started;
+                return;
+            }
+            s.skipped.push(false);
+            assert!(
+                !self.hard_cancelled.contains(&self.job_of[&item]),
+                "item {item} started after its job was cancelled"
+            );
+            *self.log.borrow_mut().runs.entry(item).or_default() += 1;
         }
     }
 
@@ -247,10 +286,11 @@ impl World {
                     return;
                 }
                 let first = s.stream.len() as u64;
-                if let Some((id, m)) = self.core.dispatch(s.id, 2, first, self.now) {
+                if let Some((id, m)) = self.core.dispatch(s.id, 2, first, s.runs, self.now) {
                     for &item in &m.items[m.sent_from as usize..] {
-                        s.stream.push((id, item));
+                        s.stream.push((id, item, s.runs));
                     }
+                    s.runs += 1;
                 }
             }
             Op::Start { w } => {
@@ -281,7 +321,12 @@ impl World {
                 {
                     n += 1;
                 }
-                let r = self.core.done(s.id, batch, n as u32, Vec::new(), self.now);
+                let lo = s.reported as usize;
+                let frame = s.skipped[lo..lo + n as usize]
+                    .iter()
+                    .map(|&k| u8::from(k))
+                    .collect();
+                let r = self.core.done(s.id, batch, n as u32, frame, self.now);
                 assert_eq!(r, Ok(()), "an honest worker's report is accepted");
                 s.reported += n;
             }
@@ -301,9 +346,13 @@ impl World {
                     self.die(i);
                 }
             }
-            Op::Cancel { job } => {
-                if let Some(c) = self.jobs.get(job as usize) {
-                    *c.borrow_mut() = true;
+            Op::Cancel { job, hard } => {
+                let Some(c) = self.jobs.get(job as usize) else {
+                    return;
+                };
+                *c.borrow_mut() = true;
+                if hard {
+                    self.cancel(job as u64);
                 }
             }
             Op::Lane { w, fate } => {
@@ -322,7 +371,7 @@ impl World {
                 let mut m = self.model(1, false);
                 let item = m.items[0];
                 let first = self.sims[i].stream.len() as u64;
-                self.sims[i].stream.push((u64::MAX, item));
+                self.sims[i].stream.push((u64::MAX, item, u64::MAX));
                 match fate {
                     // The exchange succeeds: the lane delivers, gives back.
                     0 | 1 => {
@@ -345,6 +394,34 @@ impl World {
                         self.die(i);
                     }
                 }
+            }
+        }
+    }
+
+    /// cancel() on a handle of `job`: the core skips, fails and names the
+    /// workers to kill, and must name every worker running one of its items.
+    fn cancel(&mut self, job: u64) {
+        let started: HashMap<u64, u64> = self.sims.iter().map(|s| (s.id, s.started)).collect();
+        let sims = &mut self.sims;
+        let kill = self.core.cancel(
+            job,
+            |w, run| {
+                let s = sims.iter_mut().find(|s| s.id == w).expect("a live worker");
+                s.skip.insert(run);
+            },
+            |w| started[&w],
+        );
+        self.hard_cancelled.insert(job);
+        for s in &mut self.sims {
+            // (A worker already being killed, for a deadline, is no concern.)
+            let running = !s.killing
+                && s.started > s.finished
+                && self.job_of.get(&s.stream[s.started as usize - 1].1) == Some(&job);
+            if running {
+                assert!(kill.contains(&s.id), "worker {} runs a cancelled item", s.id);
+            }
+            if kill.contains(&s.id) {
+                s.killing = true;
             }
         }
     }
@@ -381,7 +458,8 @@ impl World {
                 "ok" | "died" | "timed out" => {
                     assert_eq!(runs, 1, "item {id} ended `{}` without running", outcomes[0])
                 }
-                "cancelled" => assert_eq!(runs, 0, "item {id} ran, then was cancelled"),
+                // Either never run, or stopped while it ran.
+                "cancelled" => {}
                 "never started" => assert_eq!(runs, 0, "item {id} ran, yet failed unstarted"),
                 "failed" => assert!(terminated, "item {id} failed outside a terminate"),
                 other => panic!("item {id}: unexpected outcome {other}"),
@@ -474,10 +552,11 @@ fn an_unrepresentable_deadline_never_fires() {
         delivered: 0,
         timeout: Some(Duration::MAX),
         cancelled: Rc::default(),
+        job: 0,
         log,
         missed: 0,
     });
-    assert!(core.dispatch(0, 1, 0, now).is_some());
+    assert!(core.dispatch(0, 1, 0, 0, now).is_some());
     assert_eq!(core.next_deadline(), None);
     assert!(
         core.expire(now + Duration::from_secs(1 << 40), |_| 1)

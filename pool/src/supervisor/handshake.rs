@@ -71,6 +71,7 @@ pub(crate) fn judge_init(init: Option<&Initializer>, outcome: &Outcome<'_>) -> R
         }),
         Outcome::ArgDecode(m) => Err(format!("cannot decode its argument: {m}")),
         Outcome::OutputEncode(m) => Err(format!("cannot encode its result: {m}")),
+        Outcome::Cancelled => Err("a worker reported its initializer as cancelled".into()),
     }
 }
 

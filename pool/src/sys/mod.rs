@@ -24,7 +24,7 @@ pub(crate) use proc::{
     die_with_parent, exited_unreaped, kill_descendants_of_self, limit_memory, pidfd_open,
     pidfd_signal, signal_group, unreaped,
 };
-pub(crate) use shm::SharedCounter;
+pub(crate) use shm::{MAX_RUNS_IN_FLIGHT, SharedCounter};
 pub(crate) use wait::{Waited, after, flagged, peek, wait};
 
 /// Descriptor numbers the worker runtime moves the protocol pipes to.

@@ -2,6 +2,12 @@
 //! stores how many items it has started, the pool reads it after a death.
 //! That makes the running item known exactly with no syscall per item.
 //!
+//! The third word is the pool's say in the other direction: a bit per
+//! `Run` frame in flight (frame number modulo 64) that the pool sets when
+//! the frame's job is cancelled. The worker looks at its frame's bit
+//! before each item and skips the item when it is set, so a cancelled item
+//! that a worker has not reached never runs, at the price of one load.
+//!
 //! The pool creates the memory (a memfd, close-on-exec, so no other child
 //! inherits it) and names it to the worker as `/proc/<pool pid>/fd/<n>`;
 //! the worker opens and maps that path at start-up.
@@ -86,11 +92,12 @@ impl SharedCounter {
         Ok(Self { ptr })
     }
 
-    /// Word `i` (0: the counter, 1: the attach mark) of the page.
+    /// Word `i` (0: the counter, 1: the attach mark, 2: the skip bits)
+    /// of the page.
     fn cell(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 2);
+        assert!(i < 3);
         // SAFETY: `ptr` points at the start of a live, page-aligned mapping
-        // of LEN bytes, valid until Drop, so words 0 and 1 are in bounds and
+        // of LEN bytes, valid until Drop, so words 0 to 2 are in bounds and
         // aligned; an AtomicU64 may alias memory that another process
         // updates atomically.
         unsafe { &*self.ptr.as_ptr().add(i) }
@@ -109,10 +116,36 @@ impl SharedCounter {
         self.cell(1).store(ATTACHED, Ordering::Release);
     }
 
+    /// The pool: the items of `Run` frame number `run` not yet started
+    /// are not wanted.
+    pub(crate) fn skip(&self, run: u64) {
+        self.cell(2).fetch_or(skip_bit(run), Ordering::AcqRel);
+    }
+
+    /// The pool, before sending `Run` frame number `run`: its bit is its
+    /// own now (the frame 64 before it is long done: far fewer frames are
+    /// ever in flight on one worker).
+    pub(crate) fn unskip(&self, run: u64) {
+        self.cell(2).fetch_and(!skip_bit(run), Ordering::AcqRel);
+    }
+
+    /// The worker: whether to skip the items of `Run` frame number `run`.
+    pub(crate) fn skipped(&self, run: u64) -> bool {
+        self.cell(2).load(Ordering::Acquire) & skip_bit(run) != 0
+    }
+
     /// The pool: whether the worker said it counts.
     pub(crate) fn attached(&self) -> bool {
         self.cell(1).load(Ordering::Acquire) == ATTACHED
     }
+}
+
+/// Most `Run` frames one worker may have in flight for its skip bits to
+/// stay apart.
+pub(crate) const MAX_RUNS_IN_FLIGHT: usize = 64;
+
+fn skip_bit(run: u64) -> u64 {
+    1 << (run % MAX_RUNS_IN_FLIGHT as u64)
 }
 
 impl Drop for SharedCounter {
@@ -126,6 +159,22 @@ impl Drop for SharedCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_bits_are_per_run_frame_and_reused_after_64() {
+        let (fd, pool) = SharedCounter::create().unwrap();
+        let worker = SharedCounter::open(&format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        pool.skip(3);
+        assert!(worker.skipped(3));
+        assert!(!worker.skipped(2) && !worker.skipped(4));
+        // Frame 67 shares frame 3's bit: sending it clears the bit.
+        pool.unskip(67);
+        assert!(!worker.skipped(3) && !worker.skipped(67));
+        pool.skip(63);
+        pool.skip(64);
+        assert!(worker.skipped(63) && worker.skipped(0));
+        assert_eq!(worker.load(), 0, "the skip bits are apart from the counter");
+    }
 
     #[test]
     fn two_mappings_of_one_memfd_share_the_counter() {

@@ -148,6 +148,7 @@ pub(crate) fn serve(
         registry,
         progress,
         started: 0,
+        runs: 0,
         output,
         max_frame,
         out,
@@ -194,6 +195,8 @@ struct Server<'r> {
     progress: Option<&'r SharedCounter>,
     /// Items started so far (not counting the initializer).
     started: u64,
+    /// `Run` frames received so far: the number of the next one.
+    runs: u64,
     output: Arc<Mutex<std::fs::File>>,
     max_frame: u32,
     /// The frame being written.
@@ -231,12 +234,21 @@ impl Server<'_> {
         // `stride` items, doubling the stride while items are fast and
         // back to every item as soon as they are not.
         let (mut stride, mut since_check) = (1u32, 0u32);
+        let run = self.runs;
+        self.runs += 1;
         for item in items {
             self.started += 1;
-            if let Some(p) = self.progress {
+            // Started or skipped, an item counts: the pool's stream index
+            // of every item stays the worker's count.
+            let skip = self.progress.is_some_and(|p| {
                 p.store(self.started);
-            }
-            let outcome = run_item(self.registry, task as usize, item, &mut self.scratch, limit);
+                p.skipped(run)
+            });
+            let outcome = if skip {
+                Outcome::Cancelled
+            } else {
+                run_item(self.registry, task as usize, item, &mut self.scratch, limit)
+            };
             let before = self.outcomes.len();
             push_outcome(&mut self.outcomes, &outcome);
             if self.outcomes.len() > limit && pending > 0 {
