@@ -300,6 +300,7 @@ impl Builder {
                 timeout: self.task_timeout,
                 max_frame: self.max_frame,
                 stopped: AtomicBool::new(false),
+                callbacks: Default::default(),
             }),
         })
     }

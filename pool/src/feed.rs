@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use crossbeam_channel::Receiver;
 use procpool_protocol::value::take_value;
@@ -108,10 +109,12 @@ pub(crate) struct Feeder<I> {
     iter: I,
     exhausted: bool,
     pub(crate) job: Arc<Job>,
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     size: ChunkSize,
     next_seq: u64,
     scratch: Vec<u8>,
+    /// Dropping it leaves its job alone (`map_async`: fed whole, detached).
+    detached: bool,
 }
 
 impl<I, Args> Feeder<I>
@@ -128,7 +131,13 @@ where
             size,
             next_seq: 0,
             scratch: Vec::new(),
+            detached: false,
         }
+    }
+
+    /// Drops the feeder without cancelling its job's unstarted work.
+    pub(crate) fn detach(mut self) {
+        self.detached = true;
     }
 
     pub(crate) fn exhausted(&self) -> bool {
@@ -147,7 +156,9 @@ where
     /// Builds and submits the next chunk (or chunks, when an item fails
     /// to encode and gets a chunk of its own); empty once the input ends.
     pub(crate) fn open_next(&mut self, opened: &mut Vec<Opened>) {
-        if self.exhausted {
+        // A cancelled job takes no more input.
+        if self.exhausted || self.job.cancelled.load(Ordering::Relaxed) {
+            self.exhausted = true;
             return;
         }
         let want = self.size.take();
@@ -203,10 +214,19 @@ where
     }
 }
 
+impl<I> Feeder<I> {
+    /// Pulls no more input.
+    pub(crate) fn stop(&mut self) {
+        self.exhausted = true;
+    }
+}
+
 impl<I> Drop for Feeder<I> {
     fn drop(&mut self) {
         // Work not yet started is not wanted any more.
-        self.job.cancelled.store(true, Ordering::Relaxed);
+        if !self.detached {
+            self.job.cancelled.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -355,8 +375,14 @@ impl<R: DeserializeOwned> Chunks<R> {
     }
 
     /// The next result, feeding more input while the window allows;
-    /// `None` once the input is exhausted and every result was yielded.
-    pub(crate) fn next<I, Args>(&mut self, feeder: &mut Feeder<I>) -> Option<Result<R, Error>>
+    /// `Ready(None)` once the input is exhausted and every result was
+    /// yielded. With `block` false it never waits: `Pending` when no result
+    /// is there yet.
+    pub(crate) fn step<I, Args>(
+        &mut self,
+        feeder: &mut Feeder<I>,
+        block: bool,
+    ) -> Poll<Option<Result<R, Error>>>
     where
         I: Iterator<Item = Args>,
         Args: Serialize,
@@ -372,15 +398,14 @@ impl<R: DeserializeOwned> Chunks<R> {
                 }
             }
             if let Some(r) = self.take_ready() {
-                return Some(r);
+                return Poll::Ready(Some(r));
             }
             if self.open == 0 {
-                return None;
+                return Poll::Ready(None);
             }
-            let msg = self
-                .rx
-                .recv()
-                .expect("the job holds a sender, so the channel stays connected");
+            let Some(msg) = recv(&self.rx, block) else {
+                return Poll::Pending;
+            };
             self.apply(msg, &feeder.job);
         }
     }
@@ -394,82 +419,127 @@ impl<R: DeserializeOwned> Chunks<R> {
         I: Iterator<Item = Args>,
         Args: Serialize,
     {
-        // Results of chunk `seq`, and how many it still waits for.
-        let mut done: Vec<Vec<R>> = Vec::new();
-        let mut missing: Vec<u32> = Vec::new();
-        let mut open = 0usize;
+        let mut gather = Gather::default();
         loop {
-            while open < self.window && !feeder.exhausted() {
+            while gather.open < self.window && !feeder.exhausted() {
                 feeder.open_next(&mut self.opened);
                 for o in self.opened.drain(..) {
-                    debug_assert_eq!(o.seq as usize, done.len());
-                    if let Some(e) = o.failed {
-                        count::<R>(&feeder.job.shared, &Err(e.clone()));
-                        return Err(e);
-                    }
-                    done.push(Vec::with_capacity(o.count as usize));
-                    missing.push(o.count);
-                    open += 1;
+                    gather.open(o, &feeder.job.shared)?;
                 }
             }
-            if open == 0 {
-                break;
+            if gather.open == 0 {
+                return Ok(gather.finish());
             }
-            let msg = self
-                .rx
-                .recv()
-                .expect("the job holds a sender, so the channel stays connected");
-            let job = &feeder.job;
-            let seq = match msg {
-                ChunkMsg::Part {
-                    seq,
-                    skip,
-                    pid,
-                    frame,
-                    ..
-                } => {
-                    let out = &mut done[seq as usize];
-                    let before = out.len();
-                    let mut first_error = None;
-                    decode_part::<R>(
-                        &frame,
-                        skip,
-                        &job.task_name,
-                        pid,
-                        &job.shared,
-                        |r| match r {
-                            Ok(v) => out.push(v),
-                            Err(e) => {
-                                first_error.get_or_insert(e);
-                            }
-                        },
-                    );
-                    if let Some(e) = first_error {
-                        return Err(e);
-                    }
-                    missing[seq as usize] -= (out.len() - before) as u32;
-                    seq
-                }
-                ChunkMsg::Failed {
-                    count: n, error, ..
-                } => {
-                    for _ in 0..n {
-                        count::<R>(&job.shared, &Err(error.clone()));
-                    }
-                    return Err(error);
-                }
-            };
-            if missing[seq as usize] == 0 {
-                open -= 1;
-            }
+            let msg = recv(&self.rx, true).expect("a blocking receive returns a message");
+            gather.take(msg, &feeder.job)?;
         }
-        let mut all = Vec::with_capacity(done.iter().map(Vec::len).sum());
-        for chunk in done {
-            all.extend(chunk);
+    }
+}
+
+/// The next message: waiting for it if `block`, else `None` if there is
+/// none yet.
+pub(crate) fn recv(rx: &Receiver<ChunkMsg>, block: bool) -> Option<ChunkMsg> {
+    // The job holds a sender, so the channel stays connected.
+    if block {
+        Some(rx.recv().expect("the job holds a sender"))
+    } else {
+        rx.try_recv().ok()
+    }
+}
+
+/// A whole job's results in input order (`map`, `map_async`): straight
+/// into one vector per chunk, no per-item queueing; the first error to
+/// arrive ends it.
+pub(crate) struct Gather<R> {
+    /// Results of chunk `seq`, and how many it still waits for.
+    done: Vec<Vec<R>>,
+    missing: Vec<u32>,
+    /// Chunks still waiting for results.
+    pub(crate) open: usize,
+}
+
+impl<R> Default for Gather<R> {
+    fn default() -> Self {
+        Self {
+            done: Vec::new(),
+            missing: Vec::new(),
+            open: 0,
         }
-        Ok(all)
+    }
+}
+
+impl<R: DeserializeOwned> Gather<R> {
+    /// A chunk was opened; `Err` if it failed before it could be sent.
+    pub(crate) fn open(&mut self, o: Opened, shared: &Shared) -> Result<(), Error> {
+        debug_assert_eq!(o.seq as usize, self.done.len());
+        if let Some(e) = o.failed {
+            count::<R>(shared, &Err(e.clone()));
+            return Err(e);
+        }
+        self.done.push(Vec::with_capacity(o.count as usize));
+        self.missing.push(o.count);
+        self.open += 1;
+        Ok(())
     }
 
+    /// Takes one message's results; `Err` at the first failed item.
+    pub(crate) fn take(&mut self, msg: ChunkMsg, job: &Job) -> Result<(), Error> {
+        let seq = match msg {
+            ChunkMsg::Part {
+                seq,
+                skip,
+                pid,
+                frame,
+                ..
+            } => {
+                let out = &mut self.done[seq as usize];
+                let before = out.len();
+                let mut first_error = None;
+                decode_part::<R>(
+                    &frame,
+                    skip,
+                    &job.task_name,
+                    pid,
+                    &job.shared,
+                    |r| match r {
+                        Ok(v) => out.push(v),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    },
+                );
+                if let Some(e) = first_error {
+                    return Err(e);
+                }
+                self.missing[seq as usize] -= (out.len() - before) as u32;
+                seq
+            }
+            ChunkMsg::Failed {
+                count: n, error, ..
+            } => {
+                for _ in 0..n {
+                    count::<R>(&job.shared, &Err(error.clone()));
+                }
+                return Err(error);
+            }
+        };
+        if self.missing[seq as usize] == 0 {
+            self.open -= 1;
+        }
+        Ok(())
+    }
+
+    /// Every result, in input order (once `open` is 0).
+    pub(crate) fn finish(self) -> Vec<R> {
+        let mut all = Vec::with_capacity(self.done.iter().map(Vec::len).sum());
+        for chunk in self.done {
+            all.extend(chunk);
+        }
+        all
+    }
+}
+
+impl<R: DeserializeOwned> Chunks<R> {
     fn take_ready(&mut self) -> Option<Result<R, Error>> {
         let idx = if self.ordered {
             match self.chunks.front() {

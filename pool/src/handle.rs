@@ -1,24 +1,41 @@
 //! What a caller holds while work runs: [`Imap`] (the streaming iterator
-//! of `imap` and `imap_unordered`), [`AsyncResult`], and [`SubmitError`].
+//! of `imap` and `imap_unordered`) and [`ImapStream`] (the same as a
+//! `Stream`), [`AsyncResult`] (also a `Future`), [`CancelHandle`], and
+//! [`SubmitError`].
 
 use std::fmt;
-use std::marker::PhantomData;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dispatcher::{ChunkMsg, Job};
+use crate::dispatcher::{ChunkMsg, Command, Job};
 use crate::error::{Error, ErrorKind};
-use crate::feed::{Chunks, Feeder, count, decode_part};
+use crate::feed::{Chunks, Feeder, count, decode_part, recv};
+use crate::pool::Inner;
 
 /// The iterator of [`Pool::imap`](crate::Pool::imap) and [`Pool::imap_unordered`](crate::Pool::imap_unordered): one
 /// `Result` per input item.
 ///
 /// Input is pulled from the source iterator as results are consumed, a
-/// bounded window ahead. Dropping it cancels the work not yet started.
+/// bounded window ahead.
+///
+/// Unlike an [`AsyncResult`], dropping it *cancels* the work not yet
+/// started (items already running finish, their results discarded):
+/// nobody can consume the rest. [`cancel`](Self::cancel) also stops
+/// the items running.
+///
+/// It is an [`Iterator`], which blocks; for async code,
+/// [`into_stream`](Self::into_stream) makes it a [`Stream`] (as flume's
+/// `Receiver::into_stream` does: one type that is both would make every
+/// `next()` ambiguous where `StreamExt` is in scope).
 ///
 /// # Progress
 ///
@@ -54,11 +71,10 @@ where
     type Item = Result<R, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let next = self.chunks.next(&mut self.feeder);
-        if next.is_some() {
-            self.yielded += 1;
+        match self.step(true) {
+            Poll::Ready(next) => next,
+            Poll::Pending => unreachable!("a blocking step always has an answer"),
         }
-        next
     }
 
     /// Exact when the input's size hint is: results still to come are the
@@ -73,34 +89,164 @@ where
     }
 }
 
+/// An [`Imap`] as a [`Stream`]; from [`Imap::into_stream`].
+///
+/// `while let Some(r) = stream.next().await` (with `futures::StreamExt`)
+/// waits without blocking the runtime's thread: the pool wakes the task
+/// when results arrive. The input iterator is pulled on the polling
+/// thread, so one that blocks blocks there. Dropping it cancels the work
+/// not yet started, as dropping the `Imap` does.
+pub struct ImapStream<R, I>(Imap<R, I>);
+
+impl<R, I> fmt::Debug for ImapStream<R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ImapStream").field(&self.0).finish()
+    }
+}
+
+impl<R, I, Args> Stream for ImapStream<R, I>
+where
+    I: Iterator<Item = Args>,
+    Args: Serialize,
+    R: DeserializeOwned,
+{
+    type Item = Result<R, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut self.get_mut().0;
+        if let Poll::Ready(next) = this.step(false) {
+            return Poll::Ready(next);
+        }
+        this.feeder.job.listener.listen(cx.waker());
+        // Anything sent before the waker was in place is seen here.
+        this.step(false)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+// Never pinned structurally: `poll_next` works through `&mut`.
+impl<R, I> Unpin for ImapStream<R, I> {}
+
+impl<R, I> ImapStream<R, I> {
+    /// Results yielded so far (see [`Imap::completed`]).
+    pub fn completed(&self) -> u64 {
+        self.0.completed()
+    }
+
+    /// Cancels the rest of the work (see [`Imap::cancel`]).
+    pub fn cancel(&mut self) {
+        self.0.cancel();
+    }
+
+    /// A handle that cancels this work from anywhere (see
+    /// [`Imap::cancel_handle`]).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.0.cancel_handle()
+    }
+}
+
+impl<R, I, Args> Imap<R, I>
+where
+    I: Iterator<Item = Args>,
+    Args: Serialize,
+    R: DeserializeOwned,
+{
+    fn step(&mut self, block: bool) -> Poll<Option<Result<R, Error>>> {
+        let next = self.chunks.step(&mut self.feeder, block);
+        if let Poll::Ready(Some(_)) = next {
+            self.yielded += 1;
+        }
+        next
+    }
+}
+
 impl<R, I> Imap<R, I> {
+    /// This iterator as a [`Stream`], for async code.
+    pub fn into_stream(self) -> ImapStream<R, I> {
+        ImapStream(self)
+    }
+
     /// Results yielded so far: a progress count.
     pub fn completed(&self) -> u64 {
         self.yielded
     }
+
+    /// Cancels the rest of the work: no more input is pulled, items not
+    /// yet started never run, items running are stopped by killing their
+    /// workers (see [`AsyncResult::cancel`]). The items already submitted
+    /// still come out, each with its result or an error that
+    /// [`is_cancelled`](Error::is_cancelled).
+    pub fn cancel(&mut self) {
+        self.feeder.stop();
+        cancel(&self.feeder.inner, &self.feeder.job);
+    }
+
+    /// A handle that cancels this work from anywhere (another thread, or
+    /// code that does not own the iterator), as [`cancel`](Self::cancel)
+    /// does.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            inner: self.feeder.inner.clone(),
+            job: self.feeder.job.clone(),
+        }
+    }
 }
 
-pub(crate) enum Slot<R> {
+pub(crate) enum Slot<T> {
     Waiting,
-    Ready(Result<R, Error>),
+    Ready(Result<T, Error>),
     Taken,
 }
 
-/// A handle to one task's result; from [`Pool::apply_async`](crate::Pool::apply_async).
-///
-/// Dropping it *detaches* the task, as dropping a `JoinHandle` does: the
-/// task still runs and its result is discarded, so a fire-and-forget
-/// `apply_async` followed by [`close`](crate::Pool::close) and
-/// [`join`](crate::Pool::join) runs every task.
-#[must_use = "dropping an AsyncResult detaches the task: it still runs, its result is discarded"]
-pub struct AsyncResult<R> {
-    pub(crate) rx: Receiver<ChunkMsg>,
-    pub(crate) job: Arc<Job>,
-    pub(crate) state: Slot<R>,
-    pub(crate) _r: PhantomData<fn() -> R>,
+/// Gathers a whole job's messages into its value: `Some` once complete
+/// (or at the first failed item).
+pub(crate) type GatherFn<T> = Box<dyn FnMut(ChunkMsg, &Job) -> Option<Result<T, Error>> + Send>;
+
+/// How an [`AsyncResult`] turns messages into its value.
+pub(crate) enum Pending<T> {
+    /// One task (`apply_async`): its one message decodes into the value.
+    One(fn(ChunkMsg, &Job) -> Result<T, Error>),
+    /// A whole job (`map_async`): messages gather until every chunk is
+    /// complete or one item failed (`Some` then).
+    All(GatherFn<T>),
 }
 
-impl<R> fmt::Debug for AsyncResult<R> {
+/// A handle to a result still being computed: one task's, from
+/// [`Pool::apply_async`](crate::Pool::apply_async), or a whole job's
+/// `Vec` in input order, from [`Pool::map_async`](crate::Pool::map_async)
+/// and [`Pool::starmap_async`](crate::Pool::starmap_async).
+///
+/// Three ways to take the result, as suits the caller:
+///
+/// - block: [`get`](Self::get), [`get_timeout`](Self::get_timeout),
+///   [`ready`](Self::ready) (never blocks);
+/// - await it: it is a [`Future`] (any executor; the pool wakes the task,
+///   no runtime thread is blocked);
+/// - have it handed to a callback on the pool's callback thread:
+///   [`on_complete`](Self::on_complete) (Python's `callback` and
+///   `error_callback`).
+///
+/// Dropping it *detaches* the work, as dropping a `JoinHandle` does: it
+/// still runs and its result is discarded, so a fire-and-forget
+/// `apply_async` followed by [`close`](crate::Pool::close) and
+/// [`join`](crate::Pool::join) runs every task. To stop the work, call
+/// [`cancel`](Self::cancel).
+#[must_use = "dropping an AsyncResult detaches the task: it still runs, its result is discarded"]
+pub struct AsyncResult<T> {
+    pub(crate) rx: Receiver<ChunkMsg>,
+    pub(crate) job: Arc<Job>,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) pending: Pending<T>,
+    pub(crate) state: Slot<T>,
+}
+
+// Never pinned structurally: `poll` only moves values out of `state`.
+impl<T> Unpin for AsyncResult<T> {}
+
+impl<T> fmt::Debug for AsyncResult<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncResult")
             .field("task", &self.job.task_name)
@@ -108,9 +254,9 @@ impl<R> fmt::Debug for AsyncResult<R> {
     }
 }
 
-impl<R: DeserializeOwned> AsyncResult<R> {
+impl<T> AsyncResult<T> {
     /// Waits for the result.
-    pub fn get(mut self) -> Result<R, Error> {
+    pub fn get(mut self) -> Result<T, Error> {
         self.wait(None);
         self.take()
     }
@@ -118,7 +264,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits at most `timeout` for the result. On timeout the error
     /// [`is_wait_timeout`](Error::is_wait_timeout) and the handle stays
     /// usable; after a result was returned, further calls return an error.
-    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, Error> {
         self.wait(Some(timeout));
         if matches!(self.state, Slot::Waiting) {
             return Err(Error::new(ErrorKind::WaitTimeout));
@@ -132,7 +278,47 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         !matches!(self.state, Slot::Waiting)
     }
 
-    fn take(&mut self) -> Result<R, Error> {
+    /// Cancels the work: an item not yet started never runs; an item
+    /// running is stopped by killing its worker (with its descendants, as
+    /// at a deadline), and only that worker is replaced. Each cancelled
+    /// item ends with an error that
+    /// [`is_cancelled`](Error::is_cancelled); an item that finished first
+    /// keeps its result. The result is then taken as usual (`get`, `await`,
+    /// the callback). Cancelling twice, or after the end, does nothing.
+    ///
+    /// A worker started by a launcher that strips its environment cannot
+    /// be told to skip items already sent to it; they then run.
+    pub fn cancel(&self) {
+        cancel(&self.inner, &self.job);
+    }
+
+    /// A handle that cancels this work from anywhere (another thread, while
+    /// this one waits in [`get`](Self::get)).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            inner: self.inner.clone(),
+            job: self.job.clone(),
+        }
+    }
+
+    /// Hands the result, once it is there, to `callback` on the pool's
+    /// callback thread (Python's `callback` and `error_callback` in one).
+    ///
+    /// One thread, owned by the pool, runs every callback in turn, never the
+    /// dispatcher: a slow callback delays only other callbacks, and a
+    /// callback that panics is caught and logged (`log::error!`) and
+    /// harms nothing else. [`Pool::join`](crate::Pool::join) returns once
+    /// every callback of the work it waited for has run.
+    pub fn on_complete<F>(self, callback: F)
+    where
+        T: Send + 'static,
+        F: FnOnce(Result<T, Error>) + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        inner.callbacks.spawn(async move { callback(self.await) });
+    }
+
+    fn take(&mut self) -> Result<T, Error> {
         match std::mem::replace(&mut self.state, Slot::Taken) {
             Slot::Ready(r) => r,
             Slot::Taken => Err(Error::new(ErrorKind::ResultTaken)),
@@ -140,41 +326,115 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         }
     }
 
+    /// Takes messages until the value is complete, waiting at most
+    /// `timeout` (`None`: as long as it takes).
     fn wait(&mut self, timeout: Option<Duration>) {
-        if !matches!(self.state, Slot::Waiting) {
-            return;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        while matches!(self.state, Slot::Waiting) {
+            let msg = match (timeout, deadline) {
+                (None, _) | (Some(_), None) => {
+                    self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                }
+                (Some(_), Some(d)) => self.rx.recv_deadline(d),
+            };
+            match msg {
+                Ok(m) => self.apply(m),
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the job holds a sender"),
+            }
         }
-        let msg = match timeout {
-            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => self.rx.recv_timeout(t),
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => return,
-            Err(RecvTimeoutError::Disconnected) => unreachable!("the job holds a sender"),
-        };
-        let result = match msg {
-            ChunkMsg::Part {
-                skip, pid, frame, ..
-            } => {
-                let mut out = None;
-                decode_part::<R>(
-                    &frame,
-                    skip,
-                    &self.job.task_name,
-                    pid,
-                    &self.job.shared,
-                    |r| out = Some(r),
-                );
-                out.expect("a Part carries at least one outcome")
+    }
+
+    /// Takes the messages already there; whether the value is complete.
+    fn try_complete(&mut self) -> bool {
+        while matches!(self.state, Slot::Waiting) {
+            match recv(&self.rx, false) {
+                Some(m) => self.apply(m),
+                None => return false,
             }
-            ChunkMsg::Failed { error, .. } => {
-                let r = Err(error);
-                count(&self.job.shared, &r);
-                r
-            }
+        }
+        true
+    }
+
+    fn apply(&mut self, msg: ChunkMsg) {
+        let value = match &mut self.pending {
+            Pending::One(decode) => Some(decode(msg, &self.job)),
+            Pending::All(gather) => gather(msg, &self.job),
         };
-        self.state = Slot::Ready(result);
+        if let Some(v) = value {
+            self.state = Slot::Ready(v);
+        }
+    }
+}
+
+impl<T> Future for AsyncResult<T> {
+    type Output = Result<T, Error>;
+
+    /// Ready once the result is there; until then the pool wakes the task
+    /// when something arrives. Polled again after `Ready`, it gives an
+    /// error.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.try_complete() {
+            this.job.listener.listen(cx.waker());
+            // Anything sent before the waker was in place is seen here.
+            if !this.try_complete() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(this.take())
+    }
+}
+
+/// Decodes the one outcome of an `apply_async`.
+pub(crate) fn decode_one<R: DeserializeOwned>(msg: ChunkMsg, job: &Job) -> Result<R, Error> {
+    match msg {
+        ChunkMsg::Part {
+            skip, pid, frame, ..
+        } => {
+            let mut out = None;
+            decode_part::<R>(&frame, skip, &job.task_name, pid, &job.shared, |r| {
+                out = Some(r)
+            });
+            out.expect("a Part carries at least one outcome")
+        }
+        ChunkMsg::Failed { error, .. } => {
+            let r = Err(error);
+            count(&job.shared, &r);
+            r
+        }
+    }
+}
+
+/// Marks `job` cancelled and asks the dispatcher to carry it out.
+pub(crate) fn cancel(inner: &Inner, job: &Job) {
+    if !job.cancelled.swap(true, Ordering::AcqRel) {
+        // A dispatcher that has exited has settled everything already.
+        let _ = inner.handle.send(Command::Cancel(job.id));
+    }
+}
+
+/// Cancels one piece of work from anywhere; from
+/// [`AsyncResult::cancel_handle`] or [`Imap::cancel_handle`]. Cloning it
+/// is cheap; it does not keep the work alive.
+#[derive(Clone)]
+pub struct CancelHandle {
+    inner: Arc<Inner>,
+    job: Arc<Job>,
+}
+
+impl CancelHandle {
+    /// Cancels the work (see [`AsyncResult::cancel`]).
+    pub fn cancel(&self) {
+        cancel(&self.inner, &self.job);
+    }
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("task", &self.job.task_name)
+            .finish_non_exhaustive()
     }
 }
 

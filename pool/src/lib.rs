@@ -191,6 +191,7 @@
 //! thread.
 
 mod builder;
+mod callback;
 mod dispatcher;
 mod error;
 mod feed;
@@ -203,7 +204,7 @@ pub mod worker;
 
 pub use builder::{Builder, InitOutput};
 pub use error::{Error, Exit, PanicLocation};
-pub use handle::{AsyncResult, Imap, SubmitError};
+pub use handle::{AsyncResult, CancelHandle, Imap, ImapStream, SubmitError};
 pub use pool::{Call, Pool, Stats};
 pub use task::{Named, Task, TaskFn, TaskRef};
 pub use worker::{Registry, serve_if_worker};

@@ -4,7 +4,6 @@
 
 use std::any::type_name;
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -17,10 +16,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::builder::{Builder, PIPELINE};
+use crate::callback::Callbacks;
 use crate::dispatcher::{self, Batch, ChunkMsg, Command, Handle, Job, Shared};
 use crate::error::{Error, ErrorKind};
-use crate::feed::{ChunkSize, Chunks, Feeder, encode_arg};
-use crate::handle::{AsyncResult, Imap, Slot, SubmitError};
+use crate::feed::{ChunkSize, Chunks, Feeder, Gather, encode_arg};
+use crate::handle::{AsyncResult, Imap, Pending, Slot, SubmitError, cancel, decode_one};
 use crate::task::TaskRef;
 
 /// What the pool's handles share.
@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) max_frame: u32,
     /// The dispatcher has exited and was joined.
     pub(crate) stopped: AtomicBool,
+    /// The thread that runs result callbacks.
+    pub(crate) callbacks: Callbacks,
 }
 
 impl fmt::Debug for Inner {
@@ -117,6 +119,8 @@ impl Inner {
     /// Sends `cmd`, then waits for the dispatcher to exit. The command is
     /// sent before taking the lock, so a second `terminate` reaches the
     /// dispatcher (and escalates) while a first one waits.
+    /// Every outcome is then delivered: callbacks still to run on them
+    /// run before this returns.
     fn stop(&self, cmd: Command) {
         let _ = self.handle.send(cmd);
         if let Some(t) = self.thread.lock().take() {
@@ -125,6 +129,7 @@ impl Inner {
             }
             self.stopped.store(true, Ordering::Release);
         }
+        self.callbacks.flush();
     }
 }
 
@@ -270,6 +275,43 @@ impl Pool {
         self.call().apply_async(f, args)
     }
 
+    /// Submits `f` over every item and returns one handle to all their
+    /// results, in input order (Python's `map_async`): a `Vec` from
+    /// [`get`](AsyncResult::get), `.await` or
+    /// [`on_complete`](AsyncResult::on_complete).
+    ///
+    /// The input is consumed and encoded now, on this thread, and every
+    /// chunk is queued at once. The value is the first failed item's error
+    /// to arrive, if one fails; the other items still run, as they do when
+    /// the handle is dropped (it detaches); [`cancel`](AsyncResult::cancel)
+    /// stops them. An item that cannot be encoded refuses the whole call
+    /// here, and nothing of it runs.
+    pub fn map_async<F, Args, R, M, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.call().map_async(f, items)
+    }
+
+    /// [`map_async`](Self::map_async) for tasks of several arguments: each
+    /// item is the tuple of arguments.
+    pub fn starmap_async<F, Args, R, M, I>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.call().map_async(f, items)
+    }
+
     /// Stops accepting new work. Work already submitted (including the rest
     /// of iterators already started) still runs.
     pub fn close(&self) {
@@ -277,8 +319,9 @@ impl Pool {
     }
 
     /// Closes the pool (if not yet closed), waits for all submitted work
-    /// to finish, and stops the workers (each exits when its input closes;
-    /// one that does not within the shutdown grace is killed).
+    /// to finish (and for the [callbacks](AsyncResult::on_complete) on its
+    /// results to run), and stops the workers (each exits when its input
+    /// closes; one that does not within the shutdown grace is killed).
     ///
     /// An [`Imap`] still being consumed keeps what it already submitted;
     /// items it pulls from its input after the join end in a `Closed`
@@ -408,8 +451,64 @@ impl<'p> Call<'p> {
         Ok(AsyncResult {
             rx,
             job,
+            inner: inner.clone(),
+            pending: Pending::One(decode_one::<R>),
             state: Slot::Waiting,
-            _r: PhantomData,
+        })
+    }
+
+    /// [`Pool::map_async`] with this call's options.
+    pub fn map_async<F, Args, R, M, I>(self, f: F, items: I) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        F: TaskRef<Args, R, M>,
+        I: IntoIterator<Item = Args>,
+        Args: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let inner = &self.pool.inner;
+        let (job, rx) = inner.job(&f, self.timeout)?;
+        let iter = items.into_iter();
+        let size = match self.chunksize {
+            Some(n) => ChunkSize::Fixed(n),
+            None => ChunkSize::auto(iter.size_hint(), inner.workers),
+        };
+        let mut feeder = Feeder::new(iter, job.clone(), inner.clone(), size);
+        let mut gather = Gather::<R>::default();
+        let mut opened = Vec::new();
+        while !feeder.exhausted() {
+            feeder.open_next(&mut opened);
+            for o in opened.drain(..) {
+                if let Err(e) = gather.open(o, &job.shared) {
+                    // Refused whole: what was queued already never runs.
+                    cancel(inner, &job);
+                    return Err(e);
+                }
+            }
+        }
+        feeder.detach();
+        let state = if gather.open == 0 {
+            Slot::Ready(Ok(Vec::new()))
+        } else {
+            Slot::Waiting
+        };
+        let mut gather = Some(gather);
+        let step = move |msg, job: &Job| {
+            let g = gather.as_mut()?;
+            if let Err(e) = g.take(msg, job) {
+                gather = None;
+                return Some(Err(e));
+            }
+            if g.open > 0 {
+                return None;
+            }
+            gather.take().map(|g| Ok(g.finish()))
+        };
+        Ok(AsyncResult {
+            rx,
+            job,
+            inner: inner.clone(),
+            pending: Pending::All(Box::new(step)),
+            state,
         })
     }
 

@@ -394,7 +394,9 @@ impl<U: Unit> Settle<U> {
                     timeout,
                     started: true,
                 });
-                front.unit.fail_next(1, unless_cancelled(&front.unit, error));
+                front
+                    .unit
+                    .fail_next(1, unless_cancelled(&front.unit, error));
             }
             front.timed_out = Some(front.cursor);
             s.serving = false;

@@ -148,17 +148,39 @@ struct Sim {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Submit { n: u8, timeout: bool },
-    Dispatch { w: u8 },
-    Start { w: u8 },
-    Finish { w: u8 },
-    Report { w: u8, k: u8 },
-    Tick { ms: u8 },
-    Die { w: u8 },
+    Submit {
+        n: u8,
+        timeout: bool,
+    },
+    Dispatch {
+        w: u8,
+    },
+    Start {
+        w: u8,
+    },
+    Finish {
+        w: u8,
+    },
+    Report {
+        w: u8,
+        k: u8,
+    },
+    Tick {
+        ms: u8,
+    },
+    Die {
+        w: u8,
+    },
     /// `hard`: cancel() on a handle; otherwise a dropped Imap (the flag
     /// alone).
-    Cancel { job: u8, hard: bool },
-    Lane { w: u8, fate: u8 },
+    Cancel {
+        job: u8,
+        hard: bool,
+    },
+    Lane {
+        w: u8,
+        fate: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -418,7 +440,11 @@ impl World {
                 && s.started > s.finished
                 && self.job_of.get(&s.stream[s.started as usize - 1].1) == Some(&job);
             if running {
-                assert!(kill.contains(&s.id), "worker {} runs a cancelled item", s.id);
+                assert!(
+                    kill.contains(&s.id),
+                    "worker {} runs a cancelled item",
+                    s.id
+                );
             }
             if kill.contains(&s.id) {
                 s.killing = true;

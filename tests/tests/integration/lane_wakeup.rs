@@ -43,7 +43,7 @@ fn a_worker_given_back_during_reclaim_is_not_forgotten() {
                 stalls.push(i);
                 eprintln!("iteration {i}: apply_async stalled 10 s with an idle worker");
                 // Any later command wakes the dispatcher.
-                let _ = pool.apply_async(square, 0).unwrap();
+                drop(pool.apply_async(square, 0).unwrap());
                 assert_eq!(b.get_timeout(Duration::from_secs(5)).unwrap(), i * i);
                 eprintln!(
                     "  ... and completed once another command woke the dispatcher ({:?})",

@@ -2,6 +2,10 @@
 //!
 //! One binary, one module per scenario:
 //! - `api`: every entry point, ordering, empty input, laziness;
+//! - `async_api`: futures, streams, `map_async`, callbacks (tokio and
+//!   `futures`' executor);
+//! - `cancel`: `cancel()` on a task and a job: unstarted items never run,
+//!   running ones are killed with their worker only;
 //! - `errors`: panics, task errors, unknown tasks, encode/decode failures;
 //! - `stdio`: tasks that print cannot corrupt the protocol;
 //! - `crash`: workers that exit, abort, segfault or are killed;
@@ -28,6 +32,8 @@
 //! Every test arms a watchdog that turns a hang into a failure.
 
 mod api;
+mod async_api;
+mod cancel;
 mod crash;
 mod crash_matrix;
 mod deadline_stop;

@@ -230,7 +230,7 @@ fn fault01_join_after_dropping_an_async_handle() -> Result<(), procpool::Error> 
             let pool = pool.clone();
             move || pool.terminate()
         });
-        let _ = pool.apply_async(record, round)?;
+        drop(pool.apply_async(record, round)?);
         pool.join();
         let hung = rescue.disarm();
         run_this_thread_on(&cpus);
