@@ -61,6 +61,12 @@
 //!   [`close`](Pool::close), [`join`](Pool::join),
 //!   [`terminate`](Pool::terminate); per-call options through
 //!   [`Pool::with_chunksize`].
+//! - Handles: [`AsyncResult`] from [`apply_async`](Pool::apply_async),
+//!   [`map_async`](Pool::map_async) and
+//!   [`starmap_async`](Pool::starmap_async) — wait on it, `.await` it, or
+//!   give it a callback ([`on_complete`](AsyncResult::on_complete));
+//!   [`Imap`] (an iterator; [`into_stream`](Imap::into_stream) for async
+//!   code); both can [`cancel`](AsyncResult::cancel) their work.
 //! - [`Error`]: one opaque type with predicates (`is_panic`,
 //!   `is_worker_died`, `exit`, `is_unknown_task`, ...).
 //!
@@ -86,6 +92,51 @@
 //! [`apply`](Pool::apply) and [`apply_async`](Pool::apply_async) send one
 //! item. Input iterators are consumed lazily, a bounded window ahead of the
 //! consumer.
+//!
+//! # Async code, callbacks and cancel
+//!
+//! An [`AsyncResult`] is a [`Future`] and an
+//! [`ImapStream`] a `futures_core::Stream`, with no runtime of their own:
+//! the dispatcher wakes the waiting task when a result arrives, so a tokio
+//! (or any) runtime awaits the pool without blocking a thread. A callback
+//! ([`AsyncResult::on_complete`], Python's `callback` and
+//! `error_callback`) runs on one thread the pool owns, never on the
+//! dispatcher: a slow callback delays only the other callbacks, a panicking
+//! one is caught and logged, and [`join`](Pool::join) returns once the
+//! callbacks of the work it waited for have run.
+//!
+//! [`cancel`](AsyncResult::cancel) (or a [`CancelHandle`] from another
+//! thread) stops work the way Python's Pool cannot: items not yet started
+//! never run, even those already sent to a worker (it skips them); an item
+//! running is stopped by killing its worker and descendants, as at a
+//! deadline, and only that worker is replaced. Each ends with an error that
+//! [`is_cancelled`](Error::is_cancelled).
+//!
+//! ```rust,standalone_crate
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     let tasks = procpool::Registry::new().task(square);
+//!     procpool::serve_if_worker(&tasks);
+//!     let pool = procpool::Pool::builder().workers(2).build()?;
+//!
+//!     // Any executor: tokio's, or here the `futures` crate's.
+//!     let all = futures::executor::block_on(pool.map_async(square, 0..100u64)?)?;
+//!     assert_eq!(all[99], 9801);
+//!
+//!     let (tx, rx) = std::sync::mpsc::channel();
+//!     pool.apply_async(square, 7)?
+//!         .on_complete(move |r| tx.send(r).unwrap());
+//!     assert_eq!(rx.recv().unwrap()?, 49);
+//!
+//!     let unwanted = pool.map_async(square, 0..1_000_000u64)?;
+//!     unwanted.cancel();
+//!     assert!(unwanted.get().unwrap_err().is_cancelled());
+//!     Ok(())
+//! }
+//! ```
 //!
 //! # Supervision
 //!
@@ -138,9 +189,10 @@
 //! - **A task's own error is a value:** a task returning `Result<T, E>`
 //!   delivers the `Result` itself; [`Error`] is only for what the pool saw
 //!   go wrong (panic, crash, unknown task, encoding, shutdown).
-//! - **Dropping an `imap` iterator** cancels its work not yet started;
-//!   **dropping an [`AsyncResult`]** detaches its task, which still runs
-//!   (its result is discarded).
+//! - **Dropping an `imap` iterator** (or its stream) cancels its work not
+//!   yet started; **dropping an [`AsyncResult`]** (a future dropped
+//!   unfinished included) detaches its work, which still runs (its result
+//!   is discarded). [`cancel`](AsyncResult::cancel) stops either.
 //! - **Call [`serve_if_worker`] first in `main`**, before threads or files
 //!   are opened: a worker closes descriptors it did not expect to inherit.
 //!   A program whose `main` you do not control (a libtest test binary) cannot
