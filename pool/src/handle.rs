@@ -18,7 +18,8 @@ use serde::de::DeserializeOwned;
 
 use crate::dispatcher::{ChunkMsg, Command, Job};
 use crate::error::{Error, ErrorKind};
-use crate::feed::{Chunks, Feeder, count, decode_part, recv};
+use crate::feed::Feeder;
+use crate::gather::{Chunks, recv};
 use crate::pool::Inner;
 
 /// The iterator of [`Pool::imap`](crate::Pool::imap) and [`Pool::imap_unordered`](crate::Pool::imap_unordered): one
@@ -48,6 +49,7 @@ use crate::pool::Inner;
 /// let n = inputs.len() as u64;
 /// for r in pool.imap_unordered(task, inputs)?.progress_count(n) { /* ... */ }
 /// ```
+#[must_use = "an Imap submits its input as it is consumed: dropped at once, nothing runs"]
 pub struct Imap<R, I> {
     pub(crate) chunks: Chunks<R>,
     pub(crate) feeder: Feeder<I>,
@@ -96,6 +98,7 @@ where
 /// when results arrive. The input iterator is pulled on the polling
 /// thread, so one that blocks blocks there. Dropping it cancels the work
 /// not yet started, as dropping the `Imap` does.
+#[must_use = "streams do nothing unless polled; dropping one cancels its work not yet started"]
 pub struct ImapStream<R, I>(Imap<R, I>);
 
 impl<R, I> fmt::Debug for ImapStream<R, I> {
@@ -383,26 +386,6 @@ impl<T> Future for AsyncResult<T> {
             }
         }
         Poll::Ready(this.take())
-    }
-}
-
-/// Decodes the one outcome of an `apply_async`.
-pub(crate) fn decode_one<R: DeserializeOwned>(msg: ChunkMsg, job: &Job) -> Result<R, Error> {
-    match msg {
-        ChunkMsg::Part {
-            skip, pid, frame, ..
-        } => {
-            let mut out = None;
-            decode_part::<R>(&frame, skip, &job.task_name, pid, &job.shared, |r| {
-                out = Some(r)
-            });
-            out.expect("a Part carries at least one outcome")
-        }
-        ChunkMsg::Failed { error, .. } => {
-            let r = Err(error);
-            count(&job.shared, &r);
-            r
-        }
     }
 }
 

@@ -247,6 +247,7 @@ mod callback;
 mod dispatcher;
 mod error;
 mod feed;
+mod gather;
 mod handle;
 mod pool;
 mod supervisor;

@@ -19,8 +19,9 @@ use crate::builder::{Builder, PIPELINE};
 use crate::callback::Callbacks;
 use crate::dispatcher::{self, Batch, ChunkMsg, Command, Handle, Job, Shared};
 use crate::error::{Error, ErrorKind};
-use crate::feed::{ChunkSize, Chunks, Feeder, Gather, encode_arg};
-use crate::handle::{AsyncResult, Imap, Pending, Slot, SubmitError, cancel, decode_one};
+use crate::feed::{ChunkSize, Feeder, encode_arg};
+use crate::gather::{Chunks, Gather, decode_one};
+use crate::handle::{AsyncResult, Imap, Pending, Slot, SubmitError, cancel};
 use crate::task::TaskRef;
 
 /// What the pool's handles share.

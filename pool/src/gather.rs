@@ -1,0 +1,404 @@
+//! The caller's side of a job, coming back: outcomes decoded on the
+//! thread that asked for them, so a payload that fails to decode fails its
+//! own item and nothing else. One task's ([`decode_one`]), a stream's in
+//! order or as they come ([`Chunks`]), a whole job's ([`Gather`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use crossbeam_channel::Receiver;
+use procpool_protocol::value::take_value;
+use procpool_protocol::{Outcome, done_header};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::dispatcher::{ChunkMsg, Job, Shared};
+use crate::error::{Error, ErrorKind, PanicLocation};
+use crate::feed::{Feeder, Opened};
+
+/// Decodes the one outcome of an `apply_async`.
+pub(crate) fn decode_one<R: DeserializeOwned>(msg: ChunkMsg, job: &Job) -> Result<R, Error> {
+    match msg {
+        ChunkMsg::Part {
+            skip, pid, frame, ..
+        } => {
+            let mut out = None;
+            decode_part::<R>(&frame, skip, &job.task_name, pid, &job.shared, |r| {
+                out = Some(r)
+            });
+            out.expect("a Part carries at least one outcome")
+        }
+        ChunkMsg::Failed { error, .. } => {
+            let r = Err(error);
+            count(&job.shared, &r);
+            r
+        }
+    }
+}
+
+/// Decodes one `Done` frame's outcomes, after the first `skip`, into
+/// results, calling `push` for each, and counts them in the pool's
+/// statistics.
+pub(crate) fn decode_part<R: DeserializeOwned>(
+    frame: &[u8],
+    skip: u32,
+    task: &str,
+    pid: u32,
+    shared: &Shared,
+    mut push: impl FnMut(Result<R, Error>),
+) {
+    // The dispatcher validated this frame (decode_done) before forwarding
+    // it: only its header is read here.
+    let Some(done) = done_header(frame) else {
+        unreachable!("the dispatcher forwards only valid Done frames")
+    };
+    let (mut ok, mut failed) = (0, 0);
+    for outcome in done.outcomes().skip(skip as usize) {
+        let result = match outcome {
+            // take_value: a deeply nested result decodes (on a grown stack)
+            // or fails this item; it never overflows this thread's stack.
+            Outcome::Ok(bytes) => match take_value::<R>(bytes) {
+                Ok((r, [])) => Ok(r),
+                Ok((_, rest)) => Err(Error::new(ErrorKind::OutputDecode {
+                    task: task.to_owned(),
+                    message: format!("{} bytes left over after the result", rest.len()),
+                })),
+                Err(e) => Err(Error::new(ErrorKind::OutputDecode {
+                    task: task.to_owned(),
+                    message: format!("as `{}`: {e}", std::any::type_name::<R>()),
+                })),
+            },
+            Outcome::Panicked { message, location } => Err(Error::new(ErrorKind::Panicked {
+                task: task.to_owned(),
+                pid,
+                message,
+                location: location.map(|l| PanicLocation {
+                    file: l.file,
+                    line: l.line,
+                    column: l.column,
+                }),
+            })),
+            Outcome::ArgDecode(message) => Err(Error::new(ErrorKind::ArgDecode {
+                task: task.to_owned(),
+                message,
+            })),
+            Outcome::OutputEncode(message) => Err(Error::new(ErrorKind::OutputEncode {
+                task: task.to_owned(),
+                message,
+            })),
+            Outcome::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+        };
+        if result.is_ok() {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        push(result);
+    }
+    shared
+        .stats
+        .tasks_succeeded
+        .fetch_add(ok, Ordering::Relaxed);
+    shared
+        .stats
+        .tasks_failed
+        .fetch_add(failed, Ordering::Relaxed);
+}
+
+pub(crate) fn count<R>(shared: &Shared, result: &Result<R, Error>) {
+    let c = if result.is_ok() {
+        &shared.stats.tasks_succeeded
+    } else {
+        &shared.stats.tasks_failed
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Outcomes of one chunk, in item order, as they arrive.
+struct ChunkBuf<R> {
+    count: u32,
+    received: u32,
+    ready: VecDeque<Result<R, Error>>,
+}
+
+impl<R: DeserializeOwned> ChunkBuf<R> {
+    fn new(opened: Opened, shared: &Shared) -> Self {
+        let mut buf = Self {
+            count: opened.count,
+            received: 0,
+            ready: VecDeque::new(),
+        };
+        if let Some(e) = opened.failed {
+            buf.fail(opened.count, e, shared);
+        }
+        buf
+    }
+
+    /// The next `n` items failed with `error`.
+    fn fail(&mut self, n: u32, error: Error, shared: &Shared) {
+        for _ in 0..n {
+            let r = Err(error.clone());
+            count(shared, &r);
+            self.ready.push_back(r);
+        }
+        self.received += n;
+    }
+}
+
+/// The receiving half of a streaming job: chunks in submission order.
+pub(crate) struct Chunks<R> {
+    rx: Receiver<ChunkMsg>,
+    /// Open chunks; `chunks[k]` has sequence number `base + k`. A slot is
+    /// `None` once fully yielded (out of order, for `imap_unordered`).
+    chunks: VecDeque<Option<ChunkBuf<R>>>,
+    base: u64,
+    open: usize,
+    ordered: bool,
+    window: usize,
+    opened: Vec<Opened>,
+}
+
+impl<R: DeserializeOwned> Chunks<R> {
+    pub(crate) fn new(rx: Receiver<ChunkMsg>, ordered: bool, window: usize) -> Self {
+        Self {
+            rx,
+            chunks: VecDeque::new(),
+            base: 0,
+            open: 0,
+            ordered,
+            window: window.max(1),
+            opened: Vec::new(),
+        }
+    }
+
+    /// Items submitted whose result was not yielded yet.
+    pub(crate) fn pending(&self) -> usize {
+        self.chunks
+            .iter()
+            .flatten()
+            .map(|c| (c.count - c.received) as usize + c.ready.len())
+            .sum()
+    }
+
+    /// The next result, feeding more input while the window allows;
+    /// `Ready(None)` once the input is exhausted and every result was
+    /// yielded. With `block` false it never waits: `Pending` when no result
+    /// is there yet.
+    pub(crate) fn step<I, Args>(
+        &mut self,
+        feeder: &mut Feeder<I>,
+        block: bool,
+    ) -> Poll<Option<Result<R, Error>>>
+    where
+        I: Iterator<Item = Args>,
+        Args: Serialize,
+    {
+        loop {
+            while self.open < self.window && !feeder.exhausted() {
+                feeder.open_next(&mut self.opened);
+                let shared = feeder.job.shared.clone();
+                for o in self.opened.drain(..) {
+                    debug_assert_eq!(o.seq, self.base + self.chunks.len() as u64);
+                    self.chunks.push_back(Some(ChunkBuf::new(o, &shared)));
+                    self.open += 1;
+                }
+            }
+            if let Some(r) = self.take_ready() {
+                return Poll::Ready(Some(r));
+            }
+            if self.open == 0 {
+                return Poll::Ready(None);
+            }
+            let Some(msg) = recv(&self.rx, block) else {
+                return Poll::Pending;
+            };
+            self.apply(msg, &feeder.job);
+        }
+    }
+
+    /// Every result in input order, or the first error to arrive (work not
+    /// yet started is then cancelled by the feeder's drop). `map`'s path:
+    /// results go straight into one vector per chunk, with no per-item
+    /// queueing.
+    pub(crate) fn collect<I, Args>(mut self, feeder: &mut Feeder<I>) -> Result<Vec<R>, Error>
+    where
+        I: Iterator<Item = Args>,
+        Args: Serialize,
+    {
+        let mut gather = Gather::default();
+        loop {
+            while gather.open < self.window && !feeder.exhausted() {
+                feeder.open_next(&mut self.opened);
+                for o in self.opened.drain(..) {
+                    gather.open(o, &feeder.job.shared)?;
+                }
+            }
+            if gather.open == 0 {
+                return Ok(gather.finish());
+            }
+            let msg = recv(&self.rx, true).expect("a blocking receive returns a message");
+            gather.take(msg, &feeder.job)?;
+        }
+    }
+}
+
+/// The next message: waiting for it if `block`, else `None` if there is
+/// none yet.
+pub(crate) fn recv(rx: &Receiver<ChunkMsg>, block: bool) -> Option<ChunkMsg> {
+    // The job holds a sender, so the channel stays connected.
+    if block {
+        Some(rx.recv().expect("the job holds a sender"))
+    } else {
+        rx.try_recv().ok()
+    }
+}
+
+/// A whole job's results in input order (`map`, `map_async`): straight
+/// into one vector per chunk, no per-item queueing; the first error to
+/// arrive ends it.
+pub(crate) struct Gather<R> {
+    /// Results of chunk `seq`, and how many it still waits for.
+    done: Vec<Vec<R>>,
+    missing: Vec<u32>,
+    /// Chunks still waiting for results.
+    pub(crate) open: usize,
+}
+
+impl<R> Default for Gather<R> {
+    fn default() -> Self {
+        Self {
+            done: Vec::new(),
+            missing: Vec::new(),
+            open: 0,
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Gather<R> {
+    /// A chunk was opened; `Err` if it failed before it could be sent.
+    pub(crate) fn open(&mut self, o: Opened, shared: &Shared) -> Result<(), Error> {
+        debug_assert_eq!(o.seq as usize, self.done.len());
+        if let Some(e) = o.failed {
+            count::<R>(shared, &Err(e.clone()));
+            return Err(e);
+        }
+        self.done.push(Vec::with_capacity(o.count as usize));
+        self.missing.push(o.count);
+        self.open += 1;
+        Ok(())
+    }
+
+    /// Takes one message's results; `Err` at the first failed item.
+    pub(crate) fn take(&mut self, msg: ChunkMsg, job: &Job) -> Result<(), Error> {
+        let seq = match msg {
+            ChunkMsg::Part {
+                seq,
+                skip,
+                pid,
+                frame,
+                ..
+            } => {
+                let out = &mut self.done[seq as usize];
+                let before = out.len();
+                let mut first_error = None;
+                decode_part::<R>(
+                    &frame,
+                    skip,
+                    &job.task_name,
+                    pid,
+                    &job.shared,
+                    |r| match r {
+                        Ok(v) => out.push(v),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    },
+                );
+                if let Some(e) = first_error {
+                    return Err(e);
+                }
+                self.missing[seq as usize] -= (out.len() - before) as u32;
+                seq
+            }
+            ChunkMsg::Failed {
+                count: n, error, ..
+            } => {
+                for _ in 0..n {
+                    count::<R>(&job.shared, &Err(error.clone()));
+                }
+                return Err(error);
+            }
+        };
+        if self.missing[seq as usize] == 0 {
+            self.open -= 1;
+        }
+        Ok(())
+    }
+
+    /// Every result, in input order (once `open` is 0).
+    pub(crate) fn finish(self) -> Vec<R> {
+        let mut all = Vec::with_capacity(self.done.iter().map(Vec::len).sum());
+        for chunk in self.done {
+            all.extend(chunk);
+        }
+        all
+    }
+}
+
+impl<R: DeserializeOwned> Chunks<R> {
+    fn take_ready(&mut self) -> Option<Result<R, Error>> {
+        let idx = if self.ordered {
+            match self.chunks.front() {
+                Some(Some(c)) if !c.ready.is_empty() => 0,
+                _ => return None,
+            }
+        } else {
+            self.chunks
+                .iter()
+                .position(|c| c.as_ref().is_some_and(|c| !c.ready.is_empty()))?
+        };
+        let slot = &mut self.chunks[idx];
+        let chunk = slot.as_mut().expect("checked above");
+        let r = chunk.ready.pop_front().expect("checked above");
+        if chunk.ready.is_empty() && chunk.received == chunk.count {
+            *slot = None;
+            self.open -= 1;
+            while matches!(self.chunks.front(), Some(None)) {
+                self.chunks.pop_front();
+                self.base += 1;
+            }
+        }
+        Some(r)
+    }
+
+    fn apply(&mut self, msg: ChunkMsg, job: &Job) {
+        let (seq, offset) = match &msg {
+            ChunkMsg::Part { seq, offset, .. } | ChunkMsg::Failed { seq, offset, .. } => {
+                (*seq, *offset)
+            }
+        };
+        let Some(Some(chunk)) = seq
+            .checked_sub(self.base)
+            .and_then(|k| self.chunks.get_mut(k as usize))
+        else {
+            unreachable!("outcome for chunk {seq} that is not open")
+        };
+        debug_assert_eq!(offset, chunk.received);
+        match msg {
+            ChunkMsg::Part {
+                skip, pid, frame, ..
+            } => {
+                decode_part::<R>(&frame, skip, &job.task_name, pid, &job.shared, |r| {
+                    chunk.ready.push_back(r);
+                    chunk.received += 1;
+                });
+            }
+            ChunkMsg::Failed { count, error, .. } => chunk.fail(count, error, &job.shared),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "gather_tests.rs"]
+mod tests;

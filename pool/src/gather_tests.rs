@@ -1,0 +1,80 @@
+//! Unit tests of the caller's side of a job, coming back.
+use super::decode_part;
+use crate::dispatcher::Shared;
+use procpool_protocol::{Bytes, Outcome, encode_done, push_outcome};
+use serde::Deserialize;
+
+/// A list whose depth is data: on the wire `Cons` is variant 1 and
+/// `Nil` variant 0, one byte each.
+#[derive(Deserialize)]
+enum List {
+    Nil,
+    Cons(Box<List>),
+}
+
+impl List {
+    fn depth(&self) -> usize {
+        let (mut d, mut at) = (0, self);
+        while let List::Cons(next) = at {
+            d += 1;
+            at = next;
+        }
+        d
+    }
+}
+
+impl Drop for List {
+    // Iterative: the derived drop would recurse as deep as the list.
+    fn drop(&mut self) {
+        let mut next = match self {
+            List::Cons(b) => std::mem::replace(&mut **b, List::Nil),
+            List::Nil => return,
+        };
+        while let List::Cons(b) = &mut next {
+            next = std::mem::replace(&mut **b, List::Nil);
+        }
+    }
+}
+
+/// The body of a `Done` frame, as the dispatcher forwards it.
+fn done_body(outcomes: &[Outcome<'_>]) -> Vec<u8> {
+    let mut items = Vec::new();
+    for o in outcomes {
+        push_outcome(&mut items, o);
+    }
+    let mut frame = Vec::new();
+    encode_done(&mut frame, 1, outcomes.len() as u32, &items, u32::MAX).unwrap();
+    frame.split_off(4)
+}
+
+#[test]
+fn a_deeply_nested_result_decodes_on_a_default_sized_thread() {
+    // 100,000 levels in 100 KB: recursive decoding needs tens of MB
+    // of stack; this thread has the default 2 MiB.
+    let mut deep = vec![1u8; 100_000];
+    deep.push(0);
+    let body = done_body(&[
+        Outcome::Ok(Bytes::new(&deep)),
+        Outcome::Ok(Bytes::new(&deep[..deep.len() - 1])),
+        Outcome::Ok(Bytes::new(&[1, 0])),
+    ]);
+    let results = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let shared = Shared::new();
+            let mut got = Vec::new();
+            decode_part::<List>(&body, 0, "deep", 1, &shared, |r| {
+                got.push(r.map(|l| l.depth()))
+            });
+            got
+        })
+        .unwrap()
+        .join()
+        .expect("the decoding thread survived");
+    assert_eq!(results.len(), 3);
+    assert_eq!(*results[0].as_ref().unwrap(), 100_000);
+    // Cut short: that item fails to decode, the next one is fine.
+    let err = results[1].as_ref().unwrap_err();
+    assert!(err.is_serialization(), "{err}");
+    assert_eq!(*results[2].as_ref().unwrap(), 1);
+}
