@@ -211,3 +211,9 @@ pub use handle::{AsyncResult, Imap, SubmitError};
 pub use pool::{Call, Pool, Stats};
 pub use task::{Named, Task, TaskFn, TaskRef};
 pub use worker::{Registry, serve_if_worker};
+
+/// The README, whose example `cargo test` compiles and runs like any
+/// doctest, so it cannot fall behind the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
