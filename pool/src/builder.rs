@@ -251,6 +251,11 @@ impl Builder {
 
     /// Starts the workers and waits until every one has shaken hands (and
     /// run the initializer).
+    ///
+    /// In re-exec mode (neither [`worker_program`](Self::worker_program)
+    /// nor [`in_process`](Self::in_process)) a program whose `main` has not
+    /// called [`serve_if_worker`](crate::serve_if_worker) is refused at
+    /// once, before any worker starts, with a start-up error that says so.
     pub fn build(self) -> Result<Pool, Error> {
         let workers = match self.workers {
             Some(0) => return Err(Error::startup("a pool needs at least one worker")),
