@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -251,6 +251,11 @@ impl Builder {
 
     /// Starts the workers and waits until every one has shaken hands (and
     /// run the initializer).
+    ///
+    /// In re-exec mode (neither [`worker_program`](Self::worker_program)
+    /// nor [`in_process`](Self::in_process)) a program whose `main` has not
+    /// called [`serve_if_worker`](crate::serve_if_worker) is refused at
+    /// once, before any worker starts, with a start-up error that says so.
     pub fn build(self) -> Result<Pool, Error> {
         let workers = match self.workers {
             Some(0) => return Err(Error::startup("a pool needs at least one worker")),
@@ -262,18 +267,21 @@ impl Builder {
             (None, Some((path, args))) => Launch::program(path, args, self.max_frame),
             (None, None) => {
                 if crate::worker::is_worker() {
-                    // Without this guard a worker that forgot to call
-                    // serve_if_worker would start a pool of its own, and so
-                    // on: a fork bomb.
+                    not_serving_worker()?;
+                }
+                if !crate::worker::serve_if_worker_called() {
                     return Err(Error::startup(
-                        "this process was started as a procpool worker but builds a pool: \
-                         call procpool::serve_if_worker(&registry) first thing in main",
+                        "in re-exec mode this program is its own worker, but `main` did not \
+                         call `procpool::serve_if_worker(&tasks)`: make that the first \
+                         statement of `main`",
                     ));
                 }
                 Launch::current_exe(self.max_frame)
             }
         };
         launch.memory_limit = self.memory_limit;
+        let did_not_serve = launch.did_not_serve.clone();
+        let program = launch.describe();
         let initializer = self.initializer.transpose()?;
         let config = Config {
             workers,
@@ -289,7 +297,19 @@ impl Builder {
             initializer,
         };
         let shared = Arc::new(Shared::new());
-        let (handle, thread) = dispatcher::start(config, shared.clone())?;
+        let (handle, thread) = dispatcher::start(config, shared.clone()).map_err(|e| {
+            if did_not_serve.load(Ordering::Acquire) {
+                // Its copies exited quietly, with a code that says why:
+                // this is the one place that explains it.
+                Error::startup(format!(
+                    "`{program}`, started as a worker, built a pool instead of serving: make \
+                     `procpool::serve_if_worker(&tasks)` the first statement of its `main`, on \
+                     every path"
+                ))
+            } else {
+                e
+            }
+        })?;
         Ok(Pool {
             inner: Arc::new(Inner {
                 shared,
@@ -304,4 +324,23 @@ impl Builder {
             }),
         })
     }
+}
+
+/// A process started as a worker has reached `build()` instead of serving:
+/// its `main` did not call `serve_if_worker` first. Building would start
+/// workers of its own, each of which would do the same: a fork bomb.
+///
+/// Started by a live pool, it exits at once and silently, with a code that
+/// tells that pool why, so a program with N workers says it once, not N
+/// times. A process whose worker variable was set by hand gets the error.
+fn not_serving_worker() -> Result<(), Error> {
+    if crate::worker::started_by_pool() {
+        std::process::exit(procpool_protocol::exit_code::DID_NOT_SERVE);
+    }
+    Err(Error::startup(format!(
+        "this process has {} set, as a pool's worker would, but builds a pool: make \
+         `procpool::serve_if_worker(&tasks)` the first statement of `main` (or unset {0} if no \
+         pool started it)",
+        crate::worker::WORKER_ENV
+    )))
 }

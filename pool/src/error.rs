@@ -425,12 +425,16 @@ impl fmt::Display for Error {
     }
 }
 
+/// `{:?}` is the message, as `Display` writes it: an `Error` returned from
+/// `main`, or shown by `unwrap`, reads as one line. `{:#?}` shows the
+/// kind and its fields.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("message", &self.to_string())
-            .finish()
+        if f.alternate() {
+            f.debug_struct("Error").field("kind", &self.kind).finish()
+        } else {
+            fmt::Display::fmt(self, f)
+        }
     }
 }
 
@@ -488,6 +492,27 @@ mod tests {
             halted_by(cause),
             "the pool is broken: cannot start workers: the worker program does not exist"
         );
+    }
+
+    #[test]
+    fn debug_is_the_message_and_alternate_debug_the_kind() {
+        let err = Error::startup_io(
+            "cannot start `/no/such/worker`",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        let message = "cannot start workers: cannot start `/no/such/worker`: entity not found";
+        assert_eq!(err.to_string(), message);
+        assert_eq!(format!("{err:?}"), message);
+        assert_eq!(
+            format!("{:?}", Err::<(), _>(err.clone())),
+            format!("Err({message})")
+        );
+        let pretty = format!("{err:#?}");
+        assert!(
+            pretty.starts_with("Error {\n    kind: Startup {"),
+            "{pretty}"
+        );
+        assert!(pretty.contains("NotFound"), "{pretty}");
     }
 
     #[test]

@@ -68,7 +68,8 @@
 //!   [`Imap`] (an iterator; [`into_stream`](Imap::into_stream) for async
 //!   code); both can [`cancel`](AsyncResult::cancel) their work.
 //! - [`Error`]: one opaque type with predicates (`is_panic`,
-//!   `is_worker_died`, `exit`, `is_unknown_task`, ...).
+//!   `is_worker_died`, `exit`, `is_unknown_task`, ...); its `Debug` is its
+//!   one-line message, so `main` can return it.
 //!
 //! # How workers start
 //!
@@ -197,9 +198,12 @@
 //!   are opened: a worker closes descriptors it did not expect to inherit.
 //!   A program whose `main` you do not control (a libtest test binary) cannot
 //!   be re-executed as a worker: use a worker program
-//!   ([`Builder::worker_program`]) or a `harness = false` test. A process
-//!   started as a worker that builds a pool instead of serving gets a
-//!   start-up error, never a fork bomb.
+//!   ([`Builder::worker_program`]) or a `harness = false` test. A program
+//!   that builds a re-exec pool without having called `serve_if_worker`
+//!   gets a start-up error saying so from `build()`, before any worker
+//!   starts. A copy started as a worker that reaches `build()` anyway
+//!   exits at once, silently, and the pool that started it says why, once:
+//!   never a fork bomb, never the message once per worker.
 //! - **SIGPIPE:** the pool never lets a write to a dead worker raise
 //!   SIGPIPE in your process (the lane blocks it around its call, the
 //!   dispatcher's thread for good), so a host whose SIGPIPE is at the
@@ -261,3 +265,9 @@ pub use handle::{AsyncResult, CancelHandle, Imap, ImapStream, SubmitError};
 pub use pool::{Call, Pool, Stats};
 pub use task::{Named, Task, TaskFn, TaskRef};
 pub use worker::{Registry, serve_if_worker};
+
+/// The README, whose example `cargo test` compiles and runs like any
+/// doctest, so it cannot fall behind the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -54,4 +54,9 @@ pub mod exit_code {
     pub const SETUP_FAILED: i32 = 71;
     /// The protocol stream broke (write error) while sending a reply.
     pub const STREAM_BROKEN: i32 = 74;
+    /// Started by a pool as a worker, the program built a pool of its own
+    /// instead of serving (its `main` did not call `serve_if_worker`
+    /// first). It exits at once, silently; the pool that started it says
+    /// what to do, once.
+    pub const DID_NOT_SERVE: i32 = 78;
 }

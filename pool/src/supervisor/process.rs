@@ -23,8 +23,10 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::Signal;
+use procpool_protocol::exit_code;
 
 use crate::error::Exit;
 use crate::sys;
@@ -67,6 +69,11 @@ pub(crate) struct Launch {
     pub(crate) program: Program,
     pub(crate) max_frame: u32,
     pub(crate) memory_limit: Option<u64>,
+    /// Set when a worker it started exited with
+    /// [`exit_code::DID_NOT_SERVE`]: the program's `main` built a pool
+    /// instead of serving. The builder turns a failed start into the one
+    /// message that says so.
+    pub(crate) did_not_serve: Arc<AtomicBool>,
 }
 
 impl Launch {
@@ -105,6 +112,7 @@ impl Launch {
             program,
             max_frame,
             memory_limit: None,
+            did_not_serve: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -156,7 +164,8 @@ impl Launch {
         let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
         let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
         let pidfd = sys::pidfd_open(child.id());
-        let process = WorkerProcess::new(Kind::Process(child), pidfd);
+        let mut process = WorkerProcess::new(Kind::Process(child), pidfd);
+        process.did_not_serve = Some(self.did_not_serve.clone());
         Self::finish(process, to_worker, from_worker, progress_fd, progress)
     }
 
@@ -233,6 +242,9 @@ pub(crate) struct WorkerProcess {
     detached: bool,
     /// A kill in progress (see `kill.rs`).
     pub(super) kill: super::kill::Escalation,
+    /// Its launcher's flag, set if it exits with
+    /// [`exit_code::DID_NOT_SERVE`].
+    did_not_serve: Option<Arc<AtomicBool>>,
 }
 
 impl WorkerProcess {
@@ -243,6 +255,7 @@ impl WorkerProcess {
             exit: None,
             detached: false,
             kill: Default::default(),
+            did_not_serve: None,
         }
     }
 
@@ -334,6 +347,9 @@ impl WorkerProcess {
                 None => Exit::Unknown,
             },
         };
+        if let (Exit::Code(exit_code::DID_NOT_SERVE), Some(flag)) = (exit, &self.did_not_serve) {
+            flag.store(true, Ordering::Release);
+        }
         self.exit = Some(exit);
         exit
     }

@@ -18,6 +18,7 @@ pub(crate) use registry::ItemError;
 pub use registry::Registry;
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use procpool_protocol::exit_code;
 
@@ -42,6 +43,23 @@ pub fn is_worker() -> bool {
     std::env::var_os(WORKER_ENV).is_some()
 }
 
+/// Set by [`serve_if_worker`]: this program is ready to be its own worker.
+static SERVE_IF_WORKER_CALLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process has called [`serve_if_worker`] (which returned:
+/// it is not a worker). A re-exec pool is refused without it, before any
+/// worker is started: its copies could not serve.
+pub(crate) fn serve_if_worker_called() -> bool {
+    SERVE_IF_WORKER_CALLED.load(Ordering::Relaxed)
+}
+
+/// Whether a live pool started this process as a worker: the worker
+/// variable is set and the parent pid the pool wrote is our parent's. A
+/// variable set by hand (or left over from a parent that has died) is not.
+pub(crate) fn started_by_pool() -> bool {
+    is_worker() && env_number::<u32>(PARENT_PID_ENV) == Some(std::os::unix::process::parent_id())
+}
+
 /// In re-exec mode, turns this process into a worker if the pool started it
 /// as one, and never returns then; otherwise returns at once.
 ///
@@ -58,10 +76,15 @@ pub fn is_worker() -> bool {
 ///     // ... the parent program: build a pool, map, ...
 /// }
 /// ```
+///
+/// A program that builds a pool in re-exec mode without calling it first
+/// gets a start-up error from [`Builder::build`](crate::Builder::build)
+/// saying so, before any worker is started.
 pub fn serve_if_worker(registry: &Registry) {
     if is_worker() {
         std::process::exit(serve_now(registry));
     }
+    SERVE_IF_WORKER_CALLED.store(true, Ordering::Relaxed);
 }
 
 /// The `main` of a standalone worker program: serves `registry` and exits.

@@ -12,6 +12,8 @@
 //! - `lifecycle`: close/join/terminate/drop, no leftover processes, no
 //!   leaked descriptors;
 //! - `startup`: wrong programs, initializers;
+//! - `forgot_serve`: a re-exec program that forgot `serve_if_worker` is
+//!   told once, on one line, and its worker copies stay silent;
 //! - `crash_matrix`: every death at every phase, re-dispatch, reaping;
 //! - `deadlines`: hung, SIGTERM-ignoring, stopped, grandchild-spawning tasks;
 //! - `restart`: restart intensity just under and over its limit;
@@ -41,6 +43,7 @@ mod deadlines;
 mod drain;
 mod edges;
 mod errors;
+mod forgot_serve;
 mod inprocess;
 mod inprocess_stop;
 mod lane_recycle;
