@@ -266,7 +266,7 @@ impl Builder {
             (Some(registry), _) => Launch::threads(registry, self.max_frame),
             (None, Some((path, args))) => Launch::program(path, args, self.max_frame),
             (None, None) => {
-                if crate::worker::is_worker() {
+                if crate::worker::worker_env_set() {
                     not_serving_worker()?;
                 }
                 if !crate::worker::serve_if_worker_called() {

@@ -39,11 +39,22 @@ pub(crate) const LOG_LEVEL_ENV: &str = "PROCPOOL_LOG_LEVEL";
 pub(crate) const PROGRESS_ENV: &str = "PROCPOOL_PROGRESS";
 
 /// Whether this process was started by a pool as a worker.
+///
+/// A program that asks, as in `if is_worker() { worker::run(&tasks) }`,
+/// handles its own worker mode: like [`serve_if_worker`], asking marks it
+/// ready to be re-executed as a worker.
 pub fn is_worker() -> bool {
+    SERVE_IF_WORKER_CALLED.store(true, Ordering::Relaxed);
+    worker_env_set()
+}
+
+/// The worker variable is set (without marking anything).
+pub(crate) fn worker_env_set() -> bool {
     std::env::var_os(WORKER_ENV).is_some()
 }
 
-/// Set by [`serve_if_worker`]: this program is ready to be its own worker.
+/// Set by [`serve_if_worker`] (or a call to [`is_worker`]): this program is
+/// ready to be its own worker.
 static SERVE_IF_WORKER_CALLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether this process has called [`serve_if_worker`] (which returned:
@@ -57,7 +68,8 @@ pub(crate) fn serve_if_worker_called() -> bool {
 /// variable is set and the parent pid the pool wrote is our parent's. A
 /// variable set by hand (or left over from a parent that has died) is not.
 pub(crate) fn started_by_pool() -> bool {
-    is_worker() && env_number::<u32>(PARENT_PID_ENV) == Some(std::os::unix::process::parent_id())
+    worker_env_set()
+        && env_number::<u32>(PARENT_PID_ENV) == Some(std::os::unix::process::parent_id())
 }
 
 /// In re-exec mode, turns this process into a worker if the pool started it

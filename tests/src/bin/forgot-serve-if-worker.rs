@@ -5,6 +5,9 @@
 //! With `FORGOT_IN_WORKERS_ONLY` set (workers inherit it), only the
 //! parent calls `serve_if_worker`: the pool starts its copies, which reach
 //! `build()` in worker mode instead of serving.
+//!
+//! With `ASKS_IS_WORKER` set, it serves the other way a program may:
+//! `if is_worker() { worker::run(&tasks) }`, and its pool works.
 
 fn square(x: u64) -> u64 {
     x * x
@@ -12,6 +15,9 @@ fn square(x: u64) -> u64 {
 
 fn main() -> Result<(), procpool::Error> {
     let tasks = procpool::Registry::new().task(square);
+    if std::env::var_os("ASKS_IS_WORKER").is_some() && procpool::worker::is_worker() {
+        procpool::worker::run(&tasks);
+    }
     if std::env::var_os("FORGOT_IN_WORKERS_ONLY").is_some() && !procpool::worker::is_worker() {
         procpool::serve_if_worker(&tasks);
     }

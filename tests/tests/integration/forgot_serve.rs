@@ -115,3 +115,11 @@ fn a_worker_variable_set_by_hand_gets_the_error_not_silence() {
         );
     }
 }
+
+#[test]
+fn a_program_that_asks_is_worker_and_runs_the_worker_is_served() {
+    let _w = watchdog("a_program_that_asks_is_worker_and_runs_the_worker", LIMIT);
+    let (out, stderr) = run(&[("ASKS_IS_WORKER", "1".into())]);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[0, 1, 4, 9]\n");
+}
