@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::dispatcher::{self, Config, Initializer, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::{Inner, Pool};
+use crate::supervisor::handshake::InitCheck;
 use crate::supervisor::{Launch, Limit};
 use crate::task::{TaskRef, signature};
 use crate::worker::Registry;
@@ -133,12 +134,80 @@ impl Builder {
 
     /// A registered task each worker runs once, with `args`, before its
     /// first task. If it panics or returns `Err` the pool does not start
-    /// ([`Error::is_startup`]).
-    pub fn initializer<F, Args, R, M>(mut self, f: F, args: Args) -> Self
+    /// ([`Error::is_startup`]). Its result (`()` or `Result<(), E>`) is
+    /// only judged; to keep what an initializer makes in the worker, as
+    /// its state, use [`worker_state`](Self::worker_state) instead.
+    pub fn initializer<F, Args, R, M>(self, f: F, args: Args) -> Self
     where
         F: TaskRef<Args, R, M>,
         Args: Serialize,
         R: InitOutput,
+    {
+        // Through the stack-growing decoder, like every result: a deeply
+        // nested error value cannot overflow the stack.
+        let check: InitCheck = Box::new(
+            |bytes: &[u8]| match procpool_protocol::value::take_value::<R>(bytes) {
+                Ok((r, [])) => r.into_init_result(),
+                Ok((_, rest)) => Err(format!(
+                    "cannot decode its result: {} bytes left over",
+                    rest.len()
+                )),
+                Err(e) => Err(format!("cannot decode its result: {e}")),
+            },
+        );
+        self.set_initializer(f, args, Some(check))
+    }
+
+    /// A state-making initializer each worker runs once, with `args`,
+    /// before its first task: what it returns stays in that worker as its
+    /// state, for the tasks that take it (`fn(&mut S, ..)` or `fn(&S, ..)`,
+    /// registered with [`Registry::task_with_state`]). Register `f` with
+    /// [`Registry::initializer`] (`fn(..) -> S`) or
+    /// [`Registry::try_initializer`] (`fn(..) -> Result<S, E>`).
+    ///
+    /// As with [`initializer`](Self::initializer) (which it replaces: a
+    /// pool has one initializer), a panic or an `Err` fails the worker's
+    /// start. A replacement worker makes its state afresh; a worker that
+    /// ends normally drops it first. See the crate docs' "Per-worker
+    /// state".
+    ///
+    /// ```no_run
+    /// struct Model { weight: f64 }
+    ///
+    /// fn load_model(weight: f64) -> Result<Model, String> {
+    ///     Ok(Model { weight })
+    /// }
+    ///
+    /// fn predict(model: &mut Model, x: f64) -> f64 {
+    ///     model.weight * x
+    /// }
+    ///
+    /// fn main() -> Result<(), procpool::Error> {
+    ///     let tasks = procpool::Registry::new()
+    ///         .try_initializer(load_model)
+    ///         .task_with_state(predict);
+    ///     procpool::serve_if_worker(&tasks);
+    ///
+    ///     let pool = procpool::Pool::builder()
+    ///         .workers(2)
+    ///         .worker_state(load_model, 0.5)
+    ///         .build()?;
+    ///     assert_eq!(pool.map(predict, [2.0, 4.0])?, [1.0, 2.0]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn worker_state<F, Args, R, M>(self, f: F, args: Args) -> Self
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
+    {
+        self.set_initializer(f, args, None)
+    }
+
+    fn set_initializer<F, Args, R, M>(mut self, f: F, args: Args, check: Option<InitCheck>) -> Self
+    where
+        F: TaskRef<Args, R, M>,
+        Args: Serialize,
     {
         let name = f.task_name().into_owned();
         self.initializer = Some(match postcard::to_stdvec(&args) {
@@ -146,18 +215,7 @@ impl Builder {
                 name,
                 signature: signature::<Args, R>(),
                 arg,
-                // Through the stack-growing decoder, like every result: a
-                // deeply nested error value cannot overflow the stack.
-                check: Box::new(|bytes: &[u8]| {
-                    match procpool_protocol::value::take_value::<R>(bytes) {
-                        Ok((r, [])) => r.into_init_result(),
-                        Ok((_, rest)) => Err(format!(
-                            "cannot decode its result: {} bytes left over",
-                            rest.len()
-                        )),
-                        Err(e) => Err(format!("cannot decode its result: {e}")),
-                    }
-                }),
+                check,
             }),
             Err(e) => Err(Error::new(ErrorKind::ArgEncode {
                 task: name,

@@ -20,15 +20,22 @@
 //! This cannot be a compile-time error: on stable Rust no trait tells an
 //! `fn` item from a non-capturing closure (both are `Fn + Copy + 'static`
 //! and neither can be excluded by a bound), and `type_name` is not usable
-//! in a `const` assertion. So the check is on the type name, at run time. Several arguments travel as one tuple:
-//! `fn add(a: u64, b: u64)` is called with `(u64, u64)`, which is what
-//! `starmap` feeds it.
+//! in a `const` assertion. So the check is on the type name, at run time.
 //!
-//! The third type parameter of [`TaskFn`] and [`TaskRef`] is a marker that
-//! only keeps the arity impls apart; it is always inferred.
+//! Several arguments travel as one tuple: `fn add(a: u64, b: u64)` is
+//! called with `(u64, u64)`, which is what `starmap` feeds it.
+//!
+//! A task may also take its worker's state first (`&mut S` or `&S`, see
+//! [`StateTaskFn`]): the state stays in the worker, so the parent names
+//! such a task with the same `Args` as if it had no state.
+//!
+//! The last type parameter of [`TaskFn`], [`StateTaskFn`] and [`TaskRef`]
+//! is a marker that only keeps the impls of each arity and kind apart; it
+//! is always inferred.
 
 use std::any::type_name;
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::marker::PhantomData;
 
 /// A function the worker runtime can call with `Args` to get `R`.
@@ -46,48 +53,125 @@ pub trait TaskFn<Args, R, Marker>: Copy + Send + Sync + 'static {
     fn call(&self, args: Args) -> R;
 }
 
+/// A function that takes its worker's state first: `fn(&mut S, ..) -> R`
+/// or `fn(&S, ..) -> R`, then 0 to 4 arguments that travel as `Args` (the
+/// argument itself for one, a tuple otherwise), as for [`TaskFn`].
+///
+/// The state is what the pool's state-making initializer returned in that
+/// worker (see [`Registry::initializer`](crate::Registry::initializer)).
+/// The parent calls such a task like any other, with `Args` only:
+/// `fn predict(model: &mut Model, x: f64) -> f64` is called as
+/// `pool.map(predict, xs)` with `xs` of `f64`.
+pub trait StateTaskFn<S, Args, R, Marker>: Copy + Send + Sync + 'static {
+    /// Calls the function on the worker's state.
+    fn call(&self, state: &mut S, args: Args) -> R;
+}
+
 /// A reference to a task from the parent: gives its name.
 ///
-/// Implemented for every [`TaskFn`] (named by its Rust path) and for
-/// [`Task`] handles (named explicitly).
+/// Implemented for every [`TaskFn`] and [`StateTaskFn`] (named by its
+/// Rust path; the state of a [`StateTaskFn`] is not part of `Args`, since
+/// it never leaves the worker) and for [`Task`] handles (named
+/// explicitly).
 pub trait TaskRef<Args, R, Marker> {
     /// The name under which workers serve the task.
     fn task_name(&self) -> Cow<'static, str>;
 }
 
-impl<F, Args, R, M> TaskRef<Args, R, M> for F
-where
-    F: TaskFn<Args, R, M>,
-{
-    fn task_name(&self) -> Cow<'static, str> {
-        Cow::Borrowed(type_name::<F>())
+/// Marker for [`StateTaskFn`] and [`TaskRef`]: a function taking `&mut S`
+/// first, the rest of its signature being `F`. Never built.
+pub struct StateMut<S, F>(PhantomData<fn(S) -> F>, Infallible);
+
+/// Marker for [`StateTaskFn`] and [`TaskRef`]: a function taking `&S`
+/// first, the rest of its signature being `F`. Never built.
+pub struct StateRef<S, F>(PhantomData<fn(S) -> F>, Infallible);
+
+impl<S, F> std::fmt::Debug for StateMut<S, F> {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {}
     }
 }
 
-macro_rules! arities {
-    ($( ($($arg:ident),*) ),* $(,)?) => {$(
+impl<S, F> std::fmt::Debug for StateRef<S, F> {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {}
+    }
+}
+
+/// The impls of one arity: `$args` is how the arguments travel, `$pat`
+/// takes them apart again. Each kind of function has a marker of its own,
+/// so the impls never overlap, and `TaskRef` is implemented per kind rather
+/// than over `TaskFn` (a blanket impl over each trait would overlap).
+macro_rules! arity {
+    ($args:ty, $pat:pat_param, ($($arg:ident),*)) => {
         #[allow(non_snake_case)]
-        impl<Func, $($arg,)* Ret> TaskFn<($($arg,)*), Ret, fn($($arg),*) -> Ret> for Func
+        impl<Func, $($arg,)* Ret> TaskFn<$args, Ret, fn($($arg),*) -> Ret> for Func
         where
             Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
         {
-            fn call(&self, ($($arg,)*): ($($arg,)*)) -> Ret {
+            fn call(&self, $pat: $args) -> Ret {
                 self($($arg),*)
             }
         }
-    )*};
+
+        impl<Func, $($arg,)* Ret> TaskRef<$args, Ret, fn($($arg),*) -> Ret> for Func
+        where
+            Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {
+            fn task_name(&self) -> Cow<'static, str> {
+                Cow::Borrowed(type_name::<Func>())
+            }
+        }
+
+        #[allow(non_snake_case)]
+        impl<Func, State, $($arg,)* Ret>
+            StateTaskFn<State, $args, Ret, StateMut<State, fn($($arg),*) -> Ret>> for Func
+        where
+            Func: Fn(&mut State, $($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {
+            fn call(&self, state: &mut State, $pat: $args) -> Ret {
+                self(state, $($arg),*)
+            }
+        }
+
+        impl<Func, State, $($arg,)* Ret> TaskRef<$args, Ret, StateMut<State, fn($($arg),*) -> Ret>>
+            for Func
+        where
+            Func: Fn(&mut State, $($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {
+            fn task_name(&self) -> Cow<'static, str> {
+                Cow::Borrowed(type_name::<Func>())
+            }
+        }
+
+        #[allow(non_snake_case)]
+        impl<Func, State, $($arg,)* Ret>
+            StateTaskFn<State, $args, Ret, StateRef<State, fn($($arg),*) -> Ret>> for Func
+        where
+            Func: Fn(&State, $($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {
+            fn call(&self, state: &mut State, $pat: $args) -> Ret {
+                self(&*state, $($arg),*)
+            }
+        }
+
+        impl<Func, State, $($arg,)* Ret> TaskRef<$args, Ret, StateRef<State, fn($($arg),*) -> Ret>>
+            for Func
+        where
+            Func: Fn(&State, $($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {
+            fn task_name(&self) -> Cow<'static, str> {
+                Cow::Borrowed(type_name::<Func>())
+            }
+        }
+    };
 }
 
-arities!((), (A, B), (A, B, C), (A, B, C, D));
-
-impl<Func, A, Ret> TaskFn<A, Ret, fn(A) -> Ret> for Func
-where
-    Func: Fn(A) -> Ret + Copy + Send + Sync + 'static,
-{
-    fn call(&self, a: A) -> Ret {
-        self(a)
-    }
-}
+arity!((), (), ());
+arity!(A, A, (A));
+arity!((A, B), (A, B), (A, B));
+arity!((A, B, C), (A, B, C), (A, B, C));
+arity!((A, B, C, D), (A, B, C, D), (A, B, C, D));
 
 /// An explicitly named, typed reference to a task served by a worker
 /// program this binary does not link (see
