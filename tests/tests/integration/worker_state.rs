@@ -94,6 +94,7 @@ fn the_state_survives_across_tasks() {
         .map(|r| r.runs)
         .collect();
     assert_eq!(runs, (1..=10).collect::<Vec<u64>>());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -139,6 +140,7 @@ fn a_replacement_worker_makes_its_state_afresh_under_the_same_index() {
     assert_counted_from_one(&before.iter().chain(&after).copied().collect::<Vec<_>>());
     // SIGKILL runs no destructor.
     assert!(!tally_marker(&dir, victim.pid, Some(1)).exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -161,6 +163,7 @@ fn the_state_is_dropped_when_its_worker_retires() {
         assert_eq!(written, rs.len().to_string(), "worker {pid}");
     }
     assert_eq!(pool.stats().worker_deaths, 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -174,8 +177,12 @@ fn a_task_taking_state_is_refused_at_submit_by_a_pool_without_it() {
     assert!(err.is_missing_state(), "{err}");
     assert_eq!(err.task_name(), Some(std::any::type_name_of_val(&tally)));
     let text = err.to_string();
+    let takes = format!(
+        "takes the worker state `{}`",
+        std::any::type_name::<procpool_tests::Tally>()
+    );
     for words in [
-        "takes the worker state `procpool_tests::Tally`",
+        takes.as_str(),
         "hold no state",
         "Registry::initializer",
         "Builder::worker_state",
@@ -293,4 +300,5 @@ fn in_process_workers_have_state_and_an_index_too() {
             "thread worker {index} did not drop its state"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
