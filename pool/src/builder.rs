@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::dispatcher::{self, Config, Initializer, Shared};
@@ -17,14 +16,28 @@ use crate::pool::{Inner, Pool};
 use crate::supervisor::handshake::InitCheck;
 use crate::supervisor::{Launch, Limit};
 use crate::task::{TaskRef, signature};
+use crate::values::CallArg;
 use crate::worker::Registry;
 
 /// Batches in flight per worker: while a worker runs one, the next is
 /// already in its pipe.
 pub(crate) const PIPELINE: usize = 2;
 
-/// What an initializer may return: `()`, or `Result<(), E>` whose `Err`
-/// fails the pool's start-up with `E`'s message.
+/// What an initializer given to [`Builder::initializer`] may return: `()`,
+/// or `Result<(), E>` whose `Err` fails the pool's start-up with `E`'s
+/// message. An initializer whose result stays in the worker, as its state,
+/// is given to [`Builder::worker_state`] instead:
+///
+/// ```compile_fail
+/// struct Model;
+/// fn load_model(path: String) -> Model { Model }
+/// let builder = procpool::Pool::builder().initializer(load_model, "m.bin".to_owned());
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the result of an initializer given to `Builder::initializer`",
+    label = "not `()` or `Result<(), E>`",
+    note = "such an initializer returns `()` or `Result<(), E>`; one whose result stays in each worker as its state is registered with `Registry::initializer` (or `Registry::try_initializer`) and given to `Builder::worker_state`"
+)]
 pub trait InitOutput: DeserializeOwned {
     /// `Err(message)` if the initializer failed.
     fn into_init_result(self) -> Result<(), String>;
@@ -140,7 +153,7 @@ impl Builder {
     pub fn initializer<F, Args, R, M>(self, f: F, args: Args) -> Self
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
+        Args: CallArg,
         R: InitOutput,
     {
         // Through the stack-growing decoder, like every result: a deeply
@@ -199,7 +212,7 @@ impl Builder {
     pub fn worker_state<F, Args, R, M>(self, f: F, args: Args) -> Self
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
+        Args: CallArg,
     {
         self.set_initializer(f, args, None)
     }
@@ -207,7 +220,7 @@ impl Builder {
     fn set_initializer<F, Args, R, M>(mut self, f: F, args: Args, check: Option<InitCheck>) -> Self
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
+        Args: CallArg,
     {
         let name = f.task_name().into_owned();
         self.initializer = Some(match postcard::to_stdvec(&args) {

@@ -329,6 +329,7 @@ mod supervisor;
 mod sys;
 mod task;
 mod tasks;
+mod values;
 pub mod worker;
 
 pub use builder::{Builder, InitOutput};
@@ -336,4 +337,5 @@ pub use error::{Error, Exit, PanicLocation};
 pub use handle::{AsyncResult, CancelHandle, Imap, ImapStream, SubmitError};
 pub use pool::{Call, Pool, Stats};
 pub use task::{Named, StateMut, StateRef, StateTaskFn, Task, TaskFn, TaskRef};
+pub use values::{CallArg, CallOutput, OwnedData, TaskArg, TaskOutput};
 pub use worker::{Registry, serve_if_worker};

@@ -32,6 +32,19 @@
 //! The last type parameter of [`TaskFn`], [`StateTaskFn`] and [`TaskRef`]
 //! is a marker that only keeps the impls of each arity and kind apart; it
 //! is always inferred.
+//!
+//! When something cannot be a task, the compiler says what to write
+//! instead: these traits, and those bounding what crosses the pipe
+//! ([`TaskArg`](crate::TaskArg), [`TaskOutput`](crate::TaskOutput),
+//! [`CallArg`](crate::CallArg), [`CallOutput`](crate::CallOutput)), carry
+//! `#[diagnostic::on_unimplemented]` messages (a function of five
+//! arguments, a closure that captures, a type without serde, a task taking
+//! state registered as a plain one), and their impls are
+//! `#[diagnostic::do_not_recommend]`, so the error names the bound that
+//! failed rather than serde's impl list. A borrowed parameter (`&str`) is
+//! a lifetime error, which no such message can reach: it names
+//! [`OwnedData`](crate::OwnedData). `tests/tests/diagnostics.rs` pins the
+//! key words of each message.
 
 use std::any::type_name;
 use std::borrow::Cow;
@@ -48,6 +61,20 @@ use std::marker::PhantomData;
 /// name): [`Registry::task`](crate::Registry::task) refuses them, and
 /// submitting one is an error that
 /// [`is_unnamed_task`](crate::Error::is_unnamed_task).
+///
+/// A function of five arguments is not a task (pass them as one tuple or
+/// struct), nor is a closure that captures something:
+///
+/// ```compile_fail
+/// fn five(a: u8, b: u8, c: u8, d: u8, e: u8) -> u8 { a + b + c + d + e }
+/// let tasks = procpool::Registry::new().task(five);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a task",
+    label = "not a function a worker can call as a task",
+    note = "a task is a named `fn` (or a closure that captures nothing) of 0 to 4 arguments; pass more as one tuple or struct",
+    note = "a task that takes its worker's state first (`&mut S` or `&S`) is registered with `Registry::task_with_state`"
+)]
 pub trait TaskFn<Args, R, Marker>: Copy + Send + Sync + 'static {
     /// Calls the function.
     fn call(&self, args: Args) -> R;
@@ -62,6 +89,12 @@ pub trait TaskFn<Args, R, Marker>: Copy + Send + Sync + 'static {
 /// The parent calls such a task like any other, with `Args` only:
 /// `fn predict(model: &mut Model, x: f64) -> f64` is called as
 /// `pool.map(predict, xs)` with `xs` of `f64`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a task taking worker state",
+    label = "not a function of the worker's state and 0 to 4 arguments",
+    note = "such a task is a named `fn` taking `&mut S` or `&S` first, `S` being what the state initializer returns, then 0 to 4 arguments (more as one tuple or struct)",
+    note = "a task without state is registered with `Registry::task`"
+)]
 pub trait StateTaskFn<S, Args, R, Marker>: Copy + Send + Sync + 'static {
     /// Calls the function on the worker's state.
     fn call(&self, state: &mut S, args: Args) -> R;
@@ -73,6 +106,23 @@ pub trait StateTaskFn<S, Args, R, Marker>: Copy + Send + Sync + 'static {
 /// Rust path; the state of a [`StateTaskFn`] is not part of `Args`, since
 /// it never leaves the worker) and for [`Task`] handles (named
 /// explicitly).
+///
+/// A task of several arguments is called with one tuple of them (the
+/// compiler says "expected `(u64, u64)`"):
+///
+/// ```compile_fail
+/// # fn demo(pool: &procpool::Pool) {
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+/// let sum = pool.apply(add, 2); // write `pool.apply(add, (2, 3))`
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be called as a task taking `{Args}`",
+    label = "not a task taking `{Args}`",
+    note = "a task is a named `fn` (or a closure that captures nothing) of 0 to 4 arguments, or a `Task::named` handle",
+    note = "a task of several arguments takes them as one tuple: `pool.apply(add, (2, 3))`, or `pool.starmap(add, pairs)`",
+    note = "a task that takes its worker's state first is called without it: `fn predict(m: &mut Model, x: f64)` takes an `f64`"
+)]
 pub trait TaskRef<Args, R, Marker> {
     /// The name under which workers serve the task.
     fn task_name(&self) -> Cow<'static, str>;
@@ -105,6 +155,7 @@ impl<S, F> std::fmt::Debug for StateRef<S, F> {
 macro_rules! arity {
     ($args:ty, $pat:pat_param, ($($arg:ident),*)) => {
         #[allow(non_snake_case)]
+        #[diagnostic::do_not_recommend]
         impl<Func, $($arg,)* Ret> TaskFn<$args, Ret, fn($($arg),*) -> Ret> for Func
         where
             Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
@@ -114,6 +165,7 @@ macro_rules! arity {
             }
         }
 
+        #[diagnostic::do_not_recommend]
         impl<Func, $($arg,)* Ret> TaskRef<$args, Ret, fn($($arg),*) -> Ret> for Func
         where
             Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
@@ -124,6 +176,7 @@ macro_rules! arity {
         }
 
         #[allow(non_snake_case)]
+        #[diagnostic::do_not_recommend]
         impl<Func, State, $($arg,)* Ret>
             StateTaskFn<State, $args, Ret, StateMut<State, fn($($arg),*) -> Ret>> for Func
         where
@@ -134,6 +187,7 @@ macro_rules! arity {
             }
         }
 
+        #[diagnostic::do_not_recommend]
         impl<Func, State, $($arg,)* Ret> TaskRef<$args, Ret, StateMut<State, fn($($arg),*) -> Ret>>
             for Func
         where
@@ -145,6 +199,7 @@ macro_rules! arity {
         }
 
         #[allow(non_snake_case)]
+        #[diagnostic::do_not_recommend]
         impl<Func, State, $($arg,)* Ret>
             StateTaskFn<State, $args, Ret, StateRef<State, fn($($arg),*) -> Ret>> for Func
         where
@@ -155,6 +210,7 @@ macro_rules! arity {
             }
         }
 
+        #[diagnostic::do_not_recommend]
         impl<Func, State, $($arg,)* Ret> TaskRef<$args, Ret, StateRef<State, fn($($arg),*) -> Ret>>
             for Func
         where

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::state::WorkerState;
 use crate::task::{TaskFn, signature, unnamed_kind};
+use crate::values::{TaskArg, TaskOutput};
 
 /// Why one item could not run (panics are caught separately).
 pub(crate) enum ItemError {
@@ -148,8 +149,8 @@ impl Registry {
     pub fn task<F, Args, R, M>(self, f: F) -> Self
     where
         F: TaskFn<Args, R, M>,
-        Args: DeserializeOwned + 'static,
-        R: Serialize + 'static,
+        Args: TaskArg,
+        R: TaskOutput,
     {
         self.task_named(own_name_of::<F>("a task"), f)
     }
@@ -167,8 +168,8 @@ impl Registry {
     pub fn task_named<F, Args, R, M>(self, name: impl Into<String>, f: F) -> Self
     where
         F: TaskFn<Args, R, M>,
-        Args: DeserializeOwned + 'static,
-        R: Serialize + 'static,
+        Args: TaskArg,
+        R: TaskOutput,
     {
         let run: Runner = Box::new(move |_state: &mut Option<WorkerState>, arg: &[u8], out| {
             let args = decode_args::<Args>(arg)?;

@@ -23,12 +23,11 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use procpool_protocol::StateUse;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::Registry;
 use super::registry::{ItemError, Runner, decode_args, encode_output, own_name_of};
 use crate::task::{StateTaskFn, TaskFn};
+use crate::values::{TaskArg, TaskOutput};
 
 /// What a worker's state-making initializer returned, kept in the worker
 /// for the tasks that take it, and dropped when the worker's serve loop
@@ -128,8 +127,8 @@ impl Registry {
     where
         F: StateTaskFn<S, Args, R, M>,
         S: 'static,
-        Args: DeserializeOwned + 'static,
-        R: Serialize + 'static,
+        Args: TaskArg,
+        R: TaskOutput,
     {
         self.task_with_state_named(own_name_of::<F>("a task"), f)
     }
@@ -144,8 +143,8 @@ impl Registry {
     where
         F: StateTaskFn<S, Args, R, M>,
         S: 'static,
-        Args: DeserializeOwned + 'static,
-        R: Serialize + 'static,
+        Args: TaskArg,
+        R: TaskOutput,
     {
         let name = name.into();
         let task = name.clone();
@@ -195,7 +194,7 @@ impl Registry {
     pub fn initializer<F, Args, S, M>(self, f: F) -> Self
     where
         F: TaskFn<Args, S, M>,
-        Args: DeserializeOwned + 'static,
+        Args: TaskArg,
         S: 'static,
     {
         self.state_maker::<Args, S, S>(own_name_of::<F>("an initializer"), move |args| {
@@ -215,7 +214,7 @@ impl Registry {
     pub fn try_initializer<F, Args, S, E, M>(self, f: F) -> Self
     where
         F: TaskFn<Args, Result<S, E>, M>,
-        Args: DeserializeOwned + 'static,
+        Args: TaskArg,
         S: 'static,
         E: fmt::Display + 'static,
     {
@@ -233,7 +232,7 @@ impl Registry {
         make: impl Fn(Args) -> Result<S, String> + Send + Sync + 'static,
     ) -> Self
     where
-        Args: DeserializeOwned + 'static,
+        Args: TaskArg,
         R: 'static,
         S: 'static,
     {
@@ -258,6 +257,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
     struct Counter {
         seen: u64,
