@@ -184,6 +184,10 @@ impl Builder {
     /// ends normally drops it first. See the crate docs' "Per-worker
     /// state".
     ///
+    /// `f` may also be a [`Task::named`](crate::Task::named) handle, for a
+    /// worker program built apart: only its argument type is checked
+    /// against the worker's, since its result stays in the worker.
+    ///
     /// ```no_run
     /// struct Model { weight: f64 }
     ///

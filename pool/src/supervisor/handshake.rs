@@ -71,7 +71,11 @@ pub(crate) fn check_hello(
         }
         (StateUse::None, Some(_)) | (StateUse::Makes(_), _) => {}
     }
-    if (&t.arg_type, &t.output_type) != (&init.signature.0, &init.signature.1) {
+    // The result of a state maker never reaches the parent, so only its
+    // argument must match (a parent naming it with `Task::named` may not
+    // even have the state's type).
+    let result_matters = init.check.is_some();
+    if t.arg_type != init.signature.0 || (result_matters && t.output_type != init.signature.1) {
         return Err(Refusal::Initializer(format!(
             "the initializer `{}` is served as fn({}) -> {}, called as fn({}) -> {}",
             init.name, t.arg_type, t.output_type, init.signature.0, init.signature.1
@@ -198,11 +202,17 @@ mod tests {
             with_state(task("predict", "f64"), StateUse::Takes("app::Model".into())),
             task("setup", "String"),
         ];
-        // Either builder method may name a state maker.
+        // Either builder method may name a state maker; worker_state, with
+        // any result type.
         assert_eq!(
             check_hello(None, &list, Some(&state_init("load", "String"))),
             Ok(Some(0))
         );
+        let mut any_result = state_init("load", "String");
+        any_result.signature.1 = "app::Model".into();
+        assert_eq!(check_hello(None, &list, Some(&any_result)), Ok(Some(0)));
+        let wrong_arg = check_hello(None, &list, Some(&state_init("load", "u32")));
+        assert!(matches!(wrong_arg, Err(Refusal::Initializer(m)) if m.contains("fn(String)")));
         assert_eq!(
             check_hello(None, &list, Some(&init("load", "String"))),
             Ok(Some(0))

@@ -221,6 +221,27 @@ fn a_task_taking_state_is_refused_at_submit_by_a_pool_without_it() {
 }
 
 #[test]
+fn a_state_initializer_may_be_named_by_a_parent_without_the_state_type() {
+    let _w = watchdog(
+        "a_state_initializer_may_be_named_by_a_parent_without_the_state_type",
+        LIMIT,
+    );
+    // A parent built apart from its worker program knows the name and the
+    // argument; the state's type stays the worker's business.
+    let dir = marker_dir("state-named");
+    let init: procpool::Task<String, ()> =
+        procpool::Task::named(std::any::type_name_of_val(&start_tally));
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .worker_state(init, dir.display().to_string())
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(tally, ()).unwrap().runs, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_state_initializer_must_be_registered_as_one_and_may_fail() {
     let _w = watchdog(
         "a_state_initializer_must_be_registered_as_one_and_may_fail",
