@@ -8,22 +8,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::dispatcher::{self, Config, Initializer, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::{Inner, Pool};
+use crate::supervisor::handshake::InitCheck;
 use crate::supervisor::{Launch, Limit};
 use crate::task::{TaskRef, signature};
+use crate::values::CallArg;
 use crate::worker::Registry;
 
 /// Batches in flight per worker: while a worker runs one, the next is
 /// already in its pipe.
 pub(crate) const PIPELINE: usize = 2;
 
-/// What an initializer may return: `()`, or `Result<(), E>` whose `Err`
-/// fails the pool's start-up with `E`'s message.
+/// What an initializer given to [`Builder::initializer`] may return: `()`,
+/// or `Result<(), E>` whose `Err` fails the pool's start-up with `E`'s
+/// message. An initializer whose result stays in the worker, as its state,
+/// is given to [`Builder::worker_state`] instead:
+///
+/// ```compile_fail
+/// struct Model;
+/// fn load_model(path: String) -> Model { Model }
+/// let builder = procpool::Pool::builder().initializer(load_model, "m.bin".to_owned());
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the result of an initializer given to `Builder::initializer`",
+    label = "not `()` or `Result<(), E>`",
+    note = "such an initializer returns `()` or `Result<(), E>`; one whose result stays in each worker as its state is registered with `Registry::initializer` (or `Registry::try_initializer`) and given to `Builder::worker_state`"
+)]
 pub trait InitOutput: DeserializeOwned {
     /// `Err(message)` if the initializer failed.
     fn into_init_result(self) -> Result<(), String>;
@@ -133,12 +147,84 @@ impl Builder {
 
     /// A registered task each worker runs once, with `args`, before its
     /// first task. If it panics or returns `Err` the pool does not start
-    /// ([`Error::is_startup`]).
-    pub fn initializer<F, Args, R, M>(mut self, f: F, args: Args) -> Self
+    /// ([`Error::is_startup`]). Its result (`()` or `Result<(), E>`) is
+    /// only judged; to keep what an initializer makes in the worker, as
+    /// its state, use [`worker_state`](Self::worker_state) instead.
+    pub fn initializer<F, Args, R, M>(self, f: F, args: Args) -> Self
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
+        Args: CallArg,
         R: InitOutput,
+    {
+        // Through the stack-growing decoder, like every result: a deeply
+        // nested error value cannot overflow the stack.
+        let check: InitCheck = Box::new(
+            |bytes: &[u8]| match procpool_protocol::value::take_value::<R>(bytes) {
+                Ok((r, [])) => r.into_init_result(),
+                Ok((_, rest)) => Err(format!(
+                    "cannot decode its result: {} bytes left over",
+                    rest.len()
+                )),
+                Err(e) => Err(format!("cannot decode its result: {e}")),
+            },
+        );
+        self.set_initializer(f, args, Some(check))
+    }
+
+    /// A state-making initializer each worker runs once, with `args`,
+    /// before its first task: what it returns stays in that worker as its
+    /// state, for the tasks that take it (`fn(&mut S, ..)` or `fn(&S, ..)`,
+    /// registered with [`Registry::task_with_state`]). Register `f` with
+    /// [`Registry::initializer`] (`fn(..) -> S`) or
+    /// [`Registry::try_initializer`] (`fn(..) -> Result<S, E>`).
+    ///
+    /// As with [`initializer`](Self::initializer) (which it replaces: a
+    /// pool has one initializer), a panic or an `Err` fails the worker's
+    /// start. A replacement worker makes its state afresh; a worker that
+    /// ends normally drops it first. See the crate docs' "Per-worker
+    /// state".
+    ///
+    /// `f` may also be a [`Task::named`](crate::Task::named) handle, for a
+    /// worker program built apart: only its argument type is checked
+    /// against the worker's, since its result stays in the worker.
+    ///
+    /// ```no_run
+    /// struct Model { weight: f64 }
+    ///
+    /// fn load_model(weight: f64) -> Result<Model, String> {
+    ///     Ok(Model { weight })
+    /// }
+    ///
+    /// fn predict(model: &mut Model, x: f64) -> f64 {
+    ///     model.weight * x
+    /// }
+    ///
+    /// fn main() -> Result<(), procpool::Error> {
+    ///     let tasks = procpool::Registry::new()
+    ///         .try_initializer(load_model)
+    ///         .task_with_state(predict);
+    ///     procpool::serve_if_worker(&tasks);
+    ///
+    ///     let pool = procpool::Pool::builder()
+    ///         .workers(2)
+    ///         .worker_state(load_model, 0.5)
+    ///         .build()?;
+    ///     assert_eq!(pool.map(predict, [2.0, 4.0])?, [1.0, 2.0]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn worker_state<F, Args, R, M>(self, f: F, args: Args) -> Self
+    where
+        F: TaskRef<Args, R, M>,
+        Args: CallArg,
+    {
+        self.set_initializer(f, args, None)
+    }
+
+    fn set_initializer<F, Args, R, M>(mut self, f: F, args: Args, check: Option<InitCheck>) -> Self
+    where
+        F: TaskRef<Args, R, M>,
+        Args: CallArg,
     {
         let name = f.task_name().into_owned();
         self.initializer = Some(match postcard::to_stdvec(&args) {
@@ -146,18 +232,7 @@ impl Builder {
                 name,
                 signature: signature::<Args, R>(),
                 arg,
-                // Through the stack-growing decoder, like every result: a
-                // deeply nested error value cannot overflow the stack.
-                check: Box::new(|bytes: &[u8]| {
-                    match procpool_protocol::value::take_value::<R>(bytes) {
-                        Ok((r, [])) => r.into_init_result(),
-                        Ok((_, rest)) => Err(format!(
-                            "cannot decode its result: {} bytes left over",
-                            rest.len()
-                        )),
-                        Err(e) => Err(format!("cannot decode its result: {e}")),
-                    }
-                }),
+                check,
             }),
             Err(e) => Err(Error::new(ErrorKind::ArgEncode {
                 task: name,

@@ -93,6 +93,15 @@ pub(crate) enum ErrorKind {
         expected: String,
         served: String,
     },
+    /// The task takes worker state that the pool's workers do not hold.
+    MissingState {
+        task: String,
+        /// The state type the task takes.
+        needs: String,
+        /// What the workers hold instead: the initializer and its state
+        /// type.
+        holds: Option<(String, String)>,
+    },
     ArgEncode {
         task: String,
         message: String,
@@ -230,7 +239,8 @@ impl Error {
             | ErrorKind::ArgTooLarge { task, .. }
             | ErrorKind::ArgDecode { task, .. }
             | ErrorKind::OutputEncode { task, .. }
-            | ErrorKind::OutputDecode { task, .. } => Some(task),
+            | ErrorKind::OutputDecode { task, .. }
+            | ErrorKind::MissingState { task, .. } => Some(task),
             ErrorKind::UnknownTask { name, .. } | ErrorKind::Signature { name, .. } => Some(name),
             _ => None,
         }
@@ -244,6 +254,16 @@ impl Error {
             *self.kind,
             ErrorKind::UnknownTask { .. } | ErrorKind::Signature { .. }
         )
+    }
+
+    /// The task takes worker state (`fn(&mut S, ..)` or `fn(&S, ..)`,
+    /// registered with
+    /// [`Registry::task_with_state`](crate::Registry::task_with_state)) of
+    /// a type the pool's workers do not hold: the pool has no state-making
+    /// initializer ([`Builder::worker_state`](crate::Builder::worker_state)),
+    /// or one that makes another type. Refused at submit; nothing ran.
+    pub fn is_missing_state(&self) -> bool {
+        matches!(*self.kind, ErrorKind::MissingState { .. })
     }
 
     /// The task was given as a closure (or a function pointer), which has
@@ -316,8 +336,9 @@ impl Error {
         matches!(*self.kind, ErrorKind::WaitTimeout)
     }
 
-    /// The call was refused before anything was sent because its options
-    /// make no sense (a zero deadline).
+    /// The call was refused before anything was sent because it makes no
+    /// sense (a zero deadline, or a state-making initializer called as a
+    /// task).
     pub fn is_invalid_call(&self) -> bool {
         matches!(*self.kind, ErrorKind::InvalidCall { .. })
     }
@@ -380,6 +401,20 @@ impl fmt::Display for Error {
                 f,
                 "task `{name}` is called as `{expected}` but the workers serve it as `{served}`"
             ),
+            ErrorKind::MissingState { task, needs, holds } => {
+                write!(f, "task `{task}` takes the worker state `{needs}`, but ")?;
+                match holds {
+                    Some((init, state)) => {
+                        write!(f, "this pool's workers hold `{state}` (made by `{init}`)")?
+                    }
+                    None => f.write_str("this pool's workers hold no state")?,
+                }
+                write!(
+                    f,
+                    ": register an initializer returning `{needs}` with Registry::initializer \
+                     (or Registry::try_initializer) and give it to Builder::worker_state"
+                )
+            }
             ErrorKind::ArgEncode { task, message } => {
                 write!(f, "cannot encode the argument of task `{task}`: {message}")
             }

@@ -70,6 +70,81 @@
 //! - [`Error`]: one opaque type with predicates (`is_panic`,
 //!   `is_worker_died`, `exit`, `is_unknown_task`, ...); its `Debug` is its
 //!   one-line message, so `main` can return it.
+//! - Per-worker state: [`Registry::initializer`],
+//!   [`Registry::task_with_state`], [`Builder::worker_state`], and the
+//!   worker's number, [`worker::index`] (see below).
+//!
+//! # Per-worker state
+//!
+//! An expensive resource (a parsed dictionary, a model, a database
+//! connection) is best made once per worker and used by every task that
+//! worker runs, as Python's `initializer` writing globals or mpire's
+//! `worker_state` do. Here the initializer's result *is* the worker's
+//! state: register a function returning it with [`Registry::initializer`]
+//! (or [`Registry::try_initializer`] for one returning `Result<S, E>`),
+//! name it with its argument in [`Builder::worker_state`], and register
+//! the tasks that take `&mut S` or `&S` as their first parameter with
+//! [`Registry::task_with_state`]. The parent calls them without the state,
+//! which never leaves the worker:
+//!
+//! ```rust,standalone_crate
+//! use std::collections::HashMap;
+//!
+//! struct Dictionary {
+//!     ranks: HashMap<String, usize>,
+//!     lookups: u64,
+//! }
+//!
+//! fn load(words: Vec<String>) -> Dictionary {
+//!     let ranks = words.into_iter().enumerate().map(|(i, w)| (w, i)).collect();
+//!     Dictionary { ranks, lookups: 0 }
+//! }
+//!
+//! fn rank(dict: &mut Dictionary, word: String) -> Option<usize> {
+//!     dict.lookups += 1; // kept for this worker's next task
+//!     dict.ranks.get(&word).copied()
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     let tasks = procpool::Registry::new()
+//!         .initializer(load)
+//!         .task_with_state(rank);
+//!     procpool::serve_if_worker(&tasks);
+//!
+//!     let words = ["the", "of", "and"].map(String::from).to_vec();
+//!     let pool = procpool::Pool::builder()
+//!         .workers(2)
+//!         .worker_state(load, words)
+//!         .build()?;
+//!     let ranks = pool.map(rank, ["and", "zebra"].map(String::from))?;
+//!     assert_eq!(ranks, [Some(2), None]);
+//!     pool.join(); // each worker drops its dictionary, then exits
+//!     Ok(())
+//! }
+//! ```
+//!
+//! - **Lifetime.** Each worker makes its state once, before its first task,
+//!   and every task it runs sees the same value: what a task changes
+//!   through `&mut S` the next one sees. A replacement worker (after a
+//!   crash, a deadline or recycling) makes a fresh state. The state is
+//!   dropped (its `Drop` runs) when its worker ends normally: at
+//!   [`join`](Pool::join), and when
+//!   [`max_tasks_per_worker`](Builder::max_tasks_per_worker) recycles it.
+//!   A worker that is killed ([`terminate`](Pool::terminate), dropping the
+//!   pool, a deadline) or crashes runs no destructor.
+//! - **Failure.** A state initializer that panics or returns `Err` fails
+//!   the worker's start, like any [initializer](Builder::initializer).
+//! - **No state, no task.** A task taking a state that the pool's workers
+//!   do not hold (no state initializer, or one making another type) is
+//!   refused at submit, with an error that
+//!   [`is_missing_state`](Error::is_missing_state) and says what to
+//!   register.
+//! - **Not `Send`.** The state never leaves its worker's thread, so it need
+//!   not be `Send` or `Sync`, nor serializable.
+//! - **Worker index.** [`worker::index`] gives the number of the worker a
+//!   task (or an initializer) runs in, `0..workers`; a replacement takes
+//!   the index of the worker it replaces (mpire's `worker_id`). Use it to
+//!   give each worker its own GPU, port, shard or file.
 //!
 //! # How workers start
 //!
@@ -257,13 +332,16 @@ mod pool;
 mod supervisor;
 mod sys;
 mod task;
+mod tasks;
+mod values;
 pub mod worker;
 
 pub use builder::{Builder, InitOutput};
 pub use error::{Error, Exit, PanicLocation};
 pub use handle::{AsyncResult, CancelHandle, Imap, ImapStream, SubmitError};
 pub use pool::{Call, Pool, Stats};
-pub use task::{Named, Task, TaskFn, TaskRef};
+pub use task::{Named, StateMut, StateRef, StateTaskFn, Task, TaskFn, TaskRef};
+pub use values::{CallArg, CallOutput, OwnedData, TaskArg, TaskOutput};
 pub use worker::{Registry, serve_if_worker};
 
 /// The README, whose example `cargo test` compiles and runs like any

@@ -82,21 +82,8 @@ impl Inner {
             .tasks
             .get()
             .expect("set before the pool was built");
-        let Some(index) = table.infos.iter().position(|t| t.name == name) else {
-            return Err(Error::new(ErrorKind::UnknownTask {
-                name: name.into_owned(),
-                available: table.infos.iter().map(|t| t.name.clone()).collect(),
-            }));
-        };
-        let served = &table.infos[index];
-        let (arg_type, output_type) = (type_name::<Args>(), type_name::<R>());
-        if served.arg_type != arg_type || served.output_type != output_type {
-            return Err(Error::new(ErrorKind::Signature {
-                name: name.into_owned(),
-                expected: format!("fn({arg_type}) -> {output_type}"),
-                served: format!("fn({}) -> {}", served.arg_type, served.output_type),
-            }));
-        }
+        let index =
+            crate::tasks::lookup(&table.infos, &name, type_name::<Args>(), type_name::<R>())?;
         let (sink, rx) = crossbeam_channel::unbounded();
         let job = Arc::new(Job {
             id: Job::next_id(),

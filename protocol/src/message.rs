@@ -14,7 +14,7 @@ use crate::varint;
 pub const MAGIC: [u8; 8] = *b"PROCPOOL";
 
 /// The version of this protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes of the preamble: magic then version.
 pub const PREAMBLE_LEN: usize = 12;
@@ -53,6 +53,23 @@ pub struct TaskInfo {
     pub arg_type: String,
     /// The Rust type name of its result, for a signature check.
     pub output_type: String,
+    /// What it does with the worker's state.
+    pub state: StateUse,
+}
+
+/// What a task does with its worker's state: the value a state-making
+/// initializer returned, kept in the worker for the tasks that take it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateUse {
+    /// A plain task: it takes no state.
+    #[default]
+    None,
+    /// A task that takes the worker's state, of this Rust type, as its
+    /// first parameter; it runs only in a worker that holds such state.
+    Takes(String),
+    /// An initializer whose result becomes the worker's state, of this
+    /// Rust type. It runs as an initializer only, never as a task.
+    Makes(String),
 }
 
 /// The worker's first frame: who it is and what it serves.
@@ -147,7 +164,9 @@ pub struct Done<'a> {
 pub enum FromWorker<'a> {
     /// The handshake; always the first frame.
     Hello(Hello),
-    /// The initializer's outcome.
+    /// The initializer's outcome. A state-making initializer
+    /// ([`StateUse::Makes`]) keeps its result in the worker and answers
+    /// with an encoded `Result<(), String>`: whether it made the state.
     #[serde(borrow)]
     InitDone(Outcome<'a>),
     /// A batch's outcomes.
@@ -487,6 +506,7 @@ mod tests {
                 name: "a::b".into(),
                 arg_type: "u64".into(),
                 output_type: "()".into(),
+                state: StateUse::Takes("app::Model".into()),
             }],
         });
         let FromWorker::Hello(h) = &hello else {

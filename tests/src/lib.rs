@@ -10,6 +10,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod state;
+pub use state::{
+    Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
+    tally_marker, worker_index,
+};
+
 /// `x * x`.
 pub fn square(x: u64) -> u64 {
     x * x
@@ -691,6 +697,12 @@ pub fn registry() -> procpool::Registry {
         .task(fork_pipe_holder)
         .task(tree_then_violate)
         .task(record_then_sleep)
+        .task(worker_index)
+        .initializer(start_tally)
+        .try_initializer(start_tally_or_fail)
+        .initializer(start_label)
+        .task_with_state(tally)
+        .task_with_state(label_with)
 }
 
 /// Turns a hang into a failure: if not dropped within `limit`, writes

@@ -69,8 +69,12 @@ impl Dispatcher {
                 self.accept_hello(i, hello.tasks)
             }
             FromWorker::InitDone(outcome) if self.workers[i].phase == Phase::Init => {
+                let served = self
+                    .init_task
+                    .and_then(|t| self.tasks.as_ref()?.get(t as usize));
                 let verdict = crate::supervisor::handshake::judge_init(
                     self.config.initializer.as_ref(),
+                    served,
                     &outcome,
                 );
                 drop(outcome);

@@ -10,7 +10,7 @@ use super::conn::{Conn, Violation};
 use super::{Dispatcher, Loss, Worker};
 use crate::error::{Error, ErrorKind, Exit};
 use crate::supervisor::handshake::{self, Initializer, Refusal};
-use crate::supervisor::{Launch, Limit};
+use crate::supervisor::{Launch, Limit, free_index};
 
 /// The pool's settings, fixed at build time.
 pub(crate) struct Config {
@@ -117,13 +117,20 @@ impl Dispatcher {
     }
 
     fn spawn_worker(&mut self, now: Instant) -> Result<(), Error> {
+        // A replacement takes the index of the worker it replaces.
+        let index = free_index(
+            self.workers
+                .iter()
+                .filter(|w| w.serving())
+                .map(|w| w.process.index()),
+        );
         let launch = &self.config.launch;
         let spawned = launch
-            .spawn()
+            .spawn(index)
             .map_err(|e| Error::startup_io(format!("cannot start `{}`", launch.describe()), e))?;
         let pid = spawned.process.pid();
         Counters::bump(&self.shared.stats.workers_started);
-        log::debug!("procpool: started worker {pid}");
+        log::debug!("procpool: started worker {pid} (index {index})");
         let slot = self.next_slot;
         self.next_slot += 1;
         let conn = Conn::new(
@@ -157,7 +164,8 @@ impl Dispatcher {
         match verdict {
             Ok(init_task) if self.tasks.is_none() => {
                 self.init_task = init_task;
-                let _ = self.shared.tasks.set(TaskTable::new(tasks.clone()));
+                let table = crate::tasks::for_pool(tasks.clone(), init_task);
+                let _ = self.shared.tasks.set(TaskTable::new(table));
                 self.tasks = Some(tasks);
             }
             Ok(_) => {}

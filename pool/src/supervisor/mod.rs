@@ -8,7 +8,7 @@
 //!   group and its descendant tree;
 //! - `handshake.rs`: what a starting worker must show (its task list, its
 //!   initializer's success) before it gets work;
-//! - `respawn.rs`: restart intensity and backoff.
+//! - `respawn.rs`: restart intensity and backoff, and a new worker's index.
 
 pub(crate) mod handshake;
 mod kill;
@@ -16,4 +16,4 @@ mod process;
 mod respawn;
 
 pub(crate) use process::{Launch, WorkerProcess};
-pub(crate) use respawn::{Limit, Respawn};
+pub(crate) use respawn::{Limit, Respawn, free_index};

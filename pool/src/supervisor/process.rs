@@ -31,8 +31,8 @@ use procpool_protocol::exit_code;
 use crate::error::Exit;
 use crate::sys;
 use crate::worker::{
-    LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV, Registry,
-    WORKER_ENV,
+    INDEX_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV,
+    Registry, WORKER_ENV,
 };
 
 /// What a worker is.
@@ -131,11 +131,12 @@ impl Launch {
         }
     }
 
-    /// Starts one worker.
-    pub(crate) fn spawn(&self) -> io::Result<Spawned> {
+    /// Starts one worker, the pool's worker number `index` (see
+    /// `procpool::worker::index`).
+    pub(crate) fn spawn(&self, index: usize) -> io::Result<Spawned> {
         let (path, arg0, args) = match &self.program {
             Program::Exec { path, arg0, args } => (path, arg0, args),
-            Program::Thread(registry) => return self.spawn_thread(registry.clone()),
+            Program::Thread(registry) => return self.spawn_thread(registry.clone(), index),
         };
         let (progress_fd, progress) = sys::SharedCounter::create()?;
         let progress_path = format!(
@@ -153,6 +154,7 @@ impl Launch {
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .env(LOG_LEVEL_ENV, (log::max_level() as usize).to_string())
             .env(PROGRESS_ENV, &progress_path)
+            .env(INDEX_ENV, index.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -164,12 +166,12 @@ impl Launch {
         let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
         let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
         let pidfd = sys::pidfd_open(child.id());
-        let mut process = WorkerProcess::new(Kind::Process(child), pidfd);
+        let mut process = WorkerProcess::new(Kind::Process(child), pidfd, index);
         process.did_not_serve = Some(self.did_not_serve.clone());
         Self::finish(process, to_worker, from_worker, progress_fd, progress)
     }
 
-    fn spawn_thread(&self, registry: Arc<Registry>) -> io::Result<Spawned> {
+    fn spawn_thread(&self, registry: Arc<Registry>, index: usize) -> io::Result<Spawned> {
         let (worker_in, to_worker) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (from_worker, worker_out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let max_frame = self.max_frame;
@@ -184,9 +186,10 @@ impl Launch {
                     File::from(worker_out),
                     max_frame,
                     &progress_path,
+                    index,
                 )
             })?;
-        let process = WorkerProcess::new(Kind::Thread(Some(thread)), None);
+        let process = WorkerProcess::new(Kind::Thread(Some(thread)), None, index);
         Self::finish(process, to_worker, from_worker, progress_fd, progress)
     }
 
@@ -237,6 +240,8 @@ enum Kind {
 pub(crate) struct WorkerProcess {
     kind: Kind,
     pidfd: Option<OwnedFd>,
+    /// Its index in the pool, `0..workers` (see `procpool::worker::index`).
+    index: usize,
     exit: Option<Exit>,
     /// An in-process thread left running (in a task) when it was reaped.
     detached: bool,
@@ -248,15 +253,21 @@ pub(crate) struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    fn new(kind: Kind, pidfd: Option<OwnedFd>) -> Self {
+    fn new(kind: Kind, pidfd: Option<OwnedFd>, index: usize) -> Self {
         Self {
             kind,
             pidfd,
+            index,
             exit: None,
             detached: false,
             kill: Default::default(),
             did_not_serve: None,
         }
+    }
+
+    /// Its index in the pool, given at spawn.
+    pub(crate) fn index(&self) -> usize {
+        self.index
     }
 
     /// The worker's pid; for an in-process thread, this process's own.

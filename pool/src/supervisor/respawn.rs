@@ -9,6 +9,10 @@
 //! the backoff (but not the window: a program that starts and immediately
 //! fails again keeps counting).
 //!
+//! A new worker takes the lowest index (`procpool::worker::index`) that no
+//! serving worker holds, so a replacement inherits the index of the worker
+//! it replaces and the indices in use stay `0..workers`.
+//!
 //! Pure logic over instants, so it is tested without processes.
 
 use std::collections::VecDeque;
@@ -137,9 +141,31 @@ impl Respawn {
     }
 }
 
+/// The index for a new worker: the lowest one not `used` by a serving
+/// worker.
+pub(crate) fn free_index(used: impl IntoIterator<Item = usize>) -> usize {
+    let mut used: Vec<usize> = used.into_iter().collect();
+    used.sort_unstable();
+    used.dedup();
+    used.iter()
+        .enumerate()
+        .find(|&(i, &u)| i != u)
+        .map_or(used.len(), |(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_worker_takes_the_lowest_free_index() {
+        assert_eq!(free_index([]), 0);
+        assert_eq!(free_index([0, 1, 2]), 3);
+        // The replacement of worker 1 is worker 1 again.
+        assert_eq!(free_index([2, 0, 3]), 1);
+        assert_eq!(free_index([1, 2]), 0);
+        assert_eq!(free_index([0, 0, 2]), 1);
+    }
 
     fn limit(max: u32, secs: u64) -> Limit {
         Limit {

@@ -10,12 +10,18 @@
 //! a task that prints cannot corrupt the stream), closes every other
 //! inherited descriptor, sends its handshake, and then runs batches until
 //! the parent closes the pipe.
+//!
+//! A worker may hold state made by its initializer, for the tasks that take
+//! it, and knows its [`index`] in the pool (see `state.rs`).
 
 mod registry;
 mod serve;
+mod state;
 
 pub(crate) use registry::ItemError;
 pub use registry::Registry;
+pub(crate) use state::WorkerState;
+pub use state::index;
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +43,8 @@ pub(crate) const LOG_LEVEL_ENV: &str = "PROCPOOL_LOG_LEVEL";
 /// pool's, as `/proc/<pid>/fd/<n>`): the worker stores how many items it
 /// has started there.
 pub(crate) const PROGRESS_ENV: &str = "PROCPOOL_PROGRESS";
+/// Environment variable carrying the worker's index in the pool.
+pub(crate) const INDEX_ENV: &str = "PROCPOOL_WORKER_INDEX";
 
 /// Whether this process was started by a pool as a worker.
 ///
@@ -128,7 +136,9 @@ pub(crate) fn serve_on_thread(
     output: std::fs::File,
     max_frame: u32,
     progress: &str,
+    index: usize,
 ) -> i32 {
+    state::set_thread_index(Some(index));
     let progress = match crate::sys::SharedCounter::open(progress) {
         Ok(p) => p,
         Err(e) => {
@@ -136,7 +146,7 @@ pub(crate) fn serve_on_thread(
             return exit_code::SETUP_FAILED;
         }
     };
-    serve::serve(
+    let code = serve::serve(
         registry,
         crate::sys::ProtocolStdio { input, output },
         Some(&progress),
@@ -144,7 +154,9 @@ pub(crate) fn serve_on_thread(
             max_frame,
             own_process: None,
         },
-    )
+    );
+    state::set_thread_index(None);
+    code
 }
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -156,6 +168,9 @@ fn serve_now(registry: &Registry) -> i32 {
     let parent: Option<u32> = env_number(PARENT_PID_ENV);
     let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);
     let progress = std::env::var(PROGRESS_ENV).ok();
+    if let Some(index) = env_number(INDEX_ENV) {
+        state::set_process_index(index);
+    }
     let log_level = match env_number::<usize>(LOG_LEVEL_ENV).unwrap_or(0) {
         0 => log::LevelFilter::Off,
         1 => log::LevelFilter::Error,
@@ -171,6 +186,7 @@ fn serve_now(registry: &Registry) -> i32 {
         MEMORY_LIMIT_ENV,
         LOG_LEVEL_ENV,
         PROGRESS_ENV,
+        INDEX_ENV,
     ] {
         crate::sys::remove_env(var);
     }

@@ -1,22 +1,29 @@
-//! The table of tasks a worker serves.
+//! The table of tasks a worker serves, and the state its initializer made.
 
+use std::any::type_name;
 use std::collections::HashMap;
 use std::fmt;
 
-use procpool_protocol::TaskInfo;
 use procpool_protocol::value::take_value;
+use procpool_protocol::{StateUse, TaskInfo};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::state::WorkerState;
 use crate::task::{TaskFn, signature, unnamed_kind};
+use crate::values::{TaskArg, TaskOutput};
 
 /// Why one item could not run (panics are caught separately).
 pub(crate) enum ItemError {
     ArgDecode(String),
     OutputEncode(String),
+    /// The task takes state this worker does not hold.
+    NoState(String),
 }
 
-type Runner = Box<dyn Fn(&[u8], &mut Vec<u8>) -> Result<(), ItemError> + Send + Sync>;
+pub(super) type Runner = Box<
+    dyn Fn(&mut Option<WorkerState>, &[u8], &mut Vec<u8>) -> Result<(), ItemError> + Send + Sync,
+>;
 
 struct Entry {
     info: TaskInfo,
@@ -51,10 +58,66 @@ struct Entry {
 /// fn opaque(_: u64) -> NotSerde { NotSerde }
 /// let tasks = procpool::Registry::new().task(opaque);
 /// ```
+///
+/// # Per-worker state
+///
+/// A state-making [`initializer`](Self::initializer) runs once in each
+/// worker (chosen with [`Builder::worker_state`](crate::Builder::worker_state));
+/// what it returns stays in that worker as its state, and the tasks
+/// registered with [`task_with_state`](Self::task_with_state) take it as
+/// their first parameter, `&mut S` or `&S`:
+///
+/// ```
+/// struct Counter { seen: u64 }
+///
+/// fn start_counting(from: u64) -> Counter { Counter { seen: from } }
+/// fn count(counter: &mut Counter, x: u64) -> u64 { counter.seen += x; counter.seen }
+/// fn peek(counter: &Counter) -> u64 { counter.seen }
+///
+/// let tasks = procpool::Registry::new()
+///     .initializer(start_counting)
+///     .task_with_state(count)
+///     .task_with_state(peek);
+/// assert_eq!(tasks.len(), 3);
+/// ```
 #[derive(Default)]
 pub struct Registry {
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
+}
+
+/// Decodes one item's argument; a deeply nested one decodes on a grown
+/// stack instead of overflowing the serve thread's.
+pub(super) fn decode_args<Args: DeserializeOwned>(arg: &[u8]) -> Result<Args, ItemError> {
+    let (args, rest) = take_value::<Args>(arg).map_err(|e| ItemError::ArgDecode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ItemError::ArgDecode(format!(
+            "{} bytes left over after the argument",
+            rest.len()
+        )));
+    }
+    Ok(args)
+}
+
+/// Encodes one item's result into `out`.
+pub(super) fn encode_output<R: Serialize>(result: &R, out: &mut Vec<u8>) -> Result<(), ItemError> {
+    out.clear();
+    *out = postcard::to_extend(result, std::mem::take(out))
+        .map_err(|e| ItemError::OutputEncode(e.to_string()))?;
+    Ok(())
+}
+
+/// Panics unless `f`'s type name can name a task; returns it.
+pub(super) fn own_name_of<F>(what: &str) -> &'static str {
+    let name = type_name::<F>();
+    if let Some(kind) = unnamed_kind(name) {
+        panic!(
+            "procpool: cannot register `{name}` as {what}: it is {kind}, which has no name of \
+             its own (others share `{name}`), so the parent could not tell them apart; \
+             name a `fn` and register that (or use Registry::task_named with an explicit name)"
+        );
+    }
+    name
 }
 
 impl Registry {
@@ -86,18 +149,10 @@ impl Registry {
     pub fn task<F, Args, R, M>(self, f: F) -> Self
     where
         F: TaskFn<Args, R, M>,
-        Args: DeserializeOwned + 'static,
-        R: Serialize + 'static,
+        Args: TaskArg,
+        R: TaskOutput,
     {
-        let name = std::any::type_name::<F>();
-        if let Some(kind) = unnamed_kind(name) {
-            panic!(
-                "procpool: cannot register `{name}` as a task: it is {kind}, which has no name of \
-                 its own (others share `{name}`), so the parent could not tell them apart; \
-                 name a `fn` and register that (or use Registry::task_named with an explicit name)"
-            );
-        }
-        self.task_named(name, f)
+        self.task_named(own_name_of::<F>("a task"), f)
     }
 
     /// Registers `f` under an explicit name, for parents that refer to it
@@ -110,13 +165,20 @@ impl Registry {
     /// type name of a closure or function pointer (`..::{{closure}}`,
     /// `fn(u64) -> u64`): a parent passing any such closure would then run
     /// this task.
-    pub fn task_named<F, Args, R, M>(mut self, name: impl Into<String>, f: F) -> Self
+    pub fn task_named<F, Args, R, M>(self, name: impl Into<String>, f: F) -> Self
     where
         F: TaskFn<Args, R, M>,
-        Args: DeserializeOwned + 'static,
-        R: Serialize + 'static,
+        Args: TaskArg,
+        R: TaskOutput,
     {
-        let name = name.into();
+        let run: Runner = Box::new(move |_state: &mut Option<WorkerState>, arg: &[u8], out| {
+            let args = decode_args::<Args>(arg)?;
+            encode_output(&f.call(args), out)
+        });
+        self.register::<Args, R>(name.into(), StateUse::None, run)
+    }
+
+    pub(super) fn register<Args, R>(mut self, name: String, state: StateUse, run: Runner) -> Self {
         if let Some(kind) = unnamed_kind(&name) {
             panic!(
                 "procpool: `{name}` cannot be a task name: it is the type name of {kind}, \
@@ -124,23 +186,6 @@ impl Registry {
             );
         }
         let (arg_type, output_type) = signature::<Args, R>();
-        let run: Runner = Box::new(move |arg: &[u8], out: &mut Vec<u8>| {
-            // A deeply nested argument decodes on a grown stack instead of
-            // overflowing the serve thread's.
-            let (args, rest) =
-                take_value::<Args>(arg).map_err(|e| ItemError::ArgDecode(e.to_string()))?;
-            if !rest.is_empty() {
-                return Err(ItemError::ArgDecode(format!(
-                    "{} bytes left over after the argument",
-                    rest.len()
-                )));
-            }
-            let result = f.call(args);
-            out.clear();
-            *out = postcard::to_extend(&result, std::mem::take(out))
-                .map_err(|e| ItemError::OutputEncode(e.to_string()))?;
-            Ok(())
-        });
         let index = self.entries.len();
         if self.by_name.insert(name.clone(), index).is_some() {
             panic!("procpool: a task named `{name}` is already registered");
@@ -150,6 +195,7 @@ impl Registry {
                 name,
                 arg_type,
                 output_type,
+                state,
             },
             run,
         });
@@ -175,15 +221,23 @@ impl Registry {
         self.entries.iter().map(|e| e.info.clone()).collect()
     }
 
-    /// Runs task `index` on one encoded argument, leaving the encoded
-    /// result in `out`. `None` if there is no such task.
+    /// What task `index` does with the worker's state; `None` if there is
+    /// no such task.
+    pub(crate) fn state_use(&self, index: usize) -> Option<&StateUse> {
+        self.entries.get(index).map(|e| &e.info.state)
+    }
+
+    /// Runs task `index` on one encoded argument (and the worker's state),
+    /// leaving the encoded result in `out`. `None` if there is no such
+    /// task.
     pub(crate) fn run(
         &self,
         index: usize,
+        state: &mut Option<WorkerState>,
         arg: &[u8],
         out: &mut Vec<u8>,
     ) -> Option<Result<(), ItemError>> {
-        self.entries.get(index).map(|e| (e.run)(arg, out))
+        self.entries.get(index).map(|e| (e.run)(state, arg, out))
     }
 }
 
@@ -217,9 +271,9 @@ mod tests {
         );
         let mut out = Vec::new();
         let arg = postcard::to_stdvec(&21u64).unwrap();
-        assert!(matches!(r.run(1, &arg, &mut out), Some(Ok(()))));
+        assert!(matches!(r.run(1, &mut None, &arg, &mut out), Some(Ok(()))));
         assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 42);
-        assert!(r.run(2, &arg, &mut out).is_none());
+        assert!(r.run(2, &mut None, &arg, &mut out).is_none());
     }
 
     #[test]
@@ -227,14 +281,14 @@ mod tests {
         let r = Registry::new().task(double);
         let mut out = Vec::new();
         assert!(matches!(
-            r.run(0, &[], &mut out),
+            r.run(0, &mut None, &[], &mut out),
             Some(Err(ItemError::ArgDecode(_)))
         ));
         // Trailing bytes mean the caller's type was not the task's.
         let mut arg = postcard::to_stdvec(&1u64).unwrap();
         arg.push(0);
         assert!(matches!(
-            r.run(0, &arg, &mut out),
+            r.run(0, &mut None, &arg, &mut out),
             Some(Err(ItemError::ArgDecode(_)))
         ));
     }
@@ -263,7 +317,7 @@ mod tests {
         let r = Registry::new().task_named("hundredfold", |x: u64| x * 100);
         let mut out = Vec::new();
         let arg = postcard::to_stdvec(&3u64).unwrap();
-        assert!(matches!(r.run(0, &arg, &mut out), Some(Ok(()))));
+        assert!(matches!(r.run(0, &mut None, &arg, &mut out), Some(Ok(()))));
         assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 300);
     }
 

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use procpool_protocol::{
-    Hello, Location, LogRecord, Outcome, PREAMBLE_LEN, ToWorker, check_preamble, decode_to_worker,
-    encode_done, encode_hello, encode_init_done, encode_log, exit_code, preamble, push_outcome,
+    Hello, Location, LogRecord, Outcome, PREAMBLE_LEN, StateUse, ToWorker, check_preamble,
+    decode_to_worker, encode_done, encode_hello, encode_init_done, encode_log, exit_code, preamble,
+    push_outcome,
 };
 
-use super::{ItemError, Registry};
+use super::{ItemError, Registry, WorkerState};
 use crate::sys::{ProtocolStdio, SharedCounter};
 
 /// A batch's outcomes so far are sent early once they reach this age, so a
@@ -146,6 +147,7 @@ pub(crate) fn serve(
 
     let mut server = Server {
         registry,
+        state: None,
         progress,
         started: 0,
         runs: 0,
@@ -190,6 +192,9 @@ struct Stop(i32);
 
 struct Server<'r> {
     registry: &'r Registry,
+    /// What the initializer made, if it makes state: dropped with the
+    /// server, when the serve loop ends.
+    state: Option<WorkerState>,
     /// Where the pool reads how many items this worker has started: after
     /// a death it knows exactly which item was running.
     progress: Option<&'r SharedCounter>,
@@ -209,13 +214,28 @@ struct Server<'r> {
 
 impl Server<'_> {
     fn init(&mut self, task: u32, arg: &Bytes) -> Result<(), Stop> {
-        if task as usize >= self.registry.len() {
-            return Err(Stop(bad_parent(&format!(
-                "initializer task {task} does not exist"
-            ))));
+        match self.registry.state_use(task as usize) {
+            None => {
+                return Err(Stop(bad_parent(&format!(
+                    "initializer task {task} does not exist"
+                ))));
+            }
+            Some(StateUse::Takes(_)) => {
+                return Err(Stop(bad_parent(&format!(
+                    "task {task} takes state, so it cannot be the initializer"
+                ))));
+            }
+            Some(StateUse::None | StateUse::Makes(_)) => {}
         }
         let limit = self.limit();
-        let outcome = run_item(self.registry, task as usize, arg, &mut self.scratch, limit);
+        let outcome = run_item(
+            self.registry,
+            task as usize,
+            &mut self.state,
+            arg,
+            &mut self.scratch,
+            limit,
+        );
         self.out.clear();
         encode_init_done(&mut self.out, &outcome, self.max_frame)
             .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
@@ -224,8 +244,14 @@ impl Server<'_> {
 
     fn run(&mut self, batch: u64, task: u32, eager: bool, items: &[&Bytes]) -> Result<(), Stop> {
         // Validate the whole message before running anything of it.
-        if task as usize >= self.registry.len() {
-            return Err(Stop(bad_parent(&format!("task {task} does not exist"))));
+        match self.registry.state_use(task as usize) {
+            None => return Err(Stop(bad_parent(&format!("task {task} does not exist")))),
+            Some(StateUse::Makes(_)) => {
+                return Err(Stop(bad_parent(&format!(
+                    "task {task} is an initializer, which runs only as one"
+                ))));
+            }
+            Some(StateUse::None | StateUse::Takes(_)) => {}
         }
         let limit = self.limit();
         let mut pending: u32 = 0;
@@ -247,7 +273,14 @@ impl Server<'_> {
             let outcome = if skip {
                 Outcome::Cancelled
             } else {
-                run_item(self.registry, task as usize, item, &mut self.scratch, limit)
+                run_item(
+                    self.registry,
+                    task as usize,
+                    &mut self.state,
+                    item,
+                    &mut self.scratch,
+                    limit,
+                )
             };
             let before = self.outcomes.len();
             push_outcome(&mut self.outcomes, &outcome);
@@ -309,6 +342,15 @@ impl Server<'_> {
     }
 }
 
+impl Drop for Server<'_> {
+    fn drop(&mut self) {
+        // However the loop ended (most often: the parent closed the input,
+        // at join or recycling), the state's own clean-up runs before the
+        // worker exits.
+        super::state::drop_state(self.state.take());
+    }
+}
+
 /// Forwards `log` records from task code to the parent, one frame each,
 /// through the same (locked) protocol stream as the results.
 struct ForwardLogger {
@@ -349,13 +391,14 @@ impl log::Log for ForwardLogger {
 fn run_item<'s>(
     registry: &Registry,
     task: usize,
+    state: &mut Option<WorkerState>,
     arg: &[u8],
     scratch: &'s mut Vec<u8>,
     limit: usize,
 ) -> Outcome<'s> {
     // An outcome's own header (variant and length) takes at most this.
     const OUTCOME_ROOM: usize = 16;
-    let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, arg, scratch)));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, state, arg, scratch)));
     match result {
         Ok(Some(Ok(()))) if scratch.len() + OUTCOME_ROOM > limit => {
             // Name the limit the user configured, not the room left in it.
@@ -370,6 +413,13 @@ fn run_item<'s>(
         Ok(Some(Ok(()))) => Outcome::Ok(Bytes::new(scratch)),
         Ok(Some(Err(ItemError::ArgDecode(m)))) => Outcome::ArgDecode(m),
         Ok(Some(Err(ItemError::OutputEncode(m)))) => Outcome::OutputEncode(m),
+        // The parent refuses such a call at submit; should one come, the
+        // item fails, as a task that could not run (there is no outcome
+        // of its own for it).
+        Ok(Some(Err(ItemError::NoState(message)))) => Outcome::Panicked {
+            message,
+            location: None,
+        },
         Ok(None) => unreachable!("task index checked by the caller"),
         Err(payload) => {
             let message = if let Some(s) = payload.downcast_ref::<&str>() {

@@ -27,6 +27,9 @@
 //! - `lane_wakeup`, `lane_wakeup_join`, `lane_recycle`, `drain`,
 //!   `no_counter`, `inprocess_stop`, `deadline_stop`, `tiny_deadline`:
 //!   regressions found by a hostile review of the rebuilt dispatcher;
+//! - `worker_state`: per-worker state (kept across tasks, made afresh by a
+//!   replacement, dropped at retirement, refused at submit where missing)
+//!   and the worker index;
 //! - `seams`: regression tests of the dispatcher's faults (join, the
 //!   direct lane, process groups, descendants, extreme durations), one
 //!   test per fault, named after it.
@@ -59,6 +62,7 @@ mod startup;
 mod stdio;
 mod tiny_deadline;
 mod wire;
+mod worker_state;
 
 use std::time::Duration;
 
