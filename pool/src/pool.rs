@@ -12,8 +12,6 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use procpool_protocol::ItemsBuilder;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::builder::{Builder, PIPELINE};
 use crate::callback::Callbacks;
@@ -23,6 +21,7 @@ use crate::feed::{ChunkSize, Feeder, encode_arg};
 use crate::gather::{Chunks, Gather, decode_one};
 use crate::handle::{AsyncResult, Imap, Pending, Slot, SubmitError, cancel};
 use crate::task::TaskRef;
+use crate::values::{CallArg, CallOutput};
 
 /// What the pool's handles share.
 pub(crate) struct Inner {
@@ -175,8 +174,8 @@ impl Pool {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.call().map(f, items)
     }
@@ -187,8 +186,8 @@ impl Pool {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.call().starmap(f, items)
     }
@@ -199,8 +198,8 @@ impl Pool {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.call().imap(f, items)
     }
@@ -215,8 +214,8 @@ impl Pool {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.call().imap_unordered(f, items)
     }
@@ -239,8 +238,8 @@ impl Pool {
     pub fn apply<F, Args, R, M>(&self, f: F, args: Args) -> Result<R, Error>
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.call().apply(f, args)
     }
@@ -257,8 +256,8 @@ impl Pool {
     ) -> Result<AsyncResult<R>, SubmitError<Args>>
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.call().apply_async(f, args)
     }
@@ -278,8 +277,8 @@ impl Pool {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned + Send + 'static,
+        Args: CallArg,
+        R: CallOutput + Send + 'static,
     {
         self.call().map_async(f, items)
     }
@@ -294,8 +293,8 @@ impl Pool {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned + Send + 'static,
+        Args: CallArg,
+        R: CallOutput + Send + 'static,
     {
         self.call().map_async(f, items)
     }
@@ -384,8 +383,8 @@ impl<'p> Call<'p> {
     pub fn apply<F, Args, R, M>(self, f: F, args: Args) -> Result<R, Error>
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         // Blocking and without a deadline: the direct lane may take it.
         let direct = self.timeout.is_none();
@@ -400,8 +399,8 @@ impl<'p> Call<'p> {
     ) -> Result<AsyncResult<R>, SubmitError<Args>>
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.submit_one(f, args, false)
     }
@@ -417,8 +416,8 @@ impl<'p> Call<'p> {
     ) -> Result<AsyncResult<R>, SubmitError<Args>>
     where
         F: TaskRef<Args, R, M>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         let inner = &self.pool.inner;
         let (job, rx) = match inner.job(&f, self.timeout) {
@@ -450,8 +449,8 @@ impl<'p> Call<'p> {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned + Send + 'static,
+        Args: CallArg,
+        R: CallOutput + Send + 'static,
     {
         let inner = &self.pool.inner;
         let (job, rx) = inner.job(&f, self.timeout)?;
@@ -505,8 +504,8 @@ impl<'p> Call<'p> {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         let Imap {
             chunks, mut feeder, ..
@@ -519,8 +518,8 @@ impl<'p> Call<'p> {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.map(f, items)
     }
@@ -530,8 +529,8 @@ impl<'p> Call<'p> {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.stream(f, items, true)
     }
@@ -545,8 +544,8 @@ impl<'p> Call<'p> {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         self.stream(f, items, false)
     }
@@ -560,8 +559,8 @@ impl<'p> Call<'p> {
     where
         F: TaskRef<Args, R, M>,
         I: IntoIterator<Item = Args>,
-        Args: Serialize,
-        R: DeserializeOwned,
+        Args: CallArg,
+        R: CallOutput,
     {
         let inner = &self.pool.inner;
         let (job, rx) = inner.job(&f, self.timeout)?;

@@ -127,12 +127,32 @@ const CASES: &[Case] = &[
         says: &["expected `(u64, u64)`"],
     },
     Case {
-        // The pool's calls are to take their result type through
-        // `CallOutput`; its message, through a function bounded alike.
         name: "result_not_deserialize",
-        items: "fn receive<R: procpool::CallOutput>() {}",
-        main: "receive::<Opaque>();",
-        says: &["`Opaque` cannot be received as a task's result"],
+        items: "fn make(_: u64) -> Opaque { Opaque }",
+        main: "let pool = procpool::Pool::builder().build().unwrap(); \
+               let _ = pool.map(make, [1u64]);",
+        says: &[
+            "`Opaque` cannot be received as a task's result",
+            "derive `serde::Deserialize`",
+        ],
+    },
+    Case {
+        name: "borrowed_result",
+        items: "fn name(_: u64) -> &'static str { \"x\" }",
+        main: "let pool = procpool::Pool::builder().build().unwrap(); \
+               let _ = pool.map(name, [1u64]);",
+        says: &["OwnedData", "`&str` must implement"],
+    },
+    Case {
+        name: "call_argument_not_serialize",
+        items: "",
+        main: "let pool = procpool::Pool::builder().build().unwrap(); \
+               let task: procpool::Task<Opaque, u64> = procpool::Task::named(\"t\"); \
+               let _ = pool.apply(task, Opaque);",
+        says: &[
+            "`Opaque` cannot be sent as a task's argument",
+            "derive `serde::Serialize`",
+        ],
     },
 ];
 
