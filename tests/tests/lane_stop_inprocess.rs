@@ -109,24 +109,26 @@ fn detach_round(round: u64) -> Vec<u64> {
         .workers(1)
         .in_process(registry())
         .initializer(procpool_tests::init_store, file.display().to_string())
-        .kill_grace(Duration::from_millis(300))
+        .kill_grace(Duration::from_millis(1000))
         .build()
         .unwrap();
-    // D: an eager batch whose item passes its 100 ms deadline but returns
-    // at 150 ms, within the kill grace.
+    // D: an eager batch whose item passes its 50 ms deadline but returns
+    // at 500 ms, within the kill grace. (Margins of ten times: a loaded
+    // machine that delays the dispatcher's deadline by 50 ms made the item
+    // return first, and the test fail, when they were 100 and 150 ms.)
     let d = pool
-        .with_timeout(Duration::from_millis(100))
-        .apply_async(sleep_ms, 150)
+        .with_timeout(Duration::from_millis(50))
+        .apply_async(sleep_ms, 500)
         .unwrap();
-    // B: one non-eager chunk of 300 items of ~2 ms, pipelined behind D on
-    // the same worker; it starts at ~150 ms and is still running when the
-    // thread is detached at ~400 ms.
+    // B: one non-eager chunk of 300 items of ~5 ms, pipelined behind D on
+    // the same worker; it starts at ~500 ms and is still running when the
+    // thread is detached at ~1050 ms.
     let n = 300u64;
     let results: Vec<_> = pool
         .with_chunksize(n as usize)
         .imap(
             procpool_tests::record_then_sleep,
-            (0..n).map(|i| (round * 10_000 + i, 2u64)),
+            (0..n).map(|i| (round * 10_000 + i, 5u64)),
         )
         .unwrap()
         .collect();
