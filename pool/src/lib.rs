@@ -322,6 +322,7 @@
 //! thread.
 
 mod builder;
+mod call;
 mod callback;
 mod dispatcher;
 mod error;
@@ -337,9 +338,10 @@ mod values;
 pub mod worker;
 
 pub use builder::{Builder, InitOutput};
+pub use call::Call;
 pub use error::{Error, Exit, PanicLocation};
 pub use handle::{AsyncResult, CancelHandle, Imap, ImapStream, SubmitError};
-pub use pool::{Call, Pool, Stats};
+pub use pool::{Pool, Stats};
 pub use task::{Named, StateMut, StateRef, StateTaskFn, Task, TaskFn, TaskRef};
 pub use values::{CallArg, CallOutput, OwnedData, TaskArg, TaskOutput};
 pub use worker::{Registry, serve_if_worker};
