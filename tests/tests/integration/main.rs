@@ -51,6 +51,7 @@ mod logs;
 mod no_counter;
 mod recycle;
 mod restart;
+mod review_async;
 mod seams;
 mod startup;
 mod stdio;

@@ -1,0 +1,163 @@
+//! Hostile review of the async/cancel change (futures, streams,
+//! `map_async`, callbacks, `cancel()`): each test here is one finding,
+//! named after what should hold, failing while the finding stands.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use procpool::Pool;
+use procpool_tests::{
+    MaybeEncodable, announce_and_sleep, ignore_sigterm_announce_and_sleep, record,
+    record_encodable, record_then_sleep, recorded, temp_path, wait_until, watchdog,
+};
+
+use crate::{FAULT_WORKER, LIMIT, recording_pool};
+
+/// Pids that changed between two lists of a pool's workers.
+fn replaced(before: &[u32], after: &[u32]) -> usize {
+    let after: BTreeSet<_> = after.iter().collect();
+    before.iter().filter(|p| !after.contains(p)).count()
+}
+
+/// Finding 1: dropping an `Imap` sets its job's `cancelled` flag (without
+/// telling the dispatcher), and `cancel()` only acts when it is the one to
+/// set that flag: a `CancelHandle` used after the iterator was dropped (or
+/// while another thread drops it) does nothing, and the running items are
+/// never stopped.
+#[test]
+fn a_cancel_handle_still_stops_running_items_after_its_imap_was_dropped() {
+    let _w = watchdog("a_cancel_handle_still_stops_running_items_after_drop", LIMIT);
+    let file = temp_path("review-drop-then-cancel");
+    let pool = recording_pool(2, &file);
+    let before = pool.worker_pids();
+    let mut stream = pool
+        .with_chunksize(1)
+        .imap(record_then_sleep, (0..4u64).map(|i| (i, 60_000)))
+        .unwrap()
+        .into_stream();
+    // One poll submits the window; nothing is ready yet.
+    assert!(futures::FutureExt::now_or_never(stream.next()).is_none());
+    assert!(
+        wait_until(LIMIT, || recorded(&file).len() == 2),
+        "two items start"
+    );
+    let handle = stream.cancel_handle();
+    drop(stream);
+    handle.cancel();
+    // Cancel stops the items running by killing their workers.
+    let stopped = wait_until(Duration::from_secs(20), || {
+        let now = pool.worker_pids();
+        now.len() == 2 && replaced(&before, &now) == 2
+    });
+    assert!(
+        stopped,
+        "20 s after cancel() the two running items still run: workers {before:?} -> {:?}",
+        pool.worker_pids()
+    );
+}
+
+/// Finding 2: `map_async` queues each chunk as soon as it is encoded, so
+/// when a later item fails to encode, earlier chunks may already be
+/// running; the call returns `Err` ("refuses the whole call here, and
+/// nothing of it runs"), yet its items ran (and their workers are killed
+/// by the cancel).
+#[test]
+fn map_async_refused_for_an_unencodable_item_runs_nothing_of_it() {
+    let _w = watchdog("map_async_refused_runs_nothing", LIMIT);
+    let file = temp_path("review-map-async-refused");
+    let pool = recording_pool(2, &file);
+    let seen = file.clone();
+    let input = (0..4u64)
+        .map(|i| MaybeEncodable(Some(i)))
+        .chain(std::iter::once_with(move || {
+            // The input is pulled on this thread while earlier chunks are
+            // already queued: by now one of them has run.
+            wait_until(Duration::from_secs(10), || !recorded(&seen).is_empty());
+            MaybeEncodable(None)
+        }));
+    let err = pool
+        .with_chunksize(1)
+        .map_async(record_encodable, input)
+        .unwrap_err();
+    assert!(err.is_serialization(), "{err}");
+    pool.close();
+    pool.join();
+    assert!(
+        recorded(&file).is_empty(),
+        "map_async returned Err (nothing of it runs), yet items ran: {:?}",
+        recorded(&file)
+    );
+}
+
+/// Finding 3: a cancel kills the worker running the job's item, but the
+/// worker goes on serving what it was already sent until the signal lands.
+/// A task that outlives SIGTERM (it handles or ignores it) finishes within
+/// the grace; the worker then starts the next batch, another job's, which
+/// never started when the cancel came; SIGKILL then fails that innocent
+/// item with `WorkerDied` instead of running it elsewhere.
+#[test]
+fn a_cancel_does_not_fail_another_jobs_item_the_worker_starts_during_the_kill_grace() {
+    let _w = watchdog("a_cancel_spares_another_jobs_item_in_the_grace", LIMIT);
+    let file = temp_path("review-cancel-grace");
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .initializer(procpool_tests::init_store, file.display().to_string())
+        .kill_grace(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let marker = temp_path("review-cancel-grace-marker");
+    let cancelled = pool
+        .apply_async(
+            ignore_sigterm_announce_and_sleep,
+            (marker.display().to_string(), 1000),
+        )
+        .unwrap();
+    // Pipelined behind it on the only worker (sent long before the first
+    // task is seen running).
+    let mut other = pool.apply_async(record_then_sleep, (7, 6000)).unwrap();
+    assert!(wait_until(LIMIT, || marker.exists()), "the first task starts");
+    cancelled.cancel();
+    let _ = cancelled.get();
+    let r = other.get_timeout(LIMIT);
+    assert!(
+        matches!(r, Ok(7)),
+        "another job's item, not started when the cancel came, ended {r:?}"
+    );
+}
+
+/// Finding 4: on a worker without its progress counter (a launcher that
+/// strips the environment, which the pool accepts), `Conn::started` says
+/// every item sent started, so `Settle::cancel` takes the last item sent,
+/// a cancelled one merely queued behind another job's running task, for
+/// the running item, and kills the worker: the other job's task fails.
+#[test]
+fn cancelling_a_queued_item_on_a_counterless_worker_spares_the_running_task_of_another_job() {
+    let _w = watchdog("cancel_on_a_counterless_worker", LIMIT);
+    let file = temp_path("review-counterless");
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program("/usr/bin/env")
+        .worker_args([
+            std::ffi::OsString::from("-u"),
+            "PROCPOOL_PROGRESS".into(),
+            FAULT_WORKER.into(),
+        ])
+        .initializer(procpool_tests::init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let marker = temp_path("review-counterless-marker");
+    let running = pool
+        .apply_async(announce_and_sleep, (marker.display().to_string(), 2000))
+        .unwrap();
+    assert!(wait_until(LIMIT, || marker.exists()), "the task starts");
+    let behind = pool.apply_async(record, 3).unwrap();
+    behind.cancel();
+    let _ = behind.get();
+    let r = running.get();
+    assert!(
+        matches!(r, Ok(2000)),
+        "cancelling another job's queued item ended the running task with {r:?}"
+    );
+}
