@@ -52,6 +52,7 @@ mod no_counter;
 mod recycle;
 mod restart;
 mod review_async;
+mod review_async_held;
 mod seams;
 mod startup;
 mod stdio;

@@ -161,3 +161,31 @@ fn cancelling_a_queued_item_on_a_counterless_worker_spares_the_running_task_of_a
         "cancelling another job's queued item ended the running task with {r:?}"
     );
 }
+
+/// Finding 6 (in-process mode): a cancel cannot stop a thread worker, so
+/// the worker is detached after the grace and everything it was sent
+/// counts as started; another job's item pipelined behind the cancelled
+/// one, which had not started, fails instead of running elsewhere.
+#[test]
+fn in_process_a_cancel_spares_another_jobs_item_pipelined_behind() {
+    let _w = watchdog("in_process_a_cancel_spares_another_jobs_item", LIMIT);
+    let pool = Pool::builder()
+        .workers(1)
+        .in_process(procpool_tests::registry())
+        .kill_grace(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let marker = temp_path("review-inprocess-cancel");
+    let cancelled = pool
+        .apply_async(announce_and_sleep, (marker.display().to_string(), 3000))
+        .unwrap();
+    let mut other = pool.apply_async(procpool_tests::square, 5).unwrap();
+    assert!(wait_until(LIMIT, || marker.exists()), "the first task starts");
+    cancelled.cancel();
+    assert!(cancelled.get().unwrap_err().is_cancelled());
+    let r = other.get_timeout(LIMIT);
+    assert!(
+        matches!(r, Ok(25)),
+        "another job's item, not started when the cancel came, ended {r:?}"
+    );
+}
