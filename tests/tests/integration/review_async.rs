@@ -229,3 +229,34 @@ fn a_plain_cancel_never_fails_another_jobs_pipelined_task() {
         );
     }
 }
+
+/// Finding 8: `Settle::cancel` drains and rebuilds the whole queue for
+/// every cancel, on the dispatcher thread: cancelling many queued tasks
+/// one by one is quadratic. 20 000 queued `apply_async` cancelled in a
+/// loop (12 ms to send) keep the dispatcher busy about a minute here
+/// (debug build): meanwhile it reads no result, enforces no deadline and
+/// dispatches nothing, for every caller of the pool.
+#[test]
+fn cancelling_many_queued_tasks_one_by_one_does_not_stall_the_dispatcher() {
+    let _w = watchdog(
+        "cancelling_many_queued_tasks_does_not_stall",
+        Duration::from_secs(180),
+    );
+    let pool = crate::pool(1);
+    let _busy = procpool_tests::running_task(&pool);
+    let handles: Vec<_> = (0..20_000u64)
+        .map(|i| pool.apply_async(procpool_tests::square, i).unwrap())
+        .collect();
+    let t = std::time::Instant::now();
+    for h in &handles {
+        h.cancel();
+    }
+    for h in handles {
+        assert!(h.get().unwrap_err().is_cancelled());
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "20 000 cancels of queued tasks took the dispatcher {took:?}"
+    );
+}
