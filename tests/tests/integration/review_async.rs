@@ -151,8 +151,10 @@ fn cancelling_a_queued_item_on_a_counterless_worker_spares_the_running_task_of_a
     let running = pool
         .apply_async(announce_and_sleep, (marker.display().to_string(), 2000))
         .unwrap();
-    assert!(wait_until(LIMIT, || marker.exists()), "the task starts");
+    // Pipelined behind it on the only worker (sent long before the first
+    // task is seen running).
     let behind = pool.apply_async(record, 3).unwrap();
+    assert!(wait_until(LIMIT, || marker.exists()), "the task starts");
     behind.cancel();
     let _ = behind.get();
     let r = running.get();
