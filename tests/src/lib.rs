@@ -697,6 +697,8 @@ pub fn registry() -> procpool::Registry {
         .task(fork_pipe_holder)
         .task(tree_then_violate)
         .task(record_then_sleep)
+        .task(record_encodable)
+        .task(ignore_sigterm_announce_and_sleep)
         .task(worker_index)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
@@ -973,4 +975,46 @@ pub fn record_then_sleep(id: u64, ms: u64) -> u64 {
     record(id);
     sleep_ms(ms);
     id
+}
+
+// ---------------------------------------------------------------------
+// Tasks of the hostile review of the async/cancel change
+// (`tests/integration/review_async.rs`).
+// ---------------------------------------------------------------------
+
+/// A number whose encoding, in the parent, fails when it is `None`; it
+/// decodes (in the worker) as a plain `u64`.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeEncodable(pub Option<u64>);
+
+impl Serialize for MaybeEncodable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(v) => v.serialize(s),
+            None => Err(serde::ser::Error::custom("MaybeEncodable(None) refuses")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaybeEncodable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u64::deserialize(d).map(|v| MaybeEncodable(Some(v)))
+    }
+}
+
+/// [`record`]s its number.
+pub fn record_encodable(x: MaybeEncodable) -> u64 {
+    record(x.0.expect("decoded values are Some"))
+}
+
+/// Ignores SIGTERM, creates `marker`, sleeps `ms` milliseconds and
+/// returns `ms`: a task that outlives the SIGTERM of a kill but finishes
+/// within its grace.
+pub fn ignore_sigterm_announce_and_sleep(marker: String, ms: u64) -> u64 {
+    // SAFETY: sets this (worker) process's disposition of SIGTERM.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    std::fs::write(&marker, b"running").expect("write the marker");
+    sleep_ms(ms)
 }

@@ -57,6 +57,8 @@ mod logs;
 mod no_counter;
 mod recycle;
 mod restart;
+mod review_async;
+mod review_async_held;
 mod seams;
 mod startup;
 mod stdio;
