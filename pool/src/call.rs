@@ -10,7 +10,7 @@ use crate::dispatcher::{self, Batch, Job};
 use crate::error::Error;
 use crate::feed::{ChunkSize, Feeder, encode_arg};
 use crate::gather::{Chunks, Gather, decode_one};
-use crate::handle::{AsyncResult, Imap, Pending, Slot, SubmitError, cancel};
+use crate::handle::{AsyncResult, Imap, Pending, Slot, SubmitError};
 use crate::pool::Pool;
 use crate::task::TaskRef;
 use crate::values::{CallArg, CallOutput};
@@ -135,18 +135,19 @@ impl<'p> Call<'p> {
             None => ChunkSize::auto(iter.size_hint(), inner.workers),
         };
         let mut feeder = Feeder::new(iter, job.clone(), inner.clone(), size);
+        // Nothing runs before the whole input is encoded: an item that
+        // cannot be refuses the call, and nothing of it ran.
+        feeder.hold();
         let mut gather = Gather::<R>::default();
         let mut opened = Vec::new();
         while !feeder.exhausted() {
             feeder.open_next(&mut opened);
             for o in opened.drain(..) {
-                if let Err(e) = gather.open(o, &job.shared) {
-                    // Refused whole: what was queued already never runs.
-                    cancel(inner, &job);
-                    return Err(e);
-                }
+                // The feeder's drop fails what it held, unsent.
+                gather.open(o, &job.shared)?;
             }
         }
+        feeder.release();
         feeder.detach();
         let state = if gather.open == 0 {
             Slot::Ready(Ok(Vec::new()))

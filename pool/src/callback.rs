@@ -91,29 +91,37 @@ impl Callbacks {
 }
 
 /// The thread: polls each woken callback; ends when every sender is gone.
+/// Nothing that happens in one callback ends it: a panic, even one raised
+/// while the first is logged (a logger that panics), is caught here.
 fn serve(queue: Receiver<Arc<Call>>) {
     for call in queue {
-        let waker = Waker::from(call.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut slot = call.future.lock();
-        let Some(future) = slot.as_mut() else {
-            // Woken after it completed.
-            continue;
-        };
-        match panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
-            Ok(Poll::Pending) => {}
-            Ok(Poll::Ready(())) => *slot = None,
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic with a non-string payload".into());
-                log::error!("procpool: a result callback panicked: {message}");
-                *slot = None;
-                // A payload whose Drop panics must not end the thread.
-                let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            }
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| poll(&call)));
+    }
+}
+
+fn poll(call: &Arc<Call>) {
+    let waker = Waker::from(call.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut slot = call.future.lock();
+    let Some(future) = slot.as_mut() else {
+        // Woken after it completed.
+        return;
+    };
+    match panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
+        Ok(Poll::Pending) => {}
+        Ok(Poll::Ready(())) => *slot = None,
+        Err(payload) => {
+            // Done with it before anything else can go wrong.
+            *slot = None;
+            drop(slot);
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with a non-string payload".into());
+            // A payload whose Drop panics must not end the thread either.
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            log::error!("procpool: a result callback panicked: {message}");
         }
     }
 }

@@ -108,6 +108,9 @@ pub(crate) struct Feeder<I> {
     scratch: Vec<u8>,
     /// Dropping it leaves its job alone (`map_async`: fed whole, detached).
     detached: bool,
+    /// Chunks kept back instead of submitted (`map_async`: nothing is
+    /// submitted until the whole input is encoded).
+    held: Option<Vec<Batch>>,
 }
 
 impl<I, Args> Feeder<I>
@@ -125,6 +128,19 @@ where
             next_seq: 0,
             scratch: Vec::new(),
             detached: false,
+            held: None,
+        }
+    }
+
+    /// From now on chunks are kept back, until [`release`](Self::release).
+    pub(crate) fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Submits every chunk kept back, in order.
+    pub(crate) fn release(&mut self) {
+        for batch in self.held.take().unwrap_or_default() {
+            self.inner.submit(batch);
         }
     }
 
@@ -203,7 +219,11 @@ where
             count: items.count(),
             failed: None,
         });
-        self.inner.submit(Batch::new(self.job.clone(), seq, items));
+        let batch = Batch::new(self.job.clone(), seq, items);
+        match &mut self.held {
+            Some(held) => held.push(batch),
+            None => self.inner.submit(batch),
+        }
     }
 }
 
@@ -220,6 +240,8 @@ impl<I> Drop for Feeder<I> {
         if !self.detached {
             self.job.cancelled.store(true, Ordering::Relaxed);
         }
+        // Chunks never submitted (a refused `map_async`) end with it: their
+        // drop fails their items, into a channel nobody reads any more.
     }
 }
 

@@ -391,7 +391,10 @@ impl<T> Future for AsyncResult<T> {
 
 /// Marks `job` cancelled and asks the dispatcher to carry it out.
 pub(crate) fn cancel(inner: &Inner, job: &Job) {
-    if !job.cancelled.swap(true, Ordering::AcqRel) {
+    job.cancelled.store(true, Ordering::Release);
+    // Once: a dropped `Imap` set the flag alone, which stops nothing that
+    // runs; an explicit cancel after it still does.
+    if !job.cancel_sent.swap(true, Ordering::AcqRel) {
         // A dispatcher that has exited has settled everything already.
         let _ = inner.handle.send(Command::Cancel(job.id));
     }

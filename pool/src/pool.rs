@@ -90,6 +90,7 @@ impl Inner {
             sink,
             listener: Default::default(),
             cancelled: Default::default(),
+            cancel_sent: Default::default(),
             shared: self.shared.clone(),
         });
         Ok((job, rx))

@@ -59,4 +59,7 @@ pub mod exit_code {
     /// first). It exits at once, silently; the pool that started it says
     /// what to do, once.
     pub const DID_NOT_SERVE: i32 = 78;
+    /// The pool halted the worker (it is about to kill it, for a deadline
+    /// or a cancel): it reached a new batch and did not start it.
+    pub const HALTED: i32 = 79;
 }

@@ -42,11 +42,9 @@ fn a_panicking_logger_does_not_end_the_callback_thread() {
     assert!(wait_until(Duration::from_secs(30), || first.ready()));
     first.on_complete(|_| panic!("callback-boom"));
     let (tx, rx) = crossbeam_channel::bounded(1);
-    pool.apply_async(square, 3)
-        .unwrap()
-        .on_complete(move |r| {
-            let _ = tx.send(r.map_err(|e| e.to_string()));
-        });
+    pool.apply_async(square, 3).unwrap().on_complete(move |r| {
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
     let got = rx.recv_timeout(Duration::from_secs(20));
     assert!(
         matches!(got, Ok(Ok(9))),

@@ -52,7 +52,10 @@ pub(crate) struct Job {
     pub(crate) sink: Sender<ChunkMsg>,
     /// Who to wake when something is sent to `sink` (an async caller).
     pub(crate) listener: Listener,
+    /// Work not yet started is not wanted (a dropped `Imap`, or a cancel).
     pub(crate) cancelled: AtomicBool,
+    /// A caller asked for a cancel: the dispatcher has been told.
+    pub(crate) cancel_sent: AtomicBool,
     pub(crate) shared: Arc<Shared>,
 }
 

@@ -1,5 +1,6 @@
 //! Messages from callers to the dispatcher, and how they wake it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -84,6 +85,15 @@ impl Handle {
 impl Dispatcher {
     /// Takes every command waiting, in order.
     pub(super) fn drain_commands(&mut self) {
+        // Cancels are gathered and carried out in one pass over the queue.
+        let mut cancels = HashSet::new();
+        self.take_commands(&mut cancels);
+        if !cancels.is_empty() {
+            self.cancel(&cancels, std::time::Instant::now());
+        }
+    }
+
+    fn take_commands(&mut self, cancels: &mut HashSet<u64>) {
         loop {
             match self.rx.try_recv() {
                 Ok(Command::Submit(batch)) => match self.stage {
@@ -98,7 +108,9 @@ impl Dispatcher {
                     }
                 }
                 Ok(Command::Terminate) => self.terminate(),
-                Ok(Command::Cancel(job)) => self.cancel(job, std::time::Instant::now()),
+                Ok(Command::Cancel(job)) => {
+                    cancels.insert(job);
+                }
                 Ok(Command::GiveBack { loan, abandoned }) => self.give_back(*loan, abandoned),
                 #[cfg(test)]
                 Ok(Command::Panic) => panic!("injected by a test"),

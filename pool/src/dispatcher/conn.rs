@@ -63,6 +63,8 @@ pub(crate) struct Conn {
     items_sent: u64,
     /// `Run` frames sent so far: the number of the next one.
     runs_sent: u64,
+    /// Its counter when the pool halted it (see `sys::shm`).
+    halted_at: Option<u64>,
     /// `Run` frames sent and not wholly answered: (batch id, items left).
     answering: VecDeque<(u64, u32)>,
     /// When bytes last arrived (a half-written frame must not stall).
@@ -93,6 +95,7 @@ impl Conn {
             broken: false,
             items_sent: 0,
             runs_sent: 0,
+            halted_at: None,
             answering: VecDeque::new(),
             last_bytes_at: now,
             progress,
@@ -140,6 +143,32 @@ impl Conn {
             return self.items_sent;
         }
         self.progress.load().min(self.items_sent)
+    }
+
+    /// How many items the worker started, read after a full fence (after
+    /// the skip bits were set), or `None` if it does not count: then the
+    /// pool cannot know which item runs, and a cancel kills nothing.
+    pub(crate) fn started_exact(&self) -> Option<u64> {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.progress
+            .attached()
+            .then(|| self.progress.load().min(self.items_sent))
+    }
+
+    /// Marks the worker halted (it starts no new batch) and returns what it
+    /// had started then (the first time: later calls return the same);
+    /// `None` if it does not count (see `sys::shm`).
+    pub(crate) fn halt(&mut self) -> Option<u64> {
+        if self.halted_at.is_none() {
+            let started = self.progress.halt();
+            self.halted_at = Some(started.min(self.items_sent));
+        }
+        self.halted_at.filter(|_| self.progress.attached())
+    }
+
+    /// What the worker had started when it was halted, if it was.
+    pub(crate) fn halted_at(&self) -> Option<u64> {
+        self.halted_at.filter(|_| self.progress.attached())
     }
 
     /// Nothing pending either way, nothing unanswered: it may be lent.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags};
-use procpool_protocol::TaskInfo;
+use procpool_protocol::{TaskInfo, exit_code};
 
 use self::batch::Counters;
 use self::command::Waker;
@@ -454,15 +454,26 @@ impl Dispatcher {
         self.publish_pids();
         let exit = w.process.end();
         let pid = w.process.pid();
-        // A detached thread may still be starting items: everything it was
-        // sent counts as started, so nothing runs twice.
-        let started = match &w.conn {
-            Some(c) if w.process.detached() => c.items_sent(),
-            Some(c) => c.started(),
+        let started = match &mut w.conn {
+            // A detached thread may still be running. Halted, it starts no
+            // new batch but may finish the one it is in: all of that batch
+            // counts as started, the batches after it run elsewhere.
+            Some(c) if w.process.detached() => match c.halt() {
+                Some(at) => self.settle.batch_end(slot, at),
+                None => c.items_sent(),
+            },
+            // Halted before it died: nothing past the batch it was in then
+            // started. (Its counter may say one more: the first item of the
+            // next batch, claimed and about to be taken back when it was
+            // killed; that item never ran.)
+            Some(c) => match c.halted_at() {
+                Some(at) => c.started().min(self.settle.batch_end(slot, at)),
+                None => c.started(),
+            },
             None => 0,
         };
         if w.retiring && matches!(loss, Loss::Exited) {
-            if exit != Exit::Code(0) {
+            if exit != Exit::Code(0) && exit != Exit::Code(exit_code::HALTED) {
                 log::warn!("procpool: recycled worker {pid} ended with {exit}");
             }
             self.settle.lost(slot, started, &Cause::Died(exit));

@@ -1,6 +1,7 @@
 //! Handing queued work to workers, recycling used-up workers, and acting
 //! on deadlines the settlement core reports.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use super::batch::Counters;
@@ -93,10 +94,14 @@ impl Dispatcher {
         }
     }
 
-    /// The caller of `job` cancelled it: the core fails its queued items
-    /// and marks its batches in flight to be skipped; a worker running one
-    /// of its items is killed (like a deadline's) and replaced.
-    pub(super) fn cancel(&mut self, job: u64, now: Instant) {
+    /// The callers of `jobs` cancelled them: the core fails their queued
+    /// items and marks their batches in flight to be skipped. A worker
+    /// running one of their items is halted (it starts no new batch), then
+    /// asked again: if it still runs that item it is killed (like at a
+    /// deadline) and replaced; if the item ended meanwhile, the worker only
+    /// retires, finishing what it runs now (another caller's), so no other
+    /// job's item is caught by the kill.
+    pub(super) fn cancel(&mut self, jobs: &HashSet<u64>, now: Instant) {
         let workers = &self.workers;
         let conn = |slot| {
             let w = workers.iter().find(|w| w.slot == slot);
@@ -107,29 +112,46 @@ impl Dispatcher {
                 c.skip(run);
             }
         };
-        let started = |slot| conn(slot).map_or(0, Conn::started);
-        for slot in self.settle.cancel(job, skip, started) {
+        let started = |slot| conn(slot).and_then(Conn::started_exact);
+        for slot in self.settle.cancel(jobs, skip, started) {
             let Some(i) = self.index(slot) else { continue };
             if self.workers[i].process.killing() {
                 continue;
             }
-            self.stop_worker(i, now);
-            log::info!(
-                "procpool: a task running in worker {} was cancelled; sent SIGTERM to it and its \
-                 descendants (SIGKILL in {:?})",
-                self.workers[i].process.pid(),
-                self.config.kill_grace
-            );
+            let Some(started) = self.workers[i].conn.as_mut().and_then(Conn::halt) else {
+                continue;
+            };
+            let pid = self.workers[i].process.pid();
+            if self.settle.runs_cancelled(slot, jobs, started) {
+                self.stop_worker(i, now);
+                log::info!(
+                    "procpool: a task running in worker {pid} was cancelled; sent SIGTERM to it and \
+                     its descendants (SIGKILL in {:?})",
+                    self.config.kill_grace
+                );
+            } else {
+                // Halted: it ends at its next batch, or at the end of input.
+                let w = &mut self.workers[i];
+                w.retiring = true;
+                if let Some(c) = &mut w.conn {
+                    c.close_input();
+                }
+                self.settle.retire(slot);
+                self.publish_pids();
+            }
         }
     }
 
-    /// Kills worker `i` the deadline way: no more input (a worker that
-    /// outlives SIGTERM, or a thread, which no signal stops, ends at the
-    /// end of what it has), SIGTERM to it and its tree, SIGKILL after the
-    /// grace.
+    /// Kills worker `i` the deadline way: halted (it starts no new batch),
+    /// no more input (a worker that outlives SIGTERM, or a thread, which no
+    /// signal stops, ends at the end of what it has), SIGTERM to it and
+    /// its tree, SIGKILL after the grace.
     fn stop_worker(&mut self, i: usize, now: Instant) {
         let w = &mut self.workers[i];
         if let Some(c) = &mut w.conn {
+            // Halted first: an item that ends in the grace is not followed
+            // by another caller's batch, which the kill would then catch.
+            c.halt();
             c.close_input();
         }
         w.process.terminate(now, self.config.kill_grace);

@@ -36,7 +36,7 @@
 //! any other of the job without an outcome) `Cancelled`. Items of other
 //! jobs on that worker that never started run elsewhere, once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Exit};
@@ -515,35 +515,41 @@ impl<U: Unit> Settle<U> {
         settled
     }
 
-    /// The caller of `job` cancelled it (its units say `cancelled()` from
-    /// now on). Its queued items fail `Cancelled` now. For each of its
-    /// batches in flight, `skip(worker, run)` tells that worker to skip
-    /// the items of `Run` frame `run` it has not started; only then is
-    /// `started` read. Returns the workers running one of its items: they
-    /// take no more work and the caller kills them; the loss then settles
-    /// that item (and any others of the job that did not report) as
-    /// cancelled, and the others' unstarted items run elsewhere.
+    /// The callers of `jobs` cancelled them (their units say `cancelled()`
+    /// from now on). Their queued items fail `Cancelled` now, in one pass
+    /// however many jobs. For each of their batches in flight,
+    /// `skip(worker, run)` tells that worker to skip the items of `Run`
+    /// frame `run` it has not started; only then is `started` read (`None`:
+    /// the worker does not count, so nothing is known of it and nothing is
+    /// done to it: its items run). Their items that have not started by
+    /// then fail `Cancelled` now (the worker skips them, and its late
+    /// reports are not delivered twice), so a cancelled item waiting behind
+    /// another job's long task does not wait for it.
     ///
-    /// A worker that starts an item in the instant between the skip and
-    /// the read of its counter runs it: the item then ends with its own
-    /// outcome, once, as if it had started before the cancel.
+    /// Returns the workers running one of their items: the caller halts
+    /// them, asks [`runs_cancelled`](Self::runs_cancelled) again, and
+    /// kills those that still do; the loss then settles the item (and any
+    /// other of the job without an outcome) as cancelled, and the other
+    /// jobs' unstarted items run elsewhere.
+    ///
+    /// A worker that starts an item in the instant between the skip and the
+    /// read of its counter may run it: the item then ends `Cancelled` all
+    /// the same, once (its result, if it comes, is not delivered).
     pub(crate) fn cancel(
         &mut self,
-        job: u64,
+        jobs: &HashSet<u64>,
         mut skip: impl FnMut(u64, u64),
-        started: impl Fn(u64) -> u64,
+        started: impl Fn(u64) -> Option<u64>,
     ) -> Vec<u64> {
-        let mut keep = VecDeque::with_capacity(self.queue.len());
-        for u in self.queue.drain(..) {
-            if u.job() == job {
-                fail(u, Error::new(ErrorKind::Cancelled));
-            } else {
-                keep.push_back(u);
-            }
-        }
+        let (gone, keep): (VecDeque<U>, VecDeque<U>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|u| jobs.contains(&u.job()));
         self.queue = keep;
+        for u in gone {
+            fail(u, Error::new(ErrorKind::Cancelled));
+        }
         for s in &self.workers {
-            for f in s.inflight.iter().filter(|f| f.unit.job() == job) {
+            for f in s.inflight.iter().filter(|f| jobs.contains(&f.unit.job())) {
                 if let Some(run) = f.run {
                     skip(s.id, run);
                 }
@@ -551,19 +557,72 @@ impl<U: Unit> Settle<U> {
         }
         let mut kill = Vec::new();
         for s in &mut self.workers {
-            let Some(running) = started(s.id).checked_sub(1) else {
+            let Some(started) = started(s.id) else {
                 continue;
             };
-            let hit = s
-                .inflight
-                .iter()
-                .any(|f| f.unit.job() == job && f.unsettled(running));
-            if hit {
-                s.serving = false;
+            for f in &mut s.inflight {
+                if f.run.is_none() || !jobs.contains(&f.unit.job()) {
+                    continue;
+                }
+                // Items from `first_unstarted` on never start: fail them now.
+                let next = f.unit.delivered();
+                let end = next + f.unit.remaining();
+                let ran = (next..end).take_while(|&c| f.stream(c) < started).count() as u32;
+                if ran == 0 && f.unit.remaining() > 0 {
+                    let n = f.unit.remaining();
+                    f.unit.fail_next(n, Error::new(ErrorKind::Cancelled));
+                }
+            }
+            if Self::runs_job(s, jobs, started) {
                 kill.push(s.id);
             }
         }
         kill
+    }
+
+    /// Whether `worker`, having started `started` items, runs an item of
+    /// one of `jobs` that has no outcome yet. If it does, it takes no more
+    /// work.
+    pub(crate) fn runs_cancelled(
+        &mut self,
+        worker: u64,
+        jobs: &HashSet<u64>,
+        started: u64,
+    ) -> bool {
+        let Some(s) = self.slot_mut(worker) else {
+            return false;
+        };
+        let hit = Self::runs_job(s, jobs, started);
+        if hit {
+            s.serving = false;
+        }
+        hit
+    }
+
+    fn runs_job(s: &Slot<U>, jobs: &HashSet<u64>, started: u64) -> bool {
+        let Some(running) = started.checked_sub(1) else {
+            return false;
+        };
+        s.inflight
+            .iter()
+            .any(|f| jobs.contains(&f.unit.job()) && f.unsettled(running))
+    }
+
+    /// For a worker that may go on with the batch it is in (a detached
+    /// thread): the stream index past that batch, or `started` if it is
+    /// between batches. Everything before it may run; nothing after it
+    /// starts, as the worker was halted.
+    pub(crate) fn batch_end(&self, worker: u64, started: u64) -> u64 {
+        let Some(running) = started.checked_sub(1) else {
+            return started;
+        };
+        let end = self.slot(worker).and_then(|s| {
+            s.inflight.iter().find_map(|f| {
+                let end = f.stream(f.unit.delivered() + f.unit.remaining());
+                (f.stream(f.sent_from) <= running && running < end).then_some(end)
+            })
+        });
+        end.unwrap_or(started).max(started)
     }
 
     /// Every queued and in-flight item fails with `error()` (terminate, or

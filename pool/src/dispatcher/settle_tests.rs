@@ -141,7 +141,8 @@ struct Sim {
     started: u64,
     finished: u64,
     reported: u64,
-    /// Timed out: being killed, takes nothing new.
+    /// Timed out or cancelled: being killed, takes nothing new; halted, it
+    /// starts no new batch (it may finish the one it is in).
     killing: bool,
     lent: bool,
 }
@@ -270,7 +271,11 @@ impl World {
     fn start(&mut self, i: usize) {
         let s = &mut self.sims[i];
         if s.finished == s.started && (s.started as usize) < s.stream.len() {
-            let (_, item, run) = s.stream[s.started as usize];
+            let (batch, item, run) = s.stream[s.started as usize];
+            let new_batch = s.started == 0 || s.stream[s.started as usize - 1].0 != batch;
+            if s.killing && new_batch {
+                return;
+            }
             s.started += 1;
             if s.skip.contains(&run) {
                 // Counted as started, reported as cancelled, never run.
@@ -425,14 +430,20 @@ impl World {
     fn cancel(&mut self, job: u64) {
         let started: HashMap<u64, u64> = self.sims.iter().map(|s| (s.id, s.started)).collect();
         let sims = &mut self.sims;
-        let kill = self.core.cancel(
-            job,
+        let jobs = HashSet::from([job]);
+        let candidates = self.core.cancel(
+            &jobs,
             |w, run| {
                 let s = sims.iter_mut().find(|s| s.id == w).expect("a live worker");
                 s.skip.insert(run);
             },
-            |w| started[&w],
+            |w| Some(started[&w]),
         );
+        // The dispatcher halts each, then asks again (nothing moved here).
+        let kill: Vec<u64> = candidates
+            .into_iter()
+            .filter(|&w| self.core.runs_cancelled(w, &jobs, started[&w]))
+            .collect();
         self.hard_cancelled.insert(job);
         for s in &mut self.sims {
             // (A worker already being killed, for a deadline, is no concern.)

@@ -8,6 +8,17 @@
 //! before each item and skips the item when it is set, so a cancelled item
 //! that a worker has not reached never runs, at the price of one load.
 //!
+//! The fourth word is the halt mark: set by the pool when it decides to
+//! kill the worker (a deadline, a cancel), before any signal. The worker
+//! claims the first item of every batch and then looks at it, both in the
+//! one total order of sequentially consistent operations (the pool marks,
+//! then reads the counter): so either the pool's read counts the claimed
+//! item, or the worker sees the mark, takes its claim back and stops
+//! before the batch. Whatever the pool reads after marking is then all the
+//! worker will start, but for the rest of the batch it is in. A worker
+//! finishing its item in a kill's grace no longer starts the next batch,
+//! of another caller, only to be killed in it.
+//!
 //! The pool creates the memory (a memfd, close-on-exec, so no other child
 //! inherits it) and names it to the worker as `/proc/<pool pid>/fd/<n>`;
 //! the worker opens and maps that path at start-up.
@@ -92,12 +103,12 @@ impl SharedCounter {
         Ok(Self { ptr })
     }
 
-    /// Word `i` (0: the counter, 1: the attach mark, 2: the skip bits)
-    /// of the page.
+    /// Word `i` (0: the counter, 1: the attach mark, 2: the skip bits, 3:
+    /// the halt mark) of the page.
     fn cell(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 3);
+        assert!(i < 4);
         // SAFETY: `ptr` points at the start of a live, page-aligned mapping
-        // of LEN bytes, valid until Drop, so words 0 to 2 are in bounds and
+        // of LEN bytes, valid until Drop, so words 0 to 3 are in bounds and
         // aligned; an AtomicU64 may alias memory that another process
         // updates atomically.
         unsafe { &*self.ptr.as_ptr().add(i) }
@@ -132,6 +143,26 @@ impl SharedCounter {
     /// The worker: whether to skip the items of `Run` frame number `run`.
     pub(crate) fn skipped(&self, run: u64) -> bool {
         self.cell(2).load(Ordering::Acquire) & skip_bit(run) != 0
+    }
+
+    /// The worker, at the first item of a batch: claims it (the counter
+    /// becomes `started`) unless the pool has halted it; `false`: halted,
+    /// the claim is taken back and nothing of the batch may start.
+    pub(crate) fn claim_batch(&self, started: u64) -> bool {
+        self.cell(0).swap(started, Ordering::SeqCst);
+        if self.cell(3).load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        self.cell(0).store(started - 1, Ordering::SeqCst);
+        false
+    }
+
+    /// The pool: the worker is to start no new batch. Returns the counter
+    /// as it stands after the mark: the worker starts nothing past it but
+    /// the rest of the batch it is in.
+    pub(crate) fn halt(&self) -> u64 {
+        self.cell(3).store(1, Ordering::SeqCst);
+        self.cell(0).load(Ordering::SeqCst)
     }
 
     /// The pool: whether the worker said it counts.
@@ -174,6 +205,17 @@ mod tests {
         pool.skip(64);
         assert!(worker.skipped(63) && worker.skipped(0));
         assert_eq!(worker.load(), 0, "the skip bits are apart from the counter");
+    }
+
+    #[test]
+    fn a_halted_worker_claims_no_batch_and_leaves_the_count_as_it_was() {
+        let (fd, pool) = SharedCounter::create().unwrap();
+        let worker = SharedCounter::open(&format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert!(worker.claim_batch(1));
+        worker.store(3);
+        assert_eq!(pool.halt(), 3);
+        assert!(!worker.claim_batch(4), "no batch starts after the halt");
+        assert_eq!(pool.load(), 3, "the claim was taken back");
     }
 
     #[test]

@@ -262,14 +262,24 @@ impl Server<'_> {
         let (mut stride, mut since_check) = (1u32, 0u32);
         let run = self.runs;
         self.runs += 1;
-        for item in items {
+        for (k, item) in items.iter().enumerate() {
             self.started += 1;
             // Started or skipped, an item counts: the pool's stream index
-            // of every item stays the worker's count.
-            let skip = self.progress.is_some_and(|p| {
-                p.store(self.started);
-                p.skipped(run)
-            });
+            // of every item stays the worker's count. A batch's first item
+            // is claimed against the pool's halt mark (see `sys::shm`).
+            let skip = match self.progress {
+                Some(p) if k == 0 => {
+                    if !p.claim_batch(self.started) {
+                        return Err(Stop(exit_code::HALTED));
+                    }
+                    p.skipped(run)
+                }
+                Some(p) => {
+                    p.store(self.started);
+                    p.skipped(run)
+                }
+                None => false,
+            };
             let outcome = if skip {
                 Outcome::Cancelled
             } else {

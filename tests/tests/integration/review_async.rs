@@ -27,7 +27,10 @@ fn replaced(before: &[u32], after: &[u32]) -> usize {
 /// never stopped.
 #[test]
 fn a_cancel_handle_still_stops_running_items_after_its_imap_was_dropped() {
-    let _w = watchdog("a_cancel_handle_still_stops_running_items_after_drop", LIMIT);
+    let _w = watchdog(
+        "a_cancel_handle_still_stops_running_items_after_drop",
+        LIMIT,
+    );
     let file = temp_path("review-drop-then-cancel");
     let pool = recording_pool(2, &file);
     let before = pool.worker_pids();
@@ -117,7 +120,10 @@ fn a_cancel_does_not_fail_another_jobs_item_the_worker_starts_during_the_kill_gr
     // Pipelined behind it on the only worker (sent long before the first
     // task is seen running).
     let mut other = pool.apply_async(record_then_sleep, (7, 6000)).unwrap();
-    assert!(wait_until(LIMIT, || marker.exists()), "the first task starts");
+    assert!(
+        wait_until(LIMIT, || marker.exists()),
+        "the first task starts"
+    );
     cancelled.cancel();
     let _ = cancelled.get();
     let r = other.get_timeout(LIMIT);
@@ -182,7 +188,10 @@ fn in_process_a_cancel_spares_another_jobs_item_pipelined_behind() {
         .apply_async(announce_and_sleep, (marker.display().to_string(), 3000))
         .unwrap();
     let mut other = pool.apply_async(procpool_tests::square, 5).unwrap();
-    assert!(wait_until(LIMIT, || marker.exists()), "the first task starts");
+    assert!(
+        wait_until(LIMIT, || marker.exists()),
+        "the first task starts"
+    );
     cancelled.cancel();
     assert!(cancelled.get().unwrap_err().is_cancelled());
     let r = other.get_timeout(LIMIT);
@@ -199,7 +208,9 @@ fn in_process_a_cancel_spares_another_jobs_item_pipelined_behind() {
 /// cancel of a short task, with another job's task pipelined behind it,
 /// fails that task `WorkerDied` about once in 500 tries here. (The same
 /// loop shows needless kills: the cancelled task's result arrives, yet its
-/// worker is killed, about one cancel in ten.)
+/// worker is killed, about one cancel in ten.) Fixed by the halt mark
+/// (`sys::shm`); the deterministic test above pins it, this soak of 2000
+/// tries (8000 in review, 54 s) is its random counterpart.
 #[test]
 fn a_plain_cancel_never_fails_another_jobs_pipelined_task() {
     let _w = watchdog(
@@ -208,7 +219,7 @@ fn a_plain_cancel_never_fails_another_jobs_pipelined_task() {
     );
     let pool = crate::pool(1);
     let (mut hit, mut kept) = (0u64, 0u64);
-    for i in 0..8000u64 {
+    for i in 0..2000u64 {
         let cancelled = pool.apply_async(procpool_tests::sleep_ms, 5).unwrap();
         let mut other = pool.apply_async(procpool_tests::square, i).unwrap();
         // Cancel around the moment the first task ends.
@@ -281,7 +292,10 @@ fn a_cancelled_item_pipelined_behind_another_jobs_long_task_ends_without_waiting
         .apply_async(announce_and_sleep, (marker.display().to_string(), 30_000))
         .unwrap();
     let mut behind = pool.apply_async(procpool_tests::square, 3).unwrap();
-    assert!(wait_until(LIMIT, || marker.exists()), "the long task starts");
+    assert!(
+        wait_until(LIMIT, || marker.exists()),
+        "the long task starts"
+    );
     behind.cancel();
     let r = behind.get_timeout(Duration::from_secs(5));
     assert!(

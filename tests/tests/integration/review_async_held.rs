@@ -51,10 +51,7 @@ fn thousands_of_short_awaits_on_a_current_thread_runtime_never_lose_a_wakeup() {
             }
         }
         for _ in 0..100 {
-            let job = pool
-                .with_chunksize(3)
-                .map_async(square, 0..50u64)
-                .unwrap();
+            let job = pool.with_chunksize(3).map_async(square, 0..50u64).unwrap();
             assert_eq!(job.await.unwrap().len(), 50);
         }
     });
@@ -68,9 +65,20 @@ fn a_future_moved_between_wakers_wakes_the_last_and_is_taken_once() {
     let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
     let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
     let mut pin = std::pin::Pin::new(&mut fut);
-    assert!(pin.as_mut().poll(&mut Context::from_waker(&wa)).is_pending());
-    assert!(pin.as_mut().poll(&mut Context::from_waker(&wb)).is_pending());
-    assert!(wait_until(LIMIT, || b.0.load(Ordering::SeqCst) > 0), "b is woken");
+    assert!(
+        pin.as_mut()
+            .poll(&mut Context::from_waker(&wa))
+            .is_pending()
+    );
+    assert!(
+        pin.as_mut()
+            .poll(&mut Context::from_waker(&wb))
+            .is_pending()
+    );
+    assert!(
+        wait_until(LIMIT, || b.0.load(Ordering::SeqCst) > 0),
+        "b is woken"
+    );
     let r = loop {
         if let Poll::Ready(r) = pin.as_mut().poll(&mut Context::from_waker(&wb)) {
             break r;
@@ -132,13 +140,7 @@ fn cancel_during_terminate_and_join_ends_every_item_once() {
             .unwrap();
         let c = job.cancel_handle();
         let p = pool.clone();
-        let stopper = std::thread::spawn(move || {
-            if stop == 0 {
-                p.terminate()
-            } else {
-                p.join()
-            }
-        });
+        let stopper = std::thread::spawn(move || if stop == 0 { p.terminate() } else { p.join() });
         c.cancel();
         c.cancel();
         let r = job.get();
@@ -230,7 +232,11 @@ fn many_pools_with_callbacks_leak_no_worker() {
             assert_eq!(done.load(Ordering::SeqCst), 21);
         }
         drop(pool);
-        assert_eq!(done.load(Ordering::SeqCst), 21, "terminate ran every callback");
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            21,
+            "terminate ran every callback"
+        );
     }
     for pid in pids {
         assert!(
@@ -255,7 +261,10 @@ fn cancel_with_recycling_and_deadlines_ends_every_item_once() {
         let job = pool
             .with_chunksize(1)
             .with_timeout(Duration::from_millis(150))
-            .imap_unordered(record_then_sleep, (0..8u64).map(move |i| (round * 100 + i, 100 + (i % 3) * 60)))
+            .imap_unordered(
+                record_then_sleep,
+                (0..8u64).map(move |i| (round * 100 + i, 100 + (i % 3) * 60)),
+            )
             .unwrap();
         let c = job.cancel_handle();
         let consumer = std::thread::spawn(move || job.collect::<Vec<_>>());
