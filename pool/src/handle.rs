@@ -289,8 +289,10 @@ impl<T> AsyncResult<T> {
     /// keeps its result. The result is then taken as usual (`get`, `await`,
     /// the callback). Cancelling twice, or after the end, does nothing.
     ///
-    /// A worker started by a launcher that strips its environment cannot
-    /// be told to skip items already sent to it; they then run.
+    /// A worker started by a launcher that strips its environment does not
+    /// share its item counter with the pool: the pool cannot tell which
+    /// item it runs, so a cancel neither skips nor kills there, and its
+    /// items already sent run (their results are discarded).
     pub fn cancel(&self) {
         cancel(&self.inner, &self.job);
     }
