@@ -156,17 +156,22 @@ impl Conn {
     }
 
     /// Marks the worker halted (it starts no new batch) and returns what it
-    /// had started then (the first time: later calls return the same);
-    /// `None` if it does not count (see `sys::shm`).
+    /// has started now, read after the mark; `None` if it does not count
+    /// (see `sys::shm`). The first halt's count is kept for
+    /// [`halted_at`](Self::halted_at).
     pub(crate) fn halt(&mut self) -> Option<u64> {
-        if self.halted_at.is_none() {
-            let started = self.progress.halt();
-            self.halted_at = Some(started.min(self.items_sent));
-        }
-        self.halted_at.filter(|_| self.progress.attached())
+        let started = self.progress.halt().min(self.items_sent);
+        self.halted_at.get_or_insert(started);
+        self.progress.attached().then_some(started)
     }
 
-    /// What the worker had started when it was halted, if it was.
+    /// Whether the worker counts the items it starts (it attached to its
+    /// shared page): only then can the pool tell which item it runs.
+    pub(crate) fn counts(&self) -> bool {
+        self.progress.attached()
+    }
+
+    /// What the worker had started when it was first halted, if it was.
     pub(crate) fn halted_at(&self) -> Option<u64> {
         self.halted_at.filter(|_| self.progress.attached())
     }

@@ -144,6 +144,9 @@ struct Slot<U> {
     progress_at: Instant,
     /// Takes new work (not timed out, not retiring, not stopping).
     serving: bool,
+    /// Being killed (a deadline, a cancel): its deadlines are moot. A
+    /// worker that only retires keeps them for what it still runs.
+    killing: bool,
     /// Lent to a calling thread (the direct lane).
     lent: bool,
 }
@@ -214,6 +217,7 @@ impl<U: Unit> Settle<U> {
             inflight: VecDeque::new(),
             progress_at: now,
             serving: true,
+            killing: false,
             lent: false,
         });
     }
@@ -353,7 +357,7 @@ impl<U: Unit> Settle<U> {
     }
 
     fn deadline_of(s: &Slot<U>) -> Option<Instant> {
-        if !s.serving {
+        if s.killing {
             return None;
         }
         let front = s.inflight.front()?;
@@ -400,6 +404,7 @@ impl<U: Unit> Settle<U> {
             }
             front.timed_out = Some(front.cursor);
             s.serving = false;
+            s.killing = true;
             out.push(Expired {
                 worker: s.id,
                 task,
@@ -595,6 +600,7 @@ impl<U: Unit> Settle<U> {
         let hit = Self::runs_job(s, jobs, started);
         if hit {
             s.serving = false;
+            s.killing = true;
         }
         hit
     }
@@ -608,17 +614,22 @@ impl<U: Unit> Settle<U> {
             .any(|f| jobs.contains(&f.unit.job()) && f.unsettled(running))
     }
 
-    /// For a worker that may go on with the batch it is in (a detached
-    /// thread): the stream index past that batch, or `started` if it is
-    /// between batches. Everything before it may run; nothing after it
-    /// starts, as the worker was halted.
+    /// For a worker halted when it had started `started` items: the stream
+    /// index past the batch it was in (it may go on with it), or `started`
+    /// if it was between batches or in an eager batch (it looks at the mark
+    /// before each item of those). Nothing after it starts.
     pub(crate) fn batch_end(&self, worker: u64, started: u64) -> u64 {
         let Some(running) = started.checked_sub(1) else {
             return started;
         };
         let end = self.slot(worker).and_then(|s| {
             s.inflight.iter().find_map(|f| {
-                let end = f.stream(f.unit.delivered() + f.unit.remaining());
+                // An eager batch's worker looks at the mark before each
+                // item: it goes no further.
+                let end = match f.unit.timeout() {
+                    Some(_) => started,
+                    None => f.stream(f.unit.delivered() + f.unit.remaining()),
+                };
                 (f.stream(f.sent_from) <= running && running < end).then_some(end)
             })
         });

@@ -145,10 +145,11 @@ impl SharedCounter {
         self.cell(2).load(Ordering::Acquire) & skip_bit(run) != 0
     }
 
-    /// The worker, at the first item of a batch: claims it (the counter
-    /// becomes `started`) unless the pool has halted it; `false`: halted,
-    /// the claim is taken back and nothing of the batch may start.
-    pub(crate) fn claim_batch(&self, started: u64) -> bool {
+    /// The worker, at the first item of a batch (at every item of an eager
+    /// one): claims it (the counter becomes `started`) unless the pool has
+    /// halted it; `false`: halted, the claim is taken back and the item
+    /// may not start.
+    pub(crate) fn claim(&self, started: u64) -> bool {
         self.cell(0).swap(started, Ordering::SeqCst);
         if self.cell(3).load(Ordering::SeqCst) == 0 {
             return true;
@@ -211,10 +212,10 @@ mod tests {
     fn a_halted_worker_claims_no_batch_and_leaves_the_count_as_it_was() {
         let (fd, pool) = SharedCounter::create().unwrap();
         let worker = SharedCounter::open(&format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-        assert!(worker.claim_batch(1));
+        assert!(worker.claim(1));
         worker.store(3);
         assert_eq!(pool.halt(), 3);
-        assert!(!worker.claim_batch(4), "no batch starts after the halt");
+        assert!(!worker.claim(4), "no batch starts after the halt");
         assert_eq!(pool.load(), 3, "the claim was taken back");
     }
 

@@ -265,11 +265,13 @@ impl Server<'_> {
         for (k, item) in items.iter().enumerate() {
             self.started += 1;
             // Started or skipped, an item counts: the pool's stream index
-            // of every item stays the worker's count. A batch's first item
-            // is claimed against the pool's halt mark (see `sys::shm`).
+            // of every item stays the worker's count. A batch's first item,
+            // and every item of an eager batch (one with a deadline, whose
+            // worker a kill may follow), is claimed against the pool's halt
+            // mark (see `sys::shm`).
             let skip = match self.progress {
-                Some(p) if k == 0 => {
-                    if !p.claim_batch(self.started) {
+                Some(p) if k == 0 || eager => {
+                    if !p.claim(self.started) {
                         return Err(Stop(exit_code::HALTED));
                     }
                     p.skipped(run)

@@ -78,8 +78,16 @@ thread_local! {
 /// [`max_tasks_per_worker`](crate::Builder::max_tasks_per_worker)) takes
 /// the index of the one it replaces, so the indices in use are always
 /// `0..workers`. Use it to pick a GPU, a port, a shard or a file per
-/// worker. (A replaced worker may still be ending, dropping its state,
-/// while its replacement starts under the same index.)
+/// worker.
+///
+/// The replacement starts at once, not when the worker it replaces is
+/// gone: for a while both may be alive under one index. A worker being
+/// killed (a deadline, a cancel) may still finish its current task within
+/// the kill's grace; one retired (recycled, or halted by a cancel whose
+/// task ended first) finishes the batch it is in and drops its state. A
+/// resource bound to the index must bear that overlap (a port opened with
+/// `SO_REUSEPORT`, a GPU with room for two), or be claimed with a lock the
+/// old worker's exit releases.
 ///
 /// In a worker process it is known to every thread, from before the
 /// initializer runs; with [`Builder::in_process`](crate::Builder::in_process)
