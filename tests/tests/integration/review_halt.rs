@@ -1,0 +1,133 @@
+//! Hostile review of the halt mark (`sys::shm` `claim_batch`/`halt`,
+//! `Server::run`, `Conn::halt`, `Dispatcher::cancel`/`stop_worker`,
+//! `Dispatcher::lose`) and of per-worker state and the worker index: each
+//! test here is one finding, named after what should hold, failing while
+//! the finding stands.
+
+use std::time::Duration;
+
+use procpool::Pool;
+use procpool_tests::{
+    announce_and_sleep, ignore_sigterm_announce_and_sleep, not_running, square, temp_path,
+    wait_until, watchdog, worker_index,
+};
+
+use crate::{FAULT_WORKER, LIMIT};
+
+/// Finding H1: the halt mark is claimed against only at a batch's *first*
+/// item. A deadline kill halts the worker, but an eager batch (a job with
+/// a deadline and a chunk of several items) goes on inside the batch: a
+/// task that outlives SIGTERM finishes within the kill grace, and the
+/// worker starts the *next item of the same batch*, which SIGKILL then
+/// kills. That item never ran past its own deadline, was started by a
+/// worker the pool had already doomed, and fails `WorkerDied` instead of
+/// running on the replacement: the very fault the halt mark fixed between
+/// batches, left standing within one.
+#[test]
+fn a_deadline_kill_does_not_let_the_next_item_of_the_same_batch_start_in_the_grace() {
+    let _w = watchdog("deadline_next_item_same_batch_in_grace", LIMIT);
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .kill_grace(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (m0, m1) = (temp_path("halt-batch-0"), temp_path("halt-batch-1"));
+    // Deadline 2 s. Item 0 runs 3 s (times out at 2 s, ignores SIGTERM,
+    // ends at 3 s, inside the grace that ends at 4 s); item 1, in the same
+    // chunk, needs 1.5 s (well inside its own deadline): started at 3 s on
+    // the doomed worker, it is SIGKILLed at 4 s. One-second margins.
+    let item1 = pool
+        .with_chunksize(2)
+        .with_timeout(Duration::from_secs(2))
+        .imap(
+            ignore_sigterm_announce_and_sleep,
+            [
+                (m0.display().to_string(), 3000),
+                (m1.display().to_string(), 1500),
+            ],
+        )
+        .unwrap()
+        .collect::<Vec<_>>();
+    assert!(item1[0].as_ref().is_err_and(|e| e.is_timeout()), "{item1:?}");
+    assert!(
+        matches!(item1[1], Ok(1500)),
+        "an item of the batch, started by a worker already halted for its kill, ended {:?}",
+        item1[1]
+    );
+}
+
+/// Finding H2: a deadline kill on a worker without its counter (a launcher
+/// stripped `PROCPOOL_PROGRESS`, which the pool accepts; see `no_counter`)
+/// still pipelines another caller's batch behind the timed-out item; the
+/// halt mark is never read by such a worker, and `lose` counts every item
+/// it was sent as started, so that other caller's item, which never
+/// started, fails `WorkerDied`. The pool chose the kill: it could have kept
+/// such a worker to one batch in flight.
+#[test]
+fn a_deadline_kill_on_a_counterless_worker_spares_another_callers_pipelined_item() {
+    let _w = watchdog("deadline_counterless_pipelined", LIMIT);
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program("/usr/bin/env")
+        .worker_args([
+            std::ffi::OsString::from("-u"),
+            "PROCPOOL_PROGRESS".into(),
+            FAULT_WORKER.into(),
+        ])
+        .build()
+        .unwrap();
+    let marker = temp_path("halt-counterless");
+    let timed = pool
+        .with_timeout(Duration::from_millis(500))
+        .apply_async(announce_and_sleep, (marker.display().to_string(), 30_000))
+        .unwrap();
+    // Another caller, no deadline: sent behind it on the only worker.
+    let mut other = pool.apply_async(square, 7).unwrap();
+    assert!(timed.get().unwrap_err().is_timeout());
+    let r = other.get_timeout(LIMIT);
+    assert!(
+        matches!(r, Ok(49)),
+        "another caller's item, never started on the killed worker, ended {r:?}"
+    );
+}
+
+/// Finding H3: `worker::index` promises "each of a pool's workers has a
+/// different index", and its note allows only that a replaced worker "may
+/// still be ending, dropping its state" under its replacement's index. A
+/// deadline kill makes the replacement at once (the killed worker no
+/// longer counts as serving, `spawn_worker`'s `free_index` skips it), so
+/// for the whole kill grace a worker whose task outlives SIGTERM runs user
+/// code under the same index as the replacement, which already serves
+/// tasks: two workers bound to one GPU, port or shard.
+#[test]
+fn no_two_live_workers_running_tasks_share_an_index() {
+    let _w = watchdog("no_two_live_workers_share_an_index", LIMIT);
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .kill_grace(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let (old_pid, old_index) = pool.apply(worker_index, ()).unwrap();
+    let marker = temp_path("halt-index");
+    let timed = pool
+        .with_timeout(Duration::from_millis(300))
+        .apply_async(
+            ignore_sigterm_announce_and_sleep,
+            (marker.display().to_string(), 15_000),
+        )
+        .unwrap();
+    assert!(timed.get().unwrap_err().is_timeout());
+    // The replacement serves while the old worker still runs its task.
+    let (new_pid, new_index) = pool.apply(worker_index, ()).unwrap();
+    assert_ne!(new_pid, old_pid);
+    let old_still_runs = !not_running(old_pid);
+    assert!(
+        !(old_still_runs && new_index == old_index),
+        "worker {old_pid} still runs its task under index {old_index:?} while its \
+         replacement {new_pid} serves under index {new_index:?}"
+    );
+    pool.terminate();
+    let _ = wait_until(LIMIT, || not_running(old_pid));
+}
