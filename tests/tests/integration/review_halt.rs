@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use procpool::Pool;
 use procpool_tests::{
-    announce_and_sleep, ignore_sigterm_announce_and_sleep, not_running, square, temp_path,
-    wait_until, watchdog, worker_index,
+    announce_and_sleep, children_then_wait_for, ignore_sigterm_announce_and_sleep, not_running,
+    sleep_ms, square, temp_path, wait_until, watchdog, worker_index,
 };
 
 use crate::{FAULT_WORKER, LIMIT};
@@ -130,4 +130,70 @@ fn no_two_live_workers_running_tasks_share_an_index() {
     );
     pool.terminate();
     let _ = wait_until(LIMIT, || not_running(old_pid));
+}
+
+/// Finding H4: `Dispatcher::cancel` decides from two reads of a worker's
+/// counter: `Settle::cancel` reads it (the worker runs a cancelled item:
+/// kill it), then, one worker after another, `Conn::halt` reads it again.
+/// A cancelled item that ends between the two lets the worker start its
+/// next batch, another job's; the second read says so and the worker is
+/// only *retired* (`queue.rs` `cancel`, else branch) while it runs that
+/// batch. But `Settle::retire` clears `serving`, and `Settle::deadline_of`
+/// ignores workers not serving: that other job's deadline is gone, and a
+/// hung item of it hangs its caller (and keeps the worker, whose index its
+/// replacement already has). Killing the first worker walks its
+/// descendant tree before the second worker's halt, which widens the
+/// window: here each cancelled item has 100 children, and ends as soon as
+/// the cancel is sent.
+#[test]
+fn a_cancel_that_retires_a_worker_keeps_the_deadline_of_the_batch_it_runs() {
+    let _w = watchdog("cancel_retire_keeps_deadline", Duration::from_secs(300));
+    for trial in 0..8 {
+        let pool = Pool::builder()
+            .workers(2)
+            .worker_program(FAULT_WORKER)
+            .kill_grace(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let go = temp_path("halt-retire-go");
+        let markers = [temp_path("halt-retire-0"), temp_path("halt-retire-1")];
+        let cancelled = pool
+            .with_chunksize(1)
+            .map_async(
+                children_then_wait_for,
+                markers
+                    .iter()
+                    .map(|m| (go.display().to_string(), m.display().to_string(), 100u32)),
+            )
+            .unwrap();
+        // Another job, one item per worker, pipelined behind the cancelled
+        // items; each has a 1 s deadline and would sleep 30 s.
+        let mut others: Vec<_> = (0..2)
+            .map(|_| {
+                pool.with_timeout(Duration::from_secs(1))
+                    .apply_async(sleep_ms, 30_000)
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            wait_until(LIMIT, || markers.iter().all(|m| m.exists())),
+            "the cancelled items start"
+        );
+        cancelled.cancel();
+        std::fs::write(&go, b"go").unwrap();
+        let _ = cancelled.get();
+        for other in &mut others {
+            let r = other.get_timeout(Duration::from_secs(15));
+            assert!(
+                r.as_ref().is_err_and(|e| e.is_timeout()),
+                "trial {trial}: an item with a 1 s deadline, on a worker a cancel retired, \
+                 ended {r:?} after 15 s"
+            );
+        }
+        pool.terminate();
+        let _ = std::fs::remove_file(&go);
+        for m in &markers {
+            let _ = std::fs::remove_file(m);
+        }
+    }
 }
