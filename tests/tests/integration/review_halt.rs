@@ -49,7 +49,10 @@ fn a_deadline_kill_does_not_let_the_next_item_of_the_same_batch_start_in_the_gra
         )
         .unwrap()
         .collect::<Vec<_>>();
-    assert!(item1[0].as_ref().is_err_and(|e| e.is_timeout()), "{item1:?}");
+    assert!(
+        item1[0].as_ref().is_err_and(|e| e.is_timeout()),
+        "{item1:?}"
+    );
     assert!(
         matches!(item1[1], Ok(1500)),
         "an item of the batch, started by a worker already halted for its kill, ended {:?}",
@@ -194,6 +197,94 @@ fn a_cancel_that_retires_a_worker_keeps_the_deadline_of_the_batch_it_runs() {
         let _ = std::fs::remove_file(&go);
         for m in &markers {
             let _ = std::fs::remove_file(m);
+        }
+    }
+}
+
+/// Finding H5: `Conn::halt` returns the counter of the *first* halt on
+/// every later call. A worker that a cancel retired (finding H4) goes on
+/// running the other job's batch; when that job is cancelled in turn,
+/// `Settle::cancel` (fresh read) finds the worker running its item, but
+/// `Dispatcher::cancel` asks `runs_cancelled` with the stale count of the
+/// first halt, which points at an item settled long ago: the worker is
+/// retired again, not killed, and the cancelled item runs on (here 30 s)
+/// while its caller waits.
+#[test]
+fn a_second_cancel_kills_a_worker_a_first_cancel_retired() {
+    let _w = watchdog(
+        "second_cancel_kills_retired_worker",
+        Duration::from_secs(400),
+    );
+    for trial in 0..8 {
+        let pool = Pool::builder()
+            .workers(2)
+            .worker_program(FAULT_WORKER)
+            .kill_grace(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let go = temp_path("halt-second-go");
+        let markers = [temp_path("halt-second-0"), temp_path("halt-second-1")];
+        let first = pool
+            .with_chunksize(1)
+            .map_async(
+                children_then_wait_for,
+                markers
+                    .iter()
+                    .map(|m| (go.display().to_string(), m.display().to_string(), 100u32)),
+            )
+            .unwrap();
+        // The second job: one chunk per worker, pipelined behind the first
+        // job's items; each chunk runs a short item (100 ms: past the
+        // worker's 20 ms flush interval, so its result is delivered before
+        // the next item starts), then a 30 s one.
+        let long: Vec<_> = (0..2)
+            .map(|i| temp_path(&format!("halt-second-long-{i}")))
+            .collect();
+        let short: Vec<_> = (0..2)
+            .map(|i| temp_path(&format!("halt-second-short-{i}")))
+            .collect();
+        let items: Vec<(String, u64)> = (0..2)
+            .flat_map(|i| {
+                [
+                    (short[i].display().to_string(), 100),
+                    (long[i].display().to_string(), 30_000),
+                ]
+            })
+            .collect();
+        let second = pool
+            .with_chunksize(2)
+            .imap(announce_and_sleep, items)
+            .unwrap();
+        let handle = second.cancel_handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(second.collect::<Vec<_>>());
+        });
+        assert!(
+            wait_until(LIMIT, || markers.iter().all(|m| m.exists())),
+            "the first job's items start"
+        );
+        first.cancel();
+        std::fs::write(&go, b"go").unwrap();
+        let _ = first.get();
+        assert!(
+            wait_until(LIMIT, || long.iter().all(|m| m.exists())),
+            "trial {trial}: both long items of the second job start"
+        );
+        let cancelled_at = std::time::Instant::now();
+        handle.cancel();
+        let r = rx.recv_timeout(Duration::from_secs(40));
+        let took = cancelled_at.elapsed();
+        assert!(
+            r.as_ref()
+                .is_ok_and(|v| v.iter().all(|o| o.as_ref().is_ok_and(|&ms| ms == 100)
+                    || o.as_ref().is_err_and(|e| e.is_cancelled())))
+                && took < Duration::from_secs(10),
+            "trial {trial}: the cancelled job's items ended {r:?}, {took:?} after the cancel"
+        );
+        pool.terminate();
+        for p in markers.iter().chain(&long).chain(&short).chain([&go]) {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
