@@ -700,6 +700,7 @@ pub fn registry() -> procpool::Registry {
         .task(record_encodable)
         .task(ignore_sigterm_announce_and_sleep)
         .task(worker_index)
+        .task(children_then_wait_for)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)
@@ -1017,4 +1018,31 @@ pub fn ignore_sigterm_announce_and_sleep(marker: String, ms: u64) -> u64 {
     }
     std::fs::write(&marker, b"running").expect("write the marker");
     sleep_ms(ms)
+}
+
+// ---------------------------------------------------------------------
+// Tasks of the hostile review of the halt mark
+// (`tests/integration/review_halt.rs`).
+// ---------------------------------------------------------------------
+
+/// Starts `children` sleeping child processes (so a kill of this worker
+/// walks a large descendant tree), creates `marker`, then waits (polling
+/// every 100 µs) until the file `go` exists and returns `children`. The
+/// children are left to the worker's tree, which the pool kills.
+pub fn children_then_wait_for(go: String, marker: String, children: u32) -> u32 {
+    let mut kids = Vec::new();
+    for _ in 0..children {
+        kids.push(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .expect("spawn sleep"),
+        );
+    }
+    std::fs::write(&marker, b"running").expect("write the marker");
+    while !std::path::Path::new(&go).exists() {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    drop(kids);
+    children
 }

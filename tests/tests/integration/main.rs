@@ -59,6 +59,7 @@ mod recycle;
 mod restart;
 mod review_async;
 mod review_async_held;
+mod review_halt;
 mod seams;
 mod startup;
 mod stdio;
