@@ -708,6 +708,24 @@ pub fn registry() -> procpool::Registry {
         .task_with_state(label_with)
 }
 
+/// A logger that panics on a record containing its marker: for tests of
+/// what a panicking logger does to the pool's threads. (Installing it is
+/// process-wide: such a test is a binary of its own.)
+#[derive(Debug)]
+pub struct PanickyLogger(pub &'static str);
+
+impl log::Log for PanickyLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if r.args().to_string().contains(self.0) {
+            panic!("logger panics");
+        }
+    }
+    fn flush(&self) {}
+}
+
 /// Turns a hang into a failure: if not dropped within `limit`, writes
 /// which test hung straight to file descriptor 2 and ends the test process
 /// with exit code 99 (its workers die with it: they carry

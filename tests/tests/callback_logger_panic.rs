@@ -12,18 +12,7 @@ use procpool_tests::{square, wait_until, watchdog};
 
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
 
-struct Panicky;
-impl log::Log for Panicky {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if r.args().to_string().contains("callback-boom") {
-            panic!("logger panics");
-        }
-    }
-    fn flush(&self) {}
-}
+static PANICKY: procpool_tests::PanickyLogger = procpool_tests::PanickyLogger("callback-boom");
 
 #[test]
 fn a_panicking_logger_does_not_end_the_callback_thread() {
@@ -31,7 +20,7 @@ fn a_panicking_logger_does_not_end_the_callback_thread() {
         "a_panicking_logger_does_not_end_the_callback_thread",
         Duration::from_secs(60),
     );
-    log::set_logger(&Panicky).unwrap();
+    log::set_logger(&PANICKY).unwrap();
     log::set_max_level(log::LevelFilter::Error);
     let pool = Pool::builder()
         .workers(1)

@@ -7,23 +7,12 @@ use procpool_tests::{log_lines, watchdog};
 
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
 
-struct Panicky;
-impl log::Log for Panicky {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if r.args().to_string().contains("boom-marker") {
-            panic!("logger panics");
-        }
-    }
-    fn flush(&self) {}
-}
+static PANICKY: procpool_tests::PanickyLogger = procpool_tests::PanickyLogger("boom-marker");
 
 #[test]
 fn join_after_a_lane_caller_unwound() {
     let _w = watchdog("join_after_a_lane_caller_unwound", Duration::from_secs(60));
-    log::set_logger(&Panicky).unwrap();
+    log::set_logger(&PANICKY).unwrap();
     log::set_max_level(log::LevelFilter::Warn);
     let pool = std::sync::Arc::new(
         Pool::builder()

@@ -86,6 +86,20 @@ pub(crate) fn pool(n: usize) -> Pool {
         .expect("the fault worker pool starts")
 }
 
+/// A builder of `n` fault workers started through `env -u
+/// PROCPOOL_PROGRESS`: a launcher that strips the environment, so they never
+/// attach to their shared counter.
+pub(crate) fn counterless(n: usize) -> procpool::Builder {
+    Pool::builder()
+        .workers(n)
+        .worker_program("/usr/bin/env")
+        .worker_args([
+            std::ffi::OsString::from("-u"),
+            "PROCPOOL_PROGRESS".into(),
+            FAULT_WORKER.into(),
+        ])
+}
+
 /// A pool of `n` fault workers whose `record` tasks append to `file`.
 pub(crate) fn recording_pool(n: usize, file: &std::path::Path) -> Pool {
     Pool::builder()

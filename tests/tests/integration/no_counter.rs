@@ -5,11 +5,8 @@
 //! run.
 use std::time::Duration;
 
-use procpool::Pool;
 use procpool_tests::Death;
 use procpool_tests::{crash_running, watchdog};
-
-use crate::FAULT_WORKER;
 
 #[test]
 fn a_crashing_task_on_a_counterless_worker_fails_once() {
@@ -17,16 +14,7 @@ fn a_crashing_task_on_a_counterless_worker_fails_once() {
         "a_crashing_task_on_a_counterless_worker_fails_once",
         Duration::from_secs(60),
     );
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program("/usr/bin/env")
-        .worker_args([
-            std::ffi::OsString::from("-u"),
-            "PROCPOOL_PROGRESS".into(),
-            FAULT_WORKER.into(),
-        ])
-        .build()
-        .unwrap();
+    let pool = crate::counterless(1).build().unwrap();
     let mut h = pool.apply_async(crash_running, Death::Exit(3)).unwrap();
     let r = h.get_timeout(Duration::from_secs(30));
     let stats = pool.stats();

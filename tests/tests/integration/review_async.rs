@@ -142,14 +142,7 @@ fn a_cancel_does_not_fail_another_jobs_item_the_worker_starts_during_the_kill_gr
 fn cancelling_a_queued_item_on_a_counterless_worker_spares_the_running_task_of_another_job() {
     let _w = watchdog("cancel_on_a_counterless_worker", LIMIT);
     let file = temp_path("review-counterless");
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program("/usr/bin/env")
-        .worker_args([
-            std::ffi::OsString::from("-u"),
-            "PROCPOOL_PROGRESS".into(),
-            FAULT_WORKER.into(),
-        ])
+    let pool = crate::counterless(1)
         .initializer(procpool_tests::init_store, file.display().to_string())
         .build()
         .unwrap();

@@ -72,16 +72,7 @@ fn a_deadline_kill_does_not_let_the_next_item_of_the_same_batch_start_in_the_gra
 #[test]
 fn a_deadline_kill_on_a_counterless_worker_spares_another_callers_pipelined_item() {
     let _w = watchdog("deadline_counterless_pipelined", LIMIT);
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program("/usr/bin/env")
-        .worker_args([
-            std::ffi::OsString::from("-u"),
-            "PROCPOOL_PROGRESS".into(),
-            FAULT_WORKER.into(),
-        ])
-        .build()
-        .unwrap();
+    let pool = crate::counterless(1).build().unwrap();
     let marker = temp_path("halt-counterless");
     let timed = pool
         .with_timeout(Duration::from_millis(500))
