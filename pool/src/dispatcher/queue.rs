@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::batch::Counters;
 use super::conn::Conn;
-use super::{Dispatcher, Phase};
+use super::{Dispatcher, Phase, Worker};
 
 impl Dispatcher {
     /// Hands queued batches to ready workers: first one to each idle
@@ -71,10 +71,7 @@ impl Dispatcher {
     /// workers are killed (the supervisor carries it out) and replaced.
     pub(super) fn expire_deadlines(&mut self, now: Instant) {
         let workers = &self.workers;
-        let started = |slot| {
-            let w = workers.iter().find(|w| w.slot == slot);
-            w.and_then(|w| w.conn.as_ref()).map_or(0, Conn::started)
-        };
+        let started = |slot| conn_of(workers, slot).map_or(0, Conn::started);
         for expired in self.settle.expire(now, started) {
             Counters::bump(&self.shared.stats.timeouts);
             let Some(i) = self.index(expired.worker) else {
@@ -107,10 +104,7 @@ impl Dispatcher {
     /// job's item is caught by the kill.
     pub(super) fn cancel(&mut self, jobs: &HashSet<u64>, now: Instant) {
         let workers = &self.workers;
-        let conn = |slot| {
-            let w = workers.iter().find(|w| w.slot == slot);
-            w.and_then(|w| w.conn.as_ref())
-        };
+        let conn = |slot| conn_of(workers, slot);
         let skip = |slot, run| {
             if let Some(c) = conn(slot) {
                 c.skip(run);
@@ -161,4 +155,11 @@ impl Dispatcher {
         w.process.terminate(now, self.config.kill_grace);
         self.publish_pids();
     }
+}
+
+/// The connection of worker `slot`, if it is in the loop's hands (not lent).
+/// A free function, so the core can be borrowed mutably beside it.
+fn conn_of(workers: &[Worker], slot: u64) -> Option<&Conn> {
+    let w = workers.iter().find(|w| w.slot == slot)?;
+    w.conn.as_ref()
 }

@@ -58,12 +58,10 @@ impl<U: Unit> Settle<U> {
                 if f.run.is_none() || !jobs.contains(&f.unit.job()) {
                     continue;
                 }
-                // Items from `first_unstarted` on never start: fail them now.
-                let next = f.unit.delivered();
-                let end = next + f.unit.remaining();
-                let ran = (next..end).take_while(|&c| f.stream(c) < started).count() as u32;
-                if ran == 0 && f.unit.remaining() > 0 {
-                    let n = f.unit.remaining();
+                // None of its unreported items started: none will (the
+                // worker skips them). Fail them now.
+                let n = f.unit.remaining();
+                if n > 0 && f.stream(f.unit.delivered()) >= started {
                     f.unit.fail_next(n, Error::new(ErrorKind::Cancelled));
                 }
             }
