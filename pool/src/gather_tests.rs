@@ -1,40 +1,8 @@
 //! Unit tests of the caller's side of a job, coming back.
 use super::decode_part;
 use crate::dispatcher::Shared;
+use procpool_protocol::test_support::DeepList;
 use procpool_protocol::{Bytes, Outcome, encode_done, push_outcome};
-use serde::Deserialize;
-
-/// A list whose depth is data: on the wire `Cons` is variant 1 and
-/// `Nil` variant 0, one byte each.
-#[derive(Deserialize)]
-enum List {
-    Nil,
-    Cons(Box<List>),
-}
-
-impl List {
-    fn depth(&self) -> usize {
-        let (mut d, mut at) = (0, self);
-        while let List::Cons(next) = at {
-            d += 1;
-            at = next;
-        }
-        d
-    }
-}
-
-impl Drop for List {
-    // Iterative: the derived drop would recurse as deep as the list.
-    fn drop(&mut self) {
-        let mut next = match self {
-            List::Cons(b) => std::mem::replace(&mut **b, List::Nil),
-            List::Nil => return,
-        };
-        while let List::Cons(b) = &mut next {
-            next = std::mem::replace(&mut **b, List::Nil);
-        }
-    }
-}
 
 /// The body of a `Done` frame, as the dispatcher forwards it.
 fn done_body(outcomes: &[Outcome<'_>]) -> Vec<u8> {
@@ -63,7 +31,7 @@ fn a_deeply_nested_result_decodes_on_a_default_sized_thread() {
         .spawn(move || {
             let shared = Shared::new();
             let mut got = Vec::new();
-            decode_part::<List>(&body, 0, "deep", 1, &shared, |r| {
+            decode_part::<DeepList>(&body, 0, "deep", 1, &shared, |r| {
                 got.push(r.map(|l| l.depth()))
             });
             got

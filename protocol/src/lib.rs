@@ -31,6 +31,9 @@
 mod error;
 pub mod frame;
 mod message;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_support;
 pub mod value;
 mod varint;
 

@@ -46,44 +46,11 @@ fn take_value_stacked<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> postcard::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::DeepList;
     use serde::Serialize;
 
-    /// A list whose depth is data: `Cons` is variant 1, `Nil` variant 0,
-    /// so `[1; n]` then `[0]` is a list `n` deep.
-    #[derive(Debug, Deserialize)]
-    enum List {
-        Nil,
-        Cons(Box<List>),
-    }
-
-    impl List {
-        fn depth(&self) -> usize {
-            let (mut d, mut at) = (0, self);
-            while let List::Cons(next) = at {
-                d += 1;
-                at = next;
-            }
-            d
-        }
-    }
-
-    impl Drop for List {
-        // Iterative, so dropping a deep list does not overflow either.
-        fn drop(&mut self) {
-            let mut next = match self {
-                List::Cons(b) => std::mem::replace(&mut **b, List::Nil),
-                List::Nil => return,
-            };
-            while let List::Cons(b) = &mut next {
-                next = std::mem::replace(&mut **b, List::Nil);
-            }
-        }
-    }
-
     fn deep_list(depth: usize) -> Vec<u8> {
-        let mut bytes = vec![1u8; depth];
-        bytes.push(0);
-        bytes
+        DeepList::bytes(depth)
     }
 
     /// Runs `f` on a thread with the default 2 MiB stack.
@@ -100,7 +67,7 @@ mod tests {
     fn a_deep_value_decodes_on_a_small_stack() {
         let depth = on_small_stack(|| {
             let bytes = deep_list(100_000);
-            let (list, rest) = take_value::<List>(&bytes).unwrap();
+            let (list, rest) = take_value::<DeepList>(&bytes).unwrap();
             assert!(rest.is_empty());
             list.depth()
         });
@@ -126,7 +93,7 @@ mod tests {
         // A truncated deep list is an error, not a crash.
         let bytes = deep_list(100_000);
         let err = on_small_stack(move || {
-            take_value::<List>(&bytes[..bytes.len() - 1])
+            take_value::<DeepList>(&bytes[..bytes.len() - 1])
                 .map(|_| ())
                 .unwrap_err()
         });
