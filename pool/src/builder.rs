@@ -14,7 +14,7 @@ use crate::dispatcher::{self, Config, Initializer, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::{Inner, Pool};
 use crate::supervisor::handshake::InitCheck;
-use crate::supervisor::{Launch, Limit};
+use crate::supervisor::{Launch, Limit, Zygotes};
 use crate::task::{TaskRef, signature};
 use crate::values::CallArg;
 use crate::worker::Registry;
@@ -55,6 +55,22 @@ impl<E: fmt::Display + DeserializeOwned> InitOutput for Result<(), E> {
     }
 }
 
+/// How a pool starts its worker processes; see
+/// [`Builder::start_method`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Each worker is started by exec and runs the initializer itself: the
+    /// default, and always safe.
+    #[default]
+    Exec,
+    /// One zygote process is started by exec and runs the initializer
+    /// once; workers are forked from it, with the initializer's state
+    /// already in memory, shared copy-on-write. Python's `forkserver`,
+    /// with its safety checked: see the crate docs, "Start methods".
+    Zygote,
+}
+
 /// Configures and starts a [`Pool`]; from [`Pool::builder`].
 pub struct Builder {
     workers: Option<usize>,
@@ -71,6 +87,7 @@ pub struct Builder {
     max_tasks_per_worker: Option<u64>,
     memory_limit: Option<u64>,
     restart_limit: Limit,
+    start_method: StartMethod,
 }
 
 impl fmt::Debug for Builder {
@@ -81,6 +98,7 @@ impl fmt::Debug for Builder {
             .field("chunksize", &self.chunksize)
             .field("max_frame", &self.max_frame)
             .field("startup_timeout", &self.startup_timeout)
+            .field("start_method", &self.start_method)
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +123,7 @@ impl Builder {
                 max: 10,
                 window: Duration::from_secs(60),
             },
+            start_method: StartMethod::Exec,
         }
     }
 
@@ -324,6 +343,15 @@ impl Builder {
         self
     }
 
+    /// How workers are started: by exec (the default), or forked from a
+    /// zygote that ran the initializer once ([`StartMethod::Zygote`]), for
+    /// workers whose start-up is expensive. See the crate docs, "Start
+    /// methods". Not for [`in_process`](Self::in_process) pools.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = method;
+        self
+    }
+
     /// Starts the workers and waits until every one has shaken hands (and
     /// run the initializer).
     ///
@@ -357,7 +385,20 @@ impl Builder {
         launch.memory_limit = self.memory_limit;
         let did_not_serve = launch.did_not_serve.clone();
         let program = launch.describe();
-        let initializer = self.initializer.transpose()?;
+        let initializer = self.initializer.transpose()?.map(Arc::new);
+        if self.start_method == StartMethod::Zygote {
+            if launch.is_threads() {
+                return Err(Error::startup(
+                    "the zygote start method forks worker processes; an in-process pool has none",
+                ));
+            }
+            launch.zygote = Some(Arc::new(Mutex::new(Zygotes::new(
+                initializer.clone(),
+                self.startup_timeout,
+                self.restart_limit,
+                self.max_frame,
+            ))));
+        }
         let config = Config {
             workers,
             launch,

@@ -337,7 +337,7 @@ mod tasks;
 mod values;
 pub mod worker;
 
-pub use builder::{Builder, InitOutput};
+pub use builder::{Builder, InitOutput, StartMethod};
 pub use call::Call;
 pub use error::{Error, Exit, PanicLocation};
 pub use handle::{AsyncResult, CancelHandle, Imap, ImapStream, SubmitError};

@@ -330,6 +330,7 @@ impl Pool {
             tasks_succeeded: s.tasks_succeeded.load(Ordering::Relaxed),
             tasks_failed: s.tasks_failed.load(Ordering::Relaxed),
             workers_started: s.workers_started.load(Ordering::Relaxed),
+            workers_forked: s.workers_forked.load(Ordering::Relaxed),
             worker_deaths: s.worker_deaths.load(Ordering::Relaxed),
             timeouts: s.timeouts.load(Ordering::Relaxed),
             recycles: s.recycles.load(Ordering::Relaxed),
@@ -354,6 +355,10 @@ pub struct Stats {
     pub tasks_failed: u64,
     /// Worker processes started, replacements included.
     pub workers_started: u64,
+    /// Of those, the ones forked from the zygote
+    /// ([`StartMethod::Zygote`](crate::StartMethod::Zygote)); the rest were
+    /// started by exec.
+    pub workers_forked: u64,
     /// Worker processes lost (crashed, killed, timed out, broke the
     /// protocol, failed to start); recycled workers are not counted.
     pub worker_deaths: u64,

@@ -14,7 +14,7 @@ use crate::varint;
 pub const MAGIC: [u8; 8] = *b"PROCPOOL";
 
 /// The version of this protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of the preamble: magic then version.
 pub const PREAMBLE_LEN: usize = 12;
@@ -147,6 +147,40 @@ pub enum ToWorker<'a> {
     /// Run a batch.
     #[serde(borrow)]
     Run(Run<'a>),
+    /// To a zygote: fork a worker, number `index` in the pool. The frame
+    /// carries three descriptors (`SCM_RIGHTS`): the worker's input, its
+    /// output and its progress counter.
+    Fork {
+        /// The worker's index in the pool.
+        index: u32,
+    },
+    /// To a zygote: reap worker `pid`, which has exited or was sent
+    /// SIGKILL, and say how it ended.
+    Reap {
+        /// A pid the zygote reported in [`FromWorker::Forked`].
+        pid: u32,
+    },
+}
+
+/// How a process ended, as its parent saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReport {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+    /// Its parent could not tell.
+    Unknown,
+}
+
+/// Why a zygote did not fork.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotForked {
+    /// The zygote has more than one thread (this many): a fork would copy
+    /// locks other threads may hold. It never forks again.
+    Threads(u32),
+    /// `fork` (or what must precede it) failed.
+    Failed(String),
 }
 
 /// The outcomes of one batch, in the order of its items.
@@ -173,6 +207,21 @@ pub enum FromWorker<'a> {
     Done(Done<'a>),
     /// A `log` record emitted by task code in the worker.
     Log(LogRecord),
+    /// A zygote forked a worker: its pid, with a pidfd for it attached
+    /// (`SCM_RIGHTS`).
+    Forked {
+        /// The new worker's pid.
+        pid: u32,
+    },
+    /// A zygote did not fork.
+    NotForked(NotForked),
+    /// A zygote reaped a worker.
+    Reaped {
+        /// The worker's pid.
+        pid: u32,
+        /// How it ended.
+        exit: ExitReport,
+    },
 }
 
 /// A `log` record forwarded from a worker to the parent's logger.
@@ -337,6 +386,18 @@ pub fn encode_init_done(
 ) -> Result<(), FrameError> {
     let at = start_frame(out);
     push_message(out, &FromWorker::InitDone(outcome.clone()));
+    finish_frame(out, at, max)
+}
+
+/// Appends one frame holding a message sent by a zygote, or to one (the
+/// cold messages of the zygote's control channel), to `out`.
+pub fn encode_message<M: Serialize>(
+    out: &mut Vec<u8>,
+    msg: &M,
+    max: u32,
+) -> Result<(), FrameError> {
+    let at = start_frame(out);
+    push_message(out, msg);
     finish_frame(out, at, max)
 }
 

@@ -286,6 +286,7 @@ pub(crate) struct Counters {
     pub(crate) tasks_succeeded: AtomicU64,
     pub(crate) tasks_failed: AtomicU64,
     pub(crate) workers_started: AtomicU64,
+    pub(crate) workers_forked: AtomicU64,
     pub(crate) worker_deaths: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) recycles: AtomicU64,

@@ -73,7 +73,7 @@ impl Dispatcher {
                     .init_task
                     .and_then(|t| self.tasks.as_ref()?.get(t as usize));
                 let verdict = crate::supervisor::handshake::judge_init(
-                    self.config.initializer.as_ref(),
+                    self.config.initializer.as_deref(),
                     served,
                     &outcome,
                 );

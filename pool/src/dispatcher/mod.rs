@@ -20,6 +20,7 @@ mod stop;
 pub(crate) use crate::supervisor::handshake::Initializer;
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
 pub(crate) use command::{Command, Handle};
+pub(crate) use conn::forward_log;
 pub(crate) use startup::Config;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -134,6 +135,8 @@ struct Worker {
     retiring: bool,
     /// Its pidfd fired while a caller had it: settle when it comes back.
     dead_while_lent: bool,
+    /// Forked from the zygote, whose initializer already ran.
+    forked: bool,
 }
 
 impl Worker {

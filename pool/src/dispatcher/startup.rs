@@ -1,6 +1,7 @@
 //! A worker's start: spawn (asked of the supervisor), handshake, the
 //! initializer, and what a failed start means for the pool.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procpool_protocol::{FromWorker, TaskInfo, encode_init};
@@ -24,7 +25,7 @@ pub(crate) struct Config {
     pub(crate) stall_timeout: Duration,
     pub(crate) max_tasks_per_worker: Option<u64>,
     pub(crate) restart_limit: Limit,
-    pub(crate) initializer: Option<Initializer>,
+    pub(crate) initializer: Option<Arc<Initializer>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -56,6 +57,9 @@ pub(crate) fn name_of(msg: &FromWorker<'_>) -> &'static str {
         FromWorker::InitDone(_) => "InitDone",
         FromWorker::Done(_) => "Done",
         FromWorker::Log(_) => "Log",
+        FromWorker::Forked { .. } => "Forked",
+        FromWorker::NotForked(_) => "NotForked",
+        FromWorker::Reaped { .. } => "Reaped",
     }
 }
 
@@ -124,12 +128,12 @@ impl Dispatcher {
                 .filter(|w| w.serving())
                 .map(|w| w.process.index()),
         );
-        let launch = &self.config.launch;
-        let spawned = launch
-            .spawn(index)
-            .map_err(|e| Error::startup_io(format!("cannot start `{}`", launch.describe()), e))?;
+        let spawned = self.config.launch.spawn(index)?;
         let pid = spawned.process.pid();
         Counters::bump(&self.shared.stats.workers_started);
+        if spawned.forked {
+            Counters::bump(&self.shared.stats.workers_forked);
+        }
         log::debug!("procpool: started worker {pid} (index {index})");
         let slot = self.next_slot;
         self.next_slot += 1;
@@ -150,6 +154,7 @@ impl Dispatcher {
             startup_deadline: crate::sys::after(now, self.config.startup_timeout),
             retiring: false,
             dead_while_lent: false,
+            forked: spawned.forked,
         });
         self.publish_pids();
         Ok(())
@@ -159,7 +164,7 @@ impl Dispatcher {
         let verdict = handshake::check_hello(
             self.tasks.as_deref(),
             &tasks,
-            self.config.initializer.as_ref(),
+            self.config.initializer.as_deref(),
         );
         match verdict {
             Ok(init_task) if self.tasks.is_none() => {
@@ -179,7 +184,8 @@ impl Dispatcher {
         // It opened its progress counter before saying hello.
         self.workers[i].progress_fd = None;
         match (&self.config.initializer, self.init_task) {
-            (Some(init), Some(task)) => {
+            // A forked worker has the state its zygote's initializer made.
+            (Some(init), Some(task)) if !self.workers[i].forked => {
                 let mut frame = Vec::new();
                 encode_init(&mut frame, task, &init.arg, self.config.max_frame).map_err(|e| {
                     Loss::InitFailed(format!("its argument does not fit a frame: {e}"))

@@ -28,11 +28,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::sys::signal::Signal;
 use procpool_protocol::exit_code;
 
-use crate::error::Exit;
+use parking_lot::Mutex;
+
+use super::zygote::{Zygote, Zygotes};
+use crate::error::{Error, Exit};
 use crate::sys;
 use crate::worker::{
     INDEX_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV,
-    Registry, WORKER_ENV,
+    Registry, WORKER_ENV, ZYGOTE_ENV,
 };
 
 /// What a worker is.
@@ -74,6 +77,8 @@ pub(crate) struct Launch {
     /// instead of serving. The builder turns a failed start into the one
     /// message that says so.
     pub(crate) did_not_serve: Arc<AtomicBool>,
+    /// The zygote workers are forked from (`StartMethod::Zygote`).
+    pub(crate) zygote: Option<Arc<Mutex<Zygotes>>>,
 }
 
 impl Launch {
@@ -113,7 +118,13 @@ impl Launch {
             max_frame,
             memory_limit: None,
             did_not_serve: Arc::new(AtomicBool::new(false)),
+            zygote: None,
         }
+    }
+
+    /// Whether workers are threads of this process.
+    pub(crate) fn is_threads(&self) -> bool {
+        matches!(self.program, Program::Thread(_))
     }
 
     /// A human-readable name of what is started, for errors.
@@ -132,18 +143,27 @@ impl Launch {
     }
 
     /// Starts one worker, the pool's worker number `index` (see
-    /// `procpool::worker::index`).
-    pub(crate) fn spawn(&self, index: usize) -> io::Result<Spawned> {
-        let (path, arg0, args) = match &self.program {
-            Program::Exec { path, arg0, args } => (path, arg0, args),
-            Program::Thread(registry) => return self.spawn_thread(registry.clone(), index),
+    /// `procpool::worker::index`): forked from the zygote when the pool
+    /// has a working one, else by exec (or on a thread).
+    pub(crate) fn spawn(&self, index: usize) -> Result<Spawned, Error> {
+        let io = |e| Error::startup_io(format!("cannot start `{}`", self.describe()), e);
+        if let Program::Thread(registry) = &self.program {
+            return self.spawn_thread(registry.clone(), index).map_err(io);
+        }
+        if let Some(zygotes) = &self.zygote {
+            if let Some(forked) = self.fork(zygotes, index)? {
+                return Ok(forked);
+            }
+        }
+        self.exec(index).map_err(io)
+    }
+
+    /// The command that starts the program with the settings every worker
+    /// (and the zygote) reads.
+    fn command(&self) -> Command {
+        let Program::Exec { path, arg0, args } = &self.program else {
+            unreachable!("threads are not exec'd");
         };
-        let (progress_fd, progress) = sys::SharedCounter::create()?;
-        let progress_path = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            progress_fd.as_raw_fd()
-        );
         let mut cmd = Command::new(path);
         if let Some(a) = arg0 {
             cmd.arg0(a);
@@ -153,22 +173,69 @@ impl Launch {
             .env(MAX_FRAME_ENV, self.max_frame.to_string())
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .env(LOG_LEVEL_ENV, (log::max_level() as usize).to_string())
-            .env(PROGRESS_ENV, &progress_path)
-            .env(INDEX_ENV, index.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0);
         if let Some(bytes) = self.memory_limit {
             cmd.env(MEMORY_LIMIT_ENV, bytes.to_string());
         }
-        let mut child = cmd.spawn()?;
+        cmd
+    }
+
+    fn exec(&self, index: usize) -> io::Result<Spawned> {
+        let (progress_fd, progress) = sys::SharedCounter::create()?;
+        let progress_path = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            progress_fd.as_raw_fd()
+        );
+        let mut child = self
+            .command()
+            .env(PROGRESS_ENV, &progress_path)
+            .env(INDEX_ENV, index.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
         let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
         let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
         let pidfd = sys::pidfd_open(child.id());
         let mut process = WorkerProcess::new(Kind::Process(child), pidfd, index);
         process.did_not_serve = Some(self.did_not_serve.clone());
         Self::finish(process, to_worker, from_worker, progress_fd, progress)
+    }
+
+    /// Starts a zygote process, its control socket as stdin and stdout.
+    fn spawn_zygote(&self) -> io::Result<(Child, OwnedFd)> {
+        let (ours, theirs) = sys::socket_pair()?;
+        let child = self
+            .command()
+            .env(ZYGOTE_ENV, "1")
+            .stdin(Stdio::from(theirs.try_clone()?))
+            .stdout(Stdio::from(theirs))
+            .spawn()?;
+        Ok((child, ours))
+    }
+
+    /// A worker forked from the zygote; `None` when it is to be exec'd.
+    fn fork(&self, zygotes: &Mutex<Zygotes>, index: usize) -> Result<Option<Spawned>, Error> {
+        let io = |e: io::Error| Error::startup_io("cannot make a worker's pipes", e);
+        let (worker_in, to_worker) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
+        let (from_worker, worker_out) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
+        let (progress_fd, progress) = sys::SharedCounter::create().map_err(io)?;
+        let fds = [worker_in.as_fd(), worker_out.as_fd(), progress_fd.as_fd()];
+        let Some(forked) = zygotes.lock().fork(|| self.spawn_zygote(), index, fds)? else {
+            return Ok(None);
+        };
+        let kind = Kind::Forked {
+            pid: forked.pid,
+            zygote: forked.zygote,
+        };
+        let process = WorkerProcess::new(kind, Some(forked.pidfd), index);
+        let mut spawned =
+            Self::finish(process, to_worker, from_worker, progress_fd, progress).map_err(io)?;
+        spawned.forked = true;
+        Ok(Some(spawned))
     }
 
     fn spawn_thread(&self, registry: Arc<Registry>, index: usize) -> io::Result<Spawned> {
@@ -208,6 +275,7 @@ impl Launch {
             from_worker: File::from(from_worker),
             progress,
             progress_fd,
+            forked: false,
         })
     }
 }
@@ -224,11 +292,18 @@ pub(crate) struct Spawned {
     /// Keeps the counter's path open until the worker has opened it (its
     /// handshake says so).
     pub(crate) progress_fd: OwnedFd,
+    /// Forked from the zygote: its initializer already ran.
+    pub(crate) forked: bool,
 }
 
 #[derive(Debug)]
 enum Kind {
     Process(Child),
+    /// Forked by a zygote, which is its parent and reaps it.
+    Forked {
+        pid: u32,
+        zygote: Arc<Mutex<Zygote>>,
+    },
     /// `None` once joined or detached.
     Thread(Option<std::thread::JoinHandle<i32>>),
 }
@@ -274,6 +349,7 @@ impl WorkerProcess {
     pub(crate) fn pid(&self) -> u32 {
         match &self.kind {
             Kind::Process(c) => c.id(),
+            Kind::Forked { pid, .. } => *pid,
             Kind::Thread(_) => std::process::id(),
         }
     }
@@ -307,10 +383,21 @@ impl WorkerProcess {
         if self.exit.is_some() {
             return;
         }
-        let Kind::Process(child) = &self.kind else {
-            return;
+        let group = match &self.kind {
+            Kind::Process(_) => true,
+            // Its group id is held while the zygote has not reaped it; a
+            // lost zygote's workers are reaped by init, so only a live one
+            // is signalled as a group then.
+            Kind::Forked { zygote, .. } => {
+                !zygote.lock().lost()
+                    || self
+                        .pidfd
+                        .as_ref()
+                        .is_some_and(|fd| !sys::pidfd_exited(fd.as_fd()))
+            }
+            Kind::Thread(_) => return,
         };
-        let pid = child.id();
+        let pid = self.pid();
         let direct = match &self.pidfd {
             Some(fd) => sys::pidfd_signal(fd.as_fd(), signal),
             None if sys::unreaped(pid) => {
@@ -319,7 +406,14 @@ impl WorkerProcess {
             }
             None => Ok(()),
         };
-        if let Err(e) = direct.and_then(|()| sys::signal_group(pid, signal)) {
+        let grouped = || {
+            if group {
+                sys::signal_group(pid, signal)
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(e) = direct.and_then(|()| grouped()) {
             log::warn!("procpool: cannot signal worker {pid}: {e}");
         }
     }
@@ -346,6 +440,17 @@ impl WorkerProcess {
                     }
                 }
             },
+            Kind::Forked { pid, zygote } => {
+                let exit = zygote.lock().reap(*pid);
+                exit.unwrap_or_else(|| {
+                    // Its zygote is gone, and init reaps it: wait until it
+                    // has ended (it exited or was sent SIGKILL).
+                    if let Some(fd) = &self.pidfd {
+                        sys::pidfd_wait(fd.as_fd(), std::time::Duration::from_secs(5));
+                    }
+                    Exit::Unknown
+                })
+            }
             Kind::Thread(handle) => match handle.take() {
                 // A thread whose serve loop just returned needs a moment to
                 // finish; one still in a task is detached after that.
@@ -376,6 +481,10 @@ impl WorkerProcess {
             // Not reaped here: until `end` reaps it, its process group
             // can still be signalled safely.
             Kind::Process(child) => sys::exited_unreaped(child.id()),
+            Kind::Forked { .. } => self
+                .pidfd
+                .as_ref()
+                .is_none_or(|fd| sys::pidfd_exited(fd.as_fd())),
             Kind::Thread(handle) => handle.as_ref().is_none_or(|h| h.is_finished()),
         }
     }

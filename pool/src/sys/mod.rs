@@ -7,7 +7,8 @@
 //!
 //! - `wait`: the one wait primitive (`poll`, EINTR handled once);
 //! - `proc`: pidfds, signals through them, descendant trees;
-//! - `shm`: the progress counter a worker shares with the pool.
+//! - `shm`: the progress counter a worker shares with the pool;
+//! - `fork`: the zygote's control socket, one-thread check and fork.
 
 use std::fs::File;
 use std::io;
@@ -15,10 +16,15 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
+mod fork;
 mod proc;
 mod shm;
 mod wait;
 
+pub(crate) use fork::{
+    FdSocket, Forked, close_all_except, die_with_pool, fork_if_single_threaded, own_process_group,
+    parent_pidfd, pidfd_exited, pidfd_wait, reap_child, send_with_fds, socket_pair,
+};
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,
     die_with_parent, exited_unreaped, kill_descendants_of_self, limit_memory, pidfd_open,

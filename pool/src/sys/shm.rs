@@ -83,6 +83,11 @@ impl SharedCounter {
         Self::map(&OwnedFd::from(file))
     }
 
+    /// Maps the memory given as a descriptor: a forked worker's side.
+    pub(crate) fn from_fd(fd: &OwnedFd) -> io::Result<Self> {
+        Self::map(fd)
+    }
+
     fn map(fd: &OwnedFd) -> io::Result<Self> {
         // SAFETY: a fresh shared mapping of LEN bytes of a file at least LEN
         // long; no existing memory is touched. The result is checked.

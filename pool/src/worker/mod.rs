@@ -17,6 +17,7 @@
 mod registry;
 mod serve;
 mod state;
+mod zygote;
 
 pub(crate) use registry::ItemError;
 pub use registry::Registry;
@@ -45,6 +46,9 @@ pub(crate) const LOG_LEVEL_ENV: &str = "PROCPOOL_LOG_LEVEL";
 pub(crate) const PROGRESS_ENV: &str = "PROCPOOL_PROGRESS";
 /// Environment variable carrying the worker's index in the pool.
 pub(crate) const INDEX_ENV: &str = "PROCPOOL_WORKER_INDEX";
+/// Environment variable that makes a started worker program a zygote
+/// (see `zygote.rs`).
+pub(crate) const ZYGOTE_ENV: &str = "PROCPOOL_ZYGOTE";
 
 /// Whether this process was started by a pool as a worker.
 ///
@@ -159,6 +163,39 @@ pub(crate) fn serve_on_thread(
     code
 }
 
+/// A zygote's start: like a worker's, but its memory limit is for the
+/// workers it forks, it is no subreaper (its workers' orphans are not its
+/// to reap), and it keeps a pidfd for the pool, for its workers.
+fn serve_as_zygote(
+    registry: &Registry,
+    parent: Option<u32>,
+    memory_limit: Option<u64>,
+    max_frame: u32,
+    log_level: log::LevelFilter,
+) -> i32 {
+    let setup = || -> std::io::Result<_> {
+        let stdio = crate::sys::take_protocol_stdio()?;
+        let parent = parent.ok_or_else(|| std::io::Error::other("no parent pid was given"))?;
+        let pool = crate::sys::parent_pidfd(parent)?;
+        Ok((stdio, pool))
+    };
+    match setup() {
+        Ok((stdio, pool)) => zygote::serve_zygote(
+            registry,
+            stdio,
+            serve::ServeOptions {
+                max_frame,
+                own_process: Some(log_level),
+            },
+            zygote::ForChildren { pool, memory_limit },
+        ),
+        Err(e) => {
+            eprintln!("procpool zygote: cannot set itself up: {e}");
+            exit_code::SETUP_FAILED
+        }
+    }
+}
+
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -168,6 +205,7 @@ fn serve_now(registry: &Registry) -> i32 {
     let parent: Option<u32> = env_number(PARENT_PID_ENV);
     let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);
     let progress = std::env::var(PROGRESS_ENV).ok();
+    let zygote = std::env::var_os(ZYGOTE_ENV).is_some();
     if let Some(index) = env_number(INDEX_ENV) {
         state::set_process_index(index);
     }
@@ -187,6 +225,7 @@ fn serve_now(registry: &Registry) -> i32 {
         LOG_LEVEL_ENV,
         PROGRESS_ENV,
         INDEX_ENV,
+        ZYGOTE_ENV,
     ] {
         crate::sys::remove_env(var);
     }
@@ -197,6 +236,9 @@ fn serve_now(registry: &Registry) -> i32 {
             eprintln!("procpool worker: {e}");
             return exit_code::SETUP_FAILED;
         }
+    }
+    if zygote {
+        return serve_as_zygote(registry, parent, memory, max_frame, log_level);
     }
     if let Some(bytes) = memory {
         if let Err(e) = crate::sys::limit_memory(bytes) {

@@ -50,75 +50,88 @@ pub(crate) fn serve(
     progress: Option<&SharedCounter>,
     opts: ServeOptions,
 ) -> i32 {
-    let max_frame = opts.max_frame;
-    // Before the handshake: the pool may trust the counter from then on.
-    if let Some(p) = progress {
-        p.attach();
-    }
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
-    if let Some(level) = opts.own_process {
-        let serve_thread = std::thread::current().id();
-        panic::set_hook(Box::new(move |info| {
-            let loc = info.location().map(|l| Location {
-                file: l.file().to_owned(),
-                line: l.line(),
-                column: l.column(),
-            });
-            if std::thread::current().id() == serve_thread {
-                // Silent: the caller receives the message and the location.
-                LAST_PANIC.with(|p| *p.borrow_mut() = loc);
-                return;
-            }
-            // A thread a task started: nobody catches this for a caller,
-            // so it goes to the log, which the parent receives.
-            let thread = std::thread::current();
-            let name = thread.name().unwrap_or("<unnamed>");
-            let payload = info.payload();
-            let message = match (
-                payload.downcast_ref::<&str>(),
-                payload.downcast_ref::<String>(),
-            ) {
-                (Some(s), _) => s,
-                (_, Some(s)) => s.as_str(),
-                _ => "a non-string payload",
-            };
-            let at = loc
-                .as_ref()
-                .map(|l| format!(" at {}:{}:{}", l.file, l.line, l.column))
-                .unwrap_or_default();
-            if log::max_level() >= log::LevelFilter::Error {
-                log::logger().log(
-                    &log::Record::builder()
-                        .level(log::Level::Error)
-                        .target(module_path!())
-                        .file(loc.as_ref().map(|l| l.file.as_str()))
-                        .line(loc.as_ref().map(|l| l.line))
-                        .args(format_args!("thread `{name}` panicked{at}: {message}"))
-                        .build(),
-                );
-            } else {
-                // Logging is off: leave the trace the default hook would.
-                eprintln!(
-                    "procpool worker {}: thread `{name}` panicked{at}: {message}",
-                    std::process::id()
-                );
-            }
-        }));
-        if level != log::LevelFilter::Off {
-            let forward = ForwardLogger {
-                output: output.clone(),
-                max_frame,
-            };
-            // A program that set its own logger before serve_if_worker
-            // keeps it.
-            if log::set_boxed_logger(Box::new(forward)).is_ok() {
-                log::set_max_level(level);
-            }
+    install_hooks(opts, &output);
+    serve_loop(registry, input, output, progress, opts.max_frame, None)
+}
+
+/// Sets the process-wide hooks of a worker that owns its process (see
+/// [`ServeOptions::own_process`]).
+pub(super) fn install_hooks(opts: ServeOptions, output: &Arc<Mutex<std::fs::File>>) {
+    let Some(level) = opts.own_process else {
+        return;
+    };
+    let serve_thread = std::thread::current().id();
+    panic::set_hook(Box::new(move |info| {
+        let loc = info.location().map(|l| Location {
+            file: l.file().to_owned(),
+            line: l.line(),
+            column: l.column(),
+        });
+        if std::thread::current().id() == serve_thread {
+            // Silent: the caller receives the message and the location.
+            LAST_PANIC.with(|p| *p.borrow_mut() = loc);
+            return;
+        }
+        // A thread a task started: nobody catches this for a caller,
+        // so it goes to the log, which the parent receives.
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        let payload = info.payload();
+        let message = match (
+            payload.downcast_ref::<&str>(),
+            payload.downcast_ref::<String>(),
+        ) {
+            (Some(s), _) => s,
+            (_, Some(s)) => s.as_str(),
+            _ => "a non-string payload",
+        };
+        let at = loc
+            .as_ref()
+            .map(|l| format!(" at {}:{}:{}", l.file, l.line, l.column))
+            .unwrap_or_default();
+        if log::max_level() >= log::LevelFilter::Error {
+            log::logger().log(
+                &log::Record::builder()
+                    .level(log::Level::Error)
+                    .target(module_path!())
+                    .file(loc.as_ref().map(|l| l.file.as_str()))
+                    .line(loc.as_ref().map(|l| l.line))
+                    .args(format_args!("thread `{name}` panicked{at}: {message}"))
+                    .build(),
+            );
+        } else {
+            // Logging is off: leave the trace the default hook would.
+            eprintln!(
+                "procpool worker {}: thread `{name}` panicked{at}: {message}",
+                std::process::id()
+            );
+        }
+    }));
+    if level != log::LevelFilter::Off {
+        let forward = ForwardLogger {
+            output: output.clone(),
+            max_frame: opts.max_frame,
+        };
+        // A program that set its own logger before serve_if_worker
+        // keeps it.
+        if log::set_boxed_logger(Box::new(forward)).is_ok() {
+            log::set_max_level(level);
         }
     }
+}
 
-    let mut out = Vec::with_capacity(64 << 10);
+/// Sends the preamble and `Hello`, then reads and checks the parent's
+/// preamble. `Err(code)`: the worker ends with that code (0 if the parent
+/// went away first).
+pub(super) fn handshake(
+    registry: &Registry,
+    output: &Mutex<std::fs::File>,
+    input: &mut impl Read,
+    max_frame: u32,
+) -> Result<(), i32> {
+    let mut out = Vec::with_capacity(4 << 10);
     out.extend_from_slice(&preamble());
     let hello = Hello {
         build_id: concat!("procpool ", env!("CARGO_PKG_VERSION")).to_owned(),
@@ -127,36 +140,47 @@ pub(crate) fn serve(
     };
     if encode_hello(&mut out, &hello, max_frame).is_err() {
         eprintln!("procpool worker: its task list does not fit in one frame");
-        return exit_code::SETUP_FAILED;
+        return Err(exit_code::SETUP_FAILED);
     }
     if output.lock().write_all(&out).is_err() {
-        return exit_code::STREAM_BROKEN;
+        return Err(exit_code::STREAM_BROKEN);
     }
-
-    let mut input = BufReader::with_capacity(64 << 10, input);
     let mut theirs = [0u8; PREAMBLE_LEN];
     if let Err(e) = input.read_exact(&mut theirs) {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            return 0; // The pool went away before it said anything.
+            return Err(0); // The pool went away before it said anything.
         }
-        return bad_parent(&format!("cannot read the parent's preamble: {e}"));
+        return Err(bad_parent(&format!(
+            "cannot read the parent's preamble: {e}"
+        )));
     }
     if let Err(e) = check_preamble(&theirs) {
-        return bad_parent(&e.to_string());
+        return Err(bad_parent(&e.to_string()));
     }
+    Ok(())
+}
 
-    let mut server = Server {
-        registry,
-        state: None,
-        progress,
-        started: 0,
-        runs: 0,
-        output,
-        max_frame,
-        out,
-        outcomes: Vec::with_capacity(64 << 10),
-        scratch: Vec::new(),
-    };
+/// A worker's life after its hooks are set: the handshake, then batches
+/// until the parent closes the input. `state`: what a zygote's initializer
+/// made before this worker was forked from it.
+pub(super) fn serve_loop(
+    registry: &Registry,
+    input: std::fs::File,
+    output: Arc<Mutex<std::fs::File>>,
+    progress: Option<&SharedCounter>,
+    max_frame: u32,
+    state: Option<WorkerState>,
+) -> i32 {
+    // Before the handshake: the pool may trust the counter from then on.
+    if let Some(p) = progress {
+        p.attach();
+    }
+    let mut input = BufReader::with_capacity(64 << 10, input);
+    if let Err(code) = handshake(registry, &output, &mut input, max_frame) {
+        return code;
+    }
+    let mut server = Server::new(registry, progress, output, max_frame);
+    server.state = state;
     let mut frame = Vec::new();
     loop {
         match read_frame(&mut input, max_frame, &mut frame) {
@@ -171,6 +195,9 @@ pub(crate) fn serve(
         let sent = match msg {
             ToWorker::Init { task, arg } => server.init(task, arg),
             ToWorker::Run(run) => server.run(run.batch, run.task, run.eager, &run.items),
+            ToWorker::Fork { .. } | ToWorker::Reap { .. } => {
+                return bad_parent("a worker got a message meant for a zygote");
+            }
         };
         match sent {
             Ok(()) => {}
@@ -179,7 +206,7 @@ pub(crate) fn serve(
     }
 }
 
-fn bad_parent(why: &str) -> i32 {
+pub(super) fn bad_parent(why: &str) -> i32 {
     eprintln!(
         "procpool worker {}: malformed message from the parent: {why}",
         std::process::id()
@@ -188,9 +215,9 @@ fn bad_parent(why: &str) -> i32 {
 }
 
 /// Ends the serve loop with an exit code.
-struct Stop(i32);
+pub(super) struct Stop(pub(super) i32);
 
-struct Server<'r> {
+pub(super) struct Server<'r> {
     registry: &'r Registry,
     /// What the initializer made, if it makes state: dropped with the
     /// server, when the serve loop ends.
@@ -212,8 +239,34 @@ struct Server<'r> {
     scratch: Vec<u8>,
 }
 
-impl Server<'_> {
-    fn init(&mut self, task: u32, arg: &Bytes) -> Result<(), Stop> {
+impl<'r> Server<'r> {
+    pub(super) fn new(
+        registry: &'r Registry,
+        progress: Option<&'r SharedCounter>,
+        output: Arc<Mutex<std::fs::File>>,
+        max_frame: u32,
+    ) -> Self {
+        Server {
+            registry,
+            state: None,
+            progress,
+            started: 0,
+            runs: 0,
+            output,
+            max_frame,
+            out: Vec::with_capacity(64 << 10),
+            outcomes: Vec::with_capacity(64 << 10),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Takes the state the initializer made (a forked worker takes the
+    /// zygote's copy).
+    pub(super) fn take_state(&mut self) -> Option<WorkerState> {
+        self.state.take()
+    }
+
+    pub(super) fn init(&mut self, task: u32, arg: &Bytes) -> Result<(), Stop> {
         match self.registry.state_use(task as usize) {
             None => {
                 return Err(Stop(bad_parent(&format!(

@@ -66,6 +66,7 @@ mod stdio;
 mod tiny_deadline;
 mod wire;
 mod worker_state;
+mod zygote;
 
 use std::time::Duration;
 

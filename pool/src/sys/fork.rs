@@ -1,0 +1,326 @@
+//! The zygote's syscalls: its control socket (frames with descriptors
+//! attached), the one-thread check, the fork itself, and what a forked
+//! worker does to its own process before it serves.
+//!
+//! A fork is safe only in a process with exactly one thread: any other
+//! thread might hold a lock (the allocator's, stdout's, a logger's) that
+//! would stay locked forever in the child. [`fork_if_single_threaded`]
+//! counts the threads first, every time, and refuses when there is more
+//! than one.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use procpool_protocol::ExitReport;
+
+/// Most descriptors one message may carry.
+const MAX_FDS: usize = 4;
+
+/// A connected pair of stream sockets, close-on-exec from birth.
+pub(crate) fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// A stream socket read as bytes, keeping the descriptors that arrive
+/// with them (in order) until [`take_fds`](Self::take_fds).
+#[derive(Debug)]
+pub(crate) struct FdSocket {
+    fd: OwnedFd,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl FdSocket {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            fds: VecDeque::new(),
+        }
+    }
+
+    /// The `n` oldest descriptors received, if that many have arrived.
+    pub(crate) fn take_fds(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
+        (self.fds.len() >= n).then(|| self.fds.drain(..n).collect())
+    }
+
+    /// Sends all of `bytes`, the first piece carrying `fds`.
+    pub(crate) fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        send_with_fds(self.fd.as_fd(), bytes, fds)
+    }
+
+    /// Waits until the socket is readable or `timeout` passes; `false` on
+    /// a timeout.
+    pub(crate) fn readable_within(&self, timeout: Duration) -> io::Result<bool> {
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let deadline = super::after(std::time::Instant::now(), timeout);
+        Ok(super::wait(&mut fds, deadline)? == super::Waited::Ready)
+    }
+}
+
+impl AsFd for FdSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Read for FdSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = loop {
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => break m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for fd in fds {
+                    // SAFETY: the kernel installed this descriptor in our
+                    // table for this message; nothing else owns it.
+                    self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(io::Error::other(
+                "a message carried more descriptors than expected",
+            ));
+        }
+        Ok(msg.bytes)
+    }
+}
+
+/// Writes all of `bytes` to a stream socket, the first piece carrying
+/// `fds` (`SCM_RIGHTS`).
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    mut bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut first = true;
+    while !bytes.is_empty() {
+        let cmsgs = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if first && !raw.is_empty() {
+            &cmsgs
+        } else {
+            &[]
+        };
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => {
+                bytes = &bytes[n..];
+                first = false;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// How many threads this process has.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Flushes what this process buffered for stdout (Rust's and C's stdio),
+/// so a child does not inherit the bytes and write them a second time.
+pub(crate) fn flush_stdio() {
+    let _ = io::stdout().flush();
+    // SAFETY: fflush(NULL) flushes every C stdio stream; it only takes the
+    // streams' own locks, which no other thread holds in a process with
+    // one thread (the caller's precondition).
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+}
+
+/// What [`fork_if_single_threaded`] did.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// In the parent: the child's pid.
+    Parent(u32),
+    /// In the child.
+    Child,
+    /// Not forked: the process has this many threads.
+    Threads(usize),
+}
+
+/// Forks, after checking that this process has exactly one thread.
+pub(crate) fn fork_if_single_threaded() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Ok(Forked::Threads(threads));
+    }
+    flush_stdio();
+    // SAFETY: the process has exactly one thread (checked just above; only
+    // this thread could start another, and it is here), so no lock can be
+    // held by a thread that does not exist in the child: the child may run
+    // any code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw() as u32)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Waits for our child `pid` to end and reaps it.
+pub(crate) fn reap_child(pid: u32) -> ExitReport {
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return ExitReport::Code(code),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                return ExitReport::Signal(sig as i32);
+            }
+            // Stopped or continued: not an end; wait on.
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return ExitReport::Unknown,
+        }
+    }
+}
+
+/// A forked worker's start-up: closes every descriptor from 3 up but
+/// those in `keep`.
+pub(crate) fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&f| f >= 3).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 3;
+    for k in keep {
+        if k > from {
+            close_range(from, k - 1)?;
+        }
+        from = k + 1;
+    }
+    close_range(from, RawFd::MAX)
+}
+
+fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors; the caller keeps the
+    // ones its live objects own (see close_all_except).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            last as libc::c_uint,
+            0 as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A forked worker's start-up: leads a process group of its own, so a
+/// signal to the group reaches what its tasks start.
+pub(crate) fn own_process_group() -> io::Result<()> {
+    nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+    Ok(())
+}
+
+/// A pidfd for this process's parent, checked to be the process `parent`
+/// (not a reaper that adopted us after it died).
+pub(crate) fn parent_pidfd(parent: u32) -> io::Result<OwnedFd> {
+    let fd = super::pidfd_open(parent)
+        .ok_or_else(|| io::Error::other("cannot open a pidfd for the pool"))?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::other(
+            "the pool exited before the zygote started",
+        ));
+    }
+    Ok(fd)
+}
+
+/// A forked worker's parent is the zygote, whose death must not end it, so
+/// it cannot use the parent-death signal. Instead a small thread waits on
+/// the pool's pidfd and, when the pool is gone, SIGKILLs the worker's
+/// process group (the worker and what its tasks started).
+pub(crate) fn die_with_pool(pool: OwnedFd) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("procpool-pool-watch".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let mut fds = [PollFd::new(pool.as_fd(), PollFlags::POLLIN)];
+            while !matches!(super::wait(&mut fds, None), Ok(super::Waited::Ready)) {}
+            // SAFETY: kill(0, SIGKILL) signals this process's own group,
+            // which this process leads; it touches no memory.
+            unsafe { libc::kill(0, libc::SIGKILL) };
+        })?;
+    Ok(())
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd is readable).
+pub(crate) fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    matches!(super::peek(&mut fds), Ok(super::Waited::Ready))
+}
+
+/// Waits up to `timeout` for the process behind `pidfd` to exit.
+pub(crate) fn pidfd_wait(pidfd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    let deadline = super::after(std::time::Instant::now(), timeout);
+    matches!(super::wait(&mut fds, deadline), Ok(super::Waited::Ready))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_travel_with_their_bytes_in_order() {
+        let (a, b) = socket_pair().unwrap();
+        let (r1, _w1) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (r2, _w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        send_with_fds(a.as_fd(), b"one", &[r1.as_fd()]).unwrap();
+        send_with_fds(a.as_fd(), b"two", &[r2.as_fd()]).unwrap();
+        drop(a);
+        let mut sock = FdSocket::new(b);
+        let mut all = Vec::new();
+        sock.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"onetwo");
+        let got = sock.take_fds(2).unwrap();
+        assert!(sock.take_fds(1).is_none());
+        // The received descriptors are the pipes' read ends, close-on-exec.
+        for (fd, want) in got.iter().zip([&r1, &r2]) {
+            let st = nix::sys::stat::fstat(fd).unwrap();
+            let want = nix::sys::stat::fstat(want).unwrap();
+            assert_eq!(st.st_ino, want.st_ino);
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        }
+    }
+
+    #[test]
+    fn a_process_with_a_second_thread_is_refused_a_fork() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        let n = thread_count().unwrap();
+        assert!(n > 1, "{n}");
+        assert!(matches!(fork_if_single_threaded(), Ok(Forked::Threads(m)) if m > 1));
+        drop(tx);
+        let _ = other.join();
+    }
+}

@@ -1,0 +1,209 @@
+//! The zygote: a worker process that runs the initializer once and then
+//! forks workers on the pool's request (`StartMethod::Zygote`).
+//!
+//! Its control channel is a stream socket on its stdin and stdout. It
+//! speaks the worker protocol there (the handshake, `Init`), plus `Fork`,
+//! whose frame carries the new worker's pipes and progress counter as
+//! descriptors (`SCM_RIGHTS`), and `Reap`. A fork happens only after a
+//! count of this process's threads finds exactly one (see
+//! `sys::fork_if_single_threaded`); otherwise the zygote answers
+//! `NotForked::Threads` and the pool starts its workers by exec from then
+//! on.
+//!
+//! The forked child drops everything of the zygote's but the state: it
+//! closes every descriptor but its own pipes (and the pool's pidfd), leads
+//! a process group of its own, becomes a child subreaper, and then serves
+//! like any worker, its state already in memory. Its parent is the
+//! zygote, whose death must not end it, so it has no parent-death signal:
+//! a small thread watches the pool's pidfd instead.
+//!
+//! The zygote reaps a worker only when the pool asks (`Reap`), after the
+//! pool has finished signalling it: until then the worker's pid, and so its
+//! process group id, cannot be reused.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::BufReader;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use procpool_protocol::frame::read_frame;
+use procpool_protocol::{
+    ExitReport, FromWorker, NotForked, ToWorker, decode_to_worker, encode_message,
+};
+
+use super::Registry;
+use super::serve::{self, ServeOptions, Server, Stop, bad_parent};
+use crate::sys::{self, FdSocket, Forked, ProtocolStdio, SharedCounter};
+
+/// What every forked worker is given, besides its own descriptors.
+#[derive(Debug)]
+pub(crate) struct ForChildren {
+    /// A pidfd for the pool: a worker ends when the pool does.
+    pub(crate) pool: OwnedFd,
+    /// The address-space limit each worker sets on itself.
+    pub(crate) memory_limit: Option<u64>,
+}
+
+/// The zygote's serve loop; in a forked child, that worker's whole life.
+pub(crate) fn serve_zygote(
+    registry: &Registry,
+    stdio: ProtocolStdio,
+    opts: ServeOptions,
+    children: ForChildren,
+) -> i32 {
+    let max_frame = opts.max_frame;
+    let ProtocolStdio { input, output } = stdio;
+    let output = Arc::new(Mutex::new(output));
+    serve::install_hooks(opts, &output);
+    let mut input = BufReader::with_capacity(64 << 10, FdSocket::new(OwnedFd::from(input)));
+    if let Err(code) = serve::handshake(registry, &output, &mut input, max_frame) {
+        return code;
+    }
+    let mut server = Server::new(registry, None, output.clone(), max_frame);
+    let mut forked: HashSet<u32> = HashSet::new();
+    let mut frame = Vec::new();
+    let mut reply = Vec::new();
+    loop {
+        match read_frame(&mut input, max_frame, &mut frame) {
+            Ok(true) => {}
+            // The pool is done with the zygote. Its state is not dropped:
+            // the forked workers hold copies of it, and a Drop acting on
+            // what they share (a file, a directory) would pull it from
+            // under them.
+            Ok(false) => {
+                std::mem::forget(server.take_state());
+                return 0;
+            }
+            Err(e) => return bad_parent(&e.to_string()),
+        }
+        let (index, pid) = match decode_to_worker(&frame) {
+            Ok(ToWorker::Init { task, arg }) => match server.init(task, arg) {
+                Ok(()) => continue,
+                Err(Stop(code)) => return code,
+            },
+            Ok(ToWorker::Fork { index }) => (Some(index), None),
+            Ok(ToWorker::Reap { pid }) => (None, Some(pid)),
+            Ok(ToWorker::Run(_)) => return bad_parent("a zygote runs no batches"),
+            Err(e) => return bad_parent(&e.to_string()),
+        };
+        reply.clear();
+        let mut pidfd = None;
+        let msg = if let Some(pid) = pid {
+            let exit = if forked.remove(&pid) {
+                sys::reap_child(pid)
+            } else {
+                ExitReport::Unknown
+            };
+            FromWorker::Reaped { pid, exit }
+        } else {
+            let index = index.expect("a fork request");
+            let Some(fds) = input.get_mut().take_fds(3) else {
+                return bad_parent("a fork request came without its three descriptors");
+            };
+            match sys::fork_if_single_threaded() {
+                Ok(Forked::Child) => {
+                    drop(input);
+                    return become_worker(
+                        registry, server, output, fds, index, children, max_frame,
+                    );
+                }
+                Ok(Forked::Parent(pid)) => match sys::pidfd_open(pid) {
+                    Some(fd) => {
+                        forked.insert(pid);
+                        pidfd = Some(fd);
+                        FromWorker::Forked { pid }
+                    }
+                    None => {
+                        // No pidfd, no supervision: the pool cannot use it.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        sys::reap_child(pid);
+                        FromWorker::NotForked(NotForked::Failed(
+                            "cannot open a pidfd for the forked worker".into(),
+                        ))
+                    }
+                },
+                Ok(Forked::Threads(n)) => {
+                    FromWorker::NotForked(NotForked::Threads(n.min(u32::MAX as usize) as u32))
+                }
+                Err(e) => FromWorker::NotForked(NotForked::Failed(e.to_string())),
+            }
+        };
+        if encode_message(&mut reply, &msg, max_frame).is_err() {
+            return procpool_protocol::exit_code::STREAM_BROKEN;
+        }
+        let out = output.lock();
+        let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
+        if sys::send_with_fds(out.as_fd(), &reply, &fds).is_err() {
+            return procpool_protocol::exit_code::STREAM_BROKEN;
+        }
+    }
+}
+
+/// In the forked child: drops the zygote's descriptors, takes the ones the
+/// pool sent, and serves as worker `index`.
+fn become_worker(
+    registry: &Registry,
+    mut zygote: Server<'_>,
+    output: Arc<Mutex<File>>,
+    fds: Vec<OwnedFd>,
+    index: u32,
+    children: ForChildren,
+    max_frame: u32,
+) -> i32 {
+    let state = zygote.take_state();
+    drop(zygote);
+    let mut fds = fds.into_iter();
+    let (Some(input), Some(worker_out), Some(progress)) = (fds.next(), fds.next(), fds.next())
+    else {
+        unreachable!("three descriptors were taken");
+    };
+    // The zygote's end of its socket closes here, in this process only.
+    *output.lock() = File::from(worker_out);
+    let setup = || -> std::io::Result<SharedCounter> {
+        let counter = SharedCounter::from_fd(&progress)?;
+        drop(progress);
+        let keep = [
+            input.as_raw_fd(),
+            output.lock().as_raw_fd(),
+            children.pool.as_raw_fd(),
+        ];
+        sys::close_all_except(&keep)?;
+        sys::own_process_group()?;
+        sys::become_subreaper()?;
+        Ok(counter)
+    };
+    let counter = match setup() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("procpool worker: a forked worker cannot set itself up: {e}");
+            return procpool_protocol::exit_code::SETUP_FAILED;
+        }
+    };
+    if let Err(e) = sys::die_with_pool(children.pool) {
+        eprintln!("procpool worker: cannot watch the pool: {e}");
+        return procpool_protocol::exit_code::SETUP_FAILED;
+    }
+    if let Some(bytes) = children.memory_limit {
+        if let Err(e) = sys::limit_memory(bytes) {
+            eprintln!("procpool worker: cannot limit its memory to {bytes} bytes: {e}");
+            return procpool_protocol::exit_code::SETUP_FAILED;
+        }
+    }
+    super::state::set_process_index(index as usize);
+    let code = serve::serve_loop(
+        registry,
+        File::from(input),
+        output,
+        Some(&counter),
+        max_frame,
+        state,
+    );
+    // Whatever the tasks started and left behind ends with the worker.
+    sys::kill_descendants_of_self();
+    code
+}
