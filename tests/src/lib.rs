@@ -11,10 +11,12 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod state;
+mod zygote;
 pub use state::{
     Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
     tally_marker, worker_index,
 };
+pub use zygote::{init_print_partial, init_start_thread, parent_pid};
 
 /// `x * x`.
 pub fn square(x: u64) -> u64 {
@@ -641,6 +643,9 @@ pub fn registry() -> procpool::Registry {
         .task(ignore_sigterm_announce_and_sleep)
         .task(worker_index)
         .task(children_then_wait_for)
+        .task(parent_pid)
+        .task(init_start_thread)
+        .task(init_print_partial)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)

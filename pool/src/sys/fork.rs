@@ -201,37 +201,20 @@ pub(crate) fn reap_child(pid: u32) -> ExitReport {
     }
 }
 
-/// A forked worker's start-up: closes every descriptor from 3 up but
-/// those in `keep`.
-pub(crate) fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&f| f >= 3).collect();
-    keep.sort_unstable();
-    keep.dedup();
-    let mut from = 3;
-    for k in keep {
-        if k > from {
-            close_range(from, k - 1)?;
-        }
-        from = k + 1;
-    }
-    close_range(from, RawFd::MAX)
-}
-
-fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
-    // SAFETY: close_range only closes descriptors; the caller keeps the
-    // ones its live objects own (see close_all_except).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            last as libc::c_uint,
-            0 as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// A forked worker's start-up, once the zygote's own control socket is
+/// closed (descriptors 3 and 4 free): puts its protocol pipes where an
+/// exec'd worker has them (3 and 4) and the pool's pidfd at 5. Every other
+/// descriptor stays: the zygote had closed what it inherited, so the rest
+/// are what its initializer opened, which the state may own.
+pub(crate) fn settle_forked_fds(
+    input: OwnedFd,
+    output: &mut std::fs::File,
+    pool: OwnedFd,
+) -> io::Result<(std::fs::File, OwnedFd)> {
+    let input = super::move_to(input, super::PROTOCOL_IN_FD)?;
+    *output = std::fs::File::from(super::copy_to(output.as_fd(), super::PROTOCOL_OUT_FD)?);
+    let pool = super::move_to(pool, super::POOL_PIDFD_FD)?;
+    Ok((std::fs::File::from(input), pool))
 }
 
 /// A forked worker's start-up: leads a process group of its own, so a

@@ -22,8 +22,8 @@ mod shm;
 mod wait;
 
 pub(crate) use fork::{
-    FdSocket, Forked, close_all_except, die_with_pool, fork_if_single_threaded, own_process_group,
-    parent_pidfd, pidfd_exited, pidfd_wait, reap_child, send_with_fds, socket_pair,
+    FdSocket, Forked, die_with_pool, fork_if_single_threaded, own_process_group, parent_pidfd,
+    pidfd_exited, pidfd_wait, reap_child, send_with_fds, settle_forked_fds, socket_pair,
 };
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,
@@ -36,6 +36,9 @@ pub(crate) use wait::{Waited, after, flagged, peek, wait};
 /// Descriptor numbers the worker runtime moves the protocol pipes to.
 const PROTOCOL_IN_FD: RawFd = 3;
 const PROTOCOL_OUT_FD: RawFd = 4;
+/// Where a forked worker keeps its pidfd for the pool (its zygote opened
+/// it there, first after the protocol descriptors).
+const POOL_PIDFD_FD: RawFd = 5;
 
 /// The protocol pipes of a worker, moved off stdin and stdout.
 #[derive(Debug)]
@@ -86,8 +89,13 @@ fn move_to(fd: OwnedFd, target: RawFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() == target {
         return Ok(fd);
     }
+    copy_to(fd.as_fd(), target)
+}
+
+/// A copy of `fd` as descriptor number `target` (close-on-exec).
+fn copy_to(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: dup3 onto `target` replaces whatever descriptor had that
-    // number; the caller only moves onto numbers that are either free or
+    // number; the callers only move onto numbers that are either free or
     // inherited descriptors about to be closed anyway.
     let r = unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) };
     if r < 0 {

@@ -10,10 +10,13 @@
 //! `NotForked::Threads` and the pool starts its workers by exec from then
 //! on.
 //!
-//! The forked child drops everything of the zygote's but the state: it
-//! closes every descriptor but its own pipes (and the pool's pidfd), leads
-//! a process group of its own, becomes a child subreaper, and then serves
-//! like any worker, its state already in memory. Its parent is the
+//! The forked child drops the zygote's control socket, puts its own pipes
+//! where an exec'd worker has them (descriptors 3 and 4, the pool's pidfd
+//! at 5), leads a process group of its own, becomes a child subreaper, and
+//! then serves like any worker, its state already in memory. Descriptors
+//! the initializer opened stay open (the state may own them); nothing the
+//! pool's process holds reaches a worker, as the zygote closed everything
+//! it inherited when it started. Its parent is the
 //! zygote, whose death must not end it, so it has no parent-death signal:
 //! a small thread watches the pool's pidfd instead.
 //!
@@ -24,7 +27,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufReader;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -164,27 +167,22 @@ fn become_worker(
     };
     // The zygote's end of its socket closes here, in this process only.
     *output.lock() = File::from(worker_out);
-    let setup = || -> std::io::Result<SharedCounter> {
+    let setup = || -> std::io::Result<(SharedCounter, File, OwnedFd)> {
         let counter = SharedCounter::from_fd(&progress)?;
         drop(progress);
-        let keep = [
-            input.as_raw_fd(),
-            output.lock().as_raw_fd(),
-            children.pool.as_raw_fd(),
-        ];
-        sys::close_all_except(&keep)?;
+        let (input, pool) = sys::settle_forked_fds(input, &mut output.lock(), children.pool)?;
         sys::own_process_group()?;
         sys::become_subreaper()?;
-        Ok(counter)
+        Ok((counter, input, pool))
     };
-    let counter = match setup() {
-        Ok(c) => c,
+    let (counter, input, pool) = match setup() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("procpool worker: a forked worker cannot set itself up: {e}");
             return procpool_protocol::exit_code::SETUP_FAILED;
         }
     };
-    if let Err(e) = sys::die_with_pool(children.pool) {
+    if let Err(e) = sys::die_with_pool(pool) {
         eprintln!("procpool worker: cannot watch the pool: {e}");
         return procpool_protocol::exit_code::SETUP_FAILED;
     }
@@ -195,14 +193,7 @@ fn become_worker(
         }
     }
     super::state::set_process_index(index as usize);
-    let code = serve::serve_loop(
-        registry,
-        File::from(input),
-        output,
-        Some(&counter),
-        max_frame,
-        state,
-    );
+    let code = serve::serve_loop(registry, input, output, Some(&counter), max_frame, state);
     // Whatever the tasks started and left behind ends with the worker.
     sys::kill_descendants_of_self();
     code

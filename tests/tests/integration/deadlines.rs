@@ -10,14 +10,12 @@ use procpool_tests::{
     sleep_ms, square, stop_self, temp_path, wait_until, watchdog,
 };
 
-use crate::{FAULT_WORKER, LIMIT};
+use crate::LIMIT;
 
 const DEADLINE: Duration = Duration::from_millis(300);
 
 fn pool(workers: usize) -> Pool {
-    Pool::builder()
-        .workers(workers)
-        .worker_program(FAULT_WORKER)
+    crate::builder(workers)
         .kill_grace(Duration::from_millis(300))
         .build()
         .unwrap()
@@ -91,9 +89,7 @@ fn grandchildren_die_with_the_worker() {
 fn items_behind_a_timed_out_item_run_once() {
     let _w = watchdog("items_behind_a_timed_out_item_run_once", LIMIT);
     let file = temp_path("deadline");
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
+    let pool = crate::builder(1)
         .kill_grace(Duration::from_millis(200))
         .initializer(init_store, file.display().to_string())
         .build()
@@ -123,9 +119,7 @@ fn items_behind_a_timed_out_item_run_once() {
 #[test]
 fn a_per_call_deadline_overrides_the_pool_default() {
     let _w = watchdog("a_per_call_deadline_overrides_the_pool_default", LIMIT);
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
+    let pool = crate::builder(1)
         .task_timeout(Duration::from_secs(1))
         .kill_grace(Duration::from_millis(100))
         .build()

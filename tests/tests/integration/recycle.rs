@@ -2,20 +2,14 @@
 
 use std::collections::BTreeSet;
 
-use procpool::Pool;
 use procpool_tests::{allocate_mib, pid, square, temp_path, watchdog};
 
-use crate::{FAULT_WORKER, LIMIT};
+use crate::LIMIT;
 
 #[test]
 fn a_worker_is_replaced_after_max_tasks() {
     let _w = watchdog("a_worker_is_replaced_after_max_tasks", LIMIT);
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
-        .max_tasks_per_worker(5)
-        .build()
-        .unwrap();
+    let pool = crate::builder(1).max_tasks_per_worker(5).build().unwrap();
     let pids: Vec<u32> = pool.with_chunksize(1).map(pid, vec![(); 20]).unwrap();
     let distinct: BTreeSet<u32> = pids.iter().copied().collect();
     assert_eq!(distinct.len(), 4, "{pids:?}");
@@ -34,9 +28,7 @@ fn a_runaway_allocation_costs_its_worker_only() {
     // The worker's stderr (the allocation failure, and a backtrace under
     // RUST_BACKTRACE) goes to a file, checked below, not to the terminal.
     let stderr = temp_path("oom-stderr");
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
+    let pool = crate::builder(1)
         .worker_args(["--stderr".into(), stderr.clone().into_os_string()])
         .worker_memory_limit(512 << 20)
         .build()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use procpool::Pool;
-use procpool_tests::{kill, not_running, square, temp_path, wait_until, watchdog};
+use procpool_tests::{Death, kill, not_running, square, temp_path, wait_until, watchdog};
 
 use crate::{FAULT_WORKER, LIMIT};
 
@@ -94,4 +94,66 @@ fn a_worker_program_that_disappears_breaks_the_pool_cleanly() {
     assert!(err.is_broken(), "{err}");
     assert!(err.to_string().contains("vanishing-worker"), "{err}");
     assert_eq!(pool.stats().start_failures, 3);
+}
+
+/// Fault-worker arguments that make starts `skip+1 ..= skip+times` die.
+fn dying_starts(
+    phase: &str,
+    death: Death,
+    counter: &std::path::Path,
+    skip: u32,
+    times: u32,
+) -> Vec<String> {
+    let death = match death {
+        Death::Exit(c) => format!("exit:{c}"),
+        Death::Abort => "abort".into(),
+        Death::Segv => "segv".into(),
+        Death::Kill => "kill".into(),
+    };
+    vec![
+        "--crash-at".into(),
+        phase.into(),
+        "--death".into(),
+        death,
+        "--counter".into(),
+        counter.display().to_string(),
+        "--skip".into(),
+        skip.to_string(),
+        "--times".into(),
+        times.to_string(),
+    ]
+}
+
+#[test]
+fn replacements_that_die_at_start_up_or_in_the_handshake_are_retried() {
+    let _w = watchdog(
+        "replacements_that_die_at_start_up_or_in_the_handshake_are_retried",
+        LIMIT * 2,
+    );
+    for phase in ["start", "handshake"] {
+        for death in Death::ALL {
+            let case = format!("{phase} x {death:?}");
+            let counter = temp_path("starts");
+            let pool = Pool::builder()
+                .workers(1)
+                .worker_program(FAULT_WORKER)
+                .worker_args(dying_starts(phase, death, &counter, 1, 2))
+                .build()
+                .unwrap();
+            let victim = pool.worker_pids()[0];
+            let pending = procpool_tests::running_task(&pool);
+            kill(victim, libc::SIGKILL);
+            assert_eq!(
+                pending.get().unwrap_err().exit(),
+                Some(Death::Kill.exit()),
+                "{case}"
+            );
+            // Two replacements die; the third serves.
+            assert_eq!(pool.apply(square, 9).unwrap(), 81, "{case}");
+            let stats = pool.stats();
+            assert_eq!(stats.start_failures, 2, "{case}: {stats:?}");
+            assert_eq!(stats.workers_started, 4, "{case}: {stats:?}");
+            let _ = std::fs::remove_file(&counter);
+        }
+    }
 }

@@ -8,13 +8,12 @@
 
 use std::time::Duration;
 
-use procpool::Pool;
 use procpool_tests::{
     announce_and_sleep, children_then_wait_for, ignore_sigterm_announce_and_sleep, sleep_ms,
     square, temp_path, wait_until, watchdog,
 };
 
-use crate::{FAULT_WORKER, LIMIT};
+use crate::LIMIT;
 
 /// Finding H1: the halt mark is claimed against only at a batch's *first*
 /// item. A deadline kill halts the worker, but an eager batch (a job with
@@ -28,9 +27,7 @@ use crate::{FAULT_WORKER, LIMIT};
 #[test]
 fn a_deadline_kill_does_not_let_the_next_item_of_the_same_batch_start_in_the_grace() {
     let _w = watchdog("deadline_next_item_same_batch_in_grace", LIMIT);
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
+    let pool = crate::builder(1)
         .kill_grace(Duration::from_secs(2))
         .build()
         .unwrap();
@@ -105,9 +102,7 @@ fn a_deadline_kill_on_a_counterless_worker_spares_another_callers_pipelined_item
 fn a_cancel_that_retires_a_worker_keeps_the_deadline_of_the_batch_it_runs() {
     let _w = watchdog("cancel_retire_keeps_deadline", Duration::from_secs(300));
     for trial in 0..8 {
-        let pool = Pool::builder()
-            .workers(2)
-            .worker_program(FAULT_WORKER)
+        let pool = crate::builder(2)
             .kill_grace(Duration::from_millis(200))
             .build()
             .unwrap();
@@ -169,9 +164,7 @@ fn a_second_cancel_kills_a_worker_a_first_cancel_retired() {
         Duration::from_secs(400),
     );
     for trial in 0..8 {
-        let pool = Pool::builder()
-            .workers(2)
-            .worker_program(FAULT_WORKER)
+        let pool = crate::builder(2)
             .kill_grace(Duration::from_millis(200))
             .build()
             .unwrap();

@@ -11,7 +11,7 @@ use procpool_tests::{
     start_tally_or_fail, tally, tally_marker, temp_path, wait_until, watchdog, worker_index,
 };
 
-use crate::{FAULT_WORKER, LIMIT};
+use crate::LIMIT;
 
 /// A fresh directory for drop markers.
 fn marker_dir(name: &str) -> PathBuf {
@@ -23,10 +23,7 @@ fn marker_dir(name: &str) -> PathBuf {
 /// A pool of `n` fault workers whose state is a `Tally` dropping its
 /// marker in `dir`.
 fn tally_pool(n: usize, dir: &Path) -> procpool::Builder {
-    Pool::builder()
-        .workers(n)
-        .worker_program(FAULT_WORKER)
-        .worker_state(start_tally, dir.display().to_string())
+    crate::builder(n).worker_state(start_tally, dir.display().to_string())
 }
 
 /// Runs `tally` one item at a time until every one of the pool's current
@@ -194,9 +191,7 @@ fn a_task_taking_state_is_refused_at_submit_by_a_pool_without_it() {
     assert!(refused.error().is_missing_state(), "{}", refused.error());
     assert_eq!(refused.into_arg(), "!");
     // A pool whose workers hold another state says which.
-    let labelled = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
+    let labelled = crate::builder(1)
         .worker_state(start_label, "worker ".to_owned())
         .build()
         .unwrap();
@@ -231,9 +226,7 @@ fn a_state_initializer_may_be_named_by_a_parent_without_the_state_type() {
     let dir = marker_dir("state-named");
     let init: procpool::Task<String, ()> =
         procpool::Task::named(std::any::type_name_of_val(&start_tally));
-    let pool = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
+    let pool = crate::builder(1)
         .worker_state(init, dir.display().to_string())
         .build()
         .unwrap();
@@ -247,9 +240,7 @@ fn a_state_initializer_must_be_registered_as_one_and_may_fail() {
         "a_state_initializer_must_be_registered_as_one_and_may_fail",
         LIMIT,
     );
-    let err = Pool::builder()
-        .workers(1)
-        .worker_program(FAULT_WORKER)
+    let err = crate::builder(1)
         .worker_state(init_store, "x".to_owned())
         .build()
         .unwrap_err();
@@ -259,9 +250,7 @@ fn a_state_initializer_must_be_registered_as_one_and_may_fail() {
             .contains("register it with Registry::initializer"),
         "{err}"
     );
-    let err = Pool::builder()
-        .workers(2)
-        .worker_program(FAULT_WORKER)
+    let err = crate::builder(2)
         .worker_state(start_tally_or_fail, "no tally today".to_owned())
         .build()
         .unwrap_err();

@@ -1,0 +1,44 @@
+//! The zygote start method on real processes.
+//!
+//! One binary: the zygote's own scenarios, then the supervision scenarios
+//! of the `integration` binary run again, unchanged, on workers forked
+//! from a zygote (their files are included from there, and their pools
+//! come from `crate::builder`, which starts workers the way [`START`]
+//! says):
+//! - `zygote`: forked workers share the initializer's state; a zygote
+//!   whose initializer left a thread running never forks (exec fallback,
+//!   a log record); a dead zygote costs nothing but its restart; the pool
+//!   SIGKILLed takes the zygote and its workers along; the seeds' hazards
+//!   (a parent whose threads hold locks, buffered output, inherited
+//!   descriptors);
+//! - `crash`, `crash_matrix`: every death at every phase, re-dispatch,
+//!   reaping (through the zygote), the exact status;
+//! - `deadlines`, `cancel`, `review_halt`: kills of forked workers and
+//!   their trees;
+//! - `recycle`: `max_tasks_per_worker` and the memory limit;
+//! - `lifecycle`: no leftover process, no leaked descriptor.
+//!
+//! Every test arms a watchdog that turns a hang into a failure.
+
+#[path = "../integration/cancel.rs"]
+mod cancel;
+#[path = "../integration/crash.rs"]
+mod crash;
+#[path = "../integration/crash_matrix.rs"]
+mod crash_matrix;
+#[path = "../integration/deadlines.rs"]
+mod deadlines;
+#[path = "../integration/lifecycle.rs"]
+mod lifecycle;
+#[path = "../integration/recycle.rs"]
+mod recycle;
+#[path = "../integration/review_halt.rs"]
+mod review_halt;
+mod zygote;
+
+/// How these tests start workers.
+pub(crate) const START: procpool::StartMethod = procpool::StartMethod::Zygote;
+
+#[path = "../common/pools.rs"]
+mod pools;
+pub(crate) use pools::*;
