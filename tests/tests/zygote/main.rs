@@ -34,6 +34,8 @@ mod lifecycle;
 mod recycle;
 #[path = "../integration/review_halt.rs"]
 mod review_halt;
+#[path = "../integration/worker_state.rs"]
+mod worker_state;
 mod zygote;
 
 /// How these tests start workers.

@@ -1,17 +1,71 @@
-//! The zygote start method: workers forked from a process that ran the
-//! initializer once.
+//! The zygote's own scenarios: forked workers, the one-thread check and
+//! its fallback, the zygote's death, the pool's death, and the hazards a
+//! bare fork of the parent would meet.
 
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::sync::Once;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use procpool::{Pool, StartMethod};
-use procpool_tests::{init_store, init_value, pid, square, watchdog};
+use procpool_tests::{
+    init_print_partial, init_start_thread, init_store, init_value, kill, noisy, not_running,
+    parent_pid, process_exists, sleep_ms, square, temp_path, wait_until, watchdog, worker_index,
+};
 
-use crate::{FAULT_WORKER, LIMIT};
+use crate::{FAULT_WORKER, LIMIT, builder};
 
+/// The parent pid of process `pid`, from `/proc`.
 fn ppid_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 1..];
     after.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The zygote of a pool whose workers were all forked: their one parent.
+fn zygote_of(pool: &Pool) -> u32 {
+    let parents: HashSet<u32> = pool.worker_pids().iter().map(|&p| ppid_of(p)).collect();
+    assert_eq!(parents.len(), 1, "one zygote: {parents:?}");
+    let zygote = *parents.iter().next().unwrap();
+    assert_ne!(zygote, std::process::id(), "the workers were exec'd");
+    zygote
+}
+
+/// Records of this test process's logger, for the tests that look for
+/// one. (Installed once; other tests' records land here too.)
+struct Capture(Mutex<Vec<(log::Level, String)>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .push((record.level(), record.args().to_string()));
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CAPTURE).unwrap();
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
+fn logged(needle: &str) -> Vec<(log::Level, String)> {
+    CAPTURE
+        .0
+        .lock()
+        .iter()
+        .filter(|(_, m)| m.contains(needle))
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -20,29 +74,360 @@ fn workers_are_forked_from_one_zygote_with_the_initializers_state() {
         "workers_are_forked_from_one_zygote_with_the_initializers_state",
         LIMIT,
     );
-    let pool = Pool::builder()
-        .workers(3)
-        .worker_program(FAULT_WORKER)
-        .start_method(StartMethod::Zygote)
+    let pool = builder(3)
         .initializer(init_store, "made once".to_owned())
         .build()
         .unwrap();
-    assert_eq!(
-        pool.map(square, 0..100u64).unwrap(),
-        (0..100u64).map(|x| x * x).collect::<Vec<_>>()
+    let want: Vec<u64> = (0..100u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..100u64).unwrap(), want);
+    let zygote = zygote_of(&pool);
+    // What the initializer stored in the zygote, every worker has.
+    let values = pool
+        .with_chunksize(1)
+        .map(init_value, vec![(); 30])
+        .unwrap();
+    assert!(
+        values.iter().all(|v| v.as_deref() == Some("made once")),
+        "{values:?}"
     );
-    let pids = pool.worker_pids();
-    let parents: std::collections::HashSet<u32> = pids.iter().map(|&p| ppid_of(p)).collect();
-    assert_eq!(parents.len(), 1, "{parents:?}");
-    assert_ne!(*parents.iter().next().unwrap(), std::process::id());
-    for _ in 0..10 {
-        assert_eq!(
-            pool.apply(init_value, ()).unwrap().as_deref(),
-            Some("made once")
-        );
-    }
-    assert_eq!(pool.stats().workers_forked, 3);
-    let _ = pool.apply(pid, ());
-    std::thread::sleep(Duration::from_millis(1));
+    // Each worker knows its own index, though the zygote has none.
+    let indices: HashSet<Option<usize>> = pool
+        .with_chunksize(1)
+        .map(worker_index, vec![(); 30])
+        .unwrap()
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+    assert!(
+        indices.iter().all(|i| matches!(i, Some(0..=2))),
+        "{indices:?}"
+    );
+    let stats = pool.stats();
+    assert_eq!((stats.workers_started, stats.workers_forked), (3, 3));
     pool.join();
+    // The zygote ends with the pool.
+    assert!(wait_until(LIMIT, || not_running(zygote)));
+}
+
+#[test]
+fn a_replacement_is_forked_and_its_death_is_reported_exactly() {
+    let _w = watchdog(
+        "a_replacement_is_forked_and_its_death_is_reported_exactly",
+        LIMIT,
+    );
+    let pool = builder(2)
+        .initializer(init_store, "x".to_owned())
+        .build()
+        .unwrap();
+    let zygote = zygote_of(&pool);
+    let err = pool.apply(procpool_tests::segfault, ()).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    // The zygote reaped it and said how it ended.
+    assert_eq!(
+        err.exit(),
+        Some(procpool::Exit::Signal(libc::SIGSEGV)),
+        "{err}"
+    );
+    assert!(wait_until(LIMIT, || pool.worker_pids().len() == 2));
+    assert_eq!(zygote_of(&pool), zygote);
+    assert_eq!(pool.stats().workers_forked, 3);
+    // The replacement has the zygote's state, without running the
+    // initializer again.
+    let values = pool.with_chunksize(1).map(init_value, vec![(); 8]).unwrap();
+    assert!(values.iter().all(|v| v.as_deref() == Some("x")));
+}
+
+#[test]
+fn a_zygote_whose_initializer_left_a_thread_running_never_forks() {
+    let _w = watchdog(
+        "a_zygote_whose_initializer_left_a_thread_running_never_forks",
+        LIMIT,
+    );
+    capture_logs();
+    let pool = builder(3)
+        .initializer(init_start_thread, "a-library-pool".to_owned())
+        .build()
+        .unwrap();
+    // Every worker was exec'd (and ran the initializer itself).
+    assert_eq!(pool.stats().workers_forked, 0);
+    for pid in pool.worker_pids() {
+        assert_eq!(ppid_of(pid), std::process::id(), "worker {pid}");
+    }
+    let want: Vec<u64> = (0..1000u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..1000u64).unwrap(), want);
+    // Replacements too.
+    let victim = pool.worker_pids()[0];
+    kill(victim, libc::SIGKILL);
+    assert!(wait_until(LIMIT, || {
+        let pids = pool.worker_pids();
+        pids.len() == 3 && !pids.contains(&victim)
+    }));
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    assert_eq!(pool.stats().workers_forked, 0);
+    let said = logged("threads after its initializer");
+    assert!(
+        said.iter()
+            .any(|(level, m)| *level == log::Level::Error && m.contains("has 2 threads")),
+        "{said:?}"
+    );
+}
+
+#[test]
+fn a_dead_zygote_costs_no_running_worker_and_is_started_again() {
+    let _w = watchdog(
+        "a_dead_zygote_costs_no_running_worker_and_is_started_again",
+        LIMIT * 2,
+    );
+    let pool = builder(2).build().unwrap();
+    let zygote = zygote_of(&pool);
+    let workers = pool.worker_pids();
+    // A task runs across the zygote's death.
+    let running = pool.apply_async(sleep_ms, 300).unwrap();
+    kill(zygote, libc::SIGKILL);
+    assert!(wait_until(LIMIT, || not_running(zygote)));
+    assert_eq!(running.get().unwrap(), 300);
+    let want: Vec<u64> = (0..200u64).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..200u64).unwrap(), want);
+    assert_eq!(pool.worker_pids(), workers, "the workers served on");
+    // Replacements: by exec while the zygote is down, forked again from a
+    // new zygote once it is back.
+    let mut exec_seen = false;
+    let back = wait_until(LIMIT, || {
+        let victim = pool.worker_pids()[0];
+        kill(victim, libc::SIGKILL);
+        assert!(wait_until(LIMIT, || {
+            let pids = pool.worker_pids();
+            pids.len() == 2 && !pids.contains(&victim)
+        }));
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        let parents: Vec<u32> = pool.worker_pids().iter().map(|&p| ppid_of(p)).collect();
+        assert!(!parents.contains(&zygote), "{parents:?}");
+        exec_seen |= parents.contains(&std::process::id());
+        parents.iter().any(|&p| p != std::process::id())
+    });
+    assert!(back, "no worker was forked from a new zygote");
+    assert!(
+        exec_seen,
+        "no replacement was exec'd while the zygote was down"
+    );
+}
+
+/// Starts `zygote-host`, which builds a zygote pool of two workers busy in
+/// hour-long tasks: its pid and the zygote's and workers' pids.
+fn start_host() -> (std::process::Child, Vec<u32>) {
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_zygote-host"))
+        .arg(FAULT_WORKER)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .trim()
+        .strip_prefix("pids ")
+        .unwrap_or_else(|| panic!("zygote-host said {line:?}"))
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{line}");
+    (host, pids)
+}
+
+#[test]
+fn the_zygote_and_its_workers_die_with_a_sigkilled_pool() {
+    let _w = watchdog(
+        "the_zygote_and_its_workers_die_with_a_sigkilled_pool",
+        LIMIT,
+    );
+    let (mut host, pids) = start_host();
+    assert!(pids.iter().all(|&p| process_exists(p)));
+    kill(host.id(), libc::SIGKILL);
+    let _ = host.wait();
+    assert!(
+        wait_until(LIMIT, || pids.iter().all(|&p| not_running(p))),
+        "still running after the pool was SIGKILLed: {:?}",
+        pids.iter()
+            .filter(|&&p| !not_running(p))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn workers_die_with_a_sigkilled_pool_whose_zygote_died_first() {
+    let _w = watchdog(
+        "workers_die_with_a_sigkilled_pool_whose_zygote_died_first",
+        LIMIT,
+    );
+    let (mut host, pids) = start_host();
+    let (zygote, workers) = (pids[0], &pids[1..]);
+    kill(zygote, libc::SIGKILL);
+    assert!(wait_until(LIMIT, || not_running(zygote)));
+    // Orphaned, the workers still serve their hour-long tasks...
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(workers.iter().all(|&p| !not_running(p)));
+    // ...until the pool is gone.
+    kill(host.id(), libc::SIGKILL);
+    let _ = host.wait();
+    assert!(wait_until(LIMIT, || workers
+        .iter()
+        .all(|&p| not_running(p))));
+}
+
+#[test]
+fn a_parent_whose_threads_hold_locks_keeps_starting_zygote_workers() {
+    let _w = watchdog(
+        "a_parent_whose_threads_hold_locks_keeps_starting_zygote_workers",
+        LIMIT * 3,
+    );
+    capture_logs();
+    // Eight threads take a mutex, the stdout lock and the logger's lock
+    // again and again: a bare fork of this process would copy one of them
+    // held, and its child would block on it forever.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+    let holders: Vec<_> = (0..8)
+        .map(|i| {
+            let (stop, shared) = (stop.clone(), shared.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                use std::sync::atomic::Ordering;
+                while !stop.load(Ordering::Relaxed) {
+                    match i % 3 {
+                        0 => {
+                            let mut n = shared.lock().unwrap();
+                            *n += 1;
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        1 => {
+                            let mut out = std::io::stdout().lock();
+                            let _ = out.write_all(b"");
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        _ => log::debug!("a record from a busy thread"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut starts = 0;
+    while starts < 200 {
+        let pool = builder(8)
+            .initializer(init_store, "x".to_owned())
+            .build()
+            .unwrap();
+        // Tasks that print to stdout and log in the forked workers.
+        assert_eq!(pool.with_chunksize(1).map(noisy, 0..8u64).unwrap().len(), 8);
+        assert_eq!(pool.apply(parent_pid, ()).unwrap(), zygote_of(&pool));
+        starts += pool.stats().workers_forked;
+        pool.join();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in holders {
+        h.join().unwrap();
+    }
+    assert!(*shared.lock().unwrap() > 0);
+}
+
+#[test]
+fn output_buffered_in_the_zygote_is_written_once() {
+    let _w = watchdog("output_buffered_in_the_zygote_is_written_once", LIMIT);
+    let stderr = temp_path("zygote-stderr");
+    let marker = "<<buffered in the zygote>>";
+    let pool = builder(4)
+        .worker_args(["--stderr".into(), stderr.clone().into_os_string()])
+        .initializer(init_print_partial, marker.to_owned())
+        .build()
+        .unwrap();
+    assert_eq!(pool.stats().workers_forked, 4);
+    let _ = pool.with_chunksize(1).map(square, 0..16u64).unwrap();
+    // A recycled generation too: the replacements exit as well.
+    kill(pool.worker_pids()[0], libc::SIGKILL);
+    assert!(wait_until(LIMIT, || pool.worker_pids().len() == 4));
+    assert_eq!(pool.apply(square, 2).unwrap(), 4);
+    pool.join();
+    let printed = std::fs::read_to_string(&stderr).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr);
+    assert_eq!(printed.matches(marker).count(), 1, "{printed:?}");
+}
+
+#[test]
+fn no_descriptor_of_the_parent_reaches_the_zygote_or_a_worker() {
+    let _w = watchdog(
+        "no_descriptor_of_the_parent_reaches_the_zygote_or_a_worker",
+        LIMIT,
+    );
+    // A file opened without close-on-exec, on purpose.
+    let path = temp_path("parent-only");
+    std::fs::write(&path, b"the parent's").unwrap();
+    let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
+    // SAFETY: open reads a NUL-terminated path and returns a descriptor or -1.
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
+    let pool = builder(2).build().unwrap();
+    let zygote = zygote_of(&pool);
+    let name = path.display().to_string();
+    for pid in pool.worker_pids().into_iter().chain([zygote]) {
+        let table = procpool_tests::fd_table(pid);
+        assert!(!table.iter().any(|l| l.contains(&name)), "{pid}: {table:?}");
+        // 0-2, the protocol at 3 and 4 (the zygote: its socket), and a
+        // pidfd for the pool at 5: nothing else.
+        assert_eq!(table.len(), 6, "{pid}: {table:?}");
+        assert!(table[5].contains("pidfd"), "{pid}: {table:?}");
+    }
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_zygote_that_dies_at_start_fails_the_build_with_its_reason() {
+    let _w = watchdog(
+        "a_zygote_that_dies_at_start_fails_the_build_with_its_reason",
+        LIMIT,
+    );
+    let counter = temp_path("zygote-starts");
+    let err = builder(2)
+        .worker_args([
+            "--crash-at".into(),
+            "start".into(),
+            "--death".into(),
+            "segv".into(),
+            "--counter".into(),
+            counter.clone().into_os_string(),
+        ])
+        .build()
+        .unwrap_err();
+    let _ = std::fs::remove_file(&counter);
+    assert!(err.to_string().contains("zygote"), "{err}");
+}
+
+#[test]
+fn a_failing_initializer_in_the_zygote_fails_the_build_as_with_exec() {
+    let _w = watchdog(
+        "a_failing_initializer_in_the_zygote_fails_the_build_as_with_exec",
+        LIMIT,
+    );
+    for method in [StartMethod::Exec, StartMethod::Zygote] {
+        let err = Pool::builder()
+            .workers(2)
+            .worker_program(FAULT_WORKER)
+            .start_method(method)
+            .initializer(procpool_tests::init_fail, "no config".to_owned())
+            .build()
+            .unwrap_err();
+        assert!(err.is_startup(), "{method:?}: {err}");
+        assert!(err.to_string().contains("no config"), "{method:?}: {err}");
+    }
+}
+
+#[test]
+fn an_in_process_pool_has_no_zygote() {
+    let err = Pool::builder()
+        .in_process(procpool_tests::registry())
+        .start_method(StartMethod::Zygote)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("in-process"), "{err}");
 }
