@@ -397,6 +397,7 @@ impl Builder {
                 self.startup_timeout,
                 self.restart_limit,
                 self.max_frame,
+                did_not_serve.clone(),
             ))));
         }
         let config = Config {

@@ -429,7 +429,7 @@ impl WorkerProcess {
         let exit = match &mut self.kind {
             Kind::Process(child) => loop {
                 match child.wait() {
-                    Ok(status) => break exit_of(status),
+                    Ok(status) => break Exit::of(status),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         // ECHILD: the kernel reaped it (the host program set
@@ -441,15 +441,16 @@ impl WorkerProcess {
                 }
             },
             Kind::Forked { pid, zygote } => {
-                let exit = zygote.lock().reap(*pid);
-                exit.unwrap_or_else(|| {
-                    // Its zygote is gone, and init reaps it: wait until it
-                    // has ended (it exited or was sent SIGKILL).
-                    if let Some(fd) = &self.pidfd {
-                        sys::pidfd_wait(fd.as_fd(), std::time::Duration::from_secs(5));
+                // It has exited or was sent SIGKILL: wait until it is a
+                // zombie (as `wait` would for an exec'd one), so the zygote
+                // answers at once and a slow death is not blamed on it.
+                if let Some(fd) = &self.pidfd {
+                    if !sys::pidfd_wait(fd.as_fd(), std::time::Duration::from_secs(60)) {
+                        log::warn!("procpool: worker {pid} did not end a minute after SIGKILL");
                     }
-                    Exit::Unknown
-                })
+                }
+                // None: its zygote is gone (and init reaps it).
+                zygote.lock().reap(*pid).unwrap_or(Exit::Unknown)
             }
             Kind::Thread(handle) => match handle.take() {
                 // A thread whose serve loop just returned needs a moment to
@@ -510,10 +511,13 @@ fn finishes_soon(h: &std::thread::JoinHandle<i32>) -> bool {
     h.is_finished()
 }
 
-fn exit_of(status: ExitStatus) -> Exit {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => Exit::Code(c),
-        (None, Some(s)) => Exit::Signal(s),
-        (None, None) => Exit::Unknown,
+impl Exit {
+    /// How a child's status reads.
+    pub(crate) fn of(status: ExitStatus) -> Exit {
+        match (status.code(), status.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Unknown,
+        }
     }
 }

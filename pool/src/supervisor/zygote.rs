@@ -24,19 +24,26 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::Child;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use procpool_protocol::{
     ExitReport, FrameDecoder, FromWorker, NotForked, PREAMBLE_LEN, ToWorker, check_preamble,
-    decode_from_worker, encode_init, encode_message, preamble,
+    decode_from_worker, encode_init, encode_message, exit_code, preamble,
 };
 
 use super::handshake::{self, Initializer, Refusal};
 use super::respawn::{Limit, Respawn};
 use crate::error::{Error, ErrorKind, Exit};
 use crate::sys::FdSocket;
+
+/// How long a started zygote may take to answer a fork or a reap. The
+/// dispatcher waits for the answer (a fork takes a millisecond or so), so
+/// a zygote that stops answering (stopped, swapped out, wedged) costs this
+/// much once; then it is given up and replaced.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(2);
 
 /// One zygote process, as the pool talks to it.
 #[derive(Debug)]
@@ -45,10 +52,13 @@ pub(crate) struct Zygote {
     sock: FdSocket,
     decoder: FrameDecoder,
     max_frame: u32,
-    /// How long an answer may take.
+    /// How long its start (handshake and initializer) may take.
     patience: Duration,
     /// It stopped answering (or was refused): it is not asked again.
     lost: bool,
+    /// The launcher's flag, set if it exits with
+    /// [`exit_code::DID_NOT_SERVE`](procpool_protocol::exit_code).
+    did_not_serve: Arc<AtomicBool>,
 }
 
 /// Why a fork did not give a worker.
@@ -64,7 +74,13 @@ pub(crate) enum ForkError {
 
 impl Zygote {
     /// Wraps a zygote just started with `sock` as its stdin and stdout.
-    pub(crate) fn new(child: Child, sock: OwnedFd, max_frame: u32, patience: Duration) -> Self {
+    pub(crate) fn new(
+        child: Child,
+        sock: OwnedFd,
+        max_frame: u32,
+        patience: Duration,
+        did_not_serve: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             child,
             sock: FdSocket::new(sock),
@@ -72,6 +88,7 @@ impl Zygote {
             max_frame,
             patience,
             lost: false,
+            did_not_serve,
         }
     }
 
@@ -84,9 +101,7 @@ impl Zygote {
         let deadline = Instant::now() + self.patience;
         let pid = self.pid();
         let fail = |m: String| Error::startup(format!("the zygote (pid {pid}) {m}"));
-        self.sock
-            .send(&preamble(), &[])
-            .map_err(|e| fail(format!("cannot be written to: {e}")))?;
+        self.send(&preamble(), &[]).map_err(fail)?;
         let theirs = loop {
             if let Some(p) = self.decoder.take_raw::<PREAMBLE_LEN>() {
                 break p;
@@ -116,9 +131,7 @@ impl Zygote {
                 message: format!("its argument does not fit a frame: {e}"),
             })
         })?;
-        self.sock
-            .send(&out, &[])
-            .map_err(|e| fail(format!("cannot be written to: {e}")))?;
+        self.send(&out, &[]).map_err(fail)?;
         let frame = self.next_frame(deadline).map_err(fail)?;
         match decode_from_worker(&frame) {
             Ok(FromWorker::InitDone(outcome)) => {
@@ -207,10 +220,15 @@ impl Zygote {
         }
         let mut out = Vec::new();
         encode_message(&mut out, msg, self.max_frame).map_err(|e| e.to_string())?;
-        self.sock
-            .send(&out, fds)
-            .map_err(|e| format!("cannot be written to: {e}"))?;
-        self.next_frame(Instant::now() + self.patience)
+        self.send(&out, fds)?;
+        self.next_frame(Instant::now() + ANSWER_PATIENCE)
+    }
+
+    fn send(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), String> {
+        self.sock.send(bytes, fds).map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => self.ended(),
+            _ => format!("cannot be written to: {e}"),
+        })
     }
 
     /// The next frame that is not a log record (those are logged).
@@ -234,14 +252,40 @@ impl Zygote {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.sock.readable_within(left) {
             Ok(true) => {}
-            Ok(false) => return Err(format!("did not answer within {:?}", self.patience)),
+            Ok(false) => return Err("did not answer in time".into()),
             Err(e) => return Err(format!("cannot be waited for: {e}")),
         }
         match self.decoder.read_from(&mut self.sock) {
-            Ok(0) => Err("ended".into()),
+            Ok(0) => Err(self.ended()),
+            // It ended with bytes of ours unread.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(self.ended()),
             Ok(_) => Ok(()),
             Err(e) => Err(format!("cannot be read from: {e}")),
         }
+    }
+}
+
+impl Zygote {
+    /// What to say of a zygote whose socket ended: how it ended, if it
+    /// exits within a moment.
+    fn ended(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                _ => break None,
+            }
+        };
+        let Some(status) = status else {
+            return "closed its socket".into();
+        };
+        if status.code() == Some(exit_code::DID_NOT_SERVE) {
+            self.did_not_serve.store(true, Ordering::Release);
+        }
+        format!("ended ({})", Exit::of(status))
     }
 }
 
@@ -273,6 +317,7 @@ pub(crate) struct Zygotes {
     init: Option<Arc<Initializer>>,
     patience: Duration,
     max_frame: u32,
+    did_not_serve: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Zygotes {
@@ -299,11 +344,13 @@ pub(crate) struct ForkedWorker {
 impl Zygotes {
     /// `patience`: how long a zygote may take to start (and to answer);
     /// `limit`: how often it may fail before the pool gives it up.
+    /// `did_not_serve`: the launcher's flag (see `Launch`).
     pub(crate) fn new(
         init: Option<Arc<Initializer>>,
         patience: Duration,
         limit: Limit,
         max_frame: u32,
+        did_not_serve: Arc<AtomicBool>,
     ) -> Self {
         Self {
             state: State::Unstarted,
@@ -311,6 +358,7 @@ impl Zygotes {
             init,
             patience,
             max_frame,
+            did_not_serve,
         }
     }
 
@@ -327,7 +375,10 @@ impl Zygotes {
     ) -> Result<Option<ForkedWorker>, Error> {
         let now = Instant::now();
         let (max_frame, patience) = (self.max_frame, self.patience);
-        let spawn = || spawn().map(|(child, sock)| Zygote::new(child, sock, max_frame, patience));
+        let flag = &self.did_not_serve;
+        let spawn = || {
+            spawn().map(|(child, sock)| Zygote::new(child, sock, max_frame, patience, flag.clone()))
+        };
         match std::mem::replace(&mut self.state, State::Off) {
             State::Unstarted => {
                 let mut z = spawn()

@@ -8,6 +8,8 @@
 //!
 //! With `ASKS_IS_WORKER` set, it serves the other way a program may:
 //! `if is_worker() { worker::run(&tasks) }`, and its pool works.
+//!
+//! With `ZYGOTE` set, its pool forks its workers from a zygote.
 
 fn square(x: u64) -> u64 {
     x * x
@@ -21,7 +23,14 @@ fn main() -> Result<(), procpool::Error> {
     if std::env::var_os("FORGOT_IN_WORKERS_ONLY").is_some() && !procpool::worker::is_worker() {
         procpool::serve_if_worker(&tasks);
     }
-    let pool = procpool::Pool::builder().workers(4).build()?;
+    let method = match std::env::var_os("ZYGOTE") {
+        Some(_) => procpool::StartMethod::Zygote,
+        None => procpool::StartMethod::Exec,
+    };
+    let pool = procpool::Pool::builder()
+        .workers(4)
+        .start_method(method)
+        .build()?;
     println!("{:?}", pool.map(square, 0..4u64)?);
     Ok(())
 }

@@ -400,7 +400,9 @@ fn a_zygote_that_dies_at_start_fails_the_build_with_its_reason() {
         .build()
         .unwrap_err();
     let _ = std::fs::remove_file(&counter);
-    assert!(err.to_string().contains("zygote"), "{err}");
+    let text = err.to_string();
+    assert!(err.is_startup(), "{err}");
+    assert!(text.contains("zygote") && text.contains("SIGSEGV"), "{err}");
 }
 
 #[test]
@@ -430,4 +432,31 @@ fn an_in_process_pool_has_no_zygote() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("in-process"), "{err}");
+}
+
+#[test]
+fn a_zygote_copy_that_builds_a_pool_is_explained_once() {
+    let _w = watchdog("a_zygote_copy_that_builds_a_pool_is_explained_once", LIMIT);
+    // The parent calls serve_if_worker, its copies (the zygote) do not.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forgot-serve-if-worker"))
+        .env("FORGOT_IN_WORKERS_ONLY", "1")
+        .env("ZYGOTE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("started as a worker, built a pool instead of serving"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Asked the other way, the zygote serves and its pool works.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forgot-serve-if-worker"))
+        .env("ASKS_IS_WORKER", "1")
+        .env("ZYGOTE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[0, 1, 4, 9]\n");
+    assert_eq!(out.status.code(), Some(0));
 }
