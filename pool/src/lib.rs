@@ -73,6 +73,9 @@
 //! - Per-worker state: [`Registry::initializer`],
 //!   [`Registry::task_with_state`], [`Builder::worker_state`], and the
 //!   worker's number, [`worker::index`] (see below).
+//! - [`Builder::start_method`]: exec (the default) or
+//!   [`StartMethod::Zygote`], for workers whose start-up is expensive
+//!   (see "Start methods").
 //!
 //! # Per-worker state
 //!
@@ -148,14 +151,84 @@
 //!
 //! # How workers start
 //!
-//! Never with a bare `fork()`: a fork of a multi-threaded parent copies
-//! locks held by other threads (held forever in the child), shares file
-//! offsets and duplicates buffered output. Workers are started by exec only
-//! (`std::process::Command`, no `pre_exec` code), each in its own process
-//! group. The worker runtime moves the protocol pipes off stdin/stdout at
+//! Never with a bare `fork()` of your process: a fork of a multi-threaded
+//! parent copies locks held by other threads (held forever in the child),
+//! shares file offsets and duplicates buffered output. Workers are started
+//! by exec (`std::process::Command`, no `pre_exec` code), or forked from a
+//! zygote that was itself started by exec and checks it has one thread
+//! (see "Start methods"), each in its own process group. The worker runtime moves the protocol pipes off stdin/stdout at
 //! once, points stdin at `/dev/null` and stdout at stderr, and closes any
 //! descriptor it inherited by accident: a task that prints cannot corrupt
 //! the protocol, and nothing of the parent leaks in.
+//!
+//! # Start methods
+//!
+//! Exec ([`StartMethod::Exec`], the default) pays a worker's whole start
+//! for every worker and every replacement: exec, then the initializer. An
+//! initializer that loads a 2 GB model or builds a large index makes each
+//! respawn cost seconds, and N workers hold N private copies.
+//!
+//! [`StartMethod::Zygote`] is Python's `forkserver`, with its safety
+//! checked rather than hoped for. The pool exec's one **zygote** (the same
+//! worker program, in zygote mode), which runs the initializer once and
+//! then forks each worker on request: a worker starts in about a
+//! millisecond with the initializer's state already in memory, shared
+//! copy-on-write with its siblings (memory that stays unwritten is held
+//! once, not once per worker). The pool's own process never forks.
+//!
+//! ```no_run
+//! # fn load_index(path: String) -> Vec<u64> { Vec::new() }
+//! # fn lookup(index: &Vec<u64>, key: u64) -> Option<u64> { None }
+//! use procpool::{Pool, StartMethod};
+//! # fn main() -> Result<(), procpool::Error> {
+//! let tasks = procpool::Registry::new()
+//!     .initializer(load_index)
+//!     .task_with_state(lookup);
+//! procpool::serve_if_worker(&tasks);
+//! let pool = Pool::builder()
+//!     .start_method(StartMethod::Zygote)
+//!     .worker_state(load_index, "index.bin".to_owned())
+//!     .build()?;
+//! let hits = pool.map(lookup, 0..1000u64)?;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Why it is safe.** A fork copies only the thread that calls it; a
+//!   lock another thread held (the allocator's, stdout's, a logger's)
+//!   stays held forever in the child. The zygote is a fresh process of our
+//!   own; before *every* fork it counts its threads (`/proc/self/task`)
+//!   and forks only if there is exactly one. It flushes its buffered
+//!   output first, so nothing is written twice, and it was started by exec
+//!   and closed every descriptor it inherited, so nothing of the parent's
+//!   reaches a worker. Each worker gets its own pipes from the pool
+//!   (passed to the zygote with `SCM_RIGHTS`), its own process group, and
+//!   becomes a child subreaper, as an exec'd worker does.
+//! - **When it falls back.** An initializer that leaves a thread running
+//!   (a library that starts a thread pool, a logger thread) makes the
+//!   zygote refuse to fork: the pool logs an error naming the thread count
+//!   and starts its workers by exec for the rest of its life (each running
+//!   the initializer itself); results are the same, only start-up costs
+//!   more. A zygote that dies (killed, crashed) costs no running worker:
+//!   replacements are started by exec while a new zygote starts, in the
+//!   background, under the pool's restart limit (past it, exec for good).
+//! - **Supervision is the same.** A forked worker's death is seen through
+//!   a pidfd the zygote opened; the zygote reaps it when the pool asks and
+//!   reports its exact status. Deadlines, cancel, recycling, memory limits,
+//!   crash attribution and exactly-once behave as with exec'd workers. The
+//!   zygote and its workers end with the pool, also when the pool's
+//!   process is SIGKILLed (a worker's parent is the zygote, so instead of a
+//!   parent-death signal each worker watches the pool's pidfd with a small
+//!   thread).
+//! - **What it costs.** One more process, and a start of the pool that
+//!   waits for the zygote's initializer. What the state holds is a copy
+//!   per worker of the zygote's: a file the initializer opened is one
+//!   open file shared by every worker, offset included (read it with
+//!   positioned reads, or open files per worker in the task); the zygote's
+//!   own copy of the state is never dropped (its `Drop` would act on what
+//!   the workers share). The initializer runs before any worker exists, so
+//!   [`worker::index`] is `None` there (it is the worker's own in every
+//!   task). A zygote that stops answering stalls the pool's dispatcher for
+//!   at most two seconds before it is replaced.
 //!
 //! # Chunks
 //!
@@ -288,6 +361,9 @@
 //!   grace period is detached and left running (its unreported items fail;
 //!   none runs twice). A blocking `apply` waiting on such a thread still
 //!   ends at `terminate`, with `Terminated`.
+//! - **Zygote workers** share the state their zygote's initializer made,
+//!   copy-on-write: see "Start methods" for what that means for files it
+//!   opened and for [`worker::index`] in the initializer.
 //! - **Platform:** Linux. The process handling relies on `close_range`,
 //!   `eventfd`, pidfds, `memfd_create`, `/proc/self/exe` and
 //!   `/proc/<pid>/task/*/children`.
