@@ -18,7 +18,11 @@
 //! - parent death: a parent killed with SIGKILL while its workers are busy
 //!   leaves no worker behind (checked from outside that parent);
 //! - a spawn that fails for lack of descriptors (`RLIMIT_NOFILE`) is
-//!   retried with backoff, and the pool recovers when descriptors are back.
+//!   retried with backoff, and the pool recovers when descriptors are back;
+//! - the zygote start method in re-exec mode: the zygote is this
+//!   executable too; the same lock-holding threads beside at least 200
+//!   forked worker starts, and a SIGKILLed parent leaves neither zygote
+//!   nor worker behind.
 //!
 //! Every scenario runs under a watchdog. The last line is the usual
 //! `N passed, M failed`.
@@ -28,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use procpool::{Pool, Registry};
+use procpool::{Pool, Registry, StartMethod};
 use procpool_tests::{fd_table, noisy, watchdog};
 
 static STD_LOCK: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
@@ -106,8 +110,22 @@ fn main() {
     procpool::serve_if_worker(&tasks);
 
     if std::env::args().any(|a| a == "--busy-parent") {
-        // The parent to be killed: busy workers, their pids on stdout.
-        let pool = Pool::builder().workers(2).build().unwrap();
+        // The parent to be killed: busy workers, their pids on stdout (and,
+        // with `--zygote`, the zygote's pid first).
+        let zygote = std::env::args().any(|a| a == "--zygote");
+        let method = if zygote {
+            StartMethod::Zygote
+        } else {
+            StartMethod::Exec
+        };
+        let pool = Pool::builder()
+            .workers(2)
+            .start_method(method)
+            .build()
+            .unwrap();
+        if zygote {
+            print!("{} ", parent_of(pool.worker_pids()[0]));
+        }
         let _busy: Vec<_> = (0..4)
             .map(|_| pool.apply_async(sleep_ms, 600_000).unwrap())
             .collect();
@@ -120,7 +138,7 @@ fn main() {
 
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
 
-    let scenarios: [(&str, fn()); 6] = [
+    let scenarios: [(&str, fn()); 8] = [
         (
             "reexec_pool_maps_in_worker_processes",
             reexec_pool_maps_in_worker_processes,
@@ -141,6 +159,14 @@ fn main() {
         (
             "a_spawn_without_descriptors_is_retried",
             a_spawn_without_descriptors_is_retried,
+        ),
+        (
+            "zygote_fork_hazard_never_deadlocks",
+            zygote_fork_hazard_never_deadlocks,
+        ),
+        (
+            "zygote_and_workers_die_with_a_sigkilled_parent",
+            zygote_and_workers_die_with_a_sigkilled_parent,
         ),
     ];
     let filter: Vec<String> = std::env::args()
@@ -184,6 +210,23 @@ fn reexec_pool_maps_in_worker_processes() {
 }
 
 fn fork_hazard_never_deadlocks() {
+    fork_hazard(StartMethod::Exec, 2);
+}
+
+/// The same hazard beside a zygote pool: the parent never forks, and the
+/// zygote forks only with one thread, so no worker inherits a held lock.
+fn zygote_fork_hazard_never_deadlocks() {
+    fork_hazard(StartMethod::Zygote, 8);
+}
+
+/// The pid of `pid`'s parent.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn fork_hazard(method: StartMethod, workers: usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let holds = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..8)
@@ -222,13 +265,22 @@ fn fork_hazard_never_deadlocks() {
     let mut spawned = 0;
     let mut pools = 0;
     while spawned < 200 {
-        let pool = Pool::builder().workers(2).build().unwrap();
+        let pool = Pool::builder()
+            .workers(workers)
+            .start_method(method)
+            .build()
+            .unwrap();
         let pids = pool
             .with_chunksize(1)
-            .map(take_every_lock, 0..4u64)
+            .map(take_every_lock, 0..2 * workers as u64)
             .unwrap();
-        assert_eq!(pids.len(), 4);
-        spawned += pool.stats().workers_started;
+        assert_eq!(pids.len(), 2 * workers);
+        let stats = pool.stats();
+        if method == StartMethod::Zygote {
+            // Every worker was forked (none fell back to exec).
+            assert_eq!(stats.workers_forked, stats.workers_started);
+        }
+        spawned += stats.workers_started;
         pools += 1;
     }
     stop.store(true, Ordering::Relaxed);
@@ -236,7 +288,7 @@ fn fork_hazard_never_deadlocks() {
         t.join().unwrap();
     }
     assert!(
-        spawned >= 200 && pools >= 100,
+        spawned >= 200 && pools >= 200 / workers as u64,
         "{spawned} spawns in {pools} pools"
     );
     assert!(
@@ -280,8 +332,17 @@ fn reexec_stdio_and_descriptors() {
 }
 
 fn workers_die_with_a_sigkilled_parent() {
+    sigkilled_parent(&[]);
+}
+
+fn zygote_and_workers_die_with_a_sigkilled_parent() {
+    sigkilled_parent(&["--zygote"]);
+}
+
+fn sigkilled_parent(args: &[&str]) {
     let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("--busy-parent")
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -295,7 +356,7 @@ fn workers_die_with_a_sigkilled_parent() {
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    assert_eq!(pids.len(), 2, "{line:?}");
+    assert_eq!(pids.len(), 2 + args.len(), "{line:?}");
     assert!(pids.iter().all(|&p| procpool_tests::process_exists(p)));
     procpool_tests::kill(parent.id(), libc::SIGKILL);
     assert!(parent.wait().unwrap().code().is_none());
@@ -303,7 +364,7 @@ fn workers_die_with_a_sigkilled_parent() {
         procpool_tests::wait_until(Duration::from_secs(10), || pids
             .iter()
             .all(|&p| procpool_tests::not_running(p))),
-        "workers {pids:?} outlived their parent"
+        "workers (or zygote) {pids:?} outlived their parent"
     );
 }
 
