@@ -23,13 +23,25 @@ fn ppid_of(pid: u32) -> u32 {
     after.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The zygote worker `pid` was forked from: its parent, if that is a
+/// child of this process (a worker whose zygote died has another parent:
+/// init, or a subreaper).
+fn zygote_parent(pid: u32) -> Option<u32> {
+    let me = std::process::id();
+    let parent = ppid_of(pid);
+    (parent != me && ppid_of(parent) == me).then_some(parent)
+}
+
 /// The zygote of a pool whose workers were all forked: their one parent.
 fn zygote_of(pool: &Pool) -> u32 {
-    let parents: HashSet<u32> = pool.worker_pids().iter().map(|&p| ppid_of(p)).collect();
+    let pids = pool.worker_pids();
+    let parents: HashSet<Option<u32>> = pids.iter().map(|&p| zygote_parent(p)).collect();
     assert_eq!(parents.len(), 1, "one zygote: {parents:?}");
-    let zygote = *parents.iter().next().unwrap();
-    assert_ne!(zygote, std::process::id(), "the workers were exec'd");
-    zygote
+    parents
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap_or_else(|| panic!("workers {pids:?} were not forked by a zygote of ours"))
 }
 
 /// Records of this test process's logger, for the tests that look for
@@ -200,10 +212,11 @@ fn a_dead_zygote_costs_no_running_worker_and_is_started_again() {
             pids.len() == 2 && !pids.contains(&victim)
         }));
         assert_eq!(pool.apply(square, 3).unwrap(), 9);
-        let parents: Vec<u32> = pool.worker_pids().iter().map(|&p| ppid_of(p)).collect();
+        let pids = pool.worker_pids();
+        let parents: Vec<u32> = pids.iter().map(|&p| ppid_of(p)).collect();
         assert!(!parents.contains(&zygote), "{parents:?}");
         exec_seen |= parents.contains(&std::process::id());
-        parents.iter().any(|&p| p != std::process::id())
+        pids.iter().any(|&p| zygote_parent(p).is_some())
     });
     assert!(back, "no worker was forked from a new zygote");
     assert!(
@@ -459,4 +472,74 @@ fn a_zygote_copy_that_builds_a_pool_is_explained_once() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[0, 1, 4, 9]\n");
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// Kills workers of `pool` one at a time until a replacement is forked
+/// from a zygote other than `not`: that zygote's pid.
+fn next_zygote(pool: &Pool, not: u32) -> u32 {
+    let mut found = None;
+    let back = wait_until(LIMIT, || {
+        let victim = pool.worker_pids()[0];
+        kill(victim, libc::SIGKILL);
+        assert!(wait_until(LIMIT, || {
+            let pids = pool.worker_pids();
+            pids.len() == 2 && !pids.contains(&victim)
+        }));
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        found = pool
+            .worker_pids()
+            .iter()
+            .filter_map(|&p| zygote_parent(p))
+            .find(|&z| z != not);
+        found.is_some()
+    });
+    assert!(back, "no worker was forked from a new zygote");
+    found.unwrap()
+}
+
+#[test]
+fn a_zygote_past_its_restart_limit_is_given_up_for_exec() {
+    let _w = watchdog(
+        "a_zygote_past_its_restart_limit_is_given_up_for_exec",
+        LIMIT * 3,
+    );
+    capture_logs();
+    let pool = builder(2)
+        .restart_limit(1, Duration::from_secs(600))
+        .build()
+        .unwrap();
+    // First death: within the limit, a new zygote comes.
+    let first = zygote_of(&pool);
+    kill(first, libc::SIGKILL);
+    assert!(wait_until(LIMIT, || not_running(first)));
+    let second = next_zygote(&pool, first);
+    // Second death: past the limit, exec from now on.
+    kill(second, libc::SIGKILL);
+    assert!(wait_until(LIMIT, || not_running(second)));
+    let forked = pool.stats().workers_forked;
+    for _ in 0..4 {
+        let victim = pool.worker_pids()[0];
+        kill(victim, libc::SIGKILL);
+        assert!(wait_until(LIMIT, || {
+            let pids = pool.worker_pids();
+            pids.len() == 2 && !pids.contains(&victim)
+        }));
+        // Longer than any backoff: a restart would have happened by now.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    assert_eq!(
+        pool.stats().workers_forked,
+        forked,
+        "forked after the limit"
+    );
+    for pid in pool.worker_pids() {
+        assert_eq!(ppid_of(pid), std::process::id(), "worker {pid}");
+    }
+    let said = logged("starts its workers by exec from now on");
+    assert!(
+        said.iter()
+            .any(|(l, m)| *l == log::Level::Error && m.contains(&second.to_string())),
+        "{said:?}"
+    );
 }
