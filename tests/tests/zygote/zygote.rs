@@ -44,6 +44,17 @@ fn zygote_of(pool: &Pool) -> u32 {
         .unwrap_or_else(|| panic!("workers {pids:?} were not forked by a zygote of ours"))
 }
 
+/// SIGKILLs one worker of `pool` and waits until a replacement serves in
+/// its place.
+fn kill_and_replace(pool: &Pool) {
+    let victim = pool.worker_pids()[0];
+    kill(victim, libc::SIGKILL);
+    assert!(wait_until(LIMIT, || {
+        let pids = pool.worker_pids();
+        pids.len() == pool.workers() && !pids.contains(&victim)
+    }));
+}
+
 /// Records of this test process's logger, for the tests that look for
 /// one. (Installed once; other tests' records land here too.)
 struct Capture(Mutex<Vec<(log::Level, String)>>);
@@ -168,12 +179,7 @@ fn a_zygote_whose_initializer_left_a_thread_running_never_forks() {
     let want: Vec<u64> = (0..1000u64).map(|x| x * x).collect();
     assert_eq!(pool.map(square, 0..1000u64).unwrap(), want);
     // Replacements too.
-    let victim = pool.worker_pids()[0];
-    kill(victim, libc::SIGKILL);
-    assert!(wait_until(LIMIT, || {
-        let pids = pool.worker_pids();
-        pids.len() == 3 && !pids.contains(&victim)
-    }));
+    kill_and_replace(&pool);
     assert_eq!(pool.apply(square, 7).unwrap(), 49);
     assert_eq!(pool.stats().workers_forked, 0);
     let said = logged("threads after its initializer");
@@ -205,12 +211,7 @@ fn a_dead_zygote_costs_no_running_worker_and_is_started_again() {
     // new zygote once it is back.
     let mut exec_seen = false;
     let back = wait_until(LIMIT, || {
-        let victim = pool.worker_pids()[0];
-        kill(victim, libc::SIGKILL);
-        assert!(wait_until(LIMIT, || {
-            let pids = pool.worker_pids();
-            pids.len() == 2 && !pids.contains(&victim)
-        }));
+        kill_and_replace(&pool);
         assert_eq!(pool.apply(square, 3).unwrap(), 9);
         let pids = pool.worker_pids();
         let parents: Vec<u32> = pids.iter().map(|&p| ppid_of(p)).collect();
@@ -479,12 +480,7 @@ fn a_zygote_copy_that_builds_a_pool_is_explained_once() {
 fn next_zygote(pool: &Pool, not: u32) -> u32 {
     let mut found = None;
     let back = wait_until(LIMIT, || {
-        let victim = pool.worker_pids()[0];
-        kill(victim, libc::SIGKILL);
-        assert!(wait_until(LIMIT, || {
-            let pids = pool.worker_pids();
-            pids.len() == 2 && !pids.contains(&victim)
-        }));
+        kill_and_replace(pool);
         assert_eq!(pool.apply(square, 3).unwrap(), 9);
         found = pool
             .worker_pids()
@@ -518,12 +514,7 @@ fn a_zygote_past_its_restart_limit_is_given_up_for_exec() {
     assert!(wait_until(LIMIT, || not_running(second)));
     let forked = pool.stats().workers_forked;
     for _ in 0..4 {
-        let victim = pool.worker_pids()[0];
-        kill(victim, libc::SIGKILL);
-        assert!(wait_until(LIMIT, || {
-            let pids = pool.worker_pids();
-            pids.len() == 2 && !pids.contains(&victim)
-        }));
+        kill_and_replace(&pool);
         // Longer than any backoff: a restart would have happened by now.
         std::thread::sleep(Duration::from_millis(50));
     }
