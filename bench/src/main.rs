@@ -1,6 +1,7 @@
 //! procpool beside its peers, in one run: Python's `multiprocessing.Pool`
 //! (spawn), rayon (the in-process ceiling) and a raw pipe round trip (the
-//! floor). Prints a table of medians and ratios. See `bench/README.md`.
+//! floor). Prints a table of medians and ratios; then the zygote start
+//! method against exec (`zygote.rs`). See `bench/README.md`.
 //!
 //! `cargo run --release -p procpool-bench [-- --quick]`
 
@@ -9,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use procpool::{Pool, Registry};
+
+mod zygote;
 
 fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
@@ -32,10 +35,12 @@ fn announce_and_sleep(path: String, ms: u64) -> u64 {
 }
 
 fn registry() -> Registry {
-    Registry::new()
-        .task(square)
-        .task(spin)
-        .task(announce_and_sleep)
+    zygote::register(
+        Registry::new()
+            .task(square)
+            .task(spin)
+            .task(announce_and_sleep),
+    )
 }
 
 struct Sizes {
@@ -308,6 +313,9 @@ fn run(sizes: &Sizes, quick: bool) {
     let python = run_python(quick);
     let py = |k: &str| python.as_ref().and_then(|p| json_number(p, k));
 
+    // h–j. The zygote start method against exec.
+    let zygote_rows = zygote::rows(if quick { &zygote::QUICK } else { &zygote::FULL });
+
     let us = |s: f64| format!("{:.1} µs", s * 1e6);
     let ms = |s: f64| format!("{:.2} ms", s * 1e3);
     let rate = |r: f64| format!("{:.0}/s", r);
@@ -390,6 +398,7 @@ fn run(sizes: &Sizes, quick: bool) {
         ratio: String::new(),
         target: "",
     });
+    rows.extend(zygote_rows);
 
     println!("| workload | procpool | peer | ratio | target |");
     println!("|---|---|---|---|---|");
