@@ -12,11 +12,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod state;
 mod zygote;
+mod zygote_review;
 pub use state::{
     Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
     tally_marker, worker_index,
 };
 pub use zygote::{init_print_partial, init_start_thread, parent_pid};
+pub use zygote_review::{
+    ballast_len, init_ballast_mib, init_ignore_sigchld, init_join_threads, init_sleep_if_exists,
+    init_spawn_child, spawn_sleeper,
+};
 
 /// `x * x`.
 pub fn square(x: u64) -> u64 {
@@ -646,6 +651,13 @@ pub fn registry() -> procpool::Registry {
         .task(parent_pid)
         .task(init_start_thread)
         .task(init_print_partial)
+        .task(init_spawn_child)
+        .task(init_join_threads)
+        .task(init_ignore_sigchld)
+        .task(init_sleep_if_exists)
+        .task(init_ballast_mib)
+        .task(ballast_len)
+        .task(spawn_sleeper)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)

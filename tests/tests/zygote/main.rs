@@ -17,6 +17,10 @@
 //!   their trees;
 //! - `recycle`: `max_tasks_per_worker` and the memory limit;
 //! - `lifecycle`: no leftover process, no leaked descriptor.
+//! - `review`: a hostile review of the zygote: the zygote stopped or killed
+//!   at awkward moments, initializers that start processes or ignore
+//!   SIGCHLD, subreaper and SIGCHLD-ignoring hosts, reused pids, many
+//!   restarts, a pool dropped during a restart, an `execve` of the pool.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -32,6 +36,7 @@ mod deadlines;
 mod lifecycle;
 #[path = "../integration/recycle.rs"]
 mod recycle;
+mod review;
 #[path = "../integration/review_halt.rs"]
 mod review_halt;
 #[path = "../integration/worker_state.rs"]
