@@ -38,7 +38,7 @@ use self::conn::{Conn, Violation};
 use self::settle::{Cause, Settle};
 use self::startup::Phase;
 use crate::error::{Error, Exit};
-use crate::supervisor::{Respawn, WorkerProcess};
+use crate::supervisor::{Respawn, WorkerProcess, ZygoteWatch};
 use crate::sys::{self, Waited};
 
 /// How long the dispatcher looks for a lone batch's reply before sleeping.
@@ -166,6 +166,8 @@ struct Dispatcher {
     /// The stop pipe: lent workers' callers watch the read end; the write
     /// end is dropped at `terminate` (and with the dispatcher).
     stop: (OwnedFd, Option<OwnedFd>),
+    /// The zygote's pidfd, watched so a zygote that dies is reaped at once.
+    zygote_watch: ZygoteWatch,
 }
 
 impl Dispatcher {
@@ -192,6 +194,7 @@ impl Dispatcher {
             init_task: None,
             next_slot: 0,
             stop: (stop.0, Some(stop.1)),
+            zygote_watch: ZygoteWatch::default(),
         }
     }
 
@@ -310,6 +313,7 @@ impl Dispatcher {
         let spin = !self.settle.queued() && self.settle.total_in_flight() == 1;
         let mut readable = Vec::new();
         let mut exited = Vec::new();
+        let mut zygote_died = false;
         let waited;
         {
             // Per worker: [output, input, pidfd] (unused slots watch the
@@ -329,6 +333,12 @@ impl Dispatcher {
                     Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLIN)),
                     None => fds.push(none()),
                 }
+            }
+            // Last: the zygote's pidfd, if the pool forks from one.
+            let zygote = self.config.launch.zygote.as_deref();
+            match zygote.and_then(|z| self.zygote_watch.fd(z)) {
+                Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLIN)),
+                None => fds.push(none()),
             }
             let mut got = if busy {
                 sys::peek(&mut fds)?
@@ -351,7 +361,9 @@ impl Dispatcher {
                 let _ = self.waker.fd.read();
             }
             if got == Waited::Ready {
-                for (i, f) in fds[1..].chunks(3).enumerate() {
+                zygote_died = fds.last().is_some_and(sys::flagged);
+                let workers = &fds[1..fds.len() - 1];
+                for (i, f) in workers.chunks(3).enumerate() {
                     if sys::flagged(&f[0]) && self.workers[i].conn.is_some() {
                         readable.push(self.workers[i].slot);
                     }
@@ -376,6 +388,11 @@ impl Dispatcher {
             }
         }
 
+        if zygote_died {
+            if let Some(z) = &self.config.launch.zygote {
+                self.zygote_watch.fired(z);
+            }
+        }
         let mut actions: Vec<(u64, Action)> = Vec::new();
         for slot in readable {
             if let Err(loss) = self.read_worker(slot, READS_PER_ROUND) {

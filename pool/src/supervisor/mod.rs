@@ -9,7 +9,7 @@
 //! - `handshake.rs`: what a starting worker must show (its task list, its
 //!   initializer's success) before it gets work;
 //! - `respawn.rs`: restart intensity and backoff, and a new worker's index;
-//! - `zygote.rs`: the zygote start method: forking workers from a process
+//! - `zygote/`: the zygote start method: forking workers from a process
 //!   that ran the initializer once, and falling back to exec.
 
 pub(crate) mod handshake;
@@ -20,4 +20,4 @@ mod zygote;
 
 pub(crate) use process::{Launch, WorkerProcess};
 pub(crate) use respawn::{Limit, Respawn, free_index};
-pub(crate) use zygote::Zygotes;
+pub(crate) use zygote::{ZygoteWatch, Zygotes};

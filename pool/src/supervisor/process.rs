@@ -406,12 +406,11 @@ impl WorkerProcess {
             }
             None => Ok(()),
         };
-        let grouped = || {
-            if group {
-                sys::signal_group(pid, signal)
-            } else {
-                Ok(())
-            }
+        let grouped = || match (&self.kind, group) {
+            (_, false) => Ok(()),
+            // Held: see above.
+            (Kind::Forked { .. }, true) => sys::signal_held_group(pid, signal),
+            (_, true) => sys::signal_group(pid, signal),
         };
         if let Err(e) = direct.and_then(|()| grouped()) {
             log::warn!("procpool: cannot signal worker {pid}: {e}");
@@ -449,8 +448,20 @@ impl WorkerProcess {
                         log::warn!("procpool: worker {pid} did not end a minute after SIGKILL");
                     }
                 }
-                // None: its zygote is gone (and init reaps it).
-                zygote.lock().reap(*pid).unwrap_or(Exit::Unknown)
+                // None: its zygote is gone. Its new parent reaps it: this
+                // process, if it is a subreaper (or init), else init.
+                let answer = zygote.lock().reap(*pid);
+                answer.unwrap_or_else(|| {
+                    match self
+                        .pidfd
+                        .as_ref()
+                        .and_then(|fd| sys::reap_if_ours(fd.as_fd()))
+                    {
+                        Some(procpool_protocol::ExitReport::Code(c)) => Exit::Code(c),
+                        Some(procpool_protocol::ExitReport::Signal(s)) => Exit::Signal(s),
+                        _ => Exit::Unknown,
+                    }
+                })
             }
             Kind::Thread(handle) => match handle.take() {
                 // A thread whose serve loop just returned needs a moment to

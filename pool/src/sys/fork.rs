@@ -54,9 +54,31 @@ impl FdSocket {
         (self.fds.len() >= n).then(|| self.fds.drain(..n).collect())
     }
 
-    /// Sends all of `bytes`, the first piece carrying `fds`.
-    pub(crate) fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        send_with_fds(self.fd.as_fd(), bytes, fds)
+    /// Sends all of `bytes`, the first piece carrying `fds`, by `deadline`
+    /// (`TimedOut` if the peer has not read enough of it by then).
+    pub(crate) fn send_until(
+        &self,
+        mut bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: std::time::Instant,
+    ) -> io::Result<()> {
+        let mut fds = fds;
+        while !bytes.is_empty() {
+            match send_some(self.fd.as_fd(), bytes, fds, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    fds = &[];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut poll = [PollFd::new(self.fd.as_fd(), PollFlags::POLLOUT)];
+                    if super::wait(&mut poll, Some(deadline))? != super::Waited::Ready {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the socket is readable or `timeout` passes; `false` on
@@ -115,31 +137,39 @@ pub(crate) fn send_with_fds(
     mut bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let mut first = true;
+    let mut fds = fds;
     while !bytes.is_empty() {
-        let cmsgs = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage<'_>] = if first && !raw.is_empty() {
-            &cmsgs
-        } else {
-            &[]
-        };
+        let n = send_some(sock, bytes, fds, MsgFlags::empty())?;
+        bytes = &bytes[n..];
+        fds = &[];
+    }
+    Ok(())
+}
+
+/// One `sendmsg` of (a first part of) `bytes` with `fds` attached; EINTR
+/// is retried.
+fn send_some(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: MsgFlags,
+) -> io::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    loop {
         match sendmsg::<()>(
             sock.as_raw_fd(),
             &[IoSlice::new(bytes)],
             cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
+            flags | MsgFlags::MSG_NOSIGNAL,
             None,
         ) {
-            Ok(n) => {
-                bytes = &bytes[n..];
-                first = false;
-            }
+            Ok(n) => return Ok(n),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
 }
 
 /// How many threads this process has.
@@ -203,18 +233,25 @@ pub(crate) fn reap_child(pid: u32) -> ExitReport {
 
 /// A forked worker's start-up, once the zygote's own control socket is
 /// closed (descriptors 3 and 4 free): puts its protocol pipes where an
-/// exec'd worker has them (3 and 4) and the pool's pidfd at 5. Every other
+/// exec'd worker has them (3 and 4), and the pool's lifeline at the lowest
+/// free number above (5, unless the initializer holds it). Every other
 /// descriptor stays: the zygote had closed what it inherited, so the rest
 /// are what its initializer opened, which the state may own.
 pub(crate) fn settle_forked_fds(
     input: OwnedFd,
     output: &mut std::fs::File,
-    pool: OwnedFd,
+    lifeline: OwnedFd,
 ) -> io::Result<(std::fs::File, OwnedFd)> {
     let input = super::move_to(input, super::PROTOCOL_IN_FD)?;
     *output = std::fs::File::from(super::copy_to(output.as_fd(), super::PROTOCOL_OUT_FD)?);
-    let pool = super::move_to(pool, super::POOL_PIDFD_FD)?;
-    Ok((std::fs::File::from(input), pool))
+    let lifeline = nix::fcntl::fcntl(
+        lifeline.as_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(super::LIFELINE_FD),
+    )?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) returned a fresh descriptor we own
+    // (the original is closed when `lifeline` drops).
+    let lifeline = unsafe { OwnedFd::from_raw_fd(lifeline) };
+    Ok((std::fs::File::from(input), lifeline))
 }
 
 /// A forked worker's start-up: leads a process group of its own, so a
@@ -224,35 +261,131 @@ pub(crate) fn own_process_group() -> io::Result<()> {
     Ok(())
 }
 
-/// A pidfd for this process's parent, checked to be the process `parent`
-/// (not a reaper that adopted us after it died).
-pub(crate) fn parent_pidfd(parent: u32) -> io::Result<OwnedFd> {
-    let fd = super::pidfd_open(parent)
-        .ok_or_else(|| io::Error::other("cannot open a pidfd for the pool"))?;
-    if nix::unistd::getppid().as_raw() as u32 != parent {
-        return Err(io::Error::other(
-            "the pool exited before the zygote started",
-        ));
-    }
-    Ok(fd)
-}
-
 /// A forked worker's parent is the zygote, whose death must not end it, so
-/// it cannot use the parent-death signal. Instead a small thread waits on
-/// the pool's pidfd and, when the pool is gone, SIGKILLs the worker's
-/// process group (the worker and what its tasks started).
-pub(crate) fn die_with_pool(pool: OwnedFd) -> io::Result<()> {
+/// it cannot use the parent-death signal. Instead a small thread watches
+/// the read end of the pool's lifeline, a pipe whose write end only the
+/// pool's process holds (close-on-exec): when that process exits, is
+/// killed or replaces itself with `execve`, the pipe hangs up, and the
+/// thread SIGKILLs the worker's process group (the worker and what its
+/// tasks started).
+pub(crate) fn die_with_pool(lifeline: OwnedFd) -> io::Result<()> {
     std::thread::Builder::new()
         .name("procpool-pool-watch".into())
         .stack_size(64 << 10)
         .spawn(move || {
-            let mut fds = [PollFd::new(pool.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
             while !matches!(super::wait(&mut fds, None), Ok(super::Waited::Ready)) {}
             // SAFETY: kill(0, SIGKILL) signals this process's own group,
             // which this process leads; it touches no memory.
             unsafe { libc::kill(0, libc::SIGKILL) };
         })?;
     Ok(())
+}
+
+/// SIGCHLD's disposition as the zygote's initializer left it, when that
+/// makes the kernel reap children at once (`SIG_IGN`, `SA_NOCLDWAIT`): the
+/// zygote puts the default back for itself, so a worker's pid stays held
+/// until the pool asks for it to be reaped, and each worker gets the
+/// initializer's choice back.
+#[derive(Clone, Copy)]
+pub(crate) struct ChildSignal(Option<libc::sigaction>);
+
+impl std::fmt::Debug for ChildSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ChildSignal")
+            .field(&self.0.is_some())
+            .finish()
+    }
+}
+
+impl ChildSignal {
+    /// Makes this process's children waitable (SIGCHLD at its default)
+    /// and returns what it was, if that was changed.
+    pub(crate) fn keep_children_waitable() -> io::Result<Self> {
+        // SAFETY: a zeroed sigaction is a valid value for sigaction to fill.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: with a null new action, sigaction only writes the current
+        // one into `old`, a live local.
+        if unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let reaped_at_once =
+            old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0;
+        if !reaped_at_once {
+            return Ok(Self(None));
+        }
+        // SAFETY: as above.
+        let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
+        default.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: installs the default disposition (no handler of ours)
+        // from a live local.
+        if unsafe { libc::sigaction(libc::SIGCHLD, &default, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self(Some(old)))
+    }
+
+    /// In a forked worker: puts back what the initializer had set.
+    pub(crate) fn restore(self) -> io::Result<()> {
+        let Some(old) = self.0 else {
+            return Ok(());
+        };
+        // SAFETY: reinstalls a disposition sigaction itself returned.
+        if unsafe { libc::sigaction(libc::SIGCHLD, &old, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Whether the process behind `pidfd` is our child and not yet reaped
+/// (running, or a zombie): while it is, its pid, and so its process group
+/// id, cannot name another process. Unlike a look by pid, a stranger that
+/// took a freed pid is never mistaken for it.
+pub(crate) fn pidfd_unreaped(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t through a pointer to a live
+    // local; WNOWAIT leaves the child waitable, WNOHANG never blocks.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    r == 0
+}
+
+/// Reaps the process behind `pidfd` if it has become our child (its
+/// zygote died and this process is a subreaper, or init): how it ended,
+/// or `None` if it is not our child or has not exited.
+pub(crate) fn reap_if_ours(pidfd: BorrowedFd<'_>) -> Option<ExitReport> {
+    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t through a pointer to a live
+    // local; WNOHANG never blocks; P_PIDFD names the process by descriptor.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    // SAFETY: waitid succeeded and filled `info`.
+    if r != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: as above; for a child that exited, si_status is its code or
+    // signal, told apart by si_code.
+    let status = unsafe { info.si_status() };
+    Some(match info.si_code {
+        libc::CLD_EXITED => ExitReport::Code(status),
+        libc::CLD_KILLED | libc::CLD_DUMPED => ExitReport::Signal(status),
+        _ => ExitReport::Unknown,
+    })
 }
 
 /// Whether the process behind `pidfd` has exited (its pidfd is readable).

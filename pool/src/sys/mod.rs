@@ -22,13 +22,14 @@ mod shm;
 mod wait;
 
 pub(crate) use fork::{
-    FdSocket, Forked, die_with_pool, fork_if_single_threaded, own_process_group, parent_pidfd,
-    pidfd_exited, pidfd_wait, reap_child, send_with_fds, settle_forked_fds, socket_pair,
+    ChildSignal, FdSocket, Forked, die_with_pool, fork_if_single_threaded, own_process_group,
+    pidfd_exited, pidfd_unreaped, pidfd_wait, reap_child, reap_if_ours, send_with_fds,
+    settle_forked_fds, socket_pair,
 };
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,
     die_with_parent, exited_unreaped, kill_descendants_of_self, limit_memory, pidfd_open,
-    pidfd_signal, signal_group, unreaped,
+    pidfd_signal, signal_group, signal_held_group, unreaped,
 };
 pub(crate) use shm::{MAX_RUNS_IN_FLIGHT, SharedCounter};
 pub(crate) use wait::{Waited, after, flagged, peek, wait};
@@ -36,9 +37,9 @@ pub(crate) use wait::{Waited, after, flagged, peek, wait};
 /// Descriptor numbers the worker runtime moves the protocol pipes to.
 const PROTOCOL_IN_FD: RawFd = 3;
 const PROTOCOL_OUT_FD: RawFd = 4;
-/// Where a forked worker keeps its pidfd for the pool (its zygote opened
-/// it there, first after the protocol descriptors).
-const POOL_PIDFD_FD: RawFd = 5;
+/// Where a forked worker keeps the read end of the pool's lifeline (the
+/// lowest free number from here).
+const LIFELINE_FD: RawFd = 5;
 
 /// The protocol pipes of a worker, moved off stdin and stdout.
 #[derive(Debug)]

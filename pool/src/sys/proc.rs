@@ -88,6 +88,13 @@ pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
     if !unreaped(pgid) {
         return Ok(());
     }
+    signal_held_group(pgid, signal)
+}
+
+/// Sends `signal` to the process group `pgid`, whose leader's pid the
+/// caller knows to be held (a zygote keeps its workers unreaped until the
+/// pool asks). A group that is already empty is not an error.
+pub(crate) fn signal_held_group(pgid: u32, signal: Signal) -> io::Result<()> {
     match killpg(Pid::from_raw(pgid as i32), signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(e) => Err(e.into()),

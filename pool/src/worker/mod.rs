@@ -163,34 +163,32 @@ pub(crate) fn serve_on_thread(
     code
 }
 
-/// A zygote's start: like a worker's, but its memory limit is for the
-/// workers it forks, it is no subreaper (its workers' orphans are not its
-/// to reap), and it keeps a pidfd for the pool, for its workers.
+/// A zygote's start: like a worker's (its memory limit is its own, and its
+/// workers inherit it), but it is no subreaper: its workers' orphans are
+/// not its to reap.
 fn serve_as_zygote(
     registry: &Registry,
-    parent: Option<u32>,
     memory_limit: Option<u64>,
     max_frame: u32,
     log_level: log::LevelFilter,
 ) -> i32 {
-    let setup = || -> std::io::Result<_> {
-        let stdio = crate::sys::take_protocol_stdio()?;
-        let parent = parent.ok_or_else(|| std::io::Error::other("no parent pid was given"))?;
-        let pool = crate::sys::parent_pidfd(parent)?;
-        Ok((stdio, pool))
-    };
-    match setup() {
-        Ok((stdio, pool)) => zygote::serve_zygote(
+    if let Some(bytes) = memory_limit {
+        if let Err(e) = crate::sys::limit_memory(bytes) {
+            eprintln!("procpool zygote: cannot limit its memory to {bytes} bytes: {e}");
+            return exit_code::SETUP_FAILED;
+        }
+    }
+    match crate::sys::take_protocol_stdio() {
+        Ok(stdio) => zygote::serve_zygote(
             registry,
             stdio,
             serve::ServeOptions {
                 max_frame,
                 own_process: Some(log_level),
             },
-            zygote::ForChildren { pool, memory_limit },
         ),
         Err(e) => {
-            eprintln!("procpool zygote: cannot set itself up: {e}");
+            eprintln!("procpool zygote: cannot set up its descriptors: {e}");
             exit_code::SETUP_FAILED
         }
     }
@@ -238,7 +236,7 @@ fn serve_now(registry: &Registry) -> i32 {
         }
     }
     if zygote {
-        return serve_as_zygote(registry, parent, memory, max_frame, log_level);
+        return serve_as_zygote(registry, memory, max_frame, log_level);
     }
     if let Some(bytes) = memory {
         if let Err(e) = crate::sys::limit_memory(bytes) {

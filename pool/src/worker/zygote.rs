@@ -11,14 +11,17 @@
 //! on.
 //!
 //! The forked child drops the zygote's control socket, puts its own pipes
-//! where an exec'd worker has them (descriptors 3 and 4, the pool's pidfd
-//! at 5), leads a process group of its own, becomes a child subreaper, and
-//! then serves like any worker, its state already in memory. Descriptors
-//! the initializer opened stay open (the state may own them); nothing the
-//! pool's process holds reaches a worker, as the zygote closed everything
-//! it inherited when it started. Its parent is the
+//! where an exec'd worker has them (descriptors 3 and 4, the pool's
+//! lifeline next), leads a process group of its own, becomes a child
+//! subreaper, and then serves like any worker, its state already in
+//! memory. Descriptors the initializer opened stay open (the state may own
+//! them); nothing the pool's process holds reaches a worker, as the zygote
+//! closed everything it inherited when it started. The memory limit is the
+//! zygote's own, inherited. Its parent is the
 //! zygote, whose death must not end it, so it has no parent-death signal:
-//! a small thread watches the pool's pidfd instead.
+//! a small thread watches the pool's lifeline instead (a pipe only the
+//! pool's process can write to, which hangs up when that process ends or
+//! exec's).
 //!
 //! The zygote reaps a worker only when the pool asks (`Reap`), after the
 //! pool has finished signalling it: until then the worker's pid, and so its
@@ -40,22 +43,8 @@ use super::Registry;
 use super::serve::{self, ServeOptions, Server, Stop, bad_parent};
 use crate::sys::{self, FdSocket, Forked, ProtocolStdio, SharedCounter};
 
-/// What every forked worker is given, besides its own descriptors.
-#[derive(Debug)]
-pub(crate) struct ForChildren {
-    /// A pidfd for the pool: a worker ends when the pool does.
-    pub(crate) pool: OwnedFd,
-    /// The address-space limit each worker sets on itself.
-    pub(crate) memory_limit: Option<u64>,
-}
-
 /// The zygote's serve loop; in a forked child, that worker's whole life.
-pub(crate) fn serve_zygote(
-    registry: &Registry,
-    stdio: ProtocolStdio,
-    opts: ServeOptions,
-    children: ForChildren,
-) -> i32 {
+pub(crate) fn serve_zygote(registry: &Registry, stdio: ProtocolStdio, opts: ServeOptions) -> i32 {
     let max_frame = opts.max_frame;
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
@@ -66,6 +55,8 @@ pub(crate) fn serve_zygote(
     }
     let mut server = Server::new(registry, None, output.clone(), max_frame);
     let mut forked: HashSet<u32> = HashSet::new();
+    // What the initializer made of SIGCHLD, for the workers.
+    let mut sigchld: Option<sys::ChildSignal> = None;
     let mut frame = Vec::new();
     let mut reply = Vec::new();
     loop {
@@ -102,15 +93,25 @@ pub(crate) fn serve_zygote(
             FromWorker::Reaped { pid, exit }
         } else {
             let index = index.expect("a fork request");
-            let Some(fds) = input.get_mut().take_fds(3) else {
-                return bad_parent("a fork request came without its three descriptors");
+            let Some(fds) = input.get_mut().take_fds(4) else {
+                return bad_parent("a fork request came without its four descriptors");
             };
+            // Workers must stay unreaped until the pool asks, whatever the
+            // initializer did to SIGCHLD.
+            if sigchld.is_none() {
+                match sys::ChildSignal::keep_children_waitable() {
+                    Ok(s) => sigchld = Some(s),
+                    Err(e) => {
+                        eprintln!("procpool zygote: cannot reset SIGCHLD: {e}");
+                        return procpool_protocol::exit_code::SETUP_FAILED;
+                    }
+                }
+            }
             match sys::fork_if_single_threaded() {
                 Ok(Forked::Child) => {
                     drop(input);
-                    return become_worker(
-                        registry, server, output, fds, index, children, max_frame,
-                    );
+                    let sigchld = sigchld.expect("set before the fork");
+                    return become_worker(registry, server, output, fds, index, sigchld, max_frame);
                 }
                 Ok(Forked::Parent(pid)) => match sys::pidfd_open(pid) {
                     Some(fd) => {
@@ -155,42 +156,38 @@ fn become_worker(
     output: Arc<Mutex<File>>,
     fds: Vec<OwnedFd>,
     index: u32,
-    children: ForChildren,
+    sigchld: sys::ChildSignal,
     max_frame: u32,
 ) -> i32 {
     let state = zygote.take_state();
     drop(zygote);
     let mut fds = fds.into_iter();
-    let (Some(input), Some(worker_out), Some(progress)) = (fds.next(), fds.next(), fds.next())
+    let (Some(input), Some(worker_out), Some(progress), Some(lifeline)) =
+        (fds.next(), fds.next(), fds.next(), fds.next())
     else {
-        unreachable!("three descriptors were taken");
+        unreachable!("four descriptors were taken");
     };
     // The zygote's end of its socket closes here, in this process only.
     *output.lock() = File::from(worker_out);
     let setup = || -> std::io::Result<(SharedCounter, File, OwnedFd)> {
         let counter = SharedCounter::from_fd(&progress)?;
         drop(progress);
-        let (input, pool) = sys::settle_forked_fds(input, &mut output.lock(), children.pool)?;
+        let (input, lifeline) = sys::settle_forked_fds(input, &mut output.lock(), lifeline)?;
         sys::own_process_group()?;
         sys::become_subreaper()?;
-        Ok((counter, input, pool))
+        sigchld.restore()?;
+        Ok((counter, input, lifeline))
     };
-    let (counter, input, pool) = match setup() {
+    let (counter, input, lifeline) = match setup() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("procpool worker: a forked worker cannot set itself up: {e}");
             return procpool_protocol::exit_code::SETUP_FAILED;
         }
     };
-    if let Err(e) = sys::die_with_pool(pool) {
+    if let Err(e) = sys::die_with_pool(lifeline) {
         eprintln!("procpool worker: cannot watch the pool: {e}");
         return procpool_protocol::exit_code::SETUP_FAILED;
-    }
-    if let Some(bytes) = children.memory_limit {
-        if let Err(e) = sys::limit_memory(bytes) {
-            eprintln!("procpool worker: cannot limit its memory to {bytes} bytes: {e}");
-            return procpool_protocol::exit_code::SETUP_FAILED;
-        }
     }
     super::state::set_process_index(index as usize);
     let code = serve::serve_loop(registry, input, output, Some(&counter), max_frame, state);

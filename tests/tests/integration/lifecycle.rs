@@ -124,8 +124,8 @@ fn no_descriptor_of_the_parent_leaks_into_a_worker() {
             .iter()
             .map(|l| l.split_once(" -> ").unwrap().0.parse().unwrap())
             .collect();
-        // A worker forked from a zygote also holds a pidfd for the pool, at
-        // 5, to end when the pool does.
+        // A worker forked from a zygote also holds the pool's lifeline (a
+        // pipe), at 5, to end when the pool does.
         let forked = crate::START == procpool::StartMethod::Zygote;
         let expected = if forked { 0..=5 } else { 0..=4 };
         assert_eq!(
@@ -138,7 +138,7 @@ fn no_descriptor_of_the_parent_leaks_into_a_worker() {
             "{table:?}"
         );
         if forked {
-            assert!(table[5].contains("pidfd"), "{table:?}");
+            assert!(table[5].contains("pipe:"), "{table:?}");
         }
     }
     // SAFETY: closing the descriptors we opened above.
