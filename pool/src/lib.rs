@@ -214,11 +214,14 @@
 //! - **Supervision is the same.** A forked worker's death is seen through
 //!   a pidfd the zygote opened; the zygote reaps it when the pool asks and
 //!   reports its exact status. Deadlines, cancel, recycling, memory limits,
-//!   crash attribution and exactly-once behave as with exec'd workers. The
-//!   zygote and its workers end with the pool, also when the pool's
-//!   process is SIGKILLed (a worker's parent is the zygote, so instead of a
-//!   parent-death signal each worker watches the pool's pidfd with a small
-//!   thread).
+//!   crash attribution and exactly-once behave as with exec'd workers (the
+//!   memory limit is the zygote's own, which its workers inherit: an
+//!   initializer larger than it fails the build, as with exec). The
+//!   zygote, its workers and what its initializer started end with the
+//!   pool, also when the pool's process is SIGKILLed or exec's another
+//!   program: a worker's parent is the zygote, so instead of a
+//!   parent-death signal each worker watches the pool's lifeline (a pipe
+//!   only the pool's process holds open) with a small thread.
 //! - **What it costs.** One more process, and a start of the pool that
 //!   waits for the zygote's initializer. What the state holds is a copy
 //!   per worker of the zygote's: a file the initializer opened is one
@@ -227,8 +230,10 @@
 //!   own copy of the state is never dropped (its `Drop` would act on what
 //!   the workers share). The initializer runs before any worker exists, so
 //!   [`worker::index`] is `None` there (it is the worker's own in every
-//!   task). A zygote that stops answering stalls the pool's dispatcher for
-//!   at most two seconds before it is replaced.
+//!   task). The zygote keeps its workers waitable even if the initializer
+//!   set SIGCHLD to be ignored (each worker gets that setting back). A
+//!   zygote that stops answering stalls the pool's dispatcher for at most
+//!   two seconds before it is replaced; one that dies is reaped at once.
 //!
 //! # Chunks
 //!
