@@ -2,8 +2,8 @@
 //! to start them again. This module never talks to callers and decides no
 //! task's outcome; the dispatcher asks it for spawns and kills.
 //!
-//! - `process.rs`: a worker process: spawn by exec, pidfd, reap, cached
-//!   status;
+//! - `launch.rs`: how a worker starts: exec, the zygote, or a thread;
+//! - `process.rs`: a worker process: pidfd, signals, reap, cached status;
 //! - `kill.rs`: escalation: SIGTERM, grace, SIGKILL, to the worker, its
 //!   group and its descendant tree;
 //! - `handshake.rs`: what a starting worker must show (its task list, its
@@ -14,10 +14,12 @@
 
 pub(crate) mod handshake;
 mod kill;
+mod launch;
 mod process;
 mod respawn;
 mod zygote;
 
-pub(crate) use process::{Launch, WorkerProcess};
+pub(crate) use launch::Launch;
+pub(crate) use process::WorkerProcess;
 pub(crate) use respawn::{Limit, Respawn, free_index};
 pub(crate) use zygote::{ZygoteWatch, Zygotes};

@@ -1,303 +1,28 @@
-//! A worker process: started by exec, watched through its pidfd, reaped
-//! exactly once with its status cached.
+//! A worker process: watched through its pidfd, signalled through it (its
+//! group only while its pid is held), reaped exactly once with its status
+//! cached.
 //!
-//! - **Spawn only by exec.** [`Launch::spawn`] uses `std::process::Command`
-//!   (posix_spawn, or vfork + exec) with no `pre_exec` closure: no code of
-//!   ours runs between fork and exec. The only descriptors a worker inherits
-//!   are its two protocol pipes (as stdin and stdout) and stderr; every
-//!   descriptor this crate creates is close-on-exec from birth.
-//! - **Own process group.** Each worker leads a new process group, so a
-//!   signal to the group reaches whatever the task spawned.
-//! - **Exact reaping.** We wait on our own child's pid only, and cache its
-//!   exit status; the worker itself is signalled through its pidfd, and its
-//!   group only while the worker is unreaped (see `sys::signal_group`).
-//! - **A launcher seam.** [`Launch`] holds what to start: a program by
-//!   exec, or (the debugging mode) a thread of this process serving the
-//!   registry over pipes.
+//! - **Exact reaping.** An exec'd worker is our child: we wait on its pid
+//!   only. A forked one is the zygote's: the zygote reaps it when we ask
+//!   (see `zygote/`). A thread is joined, or detached if it hangs.
 
-use std::ffi::OsString;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::Signal;
+use parking_lot::Mutex;
 use procpool_protocol::exit_code;
 
-use parking_lot::Mutex;
-
-use super::zygote::{Zygote, Zygotes};
-use crate::error::{Error, Exit};
+use super::zygote::Zygote;
+use crate::error::Exit;
 use crate::sys;
-use crate::worker::{
-    INDEX_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV,
-    Registry, WORKER_ENV, ZYGOTE_ENV,
-};
-
-/// What a worker is.
-#[derive(Clone)]
-pub(crate) enum Program {
-    /// A program started by exec (the current executable or a worker
-    /// program), with its `argv[0]` and arguments.
-    Exec {
-        path: PathBuf,
-        arg0: Option<OsString>,
-        args: Vec<OsString>,
-    },
-    /// A thread of this process running the serve loop over pipes: the
-    /// debugging mode, without isolation.
-    Thread(Arc<Registry>),
-}
-
-impl std::fmt::Debug for Program {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Program::Exec { path, args, .. } => f
-                .debug_struct("Exec")
-                .field("path", path)
-                .field("args", args)
-                .finish(),
-            Program::Thread(r) => f.debug_tuple("Thread").field(r).finish(),
-        }
-    }
-}
-
-/// How to start one worker.
-#[derive(Debug, Clone)]
-pub(crate) struct Launch {
-    pub(crate) program: Program,
-    pub(crate) max_frame: u32,
-    pub(crate) memory_limit: Option<u64>,
-    /// Set when a worker it started exited with
-    /// [`exit_code::DID_NOT_SERVE`]: the program's `main` built a pool
-    /// instead of serving. The builder turns a failed start into the one
-    /// message that says so.
-    pub(crate) did_not_serve: Arc<AtomicBool>,
-    /// The zygote workers are forked from (`StartMethod::Zygote`).
-    pub(crate) zygote: Option<Arc<Mutex<Zygotes>>>,
-}
-
-impl Launch {
-    /// Re-exec mode: this very executable, through `/proc/self/exe` so a
-    /// binary replaced on disk since start-up (a rebuild) is not picked up.
-    pub(crate) fn current_exe(max_frame: u32) -> Self {
-        Self::with(
-            Program::Exec {
-                path: PathBuf::from("/proc/self/exe"),
-                arg0: std::env::args_os().next(),
-                args: Vec::new(),
-            },
-            max_frame,
-        )
-    }
-
-    /// A named worker program.
-    pub(crate) fn program(path: PathBuf, args: Vec<OsString>, max_frame: u32) -> Self {
-        Self::with(
-            Program::Exec {
-                path,
-                arg0: None,
-                args,
-            },
-            max_frame,
-        )
-    }
-
-    /// Threads of this process serving `registry`.
-    pub(crate) fn threads(registry: Arc<Registry>, max_frame: u32) -> Self {
-        Self::with(Program::Thread(registry), max_frame)
-    }
-
-    fn with(program: Program, max_frame: u32) -> Self {
-        Self {
-            program,
-            max_frame,
-            memory_limit: None,
-            did_not_serve: Arc::new(AtomicBool::new(false)),
-            zygote: None,
-        }
-    }
-
-    /// Whether workers are threads of this process.
-    pub(crate) fn is_threads(&self) -> bool {
-        matches!(self.program, Program::Thread(_))
-    }
-
-    /// A human-readable name of what is started, for errors.
-    pub(crate) fn describe(&self) -> String {
-        match &self.program {
-            Program::Exec {
-                path,
-                arg0: Some(a),
-                ..
-            } if path.as_os_str() == "/proc/self/exe" => {
-                format!("{} (re-exec)", a.to_string_lossy())
-            }
-            Program::Exec { path, .. } => path.display().to_string(),
-            Program::Thread(_) => "an in-process worker thread".to_owned(),
-        }
-    }
-
-    /// Starts one worker, the pool's worker number `index` (see
-    /// `procpool::worker::index`): forked from the zygote when the pool
-    /// has a working one, else by exec (or on a thread).
-    pub(crate) fn spawn(&self, index: usize) -> Result<Spawned, Error> {
-        let io = |e| Error::startup_io(format!("cannot start `{}`", self.describe()), e);
-        if let Program::Thread(registry) = &self.program {
-            return self.spawn_thread(registry.clone(), index).map_err(io);
-        }
-        if let Some(zygotes) = &self.zygote {
-            if let Some(forked) = self.fork(zygotes, index)? {
-                return Ok(forked);
-            }
-        }
-        self.exec(index).map_err(io)
-    }
-
-    /// The command that starts the program with the settings every worker
-    /// (and the zygote) reads.
-    fn command(&self) -> Command {
-        let Program::Exec { path, arg0, args } = &self.program else {
-            unreachable!("threads are not exec'd");
-        };
-        let mut cmd = Command::new(path);
-        if let Some(a) = arg0 {
-            cmd.arg0(a);
-        }
-        cmd.args(args)
-            .env(WORKER_ENV, procpool_protocol::PROTOCOL_VERSION.to_string())
-            .env(MAX_FRAME_ENV, self.max_frame.to_string())
-            .env(PARENT_PID_ENV, std::process::id().to_string())
-            .env(LOG_LEVEL_ENV, (log::max_level() as usize).to_string())
-            .stderr(Stdio::inherit())
-            .process_group(0);
-        if let Some(bytes) = self.memory_limit {
-            cmd.env(MEMORY_LIMIT_ENV, bytes.to_string());
-        }
-        cmd
-    }
-
-    fn exec(&self, index: usize) -> io::Result<Spawned> {
-        let (progress_fd, progress) = sys::SharedCounter::create()?;
-        let progress_path = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            progress_fd.as_raw_fd()
-        );
-        let mut child = self
-            .command()
-            .env(PROGRESS_ENV, &progress_path)
-            .env(INDEX_ENV, index.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
-        let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
-        let pidfd = sys::pidfd_open(child.id());
-        let mut process = WorkerProcess::new(Kind::Process(child), pidfd, index);
-        process.did_not_serve = Some(self.did_not_serve.clone());
-        Self::finish(process, to_worker, from_worker, progress_fd, progress)
-    }
-
-    /// Starts a zygote process, its control socket as stdin and stdout.
-    fn spawn_zygote(&self) -> io::Result<(Child, OwnedFd)> {
-        let (ours, theirs) = sys::socket_pair()?;
-        let child = self
-            .command()
-            .env(ZYGOTE_ENV, "1")
-            .stdin(Stdio::from(theirs.try_clone()?))
-            .stdout(Stdio::from(theirs))
-            .spawn()?;
-        Ok((child, ours))
-    }
-
-    /// A worker forked from the zygote; `None` when it is to be exec'd.
-    fn fork(&self, zygotes: &Mutex<Zygotes>, index: usize) -> Result<Option<Spawned>, Error> {
-        let io = |e: io::Error| Error::startup_io("cannot make a worker's pipes", e);
-        let (worker_in, to_worker) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
-        let (from_worker, worker_out) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
-        let (progress_fd, progress) = sys::SharedCounter::create().map_err(io)?;
-        let fds = [worker_in.as_fd(), worker_out.as_fd(), progress_fd.as_fd()];
-        let Some(forked) = zygotes.lock().fork(|| self.spawn_zygote(), index, fds)? else {
-            return Ok(None);
-        };
-        let kind = Kind::Forked {
-            pid: forked.pid,
-            zygote: forked.zygote,
-        };
-        let process = WorkerProcess::new(kind, Some(forked.pidfd), index);
-        let mut spawned =
-            Self::finish(process, to_worker, from_worker, progress_fd, progress).map_err(io)?;
-        spawned.forked = true;
-        Ok(Some(spawned))
-    }
-
-    fn spawn_thread(&self, registry: Arc<Registry>, index: usize) -> io::Result<Spawned> {
-        let (worker_in, to_worker) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (from_worker, worker_out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let max_frame = self.max_frame;
-        let (progress_fd, progress) = sys::SharedCounter::create()?;
-        let progress_path = format!("/proc/self/fd/{}", progress_fd.as_raw_fd());
-        let thread = std::thread::Builder::new()
-            .name("procpool-inproc-worker".into())
-            .spawn(move || {
-                crate::worker::serve_on_thread(
-                    &registry,
-                    File::from(worker_in),
-                    File::from(worker_out),
-                    max_frame,
-                    &progress_path,
-                    index,
-                )
-            })?;
-        let process = WorkerProcess::new(Kind::Thread(Some(thread)), None, index);
-        Self::finish(process, to_worker, from_worker, progress_fd, progress)
-    }
-
-    fn finish(
-        process: WorkerProcess,
-        to_worker: OwnedFd,
-        from_worker: OwnedFd,
-        progress_fd: OwnedFd,
-        progress: sys::SharedCounter,
-    ) -> io::Result<Spawned> {
-        sys::set_nonblocking(to_worker.as_fd())?;
-        sys::set_nonblocking(from_worker.as_fd())?;
-        Ok(Spawned {
-            process,
-            to_worker: File::from(to_worker),
-            from_worker: File::from(from_worker),
-            progress,
-            progress_fd,
-            forked: false,
-        })
-    }
-}
-
-/// A started worker: its process and the parent's ends of its pipes
-/// (non-blocking, close-on-exec).
-#[derive(Debug)]
-pub(crate) struct Spawned {
-    pub(crate) process: WorkerProcess,
-    pub(crate) to_worker: File,
-    pub(crate) from_worker: File,
-    /// How many items the worker has started (it stores, we read).
-    pub(crate) progress: sys::SharedCounter,
-    /// Keeps the counter's path open until the worker has opened it (its
-    /// handshake says so).
-    pub(crate) progress_fd: OwnedFd,
-    /// Forked from the zygote: its initializer already ran.
-    pub(crate) forked: bool,
-}
 
 #[derive(Debug)]
-enum Kind {
+pub(super) enum Kind {
     Process(Child),
     /// Forked by a zygote, which is its parent and reaps it.
     Forked {
@@ -324,11 +49,11 @@ pub(crate) struct WorkerProcess {
     pub(super) kill: super::kill::Escalation,
     /// Its launcher's flag, set if it exits with
     /// [`exit_code::DID_NOT_SERVE`].
-    did_not_serve: Option<Arc<AtomicBool>>,
+    pub(super) did_not_serve: Option<Arc<AtomicBool>>,
 }
 
 impl WorkerProcess {
-    fn new(kind: Kind, pidfd: Option<OwnedFd>, index: usize) -> Self {
+    pub(super) fn new(kind: Kind, pidfd: Option<OwnedFd>, index: usize) -> Self {
         Self {
             kind,
             pidfd,
