@@ -1036,12 +1036,23 @@ fn review_a_replacement_zygote_stopped_in_its_initializer_costs_no_stall() {
     while t.elapsed() < Duration::from_secs(3) {
         let one = Instant::now();
         assert_eq!(pool.apply(square, 9).unwrap(), 81);
-        // A replacement too, while the start thread waits.
-        let victim = pool.worker_pids()[1];
-        kill(victim, libc::SIGKILL);
+        // A replacement too, while the start thread waits; the next kill
+        // only once it has served (a worker killed before its handshake is
+        // a failed start, and enough of those break the pool by design).
+        let before = pool.worker_pids();
+        kill(before[1], libc::SIGKILL);
         assert!(wait_until(LIMIT, || {
             let p = pool.worker_pids();
-            p.len() == 2 && !p.contains(&victim)
+            p.len() == 2 && !p.contains(&before[1])
+        }));
+        let new = *pool
+            .worker_pids()
+            .iter()
+            .find(|p| !before.contains(p))
+            .expect("a replacement");
+        assert!(wait_until(LIMIT, || {
+            let pids = pool.with_chunksize(1).map(procpool_tests::pid, vec![(); 8]);
+            pids.unwrap().contains(&new)
         }));
         slowest = slowest.max(one.elapsed());
     }

@@ -44,14 +44,26 @@ fn zygote_of(pool: &Pool) -> u32 {
         .unwrap_or_else(|| panic!("workers {pids:?} were not forked by a zygote of ours"))
 }
 
-/// SIGKILLs one worker of `pool` and waits until a replacement serves in
-/// its place.
+/// SIGKILLs one worker of `pool` and waits until a replacement has served
+/// in its place. (Killed before its handshake, a replacement would count
+/// as a failed start, and a few of those break a pool by design.)
 fn kill_and_replace(pool: &Pool) {
-    let victim = pool.worker_pids()[0];
-    kill(victim, libc::SIGKILL);
+    let before = pool.worker_pids();
+    kill(before[0], libc::SIGKILL);
     assert!(wait_until(LIMIT, || {
         let pids = pool.worker_pids();
-        pids.len() == pool.workers() && !pids.contains(&victim)
+        pids.len() == pool.workers() && !pids.contains(&before[0])
+    }));
+    let new = pool
+        .worker_pids()
+        .into_iter()
+        .find(|p| !before.contains(p))
+        .expect("a replacement");
+    assert!(wait_until(LIMIT, || {
+        let pids = pool
+            .with_chunksize(1)
+            .map(procpool_tests::pid, vec![(); 4 * pool.workers()]);
+        pids.unwrap().contains(&new)
     }));
 }
 
