@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod state;
 mod zygote;
 mod zygote_review;
+mod zygote_review2;
 pub use state::{
     Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
     tally_marker, worker_index,
@@ -21,6 +22,11 @@ pub use zygote::{init_print_partial, init_start_thread, parent_pid};
 pub use zygote_review::{
     ballast_len, init_ballast_mib, init_ignore_sigchld, init_join_threads, init_sleep_if_exists,
     init_spawn_child, spawn_sleeper,
+};
+pub use zygote_review2::{
+    children_statuses, exit_main_thread, init_ignore_sigchld_and_spawn_short,
+    init_reap_children_in_handler, init_spawn_child_then_abort, join_group, pid_after_ms,
+    sigchld_disposition,
 };
 
 /// `x * x`.
@@ -658,6 +664,14 @@ pub fn registry() -> procpool::Registry {
         .task(init_ballast_mib)
         .task(ballast_len)
         .task(spawn_sleeper)
+        .task(init_spawn_child_then_abort)
+        .task(init_reap_children_in_handler)
+        .task(join_group)
+        .task(sigchld_disposition)
+        .task(children_statuses)
+        .task(pid_after_ms)
+        .task(init_ignore_sigchld_and_spawn_short)
+        .task(exit_main_thread)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)

@@ -21,6 +21,9 @@
 //!   at awkward moments, initializers that start processes or ignore
 //!   SIGCHLD, subreaper and SIGCHLD-ignoring hosts, reused pids, many
 //!   restarts, a pool dropped during a restart, an `execve` of the pool.
+//! - `review2`: a second hostile review, of the first one's fixes: the
+//!   lifeline, the watch of the zygote's pidfd, SIGCHLD handlers, what an
+//!   initializer started when the zygote dies, an idle pool's CPU.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -37,6 +40,7 @@ mod lifecycle;
 #[path = "../integration/recycle.rs"]
 mod recycle;
 mod review;
+mod review2;
 #[path = "../integration/review_halt.rs"]
 mod review_halt;
 #[path = "../integration/worker_state.rs"]
