@@ -234,7 +234,7 @@ pub(crate) fn reap_child(pid: u32) -> ExitReport {
 /// A forked worker's start-up, once the zygote's own control socket is
 /// closed (descriptors 3 and 4 free): puts its protocol pipes where an
 /// exec'd worker has them (3 and 4), and the pool's lifeline at the lowest
-/// free number above (5, unless the initializer holds it). Every other
+/// free number from 5 (6: the zygote keeps the pool's pidfd at 5). Every other
 /// descriptor stays: the zygote had closed what it inherited, so the rest
 /// are what its initializer opened, which the state may own.
 pub(crate) fn settle_forked_fds(
@@ -263,30 +263,56 @@ pub(crate) fn own_process_group() -> io::Result<()> {
 
 /// A forked worker's parent is the zygote, whose death must not end it, so
 /// it cannot use the parent-death signal. Instead a small thread watches
-/// the read end of the pool's lifeline, a pipe whose write end only the
-/// pool's process holds (close-on-exec): when that process exits, is
-/// killed or replaces itself with `execve`, the pipe hangs up, and the
-/// thread SIGKILLs the worker's process group (the worker and what its
-/// tasks started).
-pub(crate) fn die_with_pool(lifeline: OwnedFd) -> io::Result<()> {
+/// the pool's process two ways: its pidfd (readable when it exits or is
+/// killed, whatever copies of it a `fork` without exec left holding the
+/// lifeline) and the read end of its lifeline, a pipe whose write end only
+/// that process holds, close-on-exec (it hangs up when the process
+/// replaces itself with `execve`). Then it SIGKILLs the worker's own
+/// process group and itself.
+///
+/// (A task that ends the worker's main thread, as `pthread_exit` there
+/// would, leaves this thread alive: the worker then neither serves nor
+/// exits, and only a deadline ends its call. An exec'd worker, with one
+/// thread, exits.)
+pub(crate) fn die_with_pool(pool: OwnedFd, lifeline: OwnedFd) -> io::Result<()> {
     std::thread::Builder::new()
         .name("procpool-pool-watch".into())
         .stack_size(64 << 10)
         .spawn(move || {
-            let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
-            while !matches!(super::wait(&mut fds, None), Ok(super::Waited::Ready)) {}
-            // SAFETY: kill(0, SIGKILL) signals this process's own group,
-            // which this process leads; it touches no memory.
-            unsafe { libc::kill(0, libc::SIGKILL) };
+            let mut fds = [
+                PollFd::new(pool.as_fd(), PollFlags::POLLIN),
+                PollFd::new(lifeline.as_fd(), PollFlags::POLLIN),
+            ];
+            loop {
+                match super::wait(&mut fds, None) {
+                    Ok(super::Waited::Ready) => break,
+                    Ok(super::Waited::TimedOut) => {}
+                    // Refused (a task lowered RLIMIT_NOFILE) or failed:
+                    // look again a little later rather than spin.
+                    Ok(super::Waited::Refused) | Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+            }
+            let me = std::process::id() as libc::pid_t;
+            // SAFETY: killpg and kill only send signals: to the group this
+            // worker leads (its id is this live process's pid, so it names
+            // no one else's group, whatever group a task moved the worker
+            // to), then to this process itself.
+            unsafe {
+                libc::killpg(me, libc::SIGKILL);
+                libc::kill(me, libc::SIGKILL);
+            }
         })?;
     Ok(())
 }
 
-/// SIGCHLD's disposition as the zygote's initializer left it, when that
-/// makes the kernel reap children at once (`SIG_IGN`, `SA_NOCLDWAIT`): the
-/// zygote puts the default back for itself, so a worker's pid stays held
-/// until the pool asks for it to be reaped, and each worker gets the
-/// initializer's choice back.
+/// SIGCHLD's disposition as the zygote's initializer left it (ignored, a
+/// handler, `SA_NOCLDWAIT`): the zygote puts the default back for itself,
+/// so no worker is reaped before the pool asks, and each worker gets the
+/// initializer's setting back. While it is not the default, the zygote
+/// reaps the other children it has (the initializer's helpers) itself, as
+/// the initializer's setting would have.
 #[derive(Clone, Copy)]
 pub(crate) struct ChildSignal(Option<libc::sigaction>);
 
@@ -299,8 +325,8 @@ impl std::fmt::Debug for ChildSignal {
 }
 
 impl ChildSignal {
-    /// Makes this process's children waitable (SIGCHLD at its default)
-    /// and returns what it was, if that was changed.
+    /// Makes this process's children waitable only when asked (SIGCHLD at
+    /// its default) and returns what it was, if that was changed.
     pub(crate) fn keep_children_waitable() -> io::Result<Self> {
         // SAFETY: a zeroed sigaction is a valid value for sigaction to fill.
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -309,9 +335,7 @@ impl ChildSignal {
         if unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let reaped_at_once =
-            old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0;
-        if !reaped_at_once {
+        if old.sa_sigaction == libc::SIG_DFL && old.sa_flags & libc::SA_NOCLDWAIT == 0 {
             return Ok(Self(None));
         }
         // SAFETY: as above.
@@ -325,6 +349,12 @@ impl ChildSignal {
         Ok(Self(Some(old)))
     }
 
+    /// Whether the initializer had children reaped for it (ignored, or a
+    /// handler that reaps).
+    pub(crate) fn changed(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// In a forked worker: puts back what the initializer had set.
     pub(crate) fn restore(self) -> io::Result<()> {
         let Some(old) = self.0 else {
@@ -335,6 +365,20 @@ impl ChildSignal {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// Reaps, without blocking, the children of this process that have exited
+/// and are not in `keep` (a zygote's workers, which wait for the pool).
+pub(crate) fn reap_children_except(keep: &std::collections::HashSet<u32>) {
+    for pid in super::proc::children_of(std::process::id()) {
+        if keep.contains(&pid) {
+            continue;
+        }
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
     }
 }
 
@@ -386,6 +430,19 @@ pub(crate) fn reap_if_ours(pidfd: BorrowedFd<'_>) -> Option<ExitReport> {
         libc::CLD_KILLED | libc::CLD_DUMPED => ExitReport::Signal(status),
         _ => ExitReport::Unknown,
     })
+}
+
+/// A pidfd for this process's parent, checked to be the process `parent`
+/// (not a reaper that adopted us after it died).
+pub(crate) fn parent_pidfd(parent: u32) -> io::Result<OwnedFd> {
+    let fd = super::pidfd_open(parent)
+        .ok_or_else(|| io::Error::other("cannot open a pidfd for the pool"))?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::other(
+            "the pool exited before the zygote started",
+        ));
+    }
+    Ok(fd)
 }
 
 /// Whether the process behind `pidfd` has exited (its pidfd is readable).

@@ -23,8 +23,8 @@ mod wait;
 
 pub(crate) use fork::{
     ChildSignal, FdSocket, Forked, die_with_pool, fork_if_single_threaded, own_process_group,
-    pidfd_exited, pidfd_unreaped, pidfd_wait, reap_child, reap_if_ours, send_with_fds,
-    settle_forked_fds, socket_pair,
+    parent_pidfd, pidfd_exited, pidfd_unreaped, pidfd_wait, reap_child, reap_children_except,
+    reap_if_ours, send_with_fds, settle_forked_fds, socket_pair,
 };
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,

@@ -134,6 +134,11 @@ pub(crate) fn descendant_pidfds(pid: u32) -> Vec<(u32, OwnedFd)> {
         .collect()
 }
 
+/// The children of `pid`, from `/proc/<pid>/task/*/children`.
+pub(super) fn children_of(pid: u32) -> Vec<u32> {
+    children(pid)
+}
+
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

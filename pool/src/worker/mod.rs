@@ -164,10 +164,12 @@ pub(crate) fn serve_on_thread(
 }
 
 /// A zygote's start: like a worker's (its memory limit is its own, and its
-/// workers inherit it), but it is no subreaper: its workers' orphans are
-/// not its to reap.
+/// workers inherit it), but it is no subreaper (its workers' orphans are
+/// not its to reap), and it keeps a pidfd for the pool (at 5, first after
+/// the protocol), for its workers to watch.
 fn serve_as_zygote(
     registry: &Registry,
+    parent: Option<u32>,
     memory_limit: Option<u64>,
     max_frame: u32,
     log_level: log::LevelFilter,
@@ -178,17 +180,23 @@ fn serve_as_zygote(
             return exit_code::SETUP_FAILED;
         }
     }
-    match crate::sys::take_protocol_stdio() {
-        Ok(stdio) => zygote::serve_zygote(
+    let setup = || -> std::io::Result<_> {
+        let stdio = crate::sys::take_protocol_stdio()?;
+        let parent = parent.ok_or_else(|| std::io::Error::other("no parent pid was given"))?;
+        Ok((stdio, crate::sys::parent_pidfd(parent)?))
+    };
+    match setup() {
+        Ok((stdio, pool)) => zygote::serve_zygote(
             registry,
             stdio,
             serve::ServeOptions {
                 max_frame,
                 own_process: Some(log_level),
             },
+            pool,
         ),
         Err(e) => {
-            eprintln!("procpool zygote: cannot set up its descriptors: {e}");
+            eprintln!("procpool zygote: cannot set itself up: {e}");
             exit_code::SETUP_FAILED
         }
     }
@@ -236,7 +244,7 @@ fn serve_now(registry: &Registry) -> i32 {
         }
     }
     if zygote {
-        return serve_as_zygote(registry, memory, max_frame, log_level);
+        return serve_as_zygote(registry, parent, memory, max_frame, log_level);
     }
     if let Some(bytes) = memory {
         if let Err(e) = crate::sys::limit_memory(bytes) {

@@ -43,8 +43,18 @@ use super::Registry;
 use super::serve::{self, ServeOptions, Server, Stop, bad_parent};
 use crate::sys::{self, FdSocket, Forked, ProtocolStdio, SharedCounter};
 
+/// How often a zygote whose initializer asked for its children to be
+/// reaped (SIGCHLD ignored, or a handler) reaps the helpers it started.
+const HELPER_REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The zygote's serve loop; in a forked child, that worker's whole life.
-pub(crate) fn serve_zygote(registry: &Registry, stdio: ProtocolStdio, opts: ServeOptions) -> i32 {
+/// `pool`: a pidfd for the pool's process, which every worker watches.
+pub(crate) fn serve_zygote(
+    registry: &Registry,
+    stdio: ProtocolStdio,
+    opts: ServeOptions,
+    pool: OwnedFd,
+) -> i32 {
     let max_frame = opts.max_frame;
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
@@ -60,6 +70,16 @@ pub(crate) fn serve_zygote(registry: &Registry, stdio: ProtocolStdio, opts: Serv
     let mut frame = Vec::new();
     let mut reply = Vec::new();
     loop {
+        // Children that are not workers (the initializer's helpers) are
+        // reaped here when the initializer asked for that (SIGCHLD ignored,
+        // or a handler): a few times a second while the zygote waits.
+        while sigchld.is_some_and(|s| s.changed()) && input.buffer().is_empty() {
+            sys::reap_children_except(&forked);
+            match input.get_ref().readable_within(HELPER_REAP_INTERVAL) {
+                Ok(true) | Err(_) => break,
+                Ok(false) => {}
+            }
+        }
         match read_frame(&mut input, max_frame, &mut frame) {
             Ok(true) => {}
             // The pool is done with the zygote. Its state is not dropped:
@@ -74,7 +94,18 @@ pub(crate) fn serve_zygote(registry: &Registry, stdio: ProtocolStdio, opts: Serv
         }
         let (index, pid) = match decode_to_worker(&frame) {
             Ok(ToWorker::Init { task, arg }) => match server.init(task, arg) {
-                Ok(()) => continue,
+                // Workers must stay unreaped until the pool asks, whatever
+                // the initializer did to SIGCHLD.
+                Ok(()) => match sys::ChildSignal::keep_children_waitable() {
+                    Ok(s) => {
+                        sigchld = Some(s);
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!("procpool zygote: cannot reset SIGCHLD: {e}");
+                        return procpool_protocol::exit_code::SETUP_FAILED;
+                    }
+                },
                 Err(Stop(code)) => return code,
             },
             Ok(ToWorker::Fork { index }) => (Some(index), None),
@@ -96,8 +127,7 @@ pub(crate) fn serve_zygote(registry: &Registry, stdio: ProtocolStdio, opts: Serv
             let Some(fds) = input.get_mut().take_fds(4) else {
                 return bad_parent("a fork request came without its four descriptors");
             };
-            // Workers must stay unreaped until the pool asks, whatever the
-            // initializer did to SIGCHLD.
+            // (No initializer ran: SIGCHLD is as the program's main left it.)
             if sigchld.is_none() {
                 match sys::ChildSignal::keep_children_waitable() {
                     Ok(s) => sigchld = Some(s),
@@ -111,7 +141,10 @@ pub(crate) fn serve_zygote(registry: &Registry, stdio: ProtocolStdio, opts: Serv
                 Ok(Forked::Child) => {
                     drop(input);
                     let sigchld = sigchld.expect("set before the fork");
-                    return become_worker(registry, server, output, fds, index, sigchld, max_frame);
+                    let to_watch = (pool, sigchld);
+                    return become_worker(
+                        registry, server, output, fds, index, to_watch, max_frame,
+                    );
                 }
                 Ok(Forked::Parent(pid)) => match sys::pidfd_open(pid) {
                     Some(fd) => {
@@ -156,7 +189,7 @@ fn become_worker(
     output: Arc<Mutex<File>>,
     fds: Vec<OwnedFd>,
     index: u32,
-    sigchld: sys::ChildSignal,
+    (pool, sigchld): (OwnedFd, sys::ChildSignal),
     max_frame: u32,
 ) -> i32 {
     let state = zygote.take_state();
@@ -185,7 +218,7 @@ fn become_worker(
             return procpool_protocol::exit_code::SETUP_FAILED;
         }
     };
-    if let Err(e) = sys::die_with_pool(lifeline) {
+    if let Err(e) = sys::die_with_pool(pool, lifeline) {
         eprintln!("procpool worker: cannot watch the pool: {e}");
         return procpool_protocol::exit_code::SETUP_FAILED;
     }

@@ -124,10 +124,11 @@ fn no_descriptor_of_the_parent_leaks_into_a_worker() {
             .iter()
             .map(|l| l.split_once(" -> ").unwrap().0.parse().unwrap())
             .collect();
-        // A worker forked from a zygote also holds the pool's lifeline (a
-        // pipe), at 5, to end when the pool does.
+        // A worker forked from a zygote also holds a pidfd for the pool's
+        // process, at 5, and the pool's lifeline (a pipe), at 6, to end
+        // when the pool does.
         let forked = crate::START == procpool::StartMethod::Zygote;
-        let expected = if forked { 0..=5 } else { 0..=4 };
+        let expected = if forked { 0..=6 } else { 0..=4 };
         assert_eq!(
             numbers,
             expected.collect::<BTreeSet<u32>>(),
@@ -138,7 +139,10 @@ fn no_descriptor_of_the_parent_leaks_into_a_worker() {
             "{table:?}"
         );
         if forked {
-            assert!(table[5].contains("pipe:"), "{table:?}");
+            assert!(
+                table[5].contains("pidfd") && table[6].contains("pipe:"),
+                "{table:?}"
+            );
         }
     }
     // SAFETY: closing the descriptors we opened above.

@@ -397,14 +397,16 @@ fn no_descriptor_of_the_parent_reaches_the_zygote_or_a_worker() {
     for pid in pool.worker_pids().into_iter().chain([zygote]) {
         let table = procpool_tests::fd_table(pid);
         assert!(!table.iter().any(|l| l.contains(&name)), "{pid}: {table:?}");
-        // 0-2 and the protocol at 3 and 4 (the zygote: its socket); a
-        // worker also holds the pool's lifeline at 5: nothing else.
+        // 0-2, the protocol at 3 and 4 (the zygote: its socket) and a
+        // pidfd for the pool's process at 5; a worker also holds the pool's
+        // lifeline at 6: nothing else.
+        assert!(table[5].contains("pidfd"), "{pid}: {table:?}");
         if pid == zygote {
-            assert_eq!(table.len(), 5, "{pid}: {table:?}");
+            assert_eq!(table.len(), 6, "{pid}: {table:?}");
             assert!(table[3].contains("socket:"), "{pid}: {table:?}");
         } else {
-            assert_eq!(table.len(), 6, "{pid}: {table:?}");
-            assert!(table[5].contains("pipe:"), "{pid}: {table:?}");
+            assert_eq!(table.len(), 7, "{pid}: {table:?}");
+            assert!(table[6].contains("pipe:"), "{pid}: {table:?}");
         }
     }
     // SAFETY: closes the descriptor opened above.

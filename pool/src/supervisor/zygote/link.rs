@@ -151,10 +151,8 @@ impl Zygote {
                     self.lose("answered a fork without a pidfd".into()),
                 )),
             },
-            Ok(FromWorker::NotForked(NotForked::Threads(n))) => {
-                self.lose(format!("has {n} threads"));
-                Err(ForkError::Threads(n))
-            }
+            // Not lost: it still reaps the workers it forked before.
+            Ok(FromWorker::NotForked(NotForked::Threads(n))) => Err(ForkError::Threads(n)),
             Ok(FromWorker::NotForked(NotForked::Failed(m))) => Err(ForkError::Failed(m)),
             Ok(_) => Err(ForkError::Lost(
                 self.lose("answered a fork with another message".into()),
@@ -222,29 +220,33 @@ impl Zygote {
         if self.status.is_some() {
             return;
         }
-        let Some(fd) = self.pidfd.take() else {
+        let Some(fd) = &self.pidfd else {
             // No pidfds (before Linux 5.3): by pid, as std does.
             let _ = self.child.kill();
             self.status = Some(self.child.wait().map_or(Exit::Unknown, Exit::of));
             return;
         };
-        if sys::pidfd_unreaped(fd.as_fd()) {
-            let _ = sys::signal_held_group(self.pid(), Signal::SIGKILL);
-        }
         let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGKILL);
-        self.status = Some(Self::reap_exactly(&fd, Duration::from_secs(5)));
-        self.pidfd = Some(fd);
+        self.reap_exactly(Duration::from_secs(5));
     }
 
-    /// Waits up to `patience` for the process behind `fd` to exit, and reaps
-    /// it if it is still ours to reap.
-    fn reap_exactly(fd: &OwnedFd, patience: Duration) -> Exit {
-        sys::pidfd_wait(fd.as_fd(), patience);
-        match sys::reap_if_ours(fd.as_fd()) {
+    /// Waits up to `patience` for the zygote to exit; then, while it is an
+    /// unreaped zombie (its pid, so its group id, still held), SIGKILLs its
+    /// process group (what its initializer started), and reaps it, if it is
+    /// still ours to reap.
+    fn reap_exactly(&mut self, patience: Duration) {
+        let Some(fd) = &self.pidfd else { return };
+        if !sys::pidfd_wait(fd.as_fd(), patience) {
+            return;
+        }
+        if sys::pidfd_unreaped(fd.as_fd()) {
+            let _ = sys::signal_held_group(self.child.id(), Signal::SIGKILL);
+        }
+        self.status = Some(match sys::reap_if_ours(fd.as_fd()) {
             Some(ExitReport::Code(c)) => Exit::Code(c),
             Some(ExitReport::Signal(s)) => Exit::Signal(s),
             _ => Exit::Unknown,
-        }
+        });
     }
 
     /// Sends one message and returns the next frame that is not a log
@@ -314,11 +316,7 @@ impl Zygote {
     /// exits within a moment.
     fn ended(&mut self) -> String {
         if self.status.is_none() {
-            if let Some(fd) = &self.pidfd {
-                if sys::pidfd_wait(fd.as_fd(), Duration::from_millis(200)) {
-                    self.status = Some(Self::reap_exactly(fd, Duration::ZERO));
-                }
-            }
+            self.reap_exactly(Duration::from_millis(200));
         }
         match self.status {
             Some(Exit::Unknown) | None => "closed its socket".into(),

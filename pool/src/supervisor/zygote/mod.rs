@@ -167,7 +167,10 @@ impl Zygotes {
                         .name("procpool-zygote-start".into())
                         .spawn(move || z.start(init.as_deref()).map(|()| z));
                     match started {
-                        Ok(thread) => self.state = State::Starting { thread, pid, pidfd },
+                        Ok(thread) => {
+                            self.generation += 1;
+                            self.state = State::Starting { thread, pid, pidfd };
+                        }
                         Err(e) => self.failed(now, &format!("cannot start a thread: {e}")),
                     }
                 }
@@ -225,6 +228,7 @@ impl Zygotes {
     fn watched(&self) -> (u64, Option<OwnedFd>) {
         let fd = match &self.state {
             State::Ready(z) => z.lock().pidfd().and_then(|f| f.try_clone_to_owned().ok()),
+            State::Starting { pidfd, .. } => pidfd.as_ref().and_then(|f| f.try_clone().ok()),
             _ => None,
         };
         (self.generation, fd)
@@ -234,6 +238,28 @@ impl Zygotes {
     /// the pool had nothing to ask it). It is reaped, and a replacement is
     /// due under the restart limit.
     fn exited(&mut self) {
+        if let State::Starting { pidfd, .. } = &self.state {
+            if !pidfd.as_ref().is_some_and(|f| sys::pidfd_exited(f.as_fd())) {
+                return;
+            }
+            // Its start thread ends on the end of its socket, and the
+            // zygote (started or not) is reaped as it drops.
+            let State::Starting { thread, pid, .. } =
+                std::mem::replace(&mut self.state, State::Off)
+            else {
+                unreachable!("matched above");
+            };
+            let why = match thread.join() {
+                Ok(Ok(zygote)) => {
+                    drop(zygote);
+                    format!("the new zygote (pid {pid}) died")
+                }
+                Ok(Err(e)) => format!("a new zygote failed to start: {e}"),
+                Err(_) => "a new zygote's start panicked".into(),
+            };
+            self.failed(Instant::now(), &why);
+            return;
+        }
         let State::Ready(zygote) = &self.state else {
             return;
         };
