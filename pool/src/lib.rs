@@ -220,8 +220,9 @@
 //!   zygote, its workers and what its initializer started end with the
 //!   pool, also when the pool's process is SIGKILLed or exec's another
 //!   program: a worker's parent is the zygote, so instead of a
-//!   parent-death signal each worker watches the pool's lifeline (a pipe
-//!   only the pool's process holds open) with a small thread.
+//!   parent-death signal each worker watches, with a small thread, the
+//!   pool's pidfd and its lifeline (a pipe only the pool's process holds
+//!   open).
 //! - **What it costs.** One more process, and a start of the pool that
 //!   waits for the zygote's initializer. What the state holds is a copy
 //!   per worker of the zygote's: a file the initializer opened is one
@@ -230,10 +231,13 @@
 //!   own copy of the state is never dropped (its `Drop` would act on what
 //!   the workers share). The initializer runs before any worker exists, so
 //!   [`worker::index`] is `None` there (it is the worker's own in every
-//!   task). The zygote keeps its workers waitable even if the initializer
-//!   set SIGCHLD to be ignored (each worker gets that setting back). A
+//!   task). The zygote keeps its workers waitable whatever the
+//!   initializer did to SIGCHLD (each worker gets that setting back). A
 //!   zygote that stops answering stalls the pool's dispatcher for at most
 //!   two seconds before it is replaced; one that dies is reaped at once.
+//!   A task that ends a forked worker's main thread (`pthread_exit` there)
+//!   leaves the worker alive but serving nothing, because of that watch
+//!   thread: only a deadline ends its call (an exec'd worker exits).
 //!
 //! # Chunks
 //!
