@@ -387,25 +387,13 @@ pub(crate) fn reap_children_except(keep: &std::collections::HashSet<u32>) {
 /// id, cannot name another process. Unlike a look by pid, a stranger that
 /// took a freed pid is never mistaken for it.
 pub(crate) fn pidfd_unreaped(pidfd: BorrowedFd<'_>) -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid writes one siginfo_t through a pointer to a live
-    // local; WNOWAIT leaves the child waitable, WNOHANG never blocks.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    r == 0
+    let any = libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED;
+    wait_pidfd(pidfd, any | libc::WNOWAIT).is_some()
 }
 
-/// Reaps the process behind `pidfd` if it has become our child (its
-/// zygote died and this process is a subreaper, or init): how it ended,
-/// or `None` if it is not our child or has not exited.
-pub(crate) fn reap_if_ours(pidfd: BorrowedFd<'_>) -> Option<ExitReport> {
+/// `waitid(P_PIDFD, pidfd, flags | WNOHANG)`: what it filled in, or `None`
+/// if the process is not our child (or not any more).
+fn wait_pidfd(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> Option<libc::siginfo_t> {
     // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid writes one siginfo_t through a pointer to a live
@@ -415,11 +403,19 @@ pub(crate) fn reap_if_ours(pidfd: BorrowedFd<'_>) -> Option<ExitReport> {
             libc::P_PIDFD,
             pidfd.as_raw_fd() as libc::id_t,
             &mut info,
-            libc::WEXITED | libc::WNOHANG,
+            flags | libc::WNOHANG,
         )
     };
-    // SAFETY: waitid succeeded and filled `info`.
-    if r != 0 || unsafe { info.si_pid() } == 0 {
+    (r == 0).then_some(info)
+}
+
+/// Reaps the process behind `pidfd` if it has become our child (its
+/// zygote died and this process is a subreaper, or init): how it ended,
+/// or `None` if it is not our child or has not exited.
+pub(crate) fn reap_if_ours(pidfd: BorrowedFd<'_>) -> Option<ExitReport> {
+    let info = wait_pidfd(pidfd, libc::WEXITED)?;
+    // SAFETY: waitid succeeded and filled `info` (si_pid 0: not exited).
+    if unsafe { info.si_pid() } == 0 {
         return None;
     }
     // SAFETY: as above; for a child that exited, si_status is its code or

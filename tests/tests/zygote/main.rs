@@ -37,6 +37,7 @@ mod crash_matrix;
 mod deadlines;
 #[path = "../integration/lifecycle.rs"]
 mod lifecycle;
+mod procs;
 #[path = "../integration/recycle.rs"]
 mod recycle;
 mod review;

@@ -18,90 +18,15 @@ use procpool_tests::{
     temp_path, wait_until, watchdog,
 };
 
+use crate::procs::{
+    busy_pool, has_field, marked, marked_processes, marker, ppid_of, the_zygote, try_kill,
+    zombies_of, zygotes,
+};
 use crate::{FAULT_WORKER, LIMIT, builder};
 
 // ---------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------
-
-/// A marker unique to this call, for `--review-marker`.
-fn marker(name: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "rv-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn marked(n: usize, marker: &str) -> procpool::Builder {
-    builder(n).worker_args(["--review-marker", marker])
-}
-
-fn proc_bytes(pid: u32, file: &str) -> Vec<u8> {
-    std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default()
-}
-
-fn has_field(pid: u32, file: &str, needle: &str) -> bool {
-    proc_bytes(pid, file)
-        .split(|&b| b == 0)
-        .any(|f| f == needle.as_bytes())
-}
-
-fn ppid_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .collect()
-}
-
-/// Every process whose command line carries `marker` (zombies have none:
-/// see [`zombies_of`]).
-fn marked_processes(marker: &str) -> Vec<u32> {
-    all_pids()
-        .into_iter()
-        .filter(|&p| has_field(p, "cmdline", marker))
-        .collect()
-}
-
-/// The zygotes of this test's pools: marked, started by this process, with
-/// the zygote variable in their (original) environment.
-fn zygotes(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    marked_processes(marker)
-        .into_iter()
-        .filter(|&p| ppid_of(p) == Some(me) && has_field(p, "environ", "PROCPOOL_ZYGOTE=1"))
-        .collect()
-}
-
-fn the_zygote(marker: &str) -> u32 {
-    let mut found = Vec::new();
-    assert!(
-        wait_until(LIMIT, || {
-            found = zygotes(marker);
-            found.len() == 1
-        }),
-        "one zygote: {found:?}"
-    );
-    found[0]
-}
-
-/// Children of `parent` that are zombies.
-fn zombies_of(parent: u32) -> Vec<u32> {
-    all_pids()
-        .into_iter()
-        .filter(|&p| ppid_of(p) == Some(parent) && process_state(p) == Some('Z'))
-        .collect()
-}
 
 fn rss_pages(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/statm"))
@@ -139,12 +64,6 @@ fn in_child(name: &str) {
 /// True in the child process `in_child` started.
 fn child_scenario() -> bool {
     std::env::var_os("PROCPOOL_REVIEW_CHILD").is_some()
-}
-
-/// SIGKILL to `pid`, which may be gone already.
-fn try_kill(pid: u32) {
-    // SAFETY: kill only sends a signal; the pids are this test's own.
-    let _ = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
 fn thread_count() -> usize {
@@ -939,21 +858,7 @@ fn execve_scenario() {
     if !child_scenario() {
         return;
     }
-    let method = match std::env::var("REVIEW_METHOD").unwrap().as_str() {
-        "zygote" => StartMethod::Zygote,
-        _ => StartMethod::Exec,
-    };
-    let pool = Pool::builder()
-        .workers(2)
-        .worker_program(FAULT_WORKER)
-        .start_method(method)
-        .build()
-        .unwrap();
-    let _hung: Vec<_> = (0..2)
-        .map(|_| pool.apply_async(sleep_ms, 60_000).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let pids = pool.worker_pids();
+    let (_pool, pids) = busy_pool("REVIEW_METHOD");
     std::fs::write(
         std::env::var("REVIEW_PIDFILE").unwrap(),
         format!("{} {}\n", pids[0], pids[1]),

@@ -29,25 +29,15 @@ use procpool_tests::{
     segfault, sigchld_disposition, sleep_ms, square, temp_path, wait_until, watchdog,
 };
 
-use crate::{FAULT_WORKER, LIMIT, builder};
+use crate::procs::{
+    all_pids, busy_pool, has_field, marked, marked_processes, marker, pgid_of, ppid_of, proc_bytes,
+    the_zygote, try_kill, zombies_of, zygotes,
+};
+use crate::{FAULT_WORKER, LIMIT};
 
 // ---------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------
-
-fn marker(name: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "rv2-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn marked(n: usize, marker: &str) -> procpool::Builder {
-    builder(n).worker_args(["--review-marker", marker])
-}
 
 fn marked_with(method: StartMethod, n: usize, marker: &str) -> procpool::Builder {
     Pool::builder()
@@ -55,84 +45,6 @@ fn marked_with(method: StartMethod, n: usize, marker: &str) -> procpool::Builder
         .worker_program(FAULT_WORKER)
         .start_method(method)
         .worker_args(["--review-marker", marker])
-}
-
-fn proc_bytes(pid: u32, file: &str) -> Vec<u8> {
-    std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default()
-}
-
-fn has_field(pid: u32, file: &str, needle: &str) -> bool {
-    proc_bytes(pid, file)
-        .split(|&b| b == 0)
-        .any(|f| f == needle.as_bytes())
-}
-
-fn stat_fields(pid: u32) -> Vec<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .map(|i| {
-            stat[i + 1..]
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn ppid_of(pid: u32) -> Option<u32> {
-    stat_fields(pid).get(1)?.parse().ok()
-}
-
-fn pgid_of(pid: u32) -> Option<u32> {
-    stat_fields(pid).get(2)?.parse().ok()
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .collect()
-}
-
-fn marked_processes(marker: &str) -> Vec<u32> {
-    all_pids()
-        .into_iter()
-        .filter(|&p| has_field(p, "cmdline", marker))
-        .collect()
-}
-
-fn zygotes(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    marked_processes(marker)
-        .into_iter()
-        .filter(|&p| ppid_of(p) == Some(me) && has_field(p, "environ", "PROCPOOL_ZYGOTE=1"))
-        .collect()
-}
-
-fn the_zygote(marker: &str) -> u32 {
-    let mut found = Vec::new();
-    assert!(
-        wait_until(LIMIT, || {
-            found = zygotes(marker);
-            found.len() == 1
-        }),
-        "one zygote: {found:?}"
-    );
-    found[0]
-}
-
-fn zombies_of(parent: u32) -> Vec<u32> {
-    all_pids()
-        .into_iter()
-        .filter(|&p| ppid_of(p) == Some(parent) && process_state(p) == Some('Z'))
-        .collect()
-}
-
-fn try_kill(pid: u32) {
-    // SAFETY: kill only sends a signal; the pids are this test's own.
-    let _ = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
 fn pids_in(path: &std::path::Path) -> Vec<u32> {
@@ -712,21 +624,7 @@ fn fork_copy_scenario() {
     if !child_scenario() {
         return;
     }
-    let method = match std::env::var("REVIEW2_METHOD").unwrap().as_str() {
-        "zygote" => StartMethod::Zygote,
-        _ => StartMethod::Exec,
-    };
-    let pool = Pool::builder()
-        .workers(2)
-        .worker_program(FAULT_WORKER)
-        .start_method(method)
-        .build()
-        .unwrap();
-    let _hung: Vec<_> = (0..2)
-        .map(|_| pool.apply_async(sleep_ms, 60_000).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let pids = pool.worker_pids();
+    let (_pool, pids) = busy_pool("REVIEW2_METHOD");
     // SAFETY: the child only calls pause() (async-signal-safe) and _exit.
     let copy = unsafe { libc::fork() };
     assert!(copy >= 0);
