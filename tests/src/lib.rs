@@ -14,6 +14,7 @@ mod state;
 mod zygote;
 mod zygote_review;
 mod zygote_review2;
+mod zygote_review3;
 pub use state::{
     Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
     tally_marker, worker_index,
@@ -28,6 +29,7 @@ pub use zygote_review2::{
     init_reap_children_in_handler, init_spawn_child_then_abort, join_group, pid_after_ms,
     sigchld_disposition,
 };
+pub use zygote_review3::{init_open_file, process_report, read_shared_byte};
 
 /// `x * x`.
 pub fn square(x: u64) -> u64 {
@@ -672,6 +674,9 @@ pub fn registry() -> procpool::Registry {
         .task(pid_after_ms)
         .task(init_ignore_sigchld_and_spawn_short)
         .task(exit_main_thread)
+        .task(process_report)
+        .task(init_open_file)
+        .task(read_shared_byte)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)

@@ -57,6 +57,7 @@ mod logs;
 mod no_counter;
 mod recycle;
 mod restart;
+mod review3;
 mod review_async;
 mod review_async_held;
 mod review_halt;

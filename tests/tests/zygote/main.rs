@@ -24,6 +24,10 @@
 //! - `review2`: a second hostile review, of the first one's fixes: the
 //!   lifeline, the watch of the zygote's pidfd, SIGCHLD handlers, what an
 //!   initializer started when the zygote dies, an idle pool's CPU.
+//! - `review3`: a third review: the docs' promises no scenario proved
+//!   (groups and subreapers, the shared open file, the zygote's state never
+//!   dropped) and `startup_timeout(Duration::MAX)`; `review3_wire`: zygote
+//!   messages on the wire of ordinary workers.
 //!
 //! Every test arms a watchdog that turns a hang into a failure.
 
@@ -42,6 +46,9 @@ mod procs;
 mod recycle;
 mod review;
 mod review2;
+mod review3;
+#[path = "../integration/review3.rs"]
+mod review3_wire;
 #[path = "../integration/review_halt.rs"]
 mod review_halt;
 #[path = "../integration/worker_state.rs"]
