@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use procpool_protocol::{
-    FromWorker, Outcome, PREAMBLE_LEN, check_preamble, decode_done, decode_from_worker, done_header,
+    FromWorker, NotForked, Outcome, PREAMBLE_LEN, check_preamble, decode_done, decode_from_worker,
+    done_header,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -39,7 +40,12 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             FromWorker::Hello(h) => assert!(h.tasks.len() <= data.len()),
-            FromWorker::InitDone(_) | FromWorker::Log(_) => {}
+            FromWorker::NotForked(NotForked::Failed(why)) => assert!(why.len() <= data.len()),
+            FromWorker::InitDone(_)
+            | FromWorker::Log(_)
+            | FromWorker::Forked { .. }
+            | FromWorker::NotForked(_)
+            | FromWorker::Reaped { .. } => {}
         }
     }
 });

@@ -235,7 +235,10 @@
 //!   initializer did to SIGCHLD (each worker gets that setting back). A
 //!   zygote that stops answering stalls the pool's dispatcher for at most
 //!   two seconds before it is replaced; one that dies is reaped at once.
-//!   A task that ends a forked worker's main thread (`pthread_exit` there)
+//!   Forked workers forward `log` records at the level the pool's process
+//!   had when the zygote started (an exec'd worker takes the level of its
+//!   own start). A task that ends a forked worker's main thread
+//!   (`pthread_exit` there)
 //!   leaves the worker alive but serving nothing, because of that watch
 //!   thread: only a deadline ends its call (an exec'd worker exits).
 //!

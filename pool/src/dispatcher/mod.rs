@@ -386,6 +386,8 @@ impl Dispatcher {
                     readable.push(w.slot);
                 }
             }
+            // The zygote, too (it is reaped only if it has exited).
+            zygote_died = true;
         }
 
         if zygote_died {

@@ -171,9 +171,13 @@ impl Launch {
             .env(LOG_LEVEL_ENV, (log::max_level() as usize).to_string())
             .stderr(Stdio::inherit())
             .process_group(0);
-        if let Some(bytes) = self.memory_limit {
-            cmd.env(MEMORY_LIMIT_ENV, bytes.to_string());
-        }
+        // Only what this pool says: nothing of the same names inherited
+        // from this process's own environment.
+        match self.memory_limit {
+            Some(bytes) => cmd.env(MEMORY_LIMIT_ENV, bytes.to_string()),
+            None => cmd.env_remove(MEMORY_LIMIT_ENV),
+        };
+        cmd.env_remove(ZYGOTE_ENV);
         cmd
     }
 

@@ -211,7 +211,7 @@ fn serve_now(registry: &Registry) -> i32 {
     let parent: Option<u32> = env_number(PARENT_PID_ENV);
     let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);
     let progress = std::env::var(PROGRESS_ENV).ok();
-    let zygote = std::env::var_os(ZYGOTE_ENV).is_some();
+    let zygote = std::env::var_os(ZYGOTE_ENV).is_some_and(|v| v == "1");
     if let Some(index) = env_number(INDEX_ENV) {
         state::set_process_index(index);
     }

@@ -88,7 +88,8 @@ impl Zygote {
 
     /// The handshake and the initializer, within the zygote's patience.
     pub(crate) fn start(&mut self, init: Option<&Initializer>) -> Result<(), Error> {
-        let deadline = Instant::now() + self.patience;
+        // No deadline for a `Duration::MAX` start-up timeout.
+        let deadline = sys::after(Instant::now(), self.patience).unwrap_or(far_future());
         let pid = self.pid();
         let fail = |m: String| Error::startup(format!("the zygote (pid {pid}) {m}"));
         self.send(&preamble(), &[], deadline).map_err(fail)?;
@@ -328,6 +329,11 @@ impl Zygote {
             }
         }
     }
+}
+
+/// An instant no wait reaches (a year from now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 impl Drop for Zygote {

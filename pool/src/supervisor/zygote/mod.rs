@@ -219,6 +219,7 @@ impl Zygotes {
     }
 
     fn ready(&mut self, zygote: Zygote) {
+        self.restarts.succeeded();
         self.generation += 1;
         self.state = State::Ready(Arc::new(Mutex::new(zygote)));
     }
