@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
 use procpool_protocol::{
-    FrameDecoder, ItemsBuilder, LogRecord, MAGIC, PREAMBLE_LEN, check_preamble, decode_done,
-    encode_run,
+    FrameDecoder, ItemsBuilder, MAGIC, PREAMBLE_LEN, check_preamble, decode_done, encode_run,
 };
 
 use crate::sys::{self, MAX_RUNS_IN_FLIGHT, SharedCounter, Waited};
@@ -446,31 +445,6 @@ pub(crate) enum Lost {
     Violation(Violation),
     /// The pool is terminating.
     Stopped,
-}
-
-/// Emits a worker's `log` record through this process's logger, tagged
-/// with the worker's pid and the task it is running.
-pub(crate) fn forward_log(pid: u32, task: Option<&str>, record: LogRecord) {
-    let level = match record.level {
-        1 => log::Level::Error,
-        2 => log::Level::Warn,
-        3 => log::Level::Info,
-        4 => log::Level::Debug,
-        _ => log::Level::Trace,
-    };
-    if level > log::max_level() {
-        return;
-    }
-    let task = task.map(|t| format!(" `{t}`")).unwrap_or_default();
-    log::logger().log(
-        &log::Record::builder()
-            .level(level)
-            .target(&record.target)
-            .file(record.file.as_deref())
-            .line(record.line)
-            .args(format_args!("[worker {pid}{task}] {}", record.message))
-            .build(),
-    );
 }
 
 /// The header of a `Done` frame (`None`: another message).

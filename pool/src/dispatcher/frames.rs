@@ -62,7 +62,11 @@ impl Dispatcher {
         match decode_from_worker(&frame).map_err(|e| protocol(e.to_string()))? {
             FromWorker::Log(record) => {
                 let w = &self.workers[i];
-                conn::forward_log(w.process.pid(), self.settle.running_task(w.slot), record);
+                crate::supervisor::forward_log(
+                    w.process.pid(),
+                    self.settle.running_task(w.slot),
+                    record,
+                );
                 Ok(())
             }
             FromWorker::Hello(hello) if matches!(self.workers[i].phase, Phase::Handshake) => {

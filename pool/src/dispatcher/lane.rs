@@ -229,7 +229,11 @@ fn talk(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
             }
             None => match decode_from_worker(&frame) {
                 Ok(FromWorker::Log(record)) => {
-                    conn::forward_log(loan.conn.pid, Some(&batch.job.task_name), record);
+                    crate::supervisor::forward_log(
+                        loan.conn.pid,
+                        Some(&batch.job.task_name),
+                        record,
+                    );
                 }
                 Ok(_) => {
                     return Err(Lost::Violation(Violation::Protocol(

@@ -20,7 +20,6 @@ mod stop;
 pub(crate) use crate::supervisor::handshake::Initializer;
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
 pub(crate) use command::{Command, Handle};
-pub(crate) use conn::forward_log;
 pub(crate) use startup::Config;
 
 use std::os::fd::{AsFd, OwnedFd};

@@ -6,6 +6,8 @@
 //! - `process.rs`: a worker process: pidfd, signals, reap, cached status;
 //! - `kill.rs`: escalation: SIGTERM, grace, SIGKILL, to the worker, its
 //!   group and its descendant tree;
+//! - `logs.rs`: workers' `log` records, emitted through this process's
+//!   logger;
 //! - `handshake.rs`: what a starting worker must show (its task list, its
 //!   initializer's success) before it gets work;
 //! - `respawn.rs`: restart intensity and backoff, and a new worker's index;
@@ -15,11 +17,13 @@
 pub(crate) mod handshake;
 mod kill;
 mod launch;
+mod logs;
 mod process;
 mod respawn;
 mod zygote;
 
 pub(crate) use launch::Launch;
+pub(crate) use logs::forward_log;
 pub(crate) use process::WorkerProcess;
 pub(crate) use respawn::{Limit, Respawn, free_index};
 pub(crate) use zygote::{ZygoteWatch, Zygotes};

@@ -284,7 +284,7 @@ impl Zygote {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => match decode_from_worker(&frame) {
                     Ok(FromWorker::Log(record)) => {
-                        crate::dispatcher::forward_log(self.pid(), None, record);
+                        super::super::forward_log(self.pid(), None, record);
                     }
                     _ => return Ok(frame),
                 },
