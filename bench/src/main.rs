@@ -1,16 +1,23 @@
 //! procpool beside its peers, in one run: Python's `multiprocessing.Pool`
 //! (spawn), rayon (the in-process ceiling) and a raw pipe round trip (the
-//! floor). Prints a table of medians and ratios; then the zygote start
-//! method against exec (`zygote.rs`). See `bench/README.md`.
+//! floor). Prints the machine, then a table of medians and ratios, with the
+//! CPU time beside the wall time (`cpu.rs`): crash recovery (`crash.rs`),
+//! the placement of caller and worker (`placement.rs`), the zygote start
+//! method against exec (`zygote.rs`); then every Python peer (`python.rs`).
+//! See `bench/README.md`.
 //!
 //! `cargo run --release -p procpool-bench [-- --quick]`
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use procpool::{Pool, Registry};
 
+mod cpu;
+mod crash;
+mod machine;
+mod placement;
+mod python;
 mod zygote;
 
 fn square(x: u64) -> u64 {
@@ -26,20 +33,12 @@ fn spin(iters: u64) -> u64 {
     acc
 }
 
-/// Writes its worker's pid to `path`, then sleeps: a task whose start is
-/// visible.
-fn announce_and_sleep(path: String, ms: u64) -> u64 {
-    std::fs::write(&path, std::process::id().to_string()).expect("marker");
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
-
 fn registry() -> Registry {
     zygote::register(
         Registry::new()
             .task(square)
             .task(spin)
-            .task(announce_and_sleep),
+            .task(crash::announce_and_sleep),
     )
 }
 
@@ -51,6 +50,9 @@ struct Sizes {
     cpu_items: usize,
     crashes: usize,
     mem_items: u64,
+    /// Row k: applies (and raw round trips) per placement and round.
+    placement_applies: usize,
+    placement_rounds: usize,
 }
 
 /// Rounds of the throughput workloads; their medians are reported.
@@ -67,6 +69,8 @@ const FULL: Sizes = Sizes {
     cpu_items: 200,
     crashes: 20,
     mem_items: 10_000_000,
+    placement_applies: 5_000,
+    placement_rounds: 3,
 };
 
 const QUICK: Sizes = Sizes {
@@ -77,6 +81,8 @@ const QUICK: Sizes = Sizes {
     cpu_items: 8,
     crashes: 3,
     mem_items: 100_000,
+    placement_applies: 200,
+    placement_rounds: 1,
 };
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -95,7 +101,7 @@ fn main() {
 
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--raw-echo") {
-        raw_echo();
+        placement::raw_echo();
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--mem-imap") {
@@ -105,24 +111,6 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let sizes = if quick { &QUICK } else { &FULL };
     run(sizes, quick);
-}
-
-/// The raw floor's child: echoes 12-byte frames (4-byte length + u64).
-fn raw_echo() {
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
-    let mut frame = [0u8; 12];
-    while input.read_exact(&mut frame).is_ok() {
-        let x = u64::from_le_bytes(frame[4..].try_into().unwrap());
-        frame[4..].copy_from_slice(&square(x).to_le_bytes());
-        if output
-            .write_all(&frame)
-            .and_then(|()| output.flush())
-            .is_err()
-        {
-            break;
-        }
-    }
 }
 
 /// Runs an imap over `n` generated items and reports this process's peak
@@ -157,76 +145,96 @@ fn status_kib(pid: &str, field: &str) -> u64 {
         .unwrap()
 }
 
+#[derive(Default)]
 struct Row {
     name: &'static str,
     ours: String,
+    /// CPU time (user + sys) of the parent and the workers.
+    cpu: String,
     peer: String,
     ratio: String,
     target: &'static str,
 }
 
 fn run(sizes: &Sizes, quick: bool) {
+    println!("Machine: {}", machine::describe());
+    println!();
     eprintln!(
         "procpool-bench: measuring procpool{}",
         if quick { " (quick)" } else { "" }
     );
     let mut rows = Vec::new();
 
-    // a. start-up.
+    // a. start-up. CPU: whole pool lifetimes (build → drop, which joins
+    // and reaps the workers), so the workers are in RUSAGE_CHILDREN.
+    let mut cpu_a = cpu::Meter::default();
     let startup = median(
         (0..sizes.startups)
             .map(|_| {
-                let t = Instant::now();
-                let pool = Pool::builder().workers(2).build().unwrap();
-                pool.apply(square, 3).unwrap();
-                let dt = t.elapsed().as_secs_f64();
-                drop(pool);
-                dt
+                cpu_a.measure(&[], || {
+                    let t = Instant::now();
+                    let pool = Pool::builder().workers(2).build().unwrap();
+                    pool.apply(square, 3).unwrap();
+                    let dt = t.elapsed().as_secs_f64();
+                    drop(pool);
+                    dt
+                })
             })
             .collect(),
     );
 
     let pool = Pool::builder().workers(2).build().unwrap();
     pool.apply(square, 1).unwrap();
+    // Rows b–e: the workers live on; their CPU is read from /proc.
+    let workers = pool.worker_pids();
 
     // b. apply round trips, and the raw pipe floor.
-    let lat: Vec<f64> = (0..sizes.applies as u64)
-        .map(|i| {
-            let t = Instant::now();
-            std::hint::black_box(pool.apply(square, i).unwrap());
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
+    let mut cpu_b = cpu::Meter::default();
+    let lat: Vec<f64> = cpu_b.measure(&workers, || {
+        (0..sizes.applies as u64)
+            .map(|i| {
+                let t = Instant::now();
+                std::hint::black_box(pool.apply(square, i).unwrap());
+                t.elapsed().as_secs_f64()
+            })
+            .collect()
+    });
     let (apply_p50, apply_p99) = (median(lat.clone()), percentile(lat, 0.99));
-    let raw = raw_round_trips(sizes.applies);
+    let raw = placement::raw_round_trips(sizes.applies, None);
     let (raw_p50, raw_p99) = (median(raw.clone()), percentile(raw, 0.99));
 
     // c. map of x*x, automatic chunk size (median of rounds).
+    let mut cpu_c = cpu::Meter::default();
     let map_rate = median(
         (0..ROUNDS)
             .map(|_| {
-                let t = Instant::now();
-                let squares = pool.map(square, 0..sizes.map_items).unwrap();
-                let rate = sizes.map_items as f64 / t.elapsed().as_secs_f64();
-                assert_eq!(squares.len() as u64, sizes.map_items);
-                rate
+                cpu_c.measure(&workers, || {
+                    let t = Instant::now();
+                    let squares = pool.map(square, 0..sizes.map_items).unwrap();
+                    let rate = sizes.map_items as f64 / t.elapsed().as_secs_f64();
+                    assert_eq!(squares.len() as u64, sizes.map_items);
+                    rate
+                })
             })
             .collect(),
     );
 
     // d. imap_unordered, chunk size 1 (median of rounds).
+    let mut cpu_d = cpu::Meter::default();
     let imap_rate = median(
         (0..ROUNDS)
             .map(|_| {
-                let t = Instant::now();
-                let n = pool
-                    .with_chunksize(1)
-                    .imap_unordered(square, 0..sizes.imap_items)
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .count();
-                assert_eq!(n as u64, sizes.imap_items);
-                sizes.imap_items as f64 / t.elapsed().as_secs_f64()
+                cpu_d.measure(&workers, || {
+                    let t = Instant::now();
+                    let n = pool
+                        .with_chunksize(1)
+                        .imap_unordered(square, 0..sizes.imap_items)
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .count();
+                    assert_eq!(n as u64, sizes.imap_items);
+                    sizes.imap_items as f64 / t.elapsed().as_secs_f64()
+                })
             })
             .collect(),
     );
@@ -240,14 +248,18 @@ fn run(sizes: &Sizes, quick: bool) {
         .num_threads(2)
         .build()
         .unwrap();
+    let mut cpu_e = cpu::Meter::default();
     let (mut serial_t, mut pool_t, mut rayon_t) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..CPU_ROUNDS {
         let t = Instant::now();
         let serial: Vec<u64> = items.iter().map(|&i| spin(i)).collect();
         serial_t.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let pooled = pool.map(spin, items.clone()).unwrap();
-        pool_t.push(t.elapsed().as_secs_f64());
+        let pooled = cpu_e.measure(&workers, || {
+            let t = Instant::now();
+            let pooled = pool.map(spin, items.clone()).unwrap();
+            pool_t.push(t.elapsed().as_secs_f64());
+            pooled
+        });
         assert_eq!(pooled, serial);
         let t = Instant::now();
         let par: Vec<u64> = rayon_pool.install(|| {
@@ -257,47 +269,13 @@ fn run(sizes: &Sizes, quick: bool) {
         rayon_t.push(t.elapsed().as_secs_f64());
         assert_eq!(par, serial);
     }
+    assert_eq!(pool.worker_pids(), workers, "no worker replaced in b–e");
     let serial_s = median(serial_t);
     let (pool_s, rayon_s) = (median(pool_t), median(rayon_t));
     let (our_speedup, rayon_speedup) = (serial_s / pool_s, serial_s / rayon_s);
 
     // f. crash recovery: SIGKILL → the task's error → a replacement serving.
-    let mut to_error = Vec::new();
-    let mut to_ready = Vec::new();
-    for k in 0..sizes.crashes {
-        let marker =
-            std::env::temp_dir().join(format!("procpool-bench-{}-{k}", std::process::id()));
-        let _ = std::fs::remove_file(&marker);
-        let running = pool
-            .apply_async(announce_and_sleep, (marker.display().to_string(), 60_000))
-            .unwrap();
-        let victim: u32 = loop {
-            match std::fs::read_to_string(&marker)
-                .ok()
-                .and_then(|s| s.parse().ok())
-            {
-                Some(pid) => break pid,
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
-        };
-        let _ = std::fs::remove_file(&marker);
-        let before = pool.stats().workers_started;
-        let t = Instant::now();
-        // SAFETY: kill only sends a signal to our own worker.
-        unsafe {
-            libc::kill(victim as i32, libc::SIGKILL);
-        }
-        assert!(running.get().unwrap_err().is_worker_died());
-        to_error.push(t.elapsed().as_secs_f64());
-        // Both workers busy until the replacement serves.
-        let a = pool.apply_async(square, 2).unwrap();
-        let b = pool.apply_async(square, 3).unwrap();
-        a.get().unwrap();
-        b.get().unwrap();
-        to_ready.push(t.elapsed().as_secs_f64());
-        assert!(pool.stats().workers_started > before);
-    }
-    let (crash_error, crash_ready) = (median(to_error), median(to_ready));
+    let (crash_error, crash_ready) = crash::measure(&pool, sizes.crashes);
 
     // g. memory: a fresh process's peak RSS over a long imap.
     let mem = Command::new(std::env::current_exe().unwrap())
@@ -309,9 +287,12 @@ fn run(sizes: &Sizes, quick: bool) {
     let (parent_kib, worker_kib) = (mem.next().unwrap(), mem.next().unwrap());
     drop(pool);
 
-    // Python's Pool, same workloads, same run.
-    let python = run_python(quick);
-    let py = |k: &str| python.as_ref().and_then(|p| json_number(p, k));
+    // k. apply and the raw pipe, caller and worker on one CPU or two.
+    let placed = placement::measure(sizes.placement_applies, sizes.placement_rounds);
+
+    // Python's pools, same workloads, same run.
+    let python = python::run(quick);
+    let py = |k: &str| python.as_ref().and_then(|p| python::json_number(p, k));
 
     // h–j. The zygote start method against exec.
     let zygote_rows = zygote::rows(if quick { &zygote::QUICK } else { &zygote::FULL });
@@ -320,9 +301,12 @@ fn run(sizes: &Sizes, quick: bool) {
     let ms = |s: f64| format!("{:.2} ms", s * 1e3);
     let rate = |r: f64| format!("{:.0}/s", r);
     let ratio = |x: Option<f64>| x.map_or("n/a".into(), |x| format!("{x:.1}×"));
+    let items_c = (ROUNDS as u64 * sizes.map_items) as f64;
+    let items_d = (ROUNDS as u64 * sizes.imap_items) as f64;
     rows.push(Row {
         name: "a. start-up, 2 workers + first result",
         ours: ms(startup),
+        cpu: cpu_a.column(sizes.startups as f64, "start-up", 1e3, "ms"),
         peer: py("startup_s").map_or("python3 absent".into(), ms),
         ratio: ratio(py("startup_s").map(|p| p / startup)),
         target: "≥ 20× faster than Python",
@@ -330,6 +314,7 @@ fn run(sizes: &Sizes, quick: bool) {
     rows.push(Row {
         name: "b. apply p50 (vs raw pipe p50)",
         ours: us(apply_p50),
+        cpu: cpu_b.column(sizes.applies as f64, "call", 1e6, "µs"),
         peer: us(raw_p50),
         ratio: format!("{:.2}× the floor", apply_p50 / raw_p50),
         target: "≤ 1.5× the raw pipe",
@@ -339,7 +324,7 @@ fn run(sizes: &Sizes, quick: bool) {
         ours: us(apply_p99),
         peer: us(raw_p99),
         ratio: format!("{:.2}× the floor", apply_p99 / raw_p99),
-        target: "",
+        ..Row::default()
     });
     rows.push(Row {
         name: "b. apply p50 vs Python's Pool.apply",
@@ -347,10 +332,12 @@ fn run(sizes: &Sizes, quick: bool) {
         peer: py("apply_p50_s").map_or("python3 absent".into(), us),
         ratio: ratio(py("apply_p50_s").map(|p| p / apply_p50)),
         target: "≥ 4× faster than Python",
+        ..Row::default()
     });
     rows.push(Row {
         name: "c. map x*x over 1M u64",
         ours: rate(map_rate),
+        cpu: cpu_c.column(items_c, "item", 1e9, "ns"),
         peer: py("map_items_per_s").map_or("python3 absent".into(), rate),
         ratio: ratio(py("map_items_per_s").map(|p| map_rate / p)),
         target: "≥ 4× Python",
@@ -358,6 +345,7 @@ fn run(sizes: &Sizes, quick: bool) {
     rows.push(Row {
         name: "d. imap_unordered, chunk size 1",
         ours: rate(imap_rate),
+        cpu: cpu_d.column(items_d, "item", 1e9, "ns"),
         peer: py("imap_unordered_items_per_s").map_or("python3 absent".into(), rate),
         ratio: ratio(py("imap_unordered_items_per_s").map(|p| imap_rate / p)),
         target: "≥ 8× Python",
@@ -365,6 +353,7 @@ fn run(sizes: &Sizes, quick: bool) {
     rows.push(Row {
         name: "e. CPU-bound map speedup (vs rayon's)",
         ours: format!("{our_speedup:.2}×"),
+        cpu: cpu_e.column(CPU_ROUNDS as f64, "run", 1e3, "ms"),
         peer: format!("{rayon_speedup:.2}× (rayon)"),
         // Serial time cancels out: this is rayon's time over ours.
         ratio: format!("{:.2} of rayon", rayon_s / pool_s),
@@ -373,72 +362,75 @@ fn run(sizes: &Sizes, quick: bool) {
     rows.push(Row {
         name: "f. crash: SIGKILL → task error",
         ours: ms(crash_error),
-        peer: String::new(),
-        ratio: String::new(),
-        target: "",
+        ..Row::default()
     });
     rows.push(Row {
-        name: "f. crash: SIGKILL → replacement serving",
+        name: "f. crash: SIGKILL → replacement serving (survivor busy)",
         ours: ms(crash_ready),
-        peer: String::new(),
-        ratio: String::new(),
         target: "< 3 ms",
+        ..Row::default()
     });
     rows.push(Row {
         name: "g. parent peak RSS, imap of 10M items",
         ours: format!("{:.1} MiB", parent_kib as f64 / 1024.0),
-        peer: String::new(),
-        ratio: String::new(),
         target: "< 64 MiB",
+        ..Row::default()
     });
     rows.push(Row {
         name: "g. one idle worker's RSS",
         ours: format!("{:.1} MiB", worker_kib as f64 / 1024.0),
-        peer: String::new(),
-        ratio: String::new(),
-        target: "",
+        ..Row::default()
     });
     rows.extend(zygote_rows);
+    for (k, p) in placed.iter().enumerate() {
+        rows.push(Row {
+            name: if k == 0 {
+                "k. apply p50 (vs raw pipe p50), caller and worker pinned to the same CPU"
+            } else {
+                "k. apply p50 (vs raw pipe p50), caller and worker pinned to different CPUs"
+            },
+            ours: format!("{} (CPUs {}, {})", us(p.apply_p50), p.cpus.0, p.cpus.1),
+            peer: us(p.pipe_p50),
+            ratio: format!("{:.2}× the pipe", p.apply_p50 / p.pipe_p50),
+            ..Row::default()
+        });
+    }
+    if let [same, different] = &placed[..] {
+        rows.push(Row {
+            name: "k. different CPUs over the same CPU: apply (vs the raw pipe)",
+            ours: format!("{:.2}×", different.apply_p50 / same.apply_p50),
+            peer: format!("{:.2}× (pipe)", different.pipe_p50 / same.pipe_p50),
+            ..Row::default()
+        });
+    }
 
-    println!("| workload | procpool | peer | ratio | target |");
-    println!("|---|---|---|---|---|");
+    println!("| workload | procpool | CPU, parent + workers | peer | ratio | target |");
+    println!("|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} |",
-            r.name, r.ours, r.peer, r.ratio, r.target
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name, r.ours, r.cpu, r.peer, r.ratio, r.target
         );
+    }
+    match &python {
+        Some(json) => {
+            println!(
+                "\nPython {} peers (in brackets: procpool's advantage)\n",
+                python::json_string(json, "python_version").unwrap_or_default()
+            );
+            let ours = python::Ours {
+                startup_s: startup,
+                apply_p50_s: apply_p50,
+                map_items_per_s: map_rate,
+                imap_items_per_s: imap_rate,
+            };
+            print!("{}", python::peers_table(json, &ours));
+        }
+        None => println!("\n(no Python peers: python3 absent or failed)"),
     }
     if quick {
         println!("\n(quick run: tiny sizes, a smoke test; the numbers mean nothing)");
     }
-}
-
-fn raw_round_trips(n: usize) -> Vec<f64> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("--raw-echo")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut to = child.stdin.take().unwrap();
-    let mut from = child.stdout.take().unwrap();
-    let mut frame = [0u8; 12];
-    frame[..4].copy_from_slice(&8u32.to_le_bytes());
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n as u64 + 100 {
-        frame[4..].copy_from_slice(&i.to_le_bytes());
-        let t = Instant::now();
-        to.write_all(&frame).unwrap();
-        let mut back = [0u8; 12];
-        from.read_exact(&mut back).unwrap();
-        if i >= 100 {
-            lat.push(t.elapsed().as_secs_f64());
-        }
-        assert_eq!(u64::from_le_bytes(back[4..].try_into().unwrap()), square(i));
-    }
-    drop(to);
-    child.wait().unwrap();
-    lat
 }
 
 fn calibrate_spin(target: Duration) -> u64 {
@@ -452,37 +444,4 @@ fn calibrate_spin(target: Duration) -> u64 {
         }
         iters *= 2;
     }
-}
-
-fn run_python(quick: bool) -> Option<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/python_pool.py");
-    eprintln!("procpool-bench: measuring Python's multiprocessing.Pool (spawn)");
-    let mut cmd = Command::new("python3");
-    cmd.arg(script);
-    if quick {
-        cmd.arg("--quick");
-    }
-    match cmd.output() {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => {
-            eprintln!(
-                "procpool-bench: the Python peer failed ({}); skipping it:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("procpool-bench: python3 is not available ({e}); skipping the Python peer");
-            None
-        }
-    }
-}
-
-/// The number after `"key":` in a flat JSON object.
-fn json_number(json: &str, key: &str) -> Option<f64> {
-    let at = json.find(&format!("\"{key}\""))? + key.len() + 2;
-    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start();
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
 }

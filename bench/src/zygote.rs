@@ -131,6 +131,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
         Row {
             name: "h. zygote: 500 ms initializer, SIGKILL → replacement serving (vs exec)",
             ours: ms(zygote_respawn),
+            cpu: String::new(),
             peer: format!("{} (exec)", ms(exec_respawn)),
             ratio: format!("{:.0}× faster", exec_respawn / zygote_respawn),
             target: "≥ 50× faster than exec",
@@ -138,6 +139,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
         Row {
             name: "i. zygote: PSS of 8 workers sharing a 200 MiB table (vs exec)",
             ours: mib(zygote_kib),
+            cpu: String::new(),
             peer: format!("{} (exec)", mib(exec_kib)),
             ratio: format!("{:.2}× exec", zygote_kib as f64 / exec_kib as f64),
             target: "≤ 0.3× exec",
@@ -145,6 +147,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
         Row {
             name: "i. zygote: the zygote's own PSS (not in the row above)",
             ours: mib(zygote_own_kib),
+            cpu: String::new(),
             peer: String::new(),
             ratio: String::new(),
             target: "",
@@ -152,6 +155,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
         Row {
             name: "j. zygote: start-up, 8 workers, trivial initializer + first result (vs exec)",
             ours: ms(zygote_startup),
+            cpu: String::new(),
             peer: format!("{} (exec)", ms(exec_startup)),
             ratio: format!("{:.2}× exec", zygote_startup / exec_startup),
             target: "≤ 1.5× exec",
@@ -193,27 +197,7 @@ fn kill_to_serving(pool: &Pool, method: StartMethod) -> f64 {
     unsafe {
         libc::kill(victim as i32, libc::SIGKILL);
     }
-    let answers = pool
-        .with_chunksize(1)
-        .imap_unordered(
-            pid_unless_slow,
-            (0..1_000_000).map(|_| (survivor, SURVIVOR_MS)),
-        )
-        .unwrap();
-    let mut elapsed = None;
-    for answer in answers {
-        match answer {
-            Ok(pid) if pid != victim && pid != survivor => {
-                elapsed = Some(t.elapsed().as_secs_f64());
-                break;
-            }
-            Ok(_) => {}
-            // An item the victim had started before its death was seen.
-            Err(e) if e.is_worker_died() => {}
-            Err(e) => panic!("{method:?}: {e}"),
-        }
-    }
-    let elapsed = elapsed.expect("a replacement answered");
+    let elapsed = first_new_answer(pool, victim, survivor, t, &format!("{method:?}"));
     let after = pool.stats();
     assert_eq!(
         after.workers_started,
@@ -226,15 +210,51 @@ fn kill_to_serving(pool: &Pool, method: StartMethod) -> f64 {
         before.workers_forked + forked,
         "{method:?}"
     );
-    // The next kill finds both workers serving and the survivor done
-    // with what was queued to it.
+    settle(pool, victim, &format!("{method:?}"));
+    elapsed
+}
+
+/// The seconds from `t` (a SIGKILL of `victim`) to the first answer
+/// from a pid that is neither `victim` nor `survivor`: an
+/// `imap_unordered` with chunk size 1 of [`pid_unless_slow`], every item
+/// of which the survivor sleeps over, so it cannot answer in the
+/// replacement's place.
+pub(crate) fn first_new_answer(
+    pool: &Pool,
+    victim: u32,
+    survivor: u32,
+    t: Instant,
+    what: &str,
+) -> f64 {
+    let answers = pool
+        .with_chunksize(1)
+        .imap_unordered(
+            pid_unless_slow,
+            (0..1_000_000).map(|_| (survivor, SURVIVOR_MS)),
+        )
+        .unwrap();
+    for answer in answers {
+        match answer {
+            Ok(pid) if pid != victim && pid != survivor => return t.elapsed().as_secs_f64(),
+            Ok(_) => {}
+            // An item the victim had started before its death was seen.
+            Err(e) if e.is_worker_died() => {}
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: no replacement answered");
+}
+
+/// Waits until the pool has two workers again, `victim` not among them,
+/// and the survivor is done with what was queued to it: the next kill
+/// finds both workers serving.
+pub(crate) fn settle(pool: &Pool, victim: u32, what: &str) {
     let settled = Instant::now();
     while pool.worker_pids().len() != 2 || pool.worker_pids().contains(&victim) {
-        assert!(settled.elapsed() < Duration::from_secs(10), "{method:?}");
+        assert!(settled.elapsed() < Duration::from_secs(10), "{what}");
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(Duration::from_millis(4 * SURVIVOR_MS));
-    elapsed
 }
 
 /// i. The total PSS of the workers, in KiB, for exec and zygote, each

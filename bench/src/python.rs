@@ -1,0 +1,138 @@
+//! The Python peers (`peers/python_pool.py`): `multiprocessing.Pool` with
+//! the spawn, fork and forkserver start methods, and
+//! `concurrent.futures.ProcessPoolExecutor`, on workloads a–d.
+
+use std::process::Command;
+
+/// The script's JSON, or `None` (with a note) when it could not run.
+pub(crate) fn run(quick: bool) -> Option<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/python_pool.py");
+    eprintln!(
+        "procpool-bench: measuring Python's multiprocessing.Pool (spawn, fork, forkserver) \
+         and ProcessPoolExecutor"
+    );
+    let mut cmd = Command::new("python3");
+    cmd.arg(script);
+    if quick {
+        cmd.arg("--quick");
+    }
+    match cmd.output() {
+        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(out) => {
+            eprintln!(
+                "procpool-bench: the Python peer failed ({}); skipping it:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("procpool-bench: python3 is not available ({e}); skipping the Python peer");
+            None
+        }
+    }
+}
+
+/// The raw text after `"key":` in a flat JSON object, up to the next
+/// `,` or `}`.
+fn json_raw<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let at = json.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start();
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim())
+}
+
+/// The number after `"key":` in a flat JSON object.
+pub(crate) fn json_number(json: &str, key: &str) -> Option<f64> {
+    json_raw(json, key)?.parse().ok()
+}
+
+/// The (escape-free) string after `"key":` in a flat JSON object.
+pub(crate) fn json_string(json: &str, key: &str) -> Option<String> {
+    let raw = json_raw(json, key)?;
+    Some(raw.strip_prefix('"')?.strip_suffix('"')?.to_string())
+}
+
+/// procpool's figures for workloads a–d, in the units the script reports.
+pub(crate) struct Ours {
+    pub(crate) startup_s: f64,
+    pub(crate) apply_p50_s: f64,
+    pub(crate) map_items_per_s: f64,
+    pub(crate) imap_items_per_s: f64,
+}
+
+/// The table of every Python peer on a–d beside procpool, each cell with
+/// procpool's advantage (the peer's time over ours, or our rate over the
+/// peer's).
+pub(crate) fn peers_table(json: &str, ours: &Ours) -> String {
+    let executor = format!(
+        "ProcessPoolExecutor ({})",
+        json_string(json, "executor_start_method").unwrap_or_else(|| "?".into())
+    );
+    let peers = [
+        ("", "Pool, spawn".to_string()),
+        ("fork_", "Pool, fork".to_string()),
+        ("forkserver_", "Pool, forkserver".to_string()),
+        ("executor_", executor),
+    ];
+    let us = |s: f64| format!("{:.1} µs", s * 1e6);
+    let ms = |s: f64| format!("{:.2} ms", s * 1e3);
+    let rate = |r: f64| format!("{r:.0}/s");
+    type Fmt<'a> = &'a dyn Fn(f64) -> String;
+    // (name, key, ours, format, lower is better)
+    let workloads: [(&str, &str, f64, Fmt, bool); 4] = [
+        (
+            "a. start-up, 2 workers + first result",
+            "startup_s",
+            ours.startup_s,
+            &ms,
+            true,
+        ),
+        (
+            "b. apply p50 (executor: submit().result())",
+            "apply_p50_s",
+            ours.apply_p50_s,
+            &us,
+            true,
+        ),
+        (
+            "c. map x*x, Pool.map's default chunk size",
+            "map_items_per_s",
+            ours.map_items_per_s,
+            &rate,
+            false,
+        ),
+        (
+            "d. imap_unordered, chunk size 1 (executor: map, chunksize=1)",
+            "imap_unordered_items_per_s",
+            ours.imap_items_per_s,
+            &rate,
+            false,
+        ),
+    ];
+    let mut out = format!(
+        "| workload | procpool | {} |\n|---|---|{}\n",
+        peers
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(peers.len())
+    );
+    for (name, key, ours, fmt, lower_better) in workloads {
+        let cells: Vec<String> = peers
+            .iter()
+            .map(
+                |(prefix, _)| match json_number(json, &format!("{prefix}{key}")) {
+                    Some(p) => {
+                        let adv = if lower_better { p / ours } else { ours / p };
+                        format!("{} ({adv:.1}×)", fmt(p))
+                    }
+                    None => "n/a".into(),
+                },
+            )
+            .collect();
+        out += &format!("| {name} | {} | {} |\n", fmt(ours), cells.join(" | "));
+    }
+    out
+}
