@@ -1,6 +1,6 @@
 //! The machine a run was made on, named at the top of the output.
 
-/// "CPU model, N CPUs, Linux <release>", from `/proc/cpuinfo` and
+/// `CPU model, N CPUs, Linux RELEASE`, from `/proc/cpuinfo` and
 /// `/proc/sys/kernel/osrelease`.
 pub(crate) fn describe() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
