@@ -187,6 +187,10 @@ pub(crate) fn flush_stdio() {
     unsafe { libc::fflush(std::ptr::null_mut()) };
 }
 
+/// How long a zygote waits for threads that are ending to be gone before
+/// it refuses to fork.
+const EXITING_THREAD_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What [`fork_if_single_threaded`] did.
 #[derive(Debug)]
 pub(crate) enum Forked {
@@ -200,7 +204,15 @@ pub(crate) enum Forked {
 
 /// Forks, after checking that this process has exactly one thread.
 pub(crate) fn fork_if_single_threaded() -> io::Result<Forked> {
-    let threads = thread_count()?;
+    // A thread just joined may still be listed for a moment: `pthread_join`
+    // returns when the thread clears its tid, before the kernel has
+    // removed it. So a count above one is looked at again, briefly.
+    let mut threads = thread_count()?;
+    let deadline = std::time::Instant::now() + EXITING_THREAD_PATIENCE;
+    while threads != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        threads = thread_count()?;
+    }
     if threads != 1 {
         return Ok(Forked::Threads(threads));
     }
