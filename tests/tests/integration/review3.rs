@@ -11,57 +11,24 @@
 //! This file is also compiled into the `zygote` binary, where `builder`
 //! forks the workers; the raw-worker scenarios are exec'd there too.
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Stdio;
 
 use procpool_protocol::frame::read_frame;
 use procpool_protocol::{
-    DEFAULT_MAX_FRAME, ExitReport, FromWorker, ItemsBuilder, NotForked, Outcome, PREAMBLE_LEN,
-    ToWorker, decode_from_worker, encode_init, encode_message, encode_run, exit_code, preamble,
+    DEFAULT_MAX_FRAME, ExitReport, FromWorker, ItemsBuilder, NotForked, Outcome, ToWorker,
+    decode_from_worker, encode_init, encode_message, encode_run, exit_code, preamble,
 };
 use procpool_tests::{Then, recorded, square, temp_path, watchdog, wire_write};
 
+use crate::raw_worker::RawWorker;
 use crate::{FAULT_WORKER, LIMIT};
 
-/// A fault worker started by hand, its stderr captured, speaking raw
-/// protocol with the test.
-struct RawWorker {
-    child: Child,
-    tasks: Vec<String>,
-}
-
+/// What these tests add to `wire`'s raw worker.
 impl RawWorker {
-    fn start() -> Self {
-        let mut child = Command::new(FAULT_WORKER)
-            .env(
-                "PROCPOOL_WORKER",
-                procpool_protocol::PROTOCOL_VERSION.to_string(),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.as_mut().unwrap();
-        let mut p = [0u8; PREAMBLE_LEN];
-        out.read_exact(&mut p).unwrap();
-        procpool_protocol::check_preamble(&p).unwrap();
-        let mut body = Vec::new();
-        assert!(read_frame(out, DEFAULT_MAX_FRAME, &mut body).unwrap());
-        let FromWorker::Hello(hello) = decode_from_worker(&body).unwrap() else {
-            panic!("no hello")
-        };
-        let tasks = hello.tasks.into_iter().map(|t| t.name).collect();
-        Self { child, tasks }
-    }
-
-    fn task(&self, name: &str) -> u32 {
-        self.tasks.iter().position(|t| t == name).unwrap() as u32
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        // The worker may already have exited: a broken pipe is fine.
-        let _ = self.child.stdin.as_mut().unwrap().write_all(bytes);
+    /// A raw worker whose stderr the test reads.
+    fn start_capturing() -> Self {
+        Self::start_with(Stdio::piped())
     }
 
     /// Runs `init_store(path)` and checks it succeeded.
@@ -120,7 +87,7 @@ fn record_run(w: &RawWorker) -> Vec<u8> {
 fn refuses_zygote_request(name: &str, msg: &ToWorker<'_>) {
     let _w = watchdog(name, LIMIT);
     let file = temp_path(name);
-    let mut w = RawWorker::start();
+    let mut w = RawWorker::start_capturing();
     w.send(&preamble());
     w.init_store(&file.display().to_string());
     let mut bytes = Vec::new();
@@ -166,7 +133,7 @@ fn review3_a_fork_request_before_the_initializer_is_refused_too() {
         "review3_a_fork_request_before_the_initializer_is_refused_too",
         LIMIT,
     );
-    let mut w = RawWorker::start();
+    let mut w = RawWorker::start_capturing();
     w.send(&preamble());
     let mut bytes = Vec::new();
     encode_message(&mut bytes, &ToWorker::Fork { index: 7 }, DEFAULT_MAX_FRAME).unwrap();

@@ -2,20 +2,20 @@
 //! hang or exhaust the parent, and nothing the parent writes can make a
 //! worker run part of a task.
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use procpool::Pool;
 use procpool_protocol::frame::{read_frame, write_frame};
 use procpool_protocol::{
-    DEFAULT_MAX_FRAME, FromWorker, ItemsBuilder, Outcome, PREAMBLE_LEN, decode_from_worker,
-    encode_done, encode_init, encode_run, exit_code, preamble, push_outcome,
+    DEFAULT_MAX_FRAME, FromWorker, ItemsBuilder, Outcome, decode_from_worker, encode_done,
+    encode_init, encode_run, exit_code, preamble, push_outcome,
 };
 use procpool_tests::{
     Then, bytes_of_len, len_of, recorded, square, temp_path, wait_until, watchdog, wire_write,
 };
 
+use crate::raw_worker::RawWorker;
 use crate::{FAULT_WORKER, LIMIT};
 
 fn pool(workers: usize) -> Pool {
@@ -218,41 +218,11 @@ fn a_result_over_the_limit_fails_that_task_only() {
     assert_eq!(pool.worker_pids(), vec![pid], "the worker survived");
 }
 
-/// A fault worker started by hand, speaking raw protocol with the test.
-struct RawWorker {
-    child: Child,
-    tasks: Vec<String>,
-}
-
+/// What these tests add to the raw worker.
 impl RawWorker {
+    /// Started with its stderr discarded; after its handshake.
     fn start() -> Self {
-        let mut child = Command::new(FAULT_WORKER)
-            .env("PROCPOOL_WORKER", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.as_mut().unwrap();
-        let mut p = [0u8; PREAMBLE_LEN];
-        out.read_exact(&mut p).unwrap();
-        procpool_protocol::check_preamble(&p).unwrap();
-        let mut body = Vec::new();
-        assert!(read_frame(out, DEFAULT_MAX_FRAME, &mut body).unwrap());
-        let FromWorker::Hello(hello) = decode_from_worker(&body).unwrap() else {
-            panic!("no hello")
-        };
-        let tasks = hello.tasks.into_iter().map(|t| t.name).collect();
-        Self { child, tasks }
-    }
-
-    fn task(&self, name: &str) -> u32 {
-        self.tasks.iter().position(|t| t == name).unwrap() as u32
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        // The worker may already have exited: a broken pipe is fine.
-        let _ = self.child.stdin.as_mut().unwrap().write_all(bytes);
+        Self::start_with(Stdio::null())
     }
 
     /// Waits (bounded by the watchdog) for the exit code.

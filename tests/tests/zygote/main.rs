@@ -60,4 +60,6 @@ pub(crate) const START: procpool::StartMethod = procpool::StartMethod::Zygote;
 
 #[path = "../common/pools.rs"]
 mod pools;
+#[path = "../common/raw_worker.rs"]
+mod raw_worker;
 pub(crate) use pools::*;

@@ -120,3 +120,30 @@ pub(crate) fn busy_pool(method_var: &str) -> (procpool::Pool, Vec<u32>) {
     let pids = pool.worker_pids();
     (pool, pids)
 }
+
+/// Spawns `command()` again and again, naming `pid` as the next pid
+/// through `/proc/sys/kernel/ns_last_pid`, until the kernel gives it that
+/// freed pid: that child, or `None` after `tries`. Misses are SIGKILLed
+/// and reaped.
+pub(crate) fn spawn_at_pid(
+    pid: u32,
+    tries: usize,
+    command: impl Fn() -> std::process::Command,
+) -> Option<std::process::Child> {
+    use std::io::Write;
+    for _ in 0..tries {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/sys/kernel/ns_last_pid")
+            .unwrap();
+        write!(f, "{}", pid - 1).unwrap();
+        drop(f);
+        let mut child = command().spawn().unwrap();
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}

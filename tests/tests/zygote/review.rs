@@ -19,8 +19,8 @@ use procpool_tests::{
 };
 
 use crate::procs::{
-    busy_pool, has_field, marked, marked_processes, marker, ppid_of, the_zygote, try_kill,
-    zombies_of, zygotes,
+    busy_pool, has_field, marked, marked_processes, marker, ppid_of, spawn_at_pid, the_zygote,
+    try_kill, zombies_of, zygotes,
 };
 use crate::{FAULT_WORKER, LIMIT, builder};
 
@@ -660,7 +660,7 @@ fn review_a_reused_pid_of_a_forked_worker_costs_no_stranger_its_children() {
 #[test]
 #[ignore = "run by review_a_reused_pid_of_a_forked_worker_costs_no_stranger_its_children"]
 fn pid_reuse_scenario() {
-    use std::io::{BufRead, Write};
+    use std::io::BufRead;
     if !child_scenario() {
         return;
     }
@@ -680,26 +680,12 @@ fn pid_reuse_scenario() {
     kill(a, libc::SIGKILL);
     assert!(wait_until(LIMIT, || process_state(a).is_none()));
     // A stranger takes pid A, with a child of its own.
-    let mut stranger = None;
-    for _ in 0..200 {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/proc/sys/kernel/ns_last_pid")
-            .unwrap();
-        write!(f, "{}", a - 1).unwrap();
-        drop(f);
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & echo $!; wait"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        if child.id() == a {
-            stranger = Some(child);
-            break;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let stranger = spawn_at_pid(a, 200, || {
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped());
+        c
+    });
     let mut stranger = stranger.expect("took pid A");
     let mut line = String::new();
     std::io::BufReader::new(stranger.stdout.take().unwrap())
@@ -1005,7 +991,6 @@ fn review_a_sigchld_ignoring_host_kills_no_stranger_with_a_dead_zygotes_pid() {
     reason = "SIGCHLD is ignored here: the kernel reaps every child"
 )]
 fn sigchld_host_scenario() {
-    use std::io::Write;
     if !child_scenario() {
         return;
     }
@@ -1020,24 +1005,11 @@ fn sigchld_host_scenario() {
     kill(zygote, libc::SIGKILL);
     // Reaped by the kernel: the pid is free.
     assert!(wait_until(LIMIT, || process_state(zygote).is_none()));
-    let mut stranger = None;
-    for _ in 0..200 {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/proc/sys/kernel/ns_last_pid")
-            .unwrap();
-        write!(f, "{}", zygote - 1).unwrap();
-        drop(f);
-        let child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        if child.id() == zygote {
-            stranger = Some(child);
-            break;
-        }
-        try_kill(child.id());
-    }
+    let stranger = spawn_at_pid(zygote, 200, || {
+        let mut c = std::process::Command::new("sleep");
+        c.arg("30");
+        c
+    });
     let stranger = stranger.expect("took the zygote's pid");
     // A worker dies: the pool finds its zygote gone and gives it up.
     let victim = pool.worker_pids()[0];

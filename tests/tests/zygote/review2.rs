@@ -31,7 +31,7 @@ use procpool_tests::{
 
 use crate::procs::{
     all_pids, busy_pool, has_field, marked, marked_processes, marker, pgid_of, ppid_of, proc_bytes,
-    the_zygote, try_kill, zombies_of, zygotes,
+    spawn_at_pid, the_zygote, try_kill, zombies_of, zygotes,
 };
 use crate::{FAULT_WORKER, LIMIT};
 
@@ -354,7 +354,7 @@ fn review2_a_stranger_that_took_a_reaped_forked_workers_pid_is_not_signalled() {
 #[test]
 #[ignore = "run by review2_a_stranger_that_took_a_reaped_forked_workers_pid_is_not_signalled"]
 fn stranger_scenario() {
-    use std::io::{BufRead, Write};
+    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     if !child_scenario() {
         return;
@@ -381,27 +381,13 @@ fn stranger_scenario() {
         let _ = caller.join();
         return;
     }
-    let mut stranger = None;
-    for _ in 0..300 {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/proc/sys/kernel/ns_last_pid")
-            .unwrap();
-        write!(f, "{}", a - 1).unwrap();
-        drop(f);
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & echo $!; wait"])
+    let stranger = spawn_at_pid(a, 300, || {
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", "sleep 30 & echo $!; wait"])
             .stdout(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        if child.id() == a {
-            stranger = Some(child);
-            break;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+            .process_group(0);
+        c
+    });
     let mut stranger = stranger.expect("a stranger took pid A");
     let mut line = String::new();
     std::io::BufReader::new(stranger.stdout.take().unwrap())
