@@ -14,7 +14,7 @@ use procpool_protocol::{
     FrameDecoder, ItemsBuilder, MAGIC, PREAMBLE_LEN, check_preamble, decode_done, encode_run,
 };
 
-use crate::sys::{self, MAX_RUNS_IN_FLIGHT, SharedCounter, Waited};
+use crate::sys::{self, MAX_RUNS_IN_FLIGHT, SharedCounter, Spin, Waited};
 
 /// Why a connection cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,8 @@ pub(crate) struct Conn {
     last_bytes_at: Instant,
     progress: SharedCounter,
     max_frame: u32,
+    /// The lane's look for an answer before it blocks.
+    spin: Spin,
 }
 
 impl Conn {
@@ -99,6 +101,7 @@ impl Conn {
             last_bytes_at: now,
             progress,
             max_frame,
+            spin: Spin::default(),
         }
     }
 
@@ -363,7 +366,8 @@ impl Conn {
     }
 
     /// The lane: the next frame, blocking, watching the worker's end and
-    /// the pool's stop, under the same stall timeout as the loop.
+    /// the pool's stop, under the same stall timeout as the loop. It looks
+    /// for the answer for a short while before it sleeps (`sys::Spin`).
     pub(crate) fn read_blocking(
         &mut self,
         watch: Watch<'_>,
@@ -373,23 +377,40 @@ impl Conn {
             if let Some(frame) = self.next_frame().map_err(Lost::Violation)? {
                 return Ok(frame);
             }
-            let mut fds = watch.fds(PollFd::new(self.from.as_fd(), PollFlags::POLLIN));
-            match sys::wait(&mut fds, self.stall_deadline(stall)).map_err(|_| Lost::Exited)? {
-                Waited::TimedOut => {
-                    if let Some(v) = self.stalled(stall, Instant::now()) {
-                        return Err(Lost::Violation(v));
+            // The spin lasts microseconds: its start stands for the time
+            // bytes arrived, which the stall timeout measures in seconds.
+            let (mut spin, now) = (self.spin, Instant::now());
+            let looked = spin.run(|| match self.fill(now) {
+                Ok(Filled::Empty) => None,
+                other => Some(other),
+            });
+            self.spin = spin;
+            let (filled, ended) = match looked {
+                Some(filled) => (filled, Ok(())),
+                None => {
+                    let mut fds = watch.fds(PollFd::new(self.from.as_fd(), PollFlags::POLLIN));
+                    match sys::wait(&mut fds, self.stall_deadline(stall))
+                        .map_err(|_| Lost::Exited)?
+                    {
+                        Waited::TimedOut => {
+                            if let Some(v) = self.stalled(stall, Instant::now()) {
+                                return Err(Lost::Violation(v));
+                            }
+                            continue;
+                        }
+                        Waited::Refused | Waited::Ready => {}
                     }
-                    continue;
+                    let readable = sys::flagged(&fds[0]);
+                    let ended = watch.check(&fds);
+                    if !readable {
+                        ended?;
+                        continue;
+                    }
+                    self.spin.answered();
+                    (self.fill(Instant::now()), ended)
                 }
-                Waited::Refused | Waited::Ready => {}
-            }
-            let readable = sys::flagged(&fds[0]);
-            let ended = watch.check(&fds);
-            if !readable {
-                ended?;
-                continue;
-            }
-            match self.fill(Instant::now()) {
+            };
+            match filled {
                 Ok(Filled::Data { .. }) => {}
                 Ok(Filled::Empty) => ended?,
                 Ok(Filled::Eof) | Err(_) => {

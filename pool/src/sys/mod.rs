@@ -6,6 +6,7 @@
 //! O_CLOEXEC from birth, pidfds, memfd); see the crate docs.
 //!
 //! - `wait`: the one wait primitive (`poll`, EINTR handled once);
+//! - `spin`: the bounded look for an answer before that wait;
 //! - `proc`: pidfds, signals through them, descendant trees;
 //! - `shm`: the progress counter a worker shares with the pool;
 //! - `fork`: the zygote's control socket, one-thread check and fork.
@@ -19,6 +20,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 mod fork;
 mod proc;
 mod shm;
+mod spin;
 mod wait;
 
 pub(crate) use fork::{
@@ -32,6 +34,7 @@ pub(crate) use proc::{
     pidfd_signal, signal_group, signal_held_group, unreaped,
 };
 pub(crate) use shm::{MAX_RUNS_IN_FLIGHT, SharedCounter};
+pub(crate) use spin::{Spin, SpinRead};
 pub(crate) use wait::{Waited, after, flagged, peek, wait};
 
 /// Descriptor numbers the worker runtime moves the protocol pipes to.

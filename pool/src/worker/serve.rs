@@ -175,6 +175,18 @@ pub(super) fn serve_loop(
     if let Some(p) = progress {
         p.attach();
     }
+    // Reads spin briefly before they sleep (`sys::Spin`): the next task
+    // of a caller that got its answer is usually on its way.
+    let input = match crate::sys::SpinRead::new(input) {
+        Ok(input) => input,
+        Err(e) => {
+            eprintln!(
+                "procpool worker {}: cannot set up its input: {e}",
+                std::process::id()
+            );
+            return exit_code::SETUP_FAILED;
+        }
+    };
     let mut input = BufReader::with_capacity(64 << 10, input);
     if let Err(code) = handshake(registry, &output, &mut input, max_frame) {
         return code;
