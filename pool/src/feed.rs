@@ -40,17 +40,24 @@ pub(crate) fn encode_arg<A: Serialize>(
     buf.clear();
     match postcard::to_extend(arg, std::mem::take(buf)) {
         Ok(bytes) => *buf = bytes,
-        Err(e) => {
-            return Err(Error::new(ErrorKind::ArgEncode {
-                task: task.to_owned(),
-                message: e.to_string(),
-            }));
-        }
+        Err(e) => return Err(arg_encode_error(task, &e)),
     }
-    if buf.len() + ITEM_ROOM > frame_room(max_frame) {
+    check_len(buf.len(), task, max_frame)
+}
+
+fn arg_encode_error(task: &str, e: &postcard::Error) -> Error {
+    Error::new(ErrorKind::ArgEncode {
+        task: task.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Checks that an argument encoded to `len` bytes fits a frame on its own.
+fn check_len(len: usize, task: &str, max_frame: u32) -> Result<(), Error> {
+    if len + ITEM_ROOM > frame_room(max_frame) {
         return Err(Error::new(ErrorKind::ArgTooLarge {
             task: task.to_owned(),
-            len: buf.len(),
+            len,
             max: max_frame,
         }));
     }
@@ -105,7 +112,6 @@ pub(crate) struct Feeder<I> {
     pub(crate) inner: Arc<Inner>,
     size: ChunkSize,
     next_seq: u64,
-    scratch: Vec<u8>,
     /// Dropping it leaves its job alone (`map_async`: fed whole, detached).
     detached: bool,
     /// Chunks kept back instead of submitted (`map_async`: nothing is
@@ -126,7 +132,6 @@ where
             inner,
             size,
             next_seq: 0,
-            scratch: Vec::new(),
             detached: false,
             held: None,
         }
@@ -178,17 +183,24 @@ where
                 self.exhausted = true;
                 break;
             };
+            // Encoded straight into the chunk; checked once there.
             let task = &self.job.task_name;
-            match encode_arg(&arg, &mut self.scratch, task, self.inner.max_frame) {
+            let encoded = match items.push_value(&arg) {
+                Ok(len) => check_len(len, task, self.inner.max_frame),
+                Err(e) => Err(arg_encode_error(task, &e)),
+            };
+            match encoded {
                 Ok(()) => {
-                    if items.bytes() + self.scratch.len() + ITEM_ROOM > room {
+                    if items.bytes() + ITEM_ROOM > room {
                         // Does not fit beside the others: close this chunk
                         // and start the next with this item.
+                        let item = items.pop_last().expect("just pushed");
                         self.submit(std::mem::take(&mut items), opened);
+                        items.push(&item);
                     }
-                    items.push(&self.scratch);
                 }
                 Err(error) => {
+                    items.pop_last();
                     // The item gets a chunk of its own, failed here, in order.
                     self.submit(std::mem::take(&mut items), opened);
                     opened.push(Opened {

@@ -283,7 +283,15 @@ const OUTCOME_OK: u32 = 0;
 
 /// Decodes one [`Outcome`] from the front of `buf`: `Ok` (nearly every
 /// outcome) by hand, the rest through postcard; the same bytes either way.
+#[inline]
 fn take_outcome(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
+    // The hottest case first: `Ok` with a result under 128 bytes, its
+    // variant and its length one byte each.
+    if let [0, len @ 0..=0x7f, rest @ ..] = buf
+        && let Some((bytes, rest)) = rest.split_at_checked(usize::from(*len))
+    {
+        return Ok((Outcome::Ok(Bytes::new(bytes)), rest));
+    }
     // Variant indices follow postcard's u32 varint rule, lengths its usize
     // (u64) rule: the same bytes are accepted as by the derived decoder.
     if let Some((OUTCOME_OK, n)) = varint::get_u32(buf) {
@@ -353,6 +361,88 @@ pub fn decode_done(body: &[u8]) -> Result<Option<DoneView<'_>>, DecodeError> {
         batch,
         count,
         outcomes,
+    }))
+}
+
+/// A `ToWorker::Run` message, validated but not collected: its items stay
+/// encoded in the frame until [`items`](Self::items) walks them, so the
+/// worker's hot path allocates nothing per frame.
+#[derive(Debug, Clone, Copy)]
+pub struct RunView<'a> {
+    /// The batch id.
+    pub batch: u64,
+    /// Index of the task in the worker's [`Hello::tasks`].
+    pub task: u32,
+    /// See [`Run::eager`].
+    pub eager: bool,
+    /// How many items the frame holds.
+    pub count: u32,
+    items: &'a [u8],
+}
+
+impl<'a> RunView<'a> {
+    /// Each item's encoded argument, in order.
+    pub fn items(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut rest = self.items;
+        (0..self.count).map(move |_| {
+            let (item, r) = take_item(rest).expect("validated by decode_run");
+            rest = r;
+            item
+        })
+    }
+}
+
+/// One item (a byte string) from the front of `buf`.
+#[inline]
+fn take_item(buf: &[u8]) -> Result<(&[u8], &[u8]), postcard::Error> {
+    if let [len @ 0..=0x7f, rest @ ..] = buf
+        && let Some(split) = rest.split_at_checked(usize::from(*len))
+    {
+        return Ok(split);
+    }
+    let (item, rest) = postcard::take_from_bytes::<&Bytes>(buf)?;
+    Ok((item, rest))
+}
+
+/// Decodes a parent's frame body if it is a `Run` message (`Ok(None)` if
+/// it is another message), checking every item and that nothing trails,
+/// without collecting them: the same frames are accepted as by
+/// [`decode_to_worker`].
+pub fn decode_run(body: &[u8]) -> Result<Option<RunView<'_>>, DecodeError> {
+    let malformed = |source| DecodeError::Malformed {
+        what: "parent",
+        source,
+    };
+    let Some((tag, n)) = varint::get_u32(body) else {
+        return Ok(None);
+    };
+    if u64::from(tag) != TO_WORKER_RUN {
+        return Ok(None);
+    }
+    let rest = &body[n..];
+    let (batch, rest) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
+    let (task, rest) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
+    let (eager, rest) = postcard::take_from_bytes::<bool>(rest).map_err(malformed)?;
+    let (count, items) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
+    let count =
+        u32::try_from(count).map_err(|_| malformed(postcard::Error::DeserializeBadVarint))?;
+    let mut walk = items;
+    for _ in 0..count {
+        let (_, r) = take_item(walk).map_err(malformed)?;
+        walk = r;
+    }
+    if !walk.is_empty() {
+        return Err(DecodeError::Trailing {
+            what: "parent",
+            extra: walk.len(),
+        });
+    }
+    Ok(Some(RunView {
+        batch,
+        task,
+        eager,
+        count,
+        items,
     }))
 }
 
@@ -435,6 +525,8 @@ fn push_message<T: Serialize>(out: &mut Vec<u8>, msg: &T) {
 pub struct ItemsBuilder {
     body: Vec<u8>,
     count: u32,
+    /// Where the last item (its length) starts in `body`.
+    last: usize,
 }
 
 impl ItemsBuilder {
@@ -445,9 +537,46 @@ impl ItemsBuilder {
 
     /// Adds one item's encoded bytes.
     pub fn push(&mut self, item: &[u8]) {
+        self.last = self.body.len();
         varint::put(&mut self.body, item.len() as u64);
         self.body.extend_from_slice(item);
         self.count += 1;
+    }
+
+    /// Encodes `value` as the next item, straight into the body (see
+    /// [`push_prefixed`](crate::value::push_prefixed)); returns its
+    /// encoded length. On an error nothing is added.
+    pub fn push_value<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<usize> {
+        let at = self.body.len();
+        let len = crate::value::push_prefixed(&mut self.body, value)?;
+        self.last = at;
+        self.count += 1;
+        Ok(len)
+    }
+
+    /// Removes the last item and returns its encoded bytes (`None` if
+    /// there are no items).
+    pub fn pop_last(&mut self) -> Option<Vec<u8>> {
+        if self.count == 0 {
+            return None;
+        }
+        let (len, used) = varint::get(&self.body[self.last..]).expect("items were written by push");
+        let item = self.body[self.last + used..][..len as usize].to_vec();
+        self.body.truncate(self.last);
+        self.count -= 1;
+        self.last = self.start_of_last();
+        Some(item)
+    }
+
+    /// Where the last item starts, found by walking the items.
+    fn start_of_last(&self) -> usize {
+        let (mut at, mut last) = (0, 0);
+        for _ in 0..self.count {
+            last = at;
+            let (len, used) = varint::get(&self.body[at..]).expect("items were written by push");
+            at += used + len as usize;
+        }
+        last
     }
 
     /// Items so far.
@@ -470,6 +599,7 @@ impl ItemsBuilder {
         }
         self.body.drain(..at);
         self.count -= n;
+        self.last = self.last.saturating_sub(at);
     }
 
     /// The encoded items, for [`encode_run`].
@@ -616,6 +746,38 @@ mod tests {
     }
 
     #[test]
+    fn values_pushed_and_popped_are_items_as_pushed() {
+        let mut direct = ItemsBuilder::new();
+        let mut copied = ItemsBuilder::new();
+        for v in [0u64, 1, 300, u64::MAX] {
+            direct
+                .push_value(&(v, "x".repeat(v as usize % 200)))
+                .unwrap();
+            copied.push(&postcard::to_allocvec(&(v, "x".repeat(v as usize % 200))).unwrap());
+        }
+        assert_eq!(direct.body(), copied.body());
+        assert_eq!(direct.count(), 4);
+        let last = direct.pop_last().unwrap();
+        assert_eq!(
+            last,
+            postcard::to_allocvec(&(u64::MAX, "x".repeat((u64::MAX % 200) as usize))).unwrap()
+        );
+        let before_last = direct.pop_last().unwrap();
+        assert_eq!(
+            before_last,
+            postcard::to_allocvec(&(300u64, "x".repeat(100))).unwrap()
+        );
+        assert_eq!(direct.count(), 2);
+        direct.drop_first(1);
+        assert_eq!(
+            direct.pop_last().unwrap(),
+            postcard::to_allocvec(&(1u64, "x")).unwrap()
+        );
+        assert_eq!(direct.pop_last(), None);
+        assert_eq!(direct.bytes(), 0);
+    }
+
+    #[test]
     fn drop_first_keeps_the_rest() {
         let items: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; i as usize]).collect();
         for n in [0u32, 1, 2, 150, 299, 300, 400] {
@@ -744,6 +906,29 @@ mod tests {
             prop_assert_eq!((header.batch, header.count), (view.batch, view.count));
             prop_assert_eq!(header.outcomes().collect::<Vec<_>>(), view.outcomes().collect::<Vec<_>>());
             prop_assert_eq!(view.outcomes().collect::<Vec<_>>(), outcomes);
+        }
+
+        #[test]
+        fn decode_run_agrees_with_the_derived_decoder(body in proptest::collection::vec(any::<u8>(), 0..64), items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10), eager in any::<bool>()) {
+            // Arbitrary bytes: both accept or both refuse a Run.
+            let derived = decode_to_worker(&body);
+            match decode_run(&body) {
+                Ok(Some(view)) => {
+                    let Ok(ToWorker::Run(r)) = derived else { panic!("disagree on {body:?}") };
+                    prop_assert_eq!((view.batch, view.task, view.eager), (r.batch, r.task, r.eager));
+                    prop_assert_eq!(view.items().collect::<Vec<_>>(), r.items.iter().map(|b| &b[..]).collect::<Vec<_>>());
+                }
+                Ok(None) | Err(_) => prop_assert!(!matches!(derived, Ok(ToWorker::Run(_)))),
+            }
+            // A real Run frame.
+            let mut builder = ItemsBuilder::new();
+            for item in &items { builder.push(item); }
+            let mut out = Vec::new();
+            encode_run(&mut out, 9, 3, eager, &builder, DEFAULT_MAX_FRAME).unwrap();
+            let framed = body_of(&out);
+            let view = decode_run(&framed).unwrap().unwrap();
+            prop_assert_eq!((view.batch, view.task, view.eager, view.count as usize), (9, 3, eager, items.len()));
+            prop_assert_eq!(view.items().map(<[u8]>::to_vec).collect::<Vec<_>>(), items);
         }
 
         #[test]

@@ -19,8 +19,12 @@
 //! a scalar but a few nanoseconds on every struct, tuple, sequence or enum
 //! decoded (twice the time of a `Vec<(u64, u64)>`): small payloads, the
 //! hot path of `map`, decode exactly as fast as with plain postcard.
+//!
+//! Encoding goes the other way with no detour: [`push_prefixed`] writes a
+//! value's postcard bytes, behind their length, straight onto the end of
+//! the frame being built, with no scratch buffer and no copy.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Payloads up to this many bytes are decoded by postcard directly.
 pub const SHALLOW_LEN: usize = 128;
@@ -43,6 +47,59 @@ fn take_value_stacked<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> postcard::Resu
     Ok((value, de.finalize()?))
 }
 
+/// A postcard flavor appending to a borrowed `Vec`.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `value`'s postcard encoding to `out`, preceded by its length
+/// as a varint: the bytes a `&[u8]` holding that encoding would take.
+/// Returns the encoding's length. On an error `out` is as it was.
+///
+/// One byte is set aside for the length, which fits nearly every small
+/// value; a longer value is moved up by the few bytes its length needs.
+pub fn push_prefixed<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> postcard::Result<usize> {
+    let at = out.len();
+    out.push(0);
+    let mut ser = postcard::Serializer {
+        output: Append(out),
+    };
+    if let Err(e) = value.serialize(&mut ser) {
+        out.truncate(at);
+        return Err(e);
+    }
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        crate::varint::put(&mut prefix, len as u64);
+        out.splice(at..=at, prefix);
+    }
+    Ok(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +118,30 @@ mod tests {
             .unwrap()
             .join()
             .unwrap()
+    }
+
+    #[test]
+    fn prefixed_values_are_byte_strings_of_their_encoding() {
+        use serde::ser::Error as _;
+        for len in [0usize, 1, 126, 127, 128, 300, 20_000] {
+            let value = vec![7u8; len];
+            let mut out = vec![9u8];
+            let n = push_prefixed(&mut out, &value).unwrap();
+            let encoded = postcard::to_allocvec(&value).unwrap();
+            assert_eq!(n, encoded.len());
+            let expected = postcard::to_allocvec(&serde_bytes::Bytes::new(&encoded)).unwrap();
+            assert_eq!(out[0], 9);
+            assert_eq!(&out[1..], &expected[..], "length {len}");
+        }
+        struct Refuses;
+        impl Serialize for Refuses {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(S::Error::custom("no"))
+            }
+        }
+        let mut out = vec![1, 2, 3];
+        assert!(push_prefixed(&mut out, &(5u64, Refuses)).is_err());
+        assert_eq!(out, [1, 2, 3]);
     }
 
     #[test]

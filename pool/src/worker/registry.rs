@@ -4,7 +4,7 @@ use std::any::type_name;
 use std::collections::HashMap;
 use std::fmt;
 
-use procpool_protocol::value::take_value;
+use procpool_protocol::value::{push_prefixed, take_value};
 use procpool_protocol::{StateUse, TaskInfo};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,8 +21,11 @@ pub(crate) enum ItemError {
     NoState(String),
 }
 
+/// Runs one item: decodes its argument, calls the task, and appends the
+/// result's encoding to the buffer behind its length (the bytes of an
+/// `Outcome::Ok` after its variant); returns the encoding's length.
 pub(super) type Runner = Box<
-    dyn Fn(&mut Option<WorkerState>, &[u8], &mut Vec<u8>) -> Result<(), ItemError> + Send + Sync,
+    dyn Fn(&mut Option<WorkerState>, &[u8], &mut Vec<u8>) -> Result<usize, ItemError> + Send + Sync,
 >;
 
 struct Entry {
@@ -99,12 +102,14 @@ pub(super) fn decode_args<Args: DeserializeOwned>(arg: &[u8]) -> Result<Args, It
     Ok(args)
 }
 
-/// Encodes one item's result into `out`.
-pub(super) fn encode_output<R: Serialize>(result: &R, out: &mut Vec<u8>) -> Result<(), ItemError> {
-    out.clear();
-    *out = postcard::to_extend(result, std::mem::take(out))
-        .map_err(|e| ItemError::OutputEncode(e.to_string()))?;
-    Ok(())
+/// Appends one item's result to `out`, behind its length, straight from
+/// the value (no scratch buffer); returns the encoding's length. On an
+/// error `out` is as it was.
+pub(super) fn encode_output<R: Serialize>(
+    result: &R,
+    out: &mut Vec<u8>,
+) -> Result<usize, ItemError> {
+    push_prefixed(out, result).map_err(|e| ItemError::OutputEncode(e.to_string()))
 }
 
 /// Panics unless `f`'s type name can name a task; returns it.
@@ -236,7 +241,7 @@ impl Registry {
         state: &mut Option<WorkerState>,
         arg: &[u8],
         out: &mut Vec<u8>,
-    ) -> Option<Result<(), ItemError>> {
+    ) -> Option<Result<usize, ItemError>> {
         self.entries.get(index).map(|e| (e.run)(state, arg, out))
     }
 }
@@ -271,8 +276,11 @@ mod tests {
         );
         let mut out = Vec::new();
         let arg = postcard::to_stdvec(&21u64).unwrap();
-        assert!(matches!(r.run(1, &mut None, &arg, &mut out), Some(Ok(()))));
-        assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 42);
+        // The result is appended behind its length.
+        out.push(0xAA);
+        assert!(matches!(r.run(1, &mut None, &arg, &mut out), Some(Ok(1))));
+        assert_eq!(out[..2], [0xAA, 1]);
+        assert_eq!(postcard::from_bytes::<u64>(&out[2..]).unwrap(), 42);
         assert!(r.run(2, &mut None, &arg, &mut out).is_none());
     }
 
@@ -317,8 +325,8 @@ mod tests {
         let r = Registry::new().task_named("hundredfold", |x: u64| x * 100);
         let mut out = Vec::new();
         let arg = postcard::to_stdvec(&3u64).unwrap();
-        assert!(matches!(r.run(0, &mut None, &arg, &mut out), Some(Ok(()))));
-        assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 300);
+        assert!(matches!(r.run(0, &mut None, &arg, &mut out), Some(Ok(2))));
+        assert_eq!(postcard::from_bytes::<u64>(&out[1..]).unwrap(), 300);
     }
 
     #[test]

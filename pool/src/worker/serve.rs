@@ -12,8 +12,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use procpool_protocol::{
     Hello, Location, LogRecord, Outcome, PREAMBLE_LEN, StateUse, ToWorker, check_preamble,
-    decode_to_worker, encode_done, encode_hello, encode_init_done, encode_log, exit_code, preamble,
-    push_outcome,
+    decode_run, decode_to_worker, encode_done, encode_hello, encode_init_done, encode_log,
+    exit_code, preamble, push_outcome,
 };
 
 use super::{ItemError, Registry, WorkerState};
@@ -200,20 +200,37 @@ pub(super) fn serve_loop(
             Ok(false) => return 0,
             Err(e) => return bad_parent(&e.to_string()),
         }
-        let msg = match decode_to_worker(&frame) {
-            Ok(m) => m,
+        // The hot message first, read in place; the others as derived.
+        let sent = match decode_run(&frame) {
+            Ok(Some(run)) => server.run(run.batch, run.task, run.eager, run.count, run.items()),
+            Ok(None) => match decode_to_worker(&frame) {
+                Ok(msg) => server.serve_other(msg),
+                Err(e) => return bad_parent(&e.to_string()),
+            },
             Err(e) => return bad_parent(&e.to_string()),
-        };
-        let sent = match msg {
-            ToWorker::Init { task, arg } => server.init(task, arg),
-            ToWorker::Run(run) => server.run(run.batch, run.task, run.eager, &run.items),
-            ToWorker::Fork { .. } | ToWorker::Reap { .. } => {
-                return bad_parent("a worker got a message meant for a zygote");
-            }
         };
         match sent {
             Ok(()) => {}
             Err(Stop(code)) => return code,
+        }
+    }
+}
+
+impl Server<'_> {
+    /// A message other than `Run`.
+    fn serve_other(&mut self, msg: ToWorker<'_>) -> Result<(), Stop> {
+        match msg {
+            ToWorker::Init { task, arg } => self.init(task, arg),
+            ToWorker::Run(run) => self.run(
+                run.batch,
+                run.task,
+                run.eager,
+                run.items.len() as u32,
+                run.items.iter().map(|b| &b[..]),
+            ),
+            ToWorker::Fork { .. } | ToWorker::Reap { .. } => Err(Stop(bad_parent(
+                "a worker got a message meant for a zygote",
+            ))),
         }
     }
 }
@@ -293,7 +310,8 @@ impl<'r> Server<'r> {
             Some(StateUse::None | StateUse::Makes(_)) => {}
         }
         let limit = self.limit();
-        let outcome = run_item(
+        self.scratch.clear();
+        run_item(
             self.registry,
             task as usize,
             &mut self.state,
@@ -301,13 +319,22 @@ impl<'r> Server<'r> {
             &mut self.scratch,
             limit,
         );
+        let (outcome, _) = postcard::take_from_bytes::<Outcome<'_>>(&self.scratch)
+            .expect("run_item writes one outcome");
         self.out.clear();
         encode_init_done(&mut self.out, &outcome, self.max_frame)
             .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
         self.send()
     }
 
-    fn run(&mut self, batch: u64, task: u32, eager: bool, items: &[&Bytes]) -> Result<(), Stop> {
+    fn run<'i>(
+        &mut self,
+        batch: u64,
+        task: u32,
+        eager: bool,
+        count: u32,
+        items: impl Iterator<Item = &'i [u8]>,
+    ) -> Result<(), Stop> {
         // Validate the whole message before running anything of it.
         match self.registry.state_use(task as usize) {
             None => return Err(Stop(bad_parent(&format!("task {task} does not exist")))),
@@ -327,7 +354,7 @@ impl<'r> Server<'r> {
         let (mut stride, mut since_check) = (1u32, 0u32);
         let run = self.runs;
         self.runs += 1;
-        for (k, item) in items.iter().enumerate() {
+        for (k, item) in items.enumerate() {
             self.started += 1;
             // Started or skipped, an item counts: the pool's stream index
             // of every item stays the worker's count. A batch's first item,
@@ -347,20 +374,19 @@ impl<'r> Server<'r> {
                 }
                 None => false,
             };
-            let outcome = if skip {
-                Outcome::Cancelled
+            let before = self.outcomes.len();
+            if skip {
+                push_outcome(&mut self.outcomes, &Outcome::Cancelled);
             } else {
                 run_item(
                     self.registry,
                     task as usize,
                     &mut self.state,
                     item,
-                    &mut self.scratch,
+                    &mut self.outcomes,
                     limit,
-                )
-            };
-            let before = self.outcomes.len();
-            push_outcome(&mut self.outcomes, &outcome);
+                );
+            }
             if self.outcomes.len() > limit && pending > 0 {
                 // This outcome does not fit beside the pending ones: send
                 // those first, then keep this one alone.
@@ -391,7 +417,7 @@ impl<'r> Server<'r> {
                 last_flush = Instant::now();
             }
         }
-        if pending > 0 || items.is_empty() {
+        if pending > 0 || count == 0 {
             self.flush(batch, pending)?;
         }
         Ok(())
@@ -462,32 +488,36 @@ impl log::Log for ForwardLogger {
     fn flush(&self) {}
 }
 
-/// Runs one item, catching a panic; results whose outcome would not fit in
+/// Runs one item, catching a panic, and appends its outcome to `out` (as
+/// [`push_outcome`] would): a result is encoded straight into `out`, with
+/// no scratch buffer and no copy. Results whose outcome would not fit in
 /// `limit` (a frame's room for outcomes) become an encode error for this
 /// item only.
-fn run_item<'s>(
+fn run_item(
     registry: &Registry,
     task: usize,
     state: &mut Option<WorkerState>,
     arg: &[u8],
-    scratch: &'s mut Vec<u8>,
+    out: &mut Vec<u8>,
     limit: usize,
-) -> Outcome<'s> {
+) {
     // An outcome's own header (variant and length) takes at most this.
     const OUTCOME_ROOM: usize = 16;
-    let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, state, arg, scratch)));
-    match result {
-        Ok(Some(Ok(()))) if scratch.len() + OUTCOME_ROOM > limit => {
+    let start = out.len();
+    // `Outcome::Ok`'s variant; the runner appends the length and bytes.
+    out.push(0);
+    let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, state, arg, out)));
+    let failed = match result {
+        Ok(Some(Ok(len))) if len + OUTCOME_ROOM > limit => {
             // Name the limit the user configured, not the room left in it.
             Outcome::OutputEncode(format!(
-                "the result encodes to {} bytes, more than fits in a frame: the frame limit of \
-                 {} bytes (Builder::max_frame) holds a result of at most {} bytes",
-                scratch.len(),
+                "the result encodes to {len} bytes, more than fits in a frame: the frame limit \
+                 of {} bytes (Builder::max_frame) holds a result of at most {} bytes",
                 limit + DONE_HEADER_ROOM,
                 limit.saturating_sub(OUTCOME_ROOM)
             ))
         }
-        Ok(Some(Ok(()))) => Outcome::Ok(Bytes::new(scratch)),
+        Ok(Some(Ok(_))) => return,
         Ok(Some(Err(ItemError::ArgDecode(m)))) => Outcome::ArgDecode(m),
         Ok(Some(Err(ItemError::OutputEncode(m)))) => Outcome::OutputEncode(m),
         // The parent refuses such a call at submit; should one come, the
@@ -512,5 +542,8 @@ fn run_item<'s>(
             let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
             Outcome::Panicked { message, location }
         }
-    }
+    };
+    // Whatever the runner wrote before it failed goes.
+    out.truncate(start);
+    push_outcome(out, &failed);
 }
