@@ -1,9 +1,11 @@
 //! procpool beside its peers, in one run: Python's `multiprocessing.Pool`
-//! (spawn), rayon (the in-process ceiling) and a raw pipe round trip (the
-//! floor). Prints the machine, then a table of medians and ratios, with the
-//! CPU time beside the wall time (`cpu.rs`): crash recovery (`crash.rs`),
-//! the placement of caller and worker (`placement.rs`), the zygote start
-//! method against exec (`zygote.rs`); then every Python peer (`python.rs`).
+//! (spawn), procspawn's `Pool` (`procspawn_peer.rs`), rayon (the in-process
+//! ceiling) and a raw pipe round trip (the floor). Prints the machine, then
+//! a table of medians and ratios, with the CPU time beside the wall time
+//! (`cpu.rs`): crash recovery (`crash.rs`), the placement of caller and
+//! worker (`placement.rs`), the zygote start method against exec
+//! (`zygote.rs`), payloads of 4 KiB to 4 MiB (`payload.rs`); then every
+//! Python peer (`python.rs`).
 //! See `bench/README.md`.
 //!
 //! `cargo run --release -p procpool-bench [-- --quick]`
@@ -16,7 +18,9 @@ use procpool::{Pool, Registry};
 mod cpu;
 mod crash;
 mod machine;
+mod payload;
 mod placement;
+mod procspawn_peer;
 mod python;
 mod zygote;
 
@@ -34,17 +38,18 @@ fn spin(iters: u64) -> u64 {
 }
 
 fn registry() -> Registry {
-    zygote::register(
-        Registry::new()
-            .task(square)
-            .task(spin)
-            .task(crash::announce_and_sleep),
-    )
+    let tasks = Registry::new()
+        .task(square)
+        .task(spin)
+        .task(crash::announce_and_sleep);
+    payload::register(zygote::register(tasks))
 }
 
 struct Sizes {
     startups: usize,
     applies: usize,
+    /// Row b: procspawn calls (each costs several applies).
+    procspawn_calls: usize,
     map_items: u64,
     imap_items: u64,
     cpu_items: usize,
@@ -53,6 +58,8 @@ struct Sizes {
     /// Row k: applies (and raw round trips) per placement and round.
     placement_applies: usize,
     placement_rounds: usize,
+    /// Row k: procspawn calls per placement and round.
+    placement_procspawn_calls: usize,
 }
 
 /// Rounds of the throughput workloads; their medians are reported.
@@ -64,6 +71,7 @@ const CPU_ROUNDS: usize = 5;
 const FULL: Sizes = Sizes {
     startups: 20,
     applies: 20_000,
+    procspawn_calls: 5_000,
     map_items: 1_000_000,
     imap_items: 200_000,
     cpu_items: 200,
@@ -71,11 +79,13 @@ const FULL: Sizes = Sizes {
     mem_items: 10_000_000,
     placement_applies: 5_000,
     placement_rounds: 3,
+    placement_procspawn_calls: 1_000,
 };
 
 const QUICK: Sizes = Sizes {
     startups: 3,
     applies: 300,
+    procspawn_calls: 100,
     map_items: 20_000,
     imap_items: 2_000,
     cpu_items: 8,
@@ -83,6 +93,7 @@ const QUICK: Sizes = Sizes {
     mem_items: 100_000,
     placement_applies: 200,
     placement_rounds: 1,
+    placement_procspawn_calls: 50,
 };
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -98,10 +109,22 @@ fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
 fn main() {
     let tasks = registry();
     procpool::serve_if_worker(&tasks);
+    // A procspawn child (this program started again by procspawn, with a
+    // variable of its own) serves procspawn's calls here and exits; in
+    // the harness and its own children this returns at once.
+    procspawn::init();
+    // SAFETY: every function the harness gives procspawn is in this
+    // executable, none in a shared library, which is what procspawn's
+    // check (the feature left out, see Cargo.toml) would have verified.
+    unsafe { procspawn::assert_spawn_is_safe() };
 
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--raw-echo") {
         placement::raw_echo();
+        return;
+    }
+    if args.iter().any(|a| a == "--raw-echo-frames") {
+        payload::raw_echo_frames();
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--mem-imap") {
@@ -147,7 +170,7 @@ fn status_kib(pid: &str, field: &str) -> u64 {
 
 #[derive(Default)]
 struct Row {
-    name: &'static str,
+    name: String,
     ours: String,
     /// CPU time (user + sys) of the parent and the workers.
     cpu: String,
@@ -202,6 +225,11 @@ fn run(sizes: &Sizes, quick: bool) {
     let (apply_p50, apply_p99) = (median(lat.clone()), percentile(lat, 0.99));
     let raw = placement::raw_round_trips(sizes.applies, None);
     let (raw_p50, raw_p99) = (median(raw.clone()), percentile(raw, 0.99));
+    // b. The same call through procspawn's pool of 2, dropped at once.
+    let peer = procspawn_peer::pool(2);
+    let spawned = procspawn_peer::round_trips(&peer, sizes.procspawn_calls);
+    drop(peer);
+    let (ps_p50, ps_p99) = (median(spawned.clone()), percentile(spawned, 0.99));
 
     // c. map of x*x, automatic chunk size (median of rounds).
     let mut cpu_c = cpu::Meter::default();
@@ -288,7 +316,18 @@ fn run(sizes: &Sizes, quick: bool) {
     drop(pool);
 
     // k. apply and the raw pipe, caller and worker on one CPU or two.
-    let placed = placement::measure(sizes.placement_applies, sizes.placement_rounds);
+    let placed = placement::measure(
+        sizes.placement_applies,
+        sizes.placement_procspawn_calls,
+        sizes.placement_rounds,
+    );
+
+    // l. Payloads of 4 KiB to 4 MiB: three byte types and the raw pipe.
+    let payload_rows = payload::rows(if quick {
+        &payload::QUICK
+    } else {
+        &payload::FULL
+    });
 
     // Python's pools, same workloads, same run.
     let python = python::run(quick);
@@ -301,10 +340,17 @@ fn run(sizes: &Sizes, quick: bool) {
     let ms = |s: f64| format!("{:.2} ms", s * 1e3);
     let rate = |r: f64| format!("{:.0}/s", r);
     let ratio = |x: Option<f64>| x.map_or("n/a".into(), |x| format!("{x:.1}×"));
+    let where_ = |k: usize| {
+        if k == 0 {
+            "caller and worker pinned to the same CPU"
+        } else {
+            "caller and worker pinned to different CPUs"
+        }
+    };
     let items_c = (ROUNDS as u64 * sizes.map_items) as f64;
     let items_d = (ROUNDS as u64 * sizes.imap_items) as f64;
     rows.push(Row {
-        name: "a. start-up, 2 workers + first result",
+        name: "a. start-up, 2 workers + first result".into(),
         ours: ms(startup),
         cpu: cpu_a.column(sizes.startups as f64, "start-up", 1e3, "ms"),
         peer: py("startup_s").map_or("python3 absent".into(), ms),
@@ -312,7 +358,7 @@ fn run(sizes: &Sizes, quick: bool) {
         target: "≥ 20× faster than Python",
     });
     rows.push(Row {
-        name: "b. apply p50 (vs raw pipe p50)",
+        name: "b. apply p50 (vs raw pipe p50)".into(),
         ours: us(apply_p50),
         cpu: cpu_b.column(sizes.applies as f64, "call", 1e6, "µs"),
         peer: us(raw_p50),
@@ -320,14 +366,14 @@ fn run(sizes: &Sizes, quick: bool) {
         target: "≤ 1.5× the raw pipe",
     });
     rows.push(Row {
-        name: "b. apply p99 (vs raw pipe p99)",
+        name: "b. apply p99 (vs raw pipe p99)".into(),
         ours: us(apply_p99),
         peer: us(raw_p99),
         ratio: format!("{:.2}× the floor", apply_p99 / raw_p99),
         ..Row::default()
     });
     rows.push(Row {
-        name: "b. apply p50 vs Python's Pool.apply",
+        name: "b. apply p50 vs Python's Pool.apply".into(),
         ours: us(apply_p50),
         peer: py("apply_p50_s").map_or("python3 absent".into(), us),
         ratio: ratio(py("apply_p50_s").map(|p| p / apply_p50)),
@@ -335,7 +381,22 @@ fn run(sizes: &Sizes, quick: bool) {
         ..Row::default()
     });
     rows.push(Row {
-        name: "c. map x*x over 1M u64",
+        name: "b. apply p50 vs procspawn's Pool call (spawn + join) p50".into(),
+        ours: us(apply_p50),
+        peer: us(ps_p50),
+        ratio: format!("{:.1}× faster", ps_p50 / apply_p50),
+        target: "≥ 5× faster than procspawn",
+        ..Row::default()
+    });
+    rows.push(Row {
+        name: "b. apply p99 vs procspawn's Pool call p99".into(),
+        ours: us(apply_p99),
+        peer: us(ps_p99),
+        ratio: format!("{:.1}× faster", ps_p99 / apply_p99),
+        ..Row::default()
+    });
+    rows.push(Row {
+        name: "c. map x*x over 1M u64".into(),
         ours: rate(map_rate),
         cpu: cpu_c.column(items_c, "item", 1e9, "ns"),
         peer: py("map_items_per_s").map_or("python3 absent".into(), rate),
@@ -343,7 +404,7 @@ fn run(sizes: &Sizes, quick: bool) {
         target: "≥ 4× Python",
     });
     rows.push(Row {
-        name: "d. imap_unordered, chunk size 1",
+        name: "d. imap_unordered, chunk size 1".into(),
         ours: rate(imap_rate),
         cpu: cpu_d.column(items_d, "item", 1e9, "ns"),
         peer: py("imap_unordered_items_per_s").map_or("python3 absent".into(), rate),
@@ -351,7 +412,7 @@ fn run(sizes: &Sizes, quick: bool) {
         target: "≥ 8× Python",
     });
     rows.push(Row {
-        name: "e. CPU-bound map speedup (vs rayon's)",
+        name: "e. CPU-bound map speedup (vs rayon's)".into(),
         ours: format!("{our_speedup:.2}×"),
         cpu: cpu_e.column(CPU_ROUNDS as f64, "run", 1e3, "ms"),
         peer: format!("{rayon_speedup:.2}× (rayon)"),
@@ -360,49 +421,56 @@ fn run(sizes: &Sizes, quick: bool) {
         target: "≥ 0.95 of rayon",
     });
     rows.push(Row {
-        name: "f. crash: SIGKILL → task error",
+        name: "f. crash: SIGKILL → task error".into(),
         ours: ms(crash_error),
         ..Row::default()
     });
     rows.push(Row {
-        name: "f. crash: SIGKILL → replacement serving (survivor busy)",
+        name: "f. crash: SIGKILL → replacement serving (survivor busy)".into(),
         ours: ms(crash_ready),
         target: "< 3 ms",
         ..Row::default()
     });
     rows.push(Row {
-        name: "g. parent peak RSS, imap of 10M items",
+        name: "g. parent peak RSS, imap of 10M items".into(),
         ours: format!("{:.1} MiB", parent_kib as f64 / 1024.0),
         target: "< 64 MiB",
         ..Row::default()
     });
     rows.push(Row {
-        name: "g. one idle worker's RSS",
+        name: "g. one idle worker's RSS".into(),
         ours: format!("{:.1} MiB", worker_kib as f64 / 1024.0),
         ..Row::default()
     });
     rows.extend(zygote_rows);
     for (k, p) in placed.iter().enumerate() {
         rows.push(Row {
-            name: if k == 0 {
-                "k. apply p50 (vs raw pipe p50), caller and worker pinned to the same CPU"
-            } else {
-                "k. apply p50 (vs raw pipe p50), caller and worker pinned to different CPUs"
-            },
+            name: format!("k. apply p50 (vs raw pipe p50), {}", where_(k)),
             ours: format!("{} (CPUs {}, {})", us(p.apply_p50), p.cpus.0, p.cpus.1),
             peer: us(p.pipe_p50),
             ratio: format!("{:.2}× the pipe", p.apply_p50 / p.pipe_p50),
             ..Row::default()
         });
     }
+    for (k, p) in placed.iter().enumerate() {
+        rows.push(Row {
+            name: format!("k. apply p50 vs procspawn's Pool call p50, {}", where_(k)),
+            ours: us(p.apply_p50),
+            peer: us(p.procspawn_p50),
+            ratio: format!("{:.1}× faster", p.procspawn_p50 / p.apply_p50),
+            target: "≥ 5× faster than procspawn",
+            ..Row::default()
+        });
+    }
     if let [same, different] = &placed[..] {
         rows.push(Row {
-            name: "k. different CPUs over the same CPU: apply (vs the raw pipe)",
+            name: "k. different CPUs over the same CPU: apply (vs the raw pipe)".into(),
             ours: format!("{:.2}×", different.apply_p50 / same.apply_p50),
             peer: format!("{:.2}× (pipe)", different.pipe_p50 / same.pipe_p50),
             ..Row::default()
         });
     }
+    rows.extend(payload_rows);
 
     println!("| workload | procpool | CPU, parent + workers | peer | ratio | target |");
     println!("|---|---|---|---|---|---|");

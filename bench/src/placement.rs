@@ -1,6 +1,7 @@
-//! The raw pipe floor (rows b and k), and row k: the `apply` round trip
-//! and the raw pipe round trip with the calling thread and the worker (or
-//! the echo child) pinned to the same CPU, then to different CPUs.
+//! The raw pipe floor (rows b and k), and row k: the `apply` round trip,
+//! the raw pipe round trip and procspawn's pool call, with the calling
+//! thread and the worker (or the echo child, or procspawn's worker) pinned
+//! to the same CPU, then to different CPUs.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use procpool::Pool;
 
-use crate::{median, square};
+use crate::{median, procspawn_peer, square};
 
 /// The raw floor's child: echoes 12-byte frames (4-byte length + u64).
 pub(crate) fn raw_echo() {
@@ -108,13 +109,15 @@ pub(crate) struct Placed {
     pub(crate) cpus: (usize, usize),
     pub(crate) apply_p50: f64,
     pub(crate) pipe_p50: f64,
+    pub(crate) procspawn_p50: f64,
 }
 
 /// Row k: per placement, same CPU then different CPUs (the latter only
 /// with two CPUs allowed), `rounds` rounds alternating the placements,
-/// each doing `n` applies on a pool of one worker and `n` raw round trips.
-/// The calling thread's affinity is restored after.
-pub(crate) fn measure(n: usize, rounds: usize) -> Vec<Placed> {
+/// each doing `n` applies on a pool of one worker, `n` raw round trips and
+/// `calls` calls on a procspawn pool of one worker. The calling thread's
+/// affinity is restored after.
+pub(crate) fn measure(n: usize, calls: usize, rounds: usize) -> Vec<Placed> {
     let original = this_thread_affinity();
     // SAFETY: CPU_ISSET reads the set; every index is below CPU_SETSIZE.
     let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
@@ -129,8 +132,12 @@ pub(crate) fn measure(n: usize, rounds: usize) -> Vec<Placed> {
     let pool = Pool::builder().workers(1).build().unwrap();
     pool.apply(square, 1).unwrap();
     let worker = pool.worker_pids()[0];
+    // Likewise: its monitor thread, which talks to its worker, stays free.
+    let peer = procspawn_peer::pool(1);
+    let peer_worker = procspawn_peer::worker_pid(&peer);
     let mut applies = vec![Vec::new(); placements.len()];
     let mut pipes = vec![Vec::new(); placements.len()];
+    let mut spawned = vec![Vec::new(); placements.len()];
     for _ in 0..rounds {
         for (k, &(caller, other)) in placements.iter().enumerate() {
             set_affinity(worker, &cpu_set(&[other]));
@@ -144,6 +151,8 @@ pub(crate) fn measure(n: usize, rounds: usize) -> Vec<Placed> {
                 t.elapsed().as_secs_f64()
             }));
             pipes[k].extend(raw_round_trips(n, Some(other)));
+            set_affinity(peer_worker, &cpu_set(&[other]));
+            spawned[k].extend(procspawn_peer::round_trips(&peer, calls));
             set_affinity(0, &original);
         }
     }
@@ -152,14 +161,21 @@ pub(crate) fn measure(n: usize, rounds: usize) -> Vec<Placed> {
         vec![worker],
         "the worker was not replaced"
     );
+    assert_eq!(
+        procspawn_peer::worker_pid(&peer),
+        peer_worker,
+        "procspawn's worker was not replaced"
+    );
     drop(pool);
+    drop(peer);
     placements
         .into_iter()
-        .zip(applies.into_iter().zip(pipes))
-        .map(|(cpus, (a, p))| Placed {
+        .zip(applies.into_iter().zip(pipes).zip(spawned))
+        .map(|(cpus, ((a, p), s))| Placed {
             cpus,
             apply_p50: median(a),
             pipe_p50: median(p),
+            procspawn_p50: median(s),
         })
         .collect()
 }

@@ -129,7 +129,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
     let [exec_startup, zygote_startup] = startup.map(median);
     vec![
         Row {
-            name: "h. zygote: 500 ms initializer, SIGKILL → replacement serving (vs exec)",
+            name: "h. zygote: 500 ms initializer, SIGKILL → replacement serving (vs exec)".into(),
             ours: ms(zygote_respawn),
             cpu: String::new(),
             peer: format!("{} (exec)", ms(exec_respawn)),
@@ -137,7 +137,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             target: "≥ 50× faster than exec",
         },
         Row {
-            name: "i. zygote: PSS of 8 workers sharing a 200 MiB table (vs exec)",
+            name: "i. zygote: PSS of 8 workers sharing a 200 MiB table (vs exec)".into(),
             ours: mib(zygote_kib),
             cpu: String::new(),
             peer: format!("{} (exec)", mib(exec_kib)),
@@ -145,7 +145,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             target: "≤ 0.3× exec",
         },
         Row {
-            name: "i. zygote: the zygote's own PSS (not in the row above)",
+            name: "i. zygote: the zygote's own PSS (not in the row above)".into(),
             ours: mib(zygote_own_kib),
             cpu: String::new(),
             peer: String::new(),
@@ -153,7 +153,8 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             target: "",
         },
         Row {
-            name: "j. zygote: start-up, 8 workers, trivial initializer + first result (vs exec)",
+            name: "j. zygote: start-up, 8 workers, trivial initializer + first result (vs exec)"
+                .into(),
             ours: ms(zygote_startup),
             cpu: String::new(),
             peer: format!("{} (exec)", ms(exec_startup)),

@@ -410,6 +410,7 @@
 //! thread.
 
 mod builder;
+mod bytes;
 mod call;
 mod callback;
 mod dispatcher;
@@ -426,6 +427,7 @@ mod values;
 pub mod worker;
 
 pub use builder::{Builder, InitOutput, StartMethod};
+pub use bytes::Bytes;
 pub use call::Call;
 pub use error::{Error, Exit, PanicLocation};
 pub use handle::{AsyncResult, CancelHandle, Imap, ImapStream, SubmitError};
