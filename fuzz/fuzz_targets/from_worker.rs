@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
             | FromWorker::Forked { .. }
             | FromWorker::NotForked(_)
             | FromWorker::Reaped { .. } => {}
+            FromWorker::Shared { fds } => assert!(fds.len() <= data.len()),
         }
     }
 });

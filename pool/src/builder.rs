@@ -88,6 +88,7 @@ pub struct Builder {
     memory_limit: Option<u64>,
     restart_limit: Limit,
     start_method: StartMethod,
+    shared_memory: bool,
 }
 
 impl fmt::Debug for Builder {
@@ -99,6 +100,7 @@ impl fmt::Debug for Builder {
             .field("max_frame", &self.max_frame)
             .field("startup_timeout", &self.startup_timeout)
             .field("start_method", &self.start_method)
+            .field("shared_memory", &self.shared_memory)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +126,7 @@ impl Builder {
                 window: Duration::from_secs(60),
             },
             start_method: StartMethod::Exec,
+            shared_memory: true,
         }
     }
 
@@ -268,6 +271,18 @@ impl Builder {
         self
     }
 
+    /// Whether a [`Bytes`](crate::Bytes) payload of 1 MiB or more (an
+    /// argument or a result) travels through shared memory, a sealed
+    /// memfd the receiver maps, instead of through the pipe (default:
+    /// yes). The pipe carries a 32-byte marker in its place. Nothing is
+    /// ever named in a file system, and the memory goes with the last
+    /// process that holds it, whichever is killed. See the crate docs,
+    /// "Large payloads".
+    pub fn shared_memory(mut self, on: bool) -> Self {
+        self.shared_memory = on;
+        self
+    }
+
     /// Largest frame either side accepts, in bytes (default 64 MiB).
     pub fn max_frame(mut self, bytes: u32) -> Self {
         self.max_frame = bytes.max(1024);
@@ -383,6 +398,7 @@ impl Builder {
             }
         };
         launch.memory_limit = self.memory_limit;
+        launch.shared_memory = self.shared_memory;
         let did_not_serve = launch.did_not_serve.clone();
         let program = launch.describe();
         let initializer = self.initializer.transpose()?.map(Arc::new);
@@ -436,6 +452,7 @@ impl Builder {
                 chunksize: self.chunksize,
                 timeout: self.task_timeout,
                 max_frame: self.max_frame,
+                shared_memory: self.shared_memory,
                 stopped: AtomicBool::new(false),
                 callbacks: Default::default(),
             }),

@@ -9,9 +9,13 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+use crate::payload;
+use crate::sys::Mapping;
 
 /// A byte payload that crosses the pipe as one block: the fast path for a
 /// task's binary arguments and results.
@@ -54,10 +58,37 @@ use serde::{Deserialize, Serialize, Serializer};
 ///     Ok(())
 /// }
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default)]
 pub struct Bytes {
-    // Private: a later change may hold large payloads in shared memory.
-    inner: Vec<u8>,
+    inner: Repr,
+}
+
+/// Where the bytes are: in a vector, or in a sealed memfd that a large
+/// payload came in (read-only; a change copies them out first).
+#[derive(Clone)]
+enum Repr {
+    Owned(Vec<u8>),
+    Mapped(Arc<Mapping>),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Owned(Vec::new())
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
+
+impl Eq for Bytes {}
+
+impl std::hash::Hash for Bytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self[..].hash(state);
+    }
 }
 
 impl Bytes {
@@ -78,7 +109,16 @@ impl Bytes {
     /// assert_eq!(b.into_vec(), [1, 2]);
     /// ```
     pub fn into_vec(self) -> Vec<u8> {
-        self.inner
+        match self.inner {
+            Repr::Owned(v) => v,
+            Repr::Mapped(m) => m.bytes().to_vec(),
+        }
+    }
+
+    fn mapped(map: Mapping) -> Bytes {
+        Bytes {
+            inner: Repr::Mapped(Arc::new(map)),
+        }
     }
 }
 
@@ -89,8 +129,10 @@ impl Bytes {
 /// assert_eq!(&b[..], [7, 7, 7]);
 /// ```
 impl From<Vec<u8>> for Bytes {
-    fn from(inner: Vec<u8>) -> Bytes {
-        Bytes { inner }
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes {
+            inner: Repr::Owned(v),
+        }
     }
 }
 
@@ -102,9 +144,7 @@ impl From<Vec<u8>> for Bytes {
 /// ```
 impl From<&[u8]> for Bytes {
     fn from(bytes: &[u8]) -> Bytes {
-        Bytes {
-            inner: bytes.to_vec(),
-        }
+        Bytes::from(bytes.to_vec())
     }
 }
 
@@ -118,7 +158,10 @@ impl Deref for Bytes {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.inner
+        match &self.inner {
+            Repr::Owned(v) => v,
+            Repr::Mapped(m) => m.bytes(),
+        }
     }
 }
 
@@ -132,7 +175,13 @@ impl Deref for Bytes {
 /// ```
 impl DerefMut for Bytes {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.inner
+        if let Repr::Mapped(m) = &self.inner {
+            self.inner = Repr::Owned(m.bytes().to_vec());
+        }
+        match &mut self.inner {
+            Repr::Owned(v) => v,
+            Repr::Mapped(_) => unreachable!("copied out above"),
+        }
     }
 }
 
@@ -146,7 +195,7 @@ impl DerefMut for Bytes {
 /// ```
 impl AsRef<[u8]> for Bytes {
     fn as_ref(&self) -> &[u8] {
-        &self.inner
+        self
     }
 }
 
@@ -159,17 +208,23 @@ impl AsRef<[u8]> for Bytes {
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Bytes(b\"")?;
-        for &b in &self.inner {
+        for &b in self.iter() {
             write!(f, "{}", std::ascii::escape_default(b))?;
         }
         f.write_str("\")")
     }
 }
 
-/// Encodes the bytes as one block (`serialize_bytes`).
+/// Encodes the bytes as one block (`serialize_bytes`). Encoded by the pool
+/// for a local worker, or by such a worker for the pool, a payload of
+/// 1 MiB or more goes through shared memory instead, and the block is a
+/// small marker naming it (see the crate docs, "Large payloads").
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.inner)
+        match payload::share(self) {
+            Some(marker) => serializer.serialize_bytes(&marker),
+            None => serializer.serialize_bytes(self),
+        }
     }
 }
 
@@ -191,15 +246,21 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-        Ok(Bytes::from(v))
+        match payload::resolve(v) {
+            Some(mapped) => mapped.map(Bytes::mapped).map_err(E::custom),
+            None => Ok(Bytes::from(v)),
+        }
     }
 
     fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
-        Ok(Bytes::from(v))
+        self.visit_bytes(v)
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-        Ok(Bytes::from(v))
+        match payload::resolve(&v) {
+            Some(mapped) => mapped.map(Bytes::mapped).map_err(E::custom),
+            None => Ok(Bytes::from(v)),
+        }
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
@@ -208,7 +269,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
         while let Some(b) = seq.next_element::<u8>()? {
             inner.push(b);
         }
-        Ok(Bytes { inner })
+        Ok(Bytes::from(inner))
     }
 }
 

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::feed::{ChunkSize, Feeder, encode_arg};
 use crate::gather::{Chunks, Gather, decode_one};
 use crate::handle::{AsyncResult, Imap, Pending, Slot, SubmitError};
+use crate::payload;
 use crate::pool::Pool;
 use crate::task::TaskRef;
 use crate::values::{CallArg, CallOutput};
@@ -100,12 +101,20 @@ impl<'p> Call<'p> {
             Err(error) => return Err(SubmitError { error, arg: args }),
         };
         let mut encoded = Vec::new();
-        if let Err(error) = encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame) {
+        let made = payload::made();
+        let result = if inner.shared_memory {
+            payload::sharing(|| encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame))
+        } else {
+            encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame)
+        };
+        let shared = payload::take_made(made);
+        if let Err(error) = result {
             return Err(SubmitError { error, arg: args });
         }
         let mut items = ItemsBuilder::new();
         items.push(&encoded);
-        let batch = Batch::new(job.clone(), 0, items);
+        let mut batch = Batch::new(job.clone(), 0, items);
+        batch.keep_shared(shared);
         match direct.then(|| inner.shared.lanes.take()).flatten() {
             Some(loan) => dispatcher::lane::run(loan, batch, &inner.shared.lanes, &inner.handle),
             None => inner.submit(batch),

@@ -5,6 +5,7 @@
 //! (a bounded number of chunks open at once), so an `imap` over ten million
 //! generated items never holds them all.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::dispatcher::{Batch, Job};
 use crate::error::{Error, ErrorKind};
+use crate::payload;
 use crate::pool::Inner;
 
 /// Largest automatic chunk, in items.
@@ -177,7 +179,10 @@ where
         }
         let want = self.size.take();
         let room = frame_room(self.inner.max_frame);
+        let share = self.inner.shared_memory;
         let mut items = ItemsBuilder::new();
+        // The memfds of this chunk's large arguments (`payload.rs`).
+        let mut shared = Vec::new();
         while (items.count() as usize) < want && items.bytes() < CHUNK_BYTES {
             let Some(arg) = self.iter.next() else {
                 self.exhausted = true;
@@ -185,24 +190,36 @@ where
             };
             // Encoded straight into the chunk; checked once there.
             let task = &self.job.task_name;
-            let encoded = match items.push_value(&arg) {
-                Ok(len) => check_len(len, task, self.inner.max_frame),
+            let made = payload::made();
+            let pushed = if share {
+                payload::sharing(|| items.push_value(&arg))
+            } else {
+                items.push_value(&arg)
+            };
+            let its_shared = payload::take_made(made);
+            let encoded = match pushed {
+                Ok(len) => check_len(len, task, self.inner.max_frame).inspect_err(|_| {
+                    items.pop_last();
+                }),
                 Err(e) => Err(arg_encode_error(task, &e)),
             };
             match encoded {
                 Ok(()) => {
                     if items.bytes() + ITEM_ROOM > room {
                         // Does not fit beside the others: close this chunk
-                        // and start the next with this item.
+                        // and start the next with this item (its shared
+                        // payloads go with it; their markers stay valid).
                         let item = items.pop_last().expect("just pushed");
-                        self.submit(std::mem::take(&mut items), opened);
+                        let full = std::mem::take(&mut items);
+                        self.submit(full, std::mem::take(&mut shared), opened);
                         items.push(&item);
                     }
+                    shared.extend(its_shared);
                 }
                 Err(error) => {
-                    items.pop_last();
                     // The item gets a chunk of its own, failed here, in order.
-                    self.submit(std::mem::take(&mut items), opened);
+                    let before = std::mem::take(&mut items);
+                    self.submit(before, std::mem::take(&mut shared), opened);
                     opened.push(Opened {
                         seq: self.bump(),
                         count: 1,
@@ -212,7 +229,7 @@ where
                 }
             }
         }
-        self.submit(items, opened);
+        self.submit(items, shared, opened);
     }
 
     fn bump(&mut self) -> u64 {
@@ -221,7 +238,7 @@ where
         s
     }
 
-    fn submit(&mut self, items: ItemsBuilder, opened: &mut Vec<Opened>) {
+    fn submit(&mut self, items: ItemsBuilder, shared: Vec<OwnedFd>, opened: &mut Vec<Opened>) {
         if items.count() == 0 {
             return;
         }
@@ -231,7 +248,8 @@ where
             count: items.count(),
             failed: None,
         });
-        let batch = Batch::new(self.job.clone(), seq, items);
+        let mut batch = Batch::new(self.job.clone(), seq, items);
+        batch.keep_shared(shared);
         match &mut self.held {
             Some(held) => held.push(batch),
             None => self.inner.submit(batch),

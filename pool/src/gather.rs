@@ -16,17 +16,26 @@ use serde::de::DeserializeOwned;
 use crate::dispatcher::{ChunkMsg, Job, Shared};
 use crate::error::{Error, ErrorKind, PanicLocation};
 use crate::feed::{Feeder, Opened};
+use crate::payload::{Attached, Inbox, receiving};
 
 /// Decodes the one outcome of an `apply_async`.
 pub(crate) fn decode_one<R: DeserializeOwned>(msg: ChunkMsg, job: &Job) -> Result<R, Error> {
     match msg {
         ChunkMsg::Part {
-            skip, pid, frame, ..
+            skip,
+            pid,
+            frame,
+            attached,
+            ..
         } => {
             let mut out = None;
-            decode_part::<R>(&frame, skip, &job.task_name, pid, &job.shared, |r| {
-                out = Some(r)
-            });
+            let part = Part {
+                frame: &frame,
+                skip,
+                pid,
+                attached,
+            };
+            decode_part::<R>(part, &job.task_name, &job.shared, |r| out = Some(r));
             out.expect("a Part carries at least one outcome")
         }
         ChunkMsg::Failed { error, .. } => {
@@ -37,10 +46,36 @@ pub(crate) fn decode_one<R: DeserializeOwned>(msg: ChunkMsg, job: &Job) -> Resul
     }
 }
 
+/// One `Done` frame for a caller: its outcomes after the first `skip`,
+/// from worker `pid`, with the shared payloads its results name.
+pub(crate) struct Part<'f> {
+    pub(crate) frame: &'f [u8],
+    pub(crate) skip: u32,
+    pub(crate) pid: u32,
+    pub(crate) attached: Attached,
+}
+
 /// Decodes one `Done` frame's outcomes, after the first `skip`, into
 /// results, calling `push` for each, and counts them in the pool's
-/// statistics.
+/// statistics. Markers of shared payloads resolve among those the frame
+/// came with (`payload.rs`).
 pub(crate) fn decode_part<R: DeserializeOwned>(
+    part: Part<'_>,
+    task: &str,
+    shared: &Shared,
+    push: impl FnMut(Result<R, Error>),
+) {
+    if part.attached.is_empty() {
+        decode_outcomes(part.frame, part.skip, task, part.pid, shared, push);
+    } else {
+        let inbox = Inbox::Attached(part.attached);
+        receiving(inbox, || {
+            decode_outcomes(part.frame, part.skip, task, part.pid, shared, push)
+        });
+    }
+}
+
+fn decode_outcomes<R: DeserializeOwned>(
     frame: &[u8],
     skip: u32,
     task: &str,
@@ -66,7 +101,10 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
                 })),
                 Err(e) => Err(Error::new(ErrorKind::OutputDecode {
                     task: task.to_owned(),
-                    message: format!("as `{}`: {e}", std::any::type_name::<R>()),
+                    message: match crate::payload::take_failure() {
+                        Some(why) => why,
+                        None => format!("as `{}`: {e}", std::any::type_name::<R>()),
+                    },
                 })),
             },
             Outcome::Panicked { message, location } => Err(Error::new(ErrorKind::Panicked {
@@ -297,24 +335,24 @@ impl<R: DeserializeOwned> Gather<R> {
                 skip,
                 pid,
                 frame,
+                attached,
                 ..
             } => {
                 let out = &mut self.done[seq as usize];
                 let before = out.len();
                 let mut first_error = None;
-                decode_part::<R>(
-                    &frame,
+                let part = Part {
+                    frame: &frame,
                     skip,
-                    &job.task_name,
                     pid,
-                    &job.shared,
-                    |r| match r {
-                        Ok(v) => out.push(v),
-                        Err(e) => {
-                            first_error.get_or_insert(e);
-                        }
-                    },
-                );
+                    attached,
+                };
+                decode_part::<R>(part, &job.task_name, &job.shared, |r| match r {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                });
                 if let Some(e) = first_error {
                     return Err(e);
                 }
@@ -387,9 +425,19 @@ impl<R: DeserializeOwned> Chunks<R> {
         debug_assert_eq!(offset, chunk.received);
         match msg {
             ChunkMsg::Part {
-                skip, pid, frame, ..
+                skip,
+                pid,
+                frame,
+                attached,
+                ..
             } => {
-                decode_part::<R>(&frame, skip, &job.task_name, pid, &job.shared, |r| {
+                let part = Part {
+                    frame: &frame,
+                    skip,
+                    pid,
+                    attached,
+                };
+                decode_part::<R>(part, &job.task_name, &job.shared, |r| {
                     chunk.ready.push_back(r);
                     chunk.received += 1;
                 });

@@ -31,9 +31,13 @@ fn a_deeply_nested_result_decodes_on_a_default_sized_thread() {
         .spawn(move || {
             let shared = Shared::new();
             let mut got = Vec::new();
-            decode_part::<DeepList>(&body, 0, "deep", 1, &shared, |r| {
-                got.push(r.map(|l| l.depth()))
-            });
+            let part = super::Part {
+                frame: &body,
+                skip: 0,
+                pid: 1,
+                attached: Default::default(),
+            };
+            decode_part::<DeepList>(part, "deep", &shared, |r| got.push(r.map(|l| l.depth())));
             got
         })
         .unwrap()

@@ -418,6 +418,7 @@ mod error;
 mod feed;
 mod gather;
 mod handle;
+mod payload;
 mod pool;
 mod supervisor;
 mod sys;

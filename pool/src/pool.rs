@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub(crate) chunksize: Option<usize>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_frame: u32,
+    /// Large `Bytes` arguments go through shared memory (`payload.rs`).
+    pub(crate) shared_memory: bool,
     /// The dispatcher has exited and was joined.
     pub(crate) stopped: AtomicBool,
     /// The thread that runs result callbacks.

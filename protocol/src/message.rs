@@ -14,7 +14,7 @@ use crate::varint;
 pub const MAGIC: [u8; 8] = *b"PROCPOOL";
 
 /// The version of this protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes of the preamble: magic then version.
 pub const PREAMBLE_LEN: usize = 12;
@@ -221,6 +221,13 @@ pub enum FromWorker<'a> {
         pid: u32,
         /// How it ended.
         exit: ExitReport,
+    },
+    /// Large results of the next `Done` frame are in sealed memfds: the
+    /// worker's descriptor numbers, for the pool to open (through
+    /// `/proc/<pid>/fd/<n>`) before the worker closes them.
+    Shared {
+        /// The worker's descriptors.
+        fds: Vec<u32>,
     },
 }
 

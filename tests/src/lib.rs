@@ -10,11 +10,16 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod payloads;
 mod state;
 mod zygote;
 mod zygote_review;
 mod zygote_review2;
 mod zygote_review3;
+pub use payloads::{
+    digest, digest_of, echo_bytes, forge_after_listing_zero, forged_marker, pattern, pattern_bytes,
+    payload_memfds,
+};
 pub use state::{
     Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
     tally_marker, worker_index,
@@ -677,6 +682,12 @@ pub fn registry() -> procpool::Registry {
         .task(process_report)
         .task(init_open_file)
         .task(read_shared_byte)
+        .task(echo_bytes)
+        .task(pattern_bytes)
+        .task(digest)
+        .task(payload_memfds)
+        .task(forged_marker)
+        .task(forge_after_listing_zero)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)

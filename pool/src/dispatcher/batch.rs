@@ -7,6 +7,7 @@
 //! takes — queued, in flight, re-dispatched after a crash, dropped with a
 //! closed channel, or unwound by a panic — every item ends exactly once.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
@@ -17,6 +18,9 @@ use parking_lot::Mutex;
 use procpool_protocol::{ItemsBuilder, TaskInfo};
 
 use crate::error::{Error, ErrorKind};
+use crate::payload::Attached;
+
+pub(crate) use super::conn::Received;
 
 /// What a caller receives about one of its chunks.
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub(crate) enum ChunkMsg {
         skip: u32,
         pid: u32,
         frame: Vec<u8>,
+        /// The shared payloads its results name (`payload.rs`).
+        attached: Attached,
     },
     /// Items `offset..offset + count` of the chunk failed with `error`.
     Failed {
@@ -131,6 +137,10 @@ pub(crate) struct Batch {
     delivered: u32,
     /// Deadlines its next item passed before a worker started it.
     missed_starts: u32,
+    /// The memfds of its large arguments (`payload.rs`): kept until every
+    /// item has its outcome, so that a worker (this one, or the next after
+    /// a crash) can open them.
+    shared: Box<[OwnedFd]>,
 }
 
 impl Batch {
@@ -144,7 +154,14 @@ impl Batch {
             sent_from: 0,
             delivered: 0,
             missed_starts: 0,
+            shared: Box::default(),
         }
+    }
+
+    /// Keeps the memfds its items' markers name.
+    pub(crate) fn keep_shared(&mut self, fds: Vec<OwnedFd>) {
+        debug_assert!(self.shared.is_empty(), "kept once, when built");
+        self.shared = fds.into_boxed_slice();
     }
 
     /// The items a worker is sent: those from [`sent_from`](Self::sent_from).
@@ -158,7 +175,7 @@ impl Batch {
 
     /// Forwards a `Done` frame holding `n` outcomes of which the first
     /// `skip` were already reported (by a deadline).
-    pub(crate) fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Vec<u8>) {
+    pub(crate) fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Received) {
         let fresh = n - skip;
         debug_assert!(fresh <= self.remaining());
         if fresh == 0 {
@@ -169,7 +186,8 @@ impl Batch {
             offset: self.delivered,
             skip,
             pid,
-            frame,
+            frame: frame.body,
+            attached: frame.attached,
         });
         self.delivered += fresh;
     }
@@ -201,6 +219,8 @@ impl Batch {
 }
 
 impl super::settle::Unit for Batch {
+    type Frame = Received;
+
     fn sent_from(&self) -> u32 {
         self.sent_from
     }
@@ -210,7 +230,7 @@ impl super::settle::Unit for Batch {
     fn remaining(&self) -> u32 {
         Batch::remaining(self)
     }
-    fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Vec<u8>) {
+    fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Received) {
         Batch::deliver(self, n, skip, pid, frame);
     }
     fn fail_next(&mut self, count: u32, error: Error) {

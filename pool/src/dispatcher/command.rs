@@ -40,7 +40,7 @@ pub(crate) enum Command {
     /// A lent worker failed its caller: settle the batch and the worker.
     LaneFailed {
         loan: Box<Loan>,
-        batch: Batch,
+        batch: Box<Batch>,
         /// Stream index of the batch's item on that worker.
         first: u64,
         lost: Lost,
@@ -122,9 +122,9 @@ impl Dispatcher {
                 }) => {
                     let slot = loan.slot;
                     if self.stage == Stage::Terminating {
-                        settle::fail(batch, Error::new(ErrorKind::Terminated));
+                        settle::fail(*batch, Error::new(ErrorKind::Terminated));
                     } else {
-                        self.settle.hand_back(slot, batch, first);
+                        self.settle.hand_back(slot, *batch, first);
                     }
                     self.unlend(*loan);
                     let loss = match lost {

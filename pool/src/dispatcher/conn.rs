@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
@@ -14,6 +14,7 @@ use procpool_protocol::{
     FrameDecoder, ItemsBuilder, MAGIC, PREAMBLE_LEN, check_preamble, decode_done, encode_run,
 };
 
+use crate::payload::Attached;
 use crate::sys::{self, MAX_RUNS_IN_FLIGHT, SharedCounter, Spin, Waited};
 
 /// Why a connection cannot go on.
@@ -72,6 +73,18 @@ pub(crate) struct Conn {
     max_frame: u32,
     /// The lane's look for an answer before it blocks.
     spin: Spin,
+    /// Shared payloads the worker listed for its next `Done` frame,
+    /// opened (`payload.rs`).
+    attached: Vec<(u32, Result<OwnedFd, String>)>,
+    /// The worker's `Shared` messages taken so far.
+    shared_taken: u64,
+}
+
+/// A `Done` frame as read, with the shared payloads its results name.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub(crate) body: Vec<u8>,
+    pub(crate) attached: Attached,
 }
 
 impl Conn {
@@ -102,6 +115,39 @@ impl Conn {
             progress,
             max_frame,
             spin: Spin::default(),
+            attached: Vec::new(),
+            shared_taken: 0,
+        }
+    }
+
+    /// A `Shared` message: opens the worker's memfds now, before it closes
+    /// them, and tells it (through the progress page) that it may. One it
+    /// cannot open fails the result that names it, when decoded.
+    pub(crate) fn take_shared(&mut self, fds: Vec<u32>) -> Result<(), Violation> {
+        if self.attached.len() + fds.len() > crate::payload::MAX_SHARED {
+            return Err(Violation::Protocol(format!(
+                "more than {} shared payloads for one frame",
+                crate::payload::MAX_SHARED
+            )));
+        }
+        for n in fds {
+            let opened = sys::open_sealed(self.pid, n)
+                .map_err(|e| format!("cannot open shared payload {n} of worker {}: {e}", self.pid));
+            self.attached.push((n, opened));
+        }
+        self.shared_taken += 1;
+        self.progress.shared_taken(self.shared_taken);
+        Ok(())
+    }
+
+    /// The next `Done` frame, with what the worker shared for it.
+    pub(crate) fn received(&mut self, body: Vec<u8>) -> Received {
+        Received {
+            body,
+            attached: Attached {
+                pid: self.pid,
+                fds: std::mem::take(&mut self.attached),
+            },
         }
     }
 

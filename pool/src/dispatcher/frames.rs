@@ -54,6 +54,7 @@ impl Dispatcher {
             }
             let conn = w.conn.as_mut().ok_or(Loss::Exited)?;
             conn.check_done(batch, n).map_err(Loss::Violation)?;
+            let frame = conn.received(frame);
             return self
                 .settle
                 .done(w.slot, batch, n, frame, Instant::now())
@@ -68,6 +69,10 @@ impl Dispatcher {
                     record,
                 );
                 Ok(())
+            }
+            FromWorker::Shared { fds } if self.workers[i].phase == Phase::Ready => {
+                let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
+                conn.take_shared(fds).map_err(Loss::Violation)
             }
             FromWorker::Hello(hello) if matches!(self.workers[i].phase, Phase::Handshake) => {
                 self.accept_hello(i, hello.tasks)

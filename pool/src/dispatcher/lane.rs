@@ -194,7 +194,7 @@ pub(crate) fn run(loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) 
         Err((batch, first, lost)) => {
             let _ = handle.send(Command::LaneFailed {
                 loan: Box::new(loan),
-                batch,
+                batch: Box::new(batch),
                 first,
                 lost,
             });
@@ -225,6 +225,7 @@ fn talk(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
         match conn::done_header(&frame).map_err(Lost::Violation)? {
             Some((b, n)) => {
                 loan.conn.check_done(b, n).map_err(Lost::Violation)?;
+                let frame = loan.conn.received(frame);
                 batch.deliver(n, 0, loan.conn.pid, frame);
             }
             None => match decode_from_worker(&frame) {
@@ -234,6 +235,9 @@ fn talk(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
                         Some(&batch.job.task_name),
                         record,
                     );
+                }
+                Ok(FromWorker::Shared { fds }) => {
+                    loan.conn.take_shared(fds).map_err(Lost::Violation)?;
                 }
                 Ok(_) => {
                     return Err(Lost::Violation(Violation::Protocol(

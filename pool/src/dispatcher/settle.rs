@@ -45,6 +45,8 @@ use crate::error::{Error, ErrorKind, Exit};
 /// through a cursor that only moves forward (`delivered`); dropping a unit
 /// fails whatever it has not reported.
 pub(crate) trait Unit: Sized {
+    /// A `Done` frame as the connection read it.
+    type Frame;
     /// Chunk index of the first item still to be sent.
     fn sent_from(&self) -> u32;
     /// Items whose outcome was reported (a chunk index).
@@ -53,7 +55,7 @@ pub(crate) trait Unit: Sized {
     fn remaining(&self) -> u32;
     /// Forwards a `Done` frame of `n` outcomes whose first `skip` were
     /// already reported.
-    fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Vec<u8>);
+    fn deliver(&mut self, n: u32, skip: u32, pid: u32, frame: Self::Frame);
     /// Fails the next `count` unreported items.
     fn fail_next(&mut self, count: u32, error: Error);
     /// The unreported items, to be sent again; `None` if none is left.
@@ -317,7 +319,7 @@ impl<U: Unit> Settle<U> {
         worker: u64,
         batch: u64,
         n: u32,
-        frame: Vec<u8>,
+        frame: U::Frame,
         now: Instant,
     ) -> Result<(), String> {
         let Some(s) = self.slot_mut(worker) else {

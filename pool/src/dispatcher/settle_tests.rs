@@ -48,6 +48,8 @@ impl Model {
 }
 
 impl Unit for Model {
+    type Frame = Vec<u8>;
+
     fn sent_from(&self) -> u32 {
         self.sent_from
     }

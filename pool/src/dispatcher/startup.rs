@@ -60,6 +60,7 @@ pub(crate) fn name_of(msg: &FromWorker<'_>) -> &'static str {
         FromWorker::Forked { .. } => "Forked",
         FromWorker::NotForked(_) => "NotForked",
         FromWorker::Reaped { .. } => "Reaped",
+        FromWorker::Shared { .. } => "Shared",
     }
 }
 

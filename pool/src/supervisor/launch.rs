@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::sys;
 use crate::worker::{
     INDEX_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV,
-    Registry, WORKER_ENV, ZYGOTE_ENV,
+    Registry, SHARED_MEMORY_ENV, WORKER_ENV, ZYGOTE_ENV,
 };
 
 /// What a worker is.
@@ -75,6 +75,8 @@ pub(crate) struct Launch {
     pub(crate) did_not_serve: Arc<AtomicBool>,
     /// The zygote workers are forked from (`StartMethod::Zygote`).
     pub(crate) zygote: Option<Arc<Mutex<Zygotes>>>,
+    /// Workers may send large results through shared memory.
+    pub(crate) shared_memory: bool,
 }
 
 impl Launch {
@@ -115,6 +117,7 @@ impl Launch {
             memory_limit: None,
             did_not_serve: Arc::new(AtomicBool::new(false)),
             zygote: None,
+            shared_memory: true,
         }
     }
 
@@ -176,6 +179,10 @@ impl Launch {
         match self.memory_limit {
             Some(bytes) => cmd.env(MEMORY_LIMIT_ENV, bytes.to_string()),
             None => cmd.env_remove(MEMORY_LIMIT_ENV),
+        };
+        match self.shared_memory {
+            true => cmd.env_remove(SHARED_MEMORY_ENV),
+            false => cmd.env(SHARED_MEMORY_ENV, "0"),
         };
         cmd.env_remove(ZYGOTE_ENV);
         cmd
@@ -241,7 +248,7 @@ impl Launch {
     fn spawn_thread(&self, registry: Arc<Registry>, index: usize) -> io::Result<Spawned> {
         let (worker_in, to_worker) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (from_worker, worker_out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let max_frame = self.max_frame;
+        let (max_frame, share) = (self.max_frame, self.shared_memory);
         let (progress_fd, progress) = sys::SharedCounter::create()?;
         let progress_path = format!("/proc/self/fd/{}", progress_fd.as_raw_fd());
         let thread = std::thread::Builder::new()
@@ -254,6 +261,7 @@ impl Launch {
                     max_frame,
                     &progress_path,
                     index,
+                    share,
                 )
             })?;
         let process = WorkerProcess::new(Kind::Thread(Some(thread)), None, index);

@@ -9,6 +9,7 @@
 //! - `spin`: the bounded look for an answer before that wait;
 //! - `proc`: pidfds, signals through them, descendant trees;
 //! - `shm`: the progress counter a worker shares with the pool;
+//! - `memfd`: sealed memfds, the memory large payloads cross in;
 //! - `fork`: the zygote's control socket, one-thread check and fork.
 
 use std::fs::File;
@@ -18,6 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 mod fork;
+mod memfd;
 mod proc;
 mod shm;
 mod spin;
@@ -28,6 +30,7 @@ pub(crate) use fork::{
     parent_pidfd, pidfd_exited, pidfd_unreaped, pidfd_wait, reap_child, reap_children_except,
     reap_if_ours, send_with_fds, settle_forked_fds, socket_pair,
 };
+pub(crate) use memfd::{Mapping, open_sealed, seal_copy};
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,
     die_with_parent, exited_unreaped, kill_descendants_of_self, limit_memory, pidfd_open,

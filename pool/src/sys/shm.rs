@@ -19,6 +19,11 @@
 //! finishing its item in a kill's grace no longer starts the next batch,
 //! of another caller, only to be killed in it.
 //!
+//! The fifth word counts the worker's `Shared` messages (large results in
+//! sealed memfds, see `payload.rs`) whose descriptors the pool has opened:
+//! until then the worker keeps its own, so a result is never lost between
+//! the two.
+//!
 //! The pool creates the memory (a memfd, close-on-exec, so no other child
 //! inherits it) and names it to the worker as `/proc/<pool pid>/fd/<n>`;
 //! the worker opens and maps that path at start-up.
@@ -109,11 +114,11 @@ impl SharedCounter {
     }
 
     /// Word `i` (0: the counter, 1: the attach mark, 2: the skip bits, 3:
-    /// the halt mark) of the page.
+    /// the halt mark, 4: the shared payloads taken) of the page.
     fn cell(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 4);
+        assert!(i < 5);
         // SAFETY: `ptr` points at the start of a live, page-aligned mapping
-        // of LEN bytes, valid until Drop, so words 0 to 3 are in bounds and
+        // of LEN bytes, valid until Drop, so words 0 to 4 are in bounds and
         // aligned; an AtomicU64 may alias memory that another process
         // updates atomically.
         unsafe { &*self.ptr.as_ptr().add(i) }
@@ -169,6 +174,17 @@ impl SharedCounter {
     pub(crate) fn halt(&self) -> u64 {
         self.cell(3).store(1, Ordering::SeqCst);
         self.cell(0).load(Ordering::SeqCst)
+    }
+
+    /// The pool: it has taken (opened) the payloads of the worker's first
+    /// `n` `Shared` messages; the worker may close its copies.
+    pub(crate) fn shared_taken(&self, n: u64) {
+        self.cell(4).store(n, Ordering::Release);
+    }
+
+    /// The worker: how many of its `Shared` messages the pool has taken.
+    pub(crate) fn shared_taken_count(&self) -> u64 {
+        self.cell(4).load(Ordering::Acquire)
     }
 
     /// The pool: whether the worker said it counts.

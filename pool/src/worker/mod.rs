@@ -37,6 +37,9 @@ pub(crate) const MAX_FRAME_ENV: &str = "PROCPOOL_MAX_FRAME";
 pub(crate) const PARENT_PID_ENV: &str = "PROCPOOL_PARENT_PID";
 /// Environment variable carrying the worker's address-space limit.
 pub(crate) const MEMORY_LIMIT_ENV: &str = "PROCPOOL_MEMORY_LIMIT";
+/// Environment variable set to `0` when the pool wants no large result
+/// through shared memory (`Builder::shared_memory(false)`).
+pub(crate) const SHARED_MEMORY_ENV: &str = "PROCPOOL_SHARED_MEMORY";
 /// Environment variable carrying the parent's `log` level (0 = off to
 /// 5 = trace), so workers forward only records the parent wants.
 pub(crate) const LOG_LEVEL_ENV: &str = "PROCPOOL_LOG_LEVEL";
@@ -141,6 +144,7 @@ pub(crate) fn serve_on_thread(
     max_frame: u32,
     progress: &str,
     index: usize,
+    share: bool,
 ) -> i32 {
     state::set_thread_index(Some(index));
     let progress = match crate::sys::SharedCounter::open(progress) {
@@ -157,6 +161,7 @@ pub(crate) fn serve_on_thread(
         serve::ServeOptions {
             max_frame,
             own_process: None,
+            share_results: share,
         },
     );
     state::set_thread_index(None);
@@ -192,6 +197,7 @@ fn serve_as_zygote(
             serve::ServeOptions {
                 max_frame,
                 own_process: Some(log_level),
+                share_results: shares_results(),
             },
             pool,
         ),
@@ -206,12 +212,25 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// Whether the pool that exec'd this worker (or its zygote) lets large
+/// results go through shared memory: read from the environment at start,
+/// before the pool's variables are removed from it.
+static SHARE_RESULTS: AtomicBool = AtomicBool::new(true);
+
+fn shares_results() -> bool {
+    SHARE_RESULTS.load(Ordering::Relaxed)
+}
+
 fn serve_now(registry: &Registry) -> i32 {
     let max_frame = env_number(MAX_FRAME_ENV).unwrap_or(procpool_protocol::DEFAULT_MAX_FRAME);
     let parent: Option<u32> = env_number(PARENT_PID_ENV);
     let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);
     let progress = std::env::var(PROGRESS_ENV).ok();
     let zygote = std::env::var_os(ZYGOTE_ENV).is_some_and(|v| v == "1");
+    SHARE_RESULTS.store(
+        std::env::var_os(SHARED_MEMORY_ENV).is_none_or(|v| v != "0"),
+        Ordering::Relaxed,
+    );
     if let Some(index) = env_number(INDEX_ENV) {
         state::set_process_index(index);
     }
@@ -228,6 +247,7 @@ fn serve_now(registry: &Registry) -> i32 {
         MAX_FRAME_ENV,
         PARENT_PID_ENV,
         MEMORY_LIMIT_ENV,
+        SHARED_MEMORY_ENV,
         LOG_LEVEL_ENV,
         PROGRESS_ENV,
         INDEX_ENV,
@@ -282,6 +302,7 @@ fn serve_now(registry: &Registry) -> i32 {
         serve::ServeOptions {
             max_frame,
             own_process: Some(log_level),
+            share_results: shares_results(),
         },
     );
     // Whatever the tasks started and left behind ends with the worker.

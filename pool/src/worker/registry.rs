@@ -92,7 +92,10 @@ pub struct Registry {
 /// Decodes one item's argument; a deeply nested one decodes on a grown
 /// stack instead of overflowing the serve thread's.
 pub(super) fn decode_args<Args: DeserializeOwned>(arg: &[u8]) -> Result<Args, ItemError> {
-    let (args, rest) = take_value::<Args>(arg).map_err(|e| ItemError::ArgDecode(e.to_string()))?;
+    let (args, rest) =
+        crate::payload::decoding_argument(|| take_value::<Args>(arg)).map_err(|e| {
+            ItemError::ArgDecode(crate::payload::take_failure().unwrap_or(e.to_string()))
+        })?;
     if !rest.is_empty() {
         return Err(ItemError::ArgDecode(format!(
             "{} bytes left over after the argument",
@@ -109,7 +112,8 @@ pub(super) fn encode_output<R: Serialize>(
     result: &R,
     out: &mut Vec<u8>,
 ) -> Result<usize, ItemError> {
-    push_prefixed(out, result).map_err(|e| ItemError::OutputEncode(e.to_string()))
+    crate::payload::encoding_result(|| push_prefixed(out, result))
+        .map_err(|e| ItemError::OutputEncode(e.to_string()))
 }
 
 /// Panics unless `f`'s type name can name a task; returns it.

@@ -1,7 +1,9 @@
 //! The worker's serve loop: handshake, then one batch at a time.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -11,12 +13,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use procpool_protocol::{
-    Hello, Location, LogRecord, Outcome, PREAMBLE_LEN, StateUse, ToWorker, check_preamble,
-    decode_run, decode_to_worker, encode_done, encode_hello, encode_init_done, encode_log,
-    exit_code, preamble, push_outcome,
+    FromWorker, Hello, Location, LogRecord, Outcome, PREAMBLE_LEN, StateUse, ToWorker,
+    check_preamble, decode_run, decode_to_worker, encode_done, encode_hello, encode_init_done,
+    encode_log, encode_message, exit_code, preamble, push_outcome,
 };
 
 use super::{ItemError, Registry, WorkerState};
+use crate::payload;
 use crate::sys::{ProtocolStdio, SharedCounter};
 
 /// A batch's outcomes so far are sent early once they reach this age, so a
@@ -42,6 +45,10 @@ pub(crate) struct ServeOptions {
     /// are its to set: a panic hook recording panic locations, and a logger
     /// forwarding `log` records to the parent at this level.
     pub(crate) own_process: Option<log::LevelFilter>,
+    /// Large results go through shared memory (`payload.rs`); only with a
+    /// progress counter, whose page carries the pool's word that it took
+    /// them.
+    pub(crate) share_results: bool,
 }
 
 pub(crate) fn serve(
@@ -53,7 +60,16 @@ pub(crate) fn serve(
     let ProtocolStdio { input, output } = stdio;
     let output = Arc::new(Mutex::new(output));
     install_hooks(opts, &output);
-    serve_loop(registry, input, output, progress, opts.max_frame, None)
+    let share = opts.share_results && progress.is_some();
+    serve_loop(
+        registry,
+        input,
+        output,
+        progress,
+        opts.max_frame,
+        share,
+        None,
+    )
 }
 
 /// Sets the process-wide hooks of a worker that owns its process (see
@@ -169,6 +185,7 @@ pub(super) fn serve_loop(
     output: Arc<Mutex<std::fs::File>>,
     progress: Option<&SharedCounter>,
     max_frame: u32,
+    share: bool,
     state: Option<WorkerState>,
 ) -> i32 {
     // Before the handshake: the pool may trust the counter from then on.
@@ -193,6 +210,8 @@ pub(super) fn serve_loop(
     }
     let mut server = Server::new(registry, progress, output, max_frame);
     server.state = state;
+    server.share = share;
+    payload::set_worker_shares(share);
     let mut frame = Vec::new();
     loop {
         match read_frame(&mut input, max_frame, &mut frame) {
@@ -264,8 +283,15 @@ pub(super) struct Server<'r> {
     out: Vec<u8>,
     /// Outcomes of the current batch not yet sent, encoded back to back.
     outcomes: Vec<u8>,
-    /// One item's encoded result.
+    /// The initializer's outcome.
     scratch: Vec<u8>,
+    /// Large results go through shared memory (`payload.rs`).
+    share: bool,
+    /// `Shared` messages sent so far.
+    shared_sent: u64,
+    /// The memfds of each `Shared` message (by number) the pool has not
+    /// said it took.
+    held: VecDeque<(u64, Vec<OwnedFd>)>,
 }
 
 impl<'r> Server<'r> {
@@ -286,6 +312,9 @@ impl<'r> Server<'r> {
             out: Vec::with_capacity(64 << 10),
             outcomes: Vec::with_capacity(64 << 10),
             scratch: Vec::new(),
+            share: false,
+            shared_sent: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -375,6 +404,7 @@ impl<'r> Server<'r> {
                 None => false,
             };
             let before = self.outcomes.len();
+            let made_before = payload::made();
             if skip {
                 push_outcome(&mut self.outcomes, &Outcome::Cancelled);
             } else {
@@ -390,14 +420,22 @@ impl<'r> Server<'r> {
             if self.outcomes.len() > limit && pending > 0 {
                 // This outcome does not fit beside the pending ones: send
                 // those first, then keep this one alone.
+                // Its shared payloads (if any) go with it.
                 let this = self.outcomes.split_off(before);
+                let its_payloads = payload::take_made(made_before);
                 self.flush(batch, pending)?;
+                payload::restore_made(its_payloads);
                 self.outcomes = this;
                 pending = 0;
             }
             pending += 1;
             since_check += 1;
-            let due = if eager || self.outcomes.len() * 2 > limit {
+            // Many shared payloads pending: send them before the pool's
+            // bound on descriptors per frame (`Conn`) is near.
+            let due = if eager
+                || self.outcomes.len() * 2 > limit
+                || payload::made() >= payload::MAX_SHARED / 2
+            {
                 true
             } else if since_check >= stride {
                 since_check = 0;
@@ -430,10 +468,37 @@ impl<'r> Server<'r> {
 
     fn flush(&mut self, batch: u64, count: u32) -> Result<(), Stop> {
         self.out.clear();
+        self.list_shared()?;
         encode_done(&mut self.out, batch, count, &self.outcomes, self.max_frame)
             .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
         self.outcomes.clear();
         self.send()
+    }
+
+    /// Puts a `Shared` message listing the memfds of the pending results
+    /// (if any) in front of their `Done` frame, and keeps the memfds until
+    /// the pool says it took them; closes those it took.
+    fn list_shared(&mut self) -> Result<(), Stop> {
+        if let Some(p) = self.progress {
+            let taken = p.shared_taken_count();
+            while self.held.front().is_some_and(|(n, _)| *n < taken) {
+                self.held.pop_front();
+            }
+        }
+        let fds = payload::take_made(0);
+        if fds.is_empty() {
+            return Ok(());
+        }
+        let numbers = fds.iter().map(|f| f.as_raw_fd() as u32).collect();
+        encode_message(
+            &mut self.out,
+            &FromWorker::Shared { fds: numbers },
+            self.max_frame,
+        )
+        .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
+        self.held.push_back((self.shared_sent, fds));
+        self.shared_sent += 1;
+        Ok(())
     }
 
     fn send(&mut self) -> Result<(), Stop> {
@@ -504,6 +569,7 @@ fn run_item(
     // An outcome's own header (variant and length) takes at most this.
     const OUTCOME_ROOM: usize = 16;
     let start = out.len();
+    let made_before = payload::made();
     // `Outcome::Ok`'s variant; the runner appends the length and bytes.
     out.push(0);
     let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, state, arg, out)));
@@ -543,7 +609,9 @@ fn run_item(
             Outcome::Panicked { message, location }
         }
     };
-    // Whatever the runner wrote before it failed goes.
+    // Whatever the runner wrote before it failed goes, with any payload
+    // it had put in shared memory.
     out.truncate(start);
+    drop(payload::take_made(made_before));
     push_outcome(out, &failed);
 }

@@ -223,7 +223,16 @@ fn become_worker(
         return procpool_protocol::exit_code::SETUP_FAILED;
     }
     super::state::set_process_index(index as usize);
-    let code = serve::serve_loop(registry, input, output, Some(&counter), max_frame, state);
+    let share = super::shares_results();
+    let code = serve::serve_loop(
+        registry,
+        input,
+        output,
+        Some(&counter),
+        max_frame,
+        share,
+        state,
+    );
     // Whatever the tasks started and left behind ends with the worker.
     sys::kill_descendants_of_self();
     code

@@ -30,6 +30,8 @@
 //! - `worker_state`: per-worker state (kept across tasks, made afresh by a
 //!   replacement, dropped at retirement, refused at submit where missing)
 //!   and the worker index;
+//! - `payloads`: large `Bytes` through shared memory, both ways, in
+//!   order, after a crash, nothing left behind, hostile listings;
 //! - `seams`: regression tests of the dispatcher's faults (join, the
 //!   direct lane, process groups, descendants, extreme durations), one
 //!   test per fault, named after it.
@@ -55,6 +57,7 @@ mod lane_wakeup_join;
 mod lifecycle;
 mod logs;
 mod no_counter;
+mod payloads;
 mod recycle;
 mod restart;
 mod review3;

@@ -16,6 +16,7 @@
 //! - `deadlines`, `cancel`, `review_halt`: kills of forked workers and
 //!   their trees;
 //! - `recycle`: `max_tasks_per_worker` and the memory limit;
+//! - `payloads`: large `Bytes` through shared memory, from forked workers;
 //! - `lifecycle`: no leftover process, no leaked descriptor.
 //! - `review`: a hostile review of the zygote: the zygote stopped or killed
 //!   at awkward moments, initializers that start processes or ignore
@@ -41,6 +42,8 @@ mod crash_matrix;
 mod deadlines;
 #[path = "../integration/lifecycle.rs"]
 mod lifecycle;
+#[path = "../integration/payloads.rs"]
+mod payloads;
 mod procs;
 #[path = "../integration/recycle.rs"]
 mod recycle;

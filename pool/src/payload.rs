@@ -1,0 +1,296 @@
+//! Large payloads through shared memory instead of the pipe.
+//!
+//! A [`Bytes`](crate::Bytes) of [`SHARE_MIN`] bytes or more, encoded by the
+//! pool for a local worker (an argument) or by such a worker for the pool
+//! (a result), is copied once into a sealed memfd (`sys::memfd`), and the
+//! stream carries a small *marker* in its place: a byte string of
+//! [`MARKER_LEN`] bytes naming the sender's pid, its descriptor and the
+//! length. The receiver opens `/proc/<pid>/fd/<n>`, checks the seals and
+//! the size, and maps it read-only: the payload is never copied through
+//! the pipe (64 KiB at a time, with a wake-up each way), nor decoded.
+//!
+//! Who keeps the sender's descriptor until the receiver has opened it:
+//! - an argument's: its [`Batch`](crate::dispatcher::Batch), until every
+//!   item of it has its outcome (a worker opens an argument before it
+//!   runs the item);
+//! - a result's: the worker, until the pool says (word 4 of the progress
+//!   page, `sys::shm`) that it has opened the descriptors the worker
+//!   listed in a `Shared` message, which precedes the `Done` frame whose
+//!   results name them. The pool opens them as soon as it reads that
+//!   message, and hands them to the caller with the frame.
+//!
+//! Only our own encoders and decoders turn this on, for the span of one
+//! value, through thread-local state ([`sharing`], [`receiving`]): a
+//! `Bytes` serialized anywhere else is plain bytes, and a marker-shaped
+//! byte string decoded anywhere else is plain bytes.
+//!
+//! Nothing outlives its processes: a memfd has no name in any file system,
+//! and its memory goes with its last descriptor or mapping, whoever is
+//! killed. Remote workers (no shared memory) keep the stream.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::sys::{self, Mapping};
+
+/// Payloads of this many bytes or more go through shared memory.
+pub(crate) const SHARE_MIN: usize = 1 << 20;
+
+/// Most shared payloads a worker lists ahead of one `Done` frame (it sends
+/// one early rather than pass half of it; the pool refuses more).
+pub(crate) const MAX_SHARED: usize = 64;
+
+const MAGIC: [u8; 16] = *b"\0procpool-memfd\0";
+
+/// A marker: the magic, the sender's pid, its descriptor, the length.
+pub(crate) const MARKER_LEN: usize = MAGIC.len() + 4 + 4 + 8;
+
+thread_local! {
+    /// Encoding for a peer that shares memory: large payloads go to memfds.
+    static SHARING: Cell<bool> = const { Cell::new(false) };
+    /// The memfds made by this thread's encodings, for the caller of
+    /// [`sharing`] to keep until the receiver has opened them.
+    static MADE: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    /// Decoding from a peer that shares memory: where markers resolve.
+    static INBOX: RefCell<Option<Inbox>> = const { RefCell::new(None) };
+    /// This thread serves a pool that takes large results in shared memory.
+    static WORKER_SHARES: Cell<bool> = const { Cell::new(false) };
+    /// Why the last marker could not be resolved: serde's error type in
+    /// postcard keeps no message, so the decoder asks here.
+    static FAILED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Why a marker met by this thread's last failed decoding could not be
+/// resolved, if that is why it failed.
+pub(crate) fn take_failure() -> Option<String> {
+    FAILED.with(|f| f.borrow_mut().take())
+}
+
+/// A worker's serve loop, at its start: whether its pool takes large
+/// results in shared memory.
+pub(crate) fn set_worker_shares(on: bool) {
+    WORKER_SHARES.set(on);
+}
+
+/// A worker encoding a result (`f`): shared if its pool takes it so.
+pub(crate) fn encoding_result<T>(f: impl FnOnce() -> T) -> T {
+    if WORKER_SHARES.get() { sharing(f) } else { f() }
+}
+
+/// A worker decoding an argument (`f`): markers open where they name.
+pub(crate) fn decoding_argument<T>(f: impl FnOnce() -> T) -> T {
+    receiving(Inbox::Open, f).0
+}
+
+/// Puts memfds taken with [`take_made`] back, after those made since.
+pub(crate) fn restore_made(mut fds: Vec<OwnedFd>) {
+    MADE.with(|m| {
+        let mut m = m.borrow_mut();
+        fds.append(&mut m);
+        *m = fds;
+    });
+}
+
+/// Where the markers met while decoding resolve.
+#[derive(Debug)]
+pub(crate) enum Inbox {
+    /// At the sender, as the marker names it (a worker decoding the
+    /// pool's arguments: the pool holds them until the item's outcome).
+    Open,
+    /// Among the descriptors the pool opened when their frame came.
+    Attached(Attached),
+}
+
+/// The payloads a worker listed in a `Shared` message, opened by the pool
+/// when it read that message: by the worker's descriptor number.
+#[derive(Debug, Default)]
+pub(crate) struct Attached {
+    pub(crate) pid: u32,
+    pub(crate) fds: Vec<(u32, Result<OwnedFd, String>)>,
+}
+
+impl Attached {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+}
+
+/// Resets a thread-local flag when it goes, unwinding included.
+struct Restore(bool);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        SHARING.set(self.0);
+    }
+}
+
+/// Runs `f` (one encoding for a peer that shares memory) with large
+/// `Bytes` put in memfds; their descriptors wait in this thread's list
+/// ([`made`], [`take_made`]).
+pub(crate) fn sharing<T>(f: impl FnOnce() -> T) -> T {
+    let _restore = Restore(SHARING.replace(true));
+    f()
+}
+
+/// How many memfds this thread has made and not handed over.
+pub(crate) fn made() -> usize {
+    MADE.with(|m| m.borrow().len())
+}
+
+/// The memfds this thread made since it had made `from`.
+pub(crate) fn take_made(from: usize) -> Vec<OwnedFd> {
+    MADE.with(|m| {
+        let mut m = m.borrow_mut();
+        let from = from.min(m.len());
+        m.split_off(from)
+    })
+}
+
+/// Runs `f` (one decoding from a peer that shares memory) with markers
+/// resolved through `inbox`; gives the inbox back.
+pub(crate) fn receiving<T>(inbox: Inbox, f: impl FnOnce() -> T) -> (T, Inbox) {
+    struct Take;
+    impl Drop for Take {
+        fn drop(&mut self) {
+            INBOX.with(|i| i.borrow_mut().take());
+        }
+    }
+    INBOX.with(|i| *i.borrow_mut() = Some(inbox));
+    FAILED.with(|f| f.borrow_mut().take());
+    let guard = Take;
+    let r = f();
+    let inbox = INBOX.with(|i| i.borrow_mut().take()).expect("set above");
+    drop(guard);
+    (r, inbox)
+}
+
+/// For `Bytes::serialize`: the marker to encode instead of `bytes`, if
+/// they go through shared memory. A memfd that cannot be made (out of
+/// memory or descriptors) leaves the payload on the stream.
+pub(crate) fn share(bytes: &[u8]) -> Option<[u8; MARKER_LEN]> {
+    if bytes.len() < SHARE_MIN || !SHARING.get() {
+        return None;
+    }
+    match sys::seal_copy(bytes) {
+        Ok(fd) => {
+            let mut m = [0u8; MARKER_LEN];
+            m[..16].copy_from_slice(&MAGIC);
+            m[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+            m[20..24].copy_from_slice(&(fd.as_raw_fd() as u32).to_le_bytes());
+            m[24..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+            MADE.with(|made| made.borrow_mut().push(fd));
+            Some(m)
+        }
+        Err(e) => {
+            log::debug!("procpool: a payload stays on the stream: no shared memory for it: {e}");
+            None
+        }
+    }
+}
+
+/// For `Bytes::deserialize`: if `bytes` is a marker and this thread is
+/// decoding from a peer that shares memory, the payload's mapping, or why
+/// it cannot be had.
+pub(crate) fn resolve(bytes: &[u8]) -> Option<Result<Mapping, String>> {
+    if bytes.len() != MARKER_LEN || bytes[..16] != MAGIC {
+        return None;
+    }
+    let resolved = resolve_marker(bytes)?;
+    if let Err(why) = &resolved {
+        FAILED.with(|f| *f.borrow_mut() = Some(why.clone()));
+    }
+    Some(resolved)
+}
+
+fn resolve_marker(bytes: &[u8]) -> Option<Result<Mapping, String>> {
+    let word = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&bytes[r]);
+        u64::from_le_bytes(b)
+    };
+    let (pid, fd, len) = (word(16..20) as u32, word(20..24) as u32, word(24..32));
+    INBOX.with(|inbox| {
+        let inbox = inbox.borrow();
+        let inbox = inbox.as_ref()?;
+        let len = usize::try_from(len).map_err(|_| "a shared payload too large".to_owned());
+        Some(len.and_then(|len| {
+            match inbox {
+                Inbox::Open => sys::open_sealed(pid, fd)
+                    .and_then(|f| Mapping::new(&f, len))
+                    .map_err(|e| {
+                        format!("cannot open the shared payload {fd} of process {pid}: {e}")
+                    }),
+                Inbox::Attached(a) => match a.fds.iter().find(|(n, _)| *n == fd) {
+                    _ if a.pid != pid => Err(format!(
+                        "a shared payload names process {pid}, not its worker {}",
+                        a.pid
+                    )),
+                    None => Err(format!(
+                        "a shared payload names descriptor {fd}, which its worker did not list"
+                    )),
+                    Some((_, Err(e))) => Err(e.clone()),
+                    Some((_, Ok(f))) => Mapping::new(f, len).map_err(|e| e.to_string()),
+                },
+            }
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Bytes;
+
+    fn big() -> Bytes {
+        Bytes::from(
+            (0..SHARE_MIN + 7)
+                .map(|i| (i % 253) as u8)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn only_a_sharing_encoding_shares_and_only_a_receiving_decoding_resolves() {
+        let b = big();
+        // Plain encoding: plain bytes.
+        let plain = postcard::to_stdvec(&b).unwrap();
+        assert_eq!(plain.len(), b.len() + 3);
+        let before = made();
+        let wire = sharing(|| postcard::to_stdvec(&b).unwrap());
+        assert_eq!(wire.len(), 1 + MARKER_LEN);
+        let fds = take_made(before);
+        assert_eq!(fds.len(), 1);
+        // Outside a receiving decoding, a marker is bytes like any other.
+        assert_eq!(
+            postcard::from_bytes::<Bytes>(&wire).unwrap().len(),
+            MARKER_LEN
+        );
+        let (back, _) = receiving(Inbox::Open, || {
+            postcard::from_bytes::<Bytes>(&wire).unwrap()
+        });
+        assert_eq!(back, b);
+        // Through descriptors the receiver opened.
+        let marker_fd = fds[0].as_raw_fd() as u32;
+        let opened = sys::open_sealed(std::process::id(), marker_fd).unwrap();
+        let attached = Attached {
+            pid: std::process::id(),
+            fds: vec![(marker_fd, Ok(opened))],
+        };
+        drop(fds);
+        let (back, _) = receiving(Inbox::Attached(attached), || {
+            postcard::from_bytes::<Bytes>(&wire).unwrap()
+        });
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn a_marker_naming_what_was_not_listed_fails_to_decode() {
+        let b = big();
+        let wire = sharing(|| postcard::to_stdvec(&b).unwrap());
+        let _fds = take_made(0);
+        let (r, _) = receiving(Inbox::Attached(Attached::default()), || {
+            postcard::from_bytes::<Bytes>(&wire)
+        });
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Sealed memfds: the memory a large payload crosses in (see `payload.rs`).
+//!
+//! The sender copies the bytes into a fresh memfd and seals it against
+//! writing, shrinking and growing before anyone else can see it; the
+//! receiver opens it through `/proc/<pid>/fd/<n>` (the sender keeps its
+//! descriptor until then), checks the seals and the size, and maps it
+//! read-only. A mapping of a sealed file cannot fault later (it cannot
+//! shrink under the reader) nor change (it cannot be written). Nothing
+//! is ever named in a file system: the memory is freed when the last
+//! descriptor and mapping are gone, whichever process is killed.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+/// The seals a payload's memfd carries.
+const SEALS: libc::c_int =
+    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+
+/// Copies `bytes` into a new sealed memfd (close-on-exec).
+pub(crate) fn seal_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let name = c"procpool-payload";
+    // SAFETY: memfd_create reads a NUL-terminated name and returns a new
+    // descriptor (close-on-exec, as asked) or -1.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a fresh descriptor that we now own.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    // SAFETY: F_ADD_SEALS takes an int argument and touches no memory.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file.into())
+}
+
+/// Opens descriptor `fd` of process `pid` (read-only, close-on-exec) if it
+/// is a memfd sealed as [`seal_copy`] seals.
+pub(crate) fn open_sealed(pid: u32, fd: u32) -> io::Result<OwnedFd> {
+    let file = File::open(format!("/proc/{pid}/fd/{fd}"))?;
+    // SAFETY: F_GET_SEALS takes no argument and touches no memory.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::other("not a memfd"));
+    }
+    if seals & SEALS != SEALS {
+        return Err(io::Error::other("a memfd not sealed against change"));
+    }
+    Ok(file.into())
+}
+
+/// A read-only mapping of a sealed memfd, whole.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory no one can change (sealed), so
+// it may be read from any thread; `Drop` unmaps it once.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: shared references only read it.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `fd`, which must be `len` bytes long (not 0).
+    pub(crate) fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        let size = File::from(fd.try_clone()?).metadata()?.len();
+        if size != len as u64 || len == 0 {
+            return Err(io::Error::other(format!(
+                "the shared memory holds {size} bytes, not the {len} announced"
+            )));
+        }
+        // SAFETY: a fresh private read-only mapping of a file of exactly
+        // `len` bytes that cannot shrink (sealed); no existing memory is
+        // touched. The result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap"))?;
+        Ok(Self { ptr, len })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live read-only mapping of `len` bytes, valid
+        // until Drop; its contents cannot change (sealed against writes).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, once; no
+        // reference into it outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_sealed_copy_opens_and_maps_whole_and_unchanged() {
+        let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let fd = seal_copy(&data).unwrap();
+        let opened = open_sealed(std::process::id(), fd.as_raw_fd() as u32).unwrap();
+        drop(fd);
+        let map = Mapping::new(&opened, data.len()).unwrap();
+        drop(opened);
+        assert_eq!(map.bytes(), &data[..]);
+        // Sealed: no one can write it any more.
+        let again = seal_copy(b"x").unwrap();
+        let mut f = File::from(again);
+        assert!(f.write_all(b"y").is_err());
+    }
+
+    #[test]
+    fn unsealed_files_and_wrong_sizes_are_refused() {
+        let plain = File::open("/proc/self/exe").unwrap();
+        assert!(open_sealed(std::process::id(), plain.as_raw_fd() as u32).is_err());
+        let fd = seal_copy(&[1, 2, 3]).unwrap();
+        assert!(Mapping::new(&fd, 4).is_err());
+        assert!(Mapping::new(&fd, 3).is_ok());
+    }
+}
