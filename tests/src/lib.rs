@@ -151,6 +151,24 @@ pub fn even_only(x: u64) -> EvenOnly {
     EvenOnly(x)
 }
 
+/// A number the caller cannot encode when it is odd.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct NoOdd(pub u64);
+
+impl Serialize for NoOdd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 2 == 1 {
+            return Err(serde::ser::Error::custom(format!("{} is odd", self.0)));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+/// The number inside.
+pub fn no_odd(x: NoOdd) -> u64 {
+    x.0
+}
+
 static INIT_VALUE: Mutex<Option<String>> = Mutex::new(None);
 
 /// An initializer: stores `value` in the worker.
@@ -627,6 +645,7 @@ pub fn registry() -> procpool::Registry {
         .task(parse_int)
         .task(unencodable)
         .task(even_only)
+        .task(no_odd)
         .task(init_store)
         .task(init_fail)
         .task(init_panic)

@@ -1,5 +1,7 @@
 use procpool::Task;
-use procpool_tests::{EvenOnly, even_only, panic_with, parse_int, square, unencodable, watchdog};
+use procpool_tests::{
+    EvenOnly, NoOdd, even_only, no_odd, panic_with, parse_int, square, unencodable, watchdog,
+};
 
 use crate::{LIMIT, pool};
 
@@ -178,4 +180,27 @@ fn a_panic_with_a_non_string_payload_is_reported_too() {
     assert_eq!(err.panic_message(), Some("panic with a non-string payload"));
     assert!(err.panic_location().is_some());
     assert_eq!(pool.apply(square, 2).unwrap(), 4);
+}
+
+#[test]
+fn an_argument_that_cannot_be_encoded_fails_alone_and_in_its_place() {
+    let _w = watchdog("argument_that_cannot_be_encoded", LIMIT);
+    let pool = pool(2);
+    let input = [0u64, 2, 3, 4, 6, 7, 8];
+    let got: Vec<Result<u64, procpool::Error>> = pool
+        .with_chunksize(10)
+        .imap(no_odd, input.iter().map(|&x| NoOdd(x)))
+        .unwrap()
+        .collect();
+    assert_eq!(got.len(), input.len());
+    for (x, r) in input.iter().zip(got) {
+        match r {
+            Ok(v) => assert_eq!(v, *x),
+            Err(e) => {
+                assert_eq!(x % 2, 1, "{x}: {e}");
+                // (postcard keeps no message of a custom serde error.)
+                assert!(e.to_string().contains("cannot encode the argument"), "{e}");
+            }
+        }
+    }
 }
