@@ -1,7 +1,8 @@
 //! Row l: payloads. `apply` of a task that returns its argument, for
 //! payloads of 4 KiB to 4 MiB carried as `Vec<u8>`, as
-//! `serde_bytes::ByteBuf` and as `procpool::Bytes`, beside a raw pipe that
-//! echoes frames of the same sizes. The contenders take turns, size by
+//! `serde_bytes::ByteBuf` and as `procpool::Bytes` (which, from 1 MiB,
+//! travels through shared memory; and again with that turned off, on a
+//! second pool), beside a raw pipe that echoes frames of the same sizes. The contenders take turns, size by
 //! size, round after round, since this machine's speed drifts.
 
 use std::fs::File;
@@ -107,12 +108,20 @@ impl RawEcho {
 }
 
 /// The contenders, in the order they take turns.
-const KINDS: [&str; 4] = [
+const KINDS: [&str; 5] = [
     "raw pipe",
     "Vec<u8>",
     "serde_bytes::ByteBuf",
     "procpool::Bytes",
+    "procpool::Bytes, shared memory off",
 ];
+
+/// The pools the contenders use: the default one, and one whose large
+/// payloads stay on the pipe.
+struct Pools {
+    default: Pool,
+    pipe_only: Pool,
+}
 
 /// A payload of `len` bytes, none zero, not periodic over a page.
 fn payload(len: usize) -> Vec<u8> {
@@ -121,7 +130,12 @@ fn payload(len: usize) -> Vec<u8> {
 
 /// One round trip of `data` by contender `kind` (an index in [`KINDS`]),
 /// in seconds; the echo is checked outside the timed span.
-fn one(kind: usize, pool: &Pool, raw: &mut RawEcho, frame: &[u8], data: &[u8]) -> f64 {
+fn one(kind: usize, pools: &Pools, raw: &mut RawEcho, frame: &[u8], data: &[u8]) -> f64 {
+    let pool = if kind == 4 {
+        &pools.pipe_only
+    } else {
+        &pools.default
+    };
     match kind {
         0 => {
             let mut back = vec![0u8; frame.len()];
@@ -161,9 +175,16 @@ fn one(kind: usize, pool: &Pool, raw: &mut RawEcho, frame: &[u8], data: &[u8]) -
 /// Row l: per size, the median round trip of each contender, on a pool
 /// of one worker and one echo child, both unpinned.
 pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
-    let pool = Pool::builder().workers(1).build().unwrap();
+    let pools = Pools {
+        default: Pool::builder().workers(1).build().unwrap(),
+        pipe_only: Pool::builder()
+            .workers(1)
+            .shared_memory(false)
+            .build()
+            .unwrap(),
+    };
     let mut raw = RawEcho::spawn();
-    let worker = pool.worker_pids();
+    let workers = [pools.default.worker_pids(), pools.pipe_only.worker_pids()];
     // Per size, per contender: seconds per round trip.
     let mut times = vec![vec![Vec::new(); KINDS.len()]; sizes.payloads.len()];
     for _ in 0..sizes.rounds {
@@ -175,14 +196,15 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             for (kind, samples) in times[s].iter_mut().enumerate() {
                 // Warm-up: buffers grown, pages touched, on both sides.
                 for _ in 0..n.div_ceil(10).max(2) {
-                    one(kind, &pool, &mut raw, &frame, &data);
+                    one(kind, &pools, &mut raw, &frame, &data);
                 }
-                samples.extend((0..n).map(|_| one(kind, &pool, &mut raw, &frame, &data)));
+                samples.extend((0..n).map(|_| one(kind, &pools, &mut raw, &frame, &data)));
             }
         }
     }
-    assert_eq!(pool.worker_pids(), worker, "the worker was not replaced");
-    drop(pool);
+    let now = [pools.default.worker_pids(), pools.pipe_only.worker_pids()];
+    assert_eq!(now, workers, "a worker was replaced");
+    drop(pools);
     raw.finish();
 
     let mut rows = Vec::new();
@@ -204,6 +226,24 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
                 ours: cell(t),
                 peer: cell(medians[0]),
                 ratio: format!("{:.2}× the pipe's MB/s", medians[0] / t),
+                target: if kind == 3 {
+                    "≥ 1.0× the pipe's MB/s"
+                } else {
+                    ""
+                },
+                ..Row::default()
+            });
+        }
+        if len >= 1 << 20 {
+            rows.push(Row {
+                name: format!(
+                    "l. echo of {size} as procpool::Bytes: through shared memory (vs the pipe, \
+                     `shared_memory(false)`)"
+                ),
+                ours: time(medians[3]),
+                peer: time(medians[4]),
+                ratio: format!("{:.1}× faster", medians[4] / medians[3]),
+                target: if len >= 4 << 20 { "≥ 3× faster" } else { "" },
                 ..Row::default()
             });
         }

@@ -26,13 +26,17 @@ use crate::sys::Mapping;
 /// hundred bytes: file contents, images, serialized blobs.
 ///
 /// It dereferences to `[u8]` (and mutably), and converts from `Vec<u8>`
-/// and `&[u8]` and back with [`into_vec`](Bytes::into_vec), neither way
-/// copying a vector.
+/// (without a copy) and `&[u8]`, and back with
+/// [`into_vec`](Bytes::into_vec).
 ///
-/// In postcard, the pool's encoding, a `Bytes` and a `Vec<u8>` of the same
+/// Between the pool and a local worker, a `Bytes` of 1 MiB or more
+/// travels through shared memory instead (a sealed memfd the receiver
+/// maps; see the crate docs, "Large payloads"): received, it holds that
+/// mapping, read-only, and copies it out on the first change.
+///
+/// Anywhere else, in postcard a `Bytes` and a `Vec<u8>` of the same
 /// contents are the same bytes (a varint length, then the raw bytes), so
-/// changing a task's `Vec<u8>` to `Bytes` changes nothing on the wire,
-/// and bytes encoded as one decode as the other. The pool still checks
+/// bytes encoded as one decode as the other. The pool still checks
 /// type names at submit: call a task with the types it was registered
 /// with (a [`Task`](crate::Task) handle declaring `Bytes` for a task
 /// served as taking `Vec<u8>` is refused, with an error that
@@ -102,7 +106,8 @@ impl Bytes {
         Bytes::default()
     }
 
-    /// The bytes as a `Vec<u8>`, without a copy.
+    /// The bytes as a `Vec<u8>`: without a copy, but for a payload that
+    /// came in shared memory (copied out of its mapping).
     ///
     /// ```
     /// let b = procpool::Bytes::from(vec![1, 2]);

@@ -254,6 +254,40 @@
 //! item. Input iterators are consumed lazily, a bounded window ahead of the
 //! consumer.
 //!
+//! # Large payloads
+//!
+//! serde walks a `Vec<u8>` one element at a time; a [`Bytes`] is encoded
+//! and decoded as one block, at memory speed: use it for binary arguments
+//! and results. A `Bytes` of 1 MiB or more does not go through the pipe at
+//! all between the pool and a local worker, either way: it is copied once
+//! into a memfd that is then sealed (no one can write, shrink or grow it),
+//! the pipe carries a 32-byte marker naming it, and the receiver maps it
+//! read-only, with no copy (the received `Bytes` holds the mapping; a
+//! change through `DerefMut` copies it out first). No file is ever named
+//! in a file system: the memory goes with the last process holding it,
+//! whichever side is killed, with no tracker process to clean up. The
+//! sender keeps its copy until the receiver has opened it, so a crash
+//! loses no result that was sent, and a large argument queued behind a
+//! crash reaches the replacement. [`Builder::shared_memory`] turns it off.
+//!
+//! ```rust,standalone_crate
+//! use procpool::Bytes;
+//!
+//! fn checksum(data: Bytes) -> u64 {
+//!     data.iter().map(|&b| u64::from(b)).sum()
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     let tasks = procpool::Registry::new().task(checksum);
+//!     procpool::serve_if_worker(&tasks);
+//!     let pool = procpool::Pool::builder().workers(1).build()?;
+//!     // 8 MiB: through a sealed memfd, not the pipe.
+//!     let sum = pool.apply(checksum, Bytes::from(vec![1u8; 8 << 20]))?;
+//!     assert_eq!(sum, 8 << 20);
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Async code, callbacks and cancel
 //!
 //! An [`AsyncResult`] is a [`Future`] and an
