@@ -197,10 +197,15 @@ where
                 items.push_value(&arg)
             };
             let its_shared = payload::take_made(made);
+            // An item too large for a frame on its own can only show when
+            // the chunk overflows: only then is its length checked.
             let encoded = match pushed {
-                Ok(len) => check_len(len, task, self.inner.max_frame).inspect_err(|_| {
-                    items.pop_last();
-                }),
+                Ok(len) if items.bytes() + ITEM_ROOM > room => {
+                    check_len(len, task, self.inner.max_frame).inspect_err(|_| {
+                        items.pop_last();
+                    })
+                }
+                Ok(_) => Ok(()),
                 Err(e) => Err(arg_encode_error(task, &e)),
             };
             match encoded {

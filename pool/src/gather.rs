@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::dispatcher::{ChunkMsg, Job, Shared};
 use crate::error::{Error, ErrorKind, PanicLocation};
 use crate::feed::{Feeder, Opened};
-use crate::payload::{Attached, Inbox, receiving};
+use crate::payload::{Attached, receiving};
 
 /// Decodes the one outcome of an `apply_async`.
 pub(crate) fn decode_one<R: DeserializeOwned>(msg: ChunkMsg, job: &Job) -> Result<R, Error> {
@@ -68,8 +68,7 @@ pub(crate) fn decode_part<R: DeserializeOwned>(
     if part.attached.is_empty() {
         decode_outcomes(part.frame, part.skip, task, part.pid, shared, push);
     } else {
-        let inbox = Inbox::Attached(part.attached);
-        receiving(inbox, || {
+        receiving(part.attached, || {
             decode_outcomes(part.frame, part.skip, task, part.pid, shared, push)
         });
     }
@@ -293,11 +292,21 @@ pub(crate) fn recv(rx: &Receiver<ChunkMsg>, block: bool) -> Option<ChunkMsg> {
 }
 
 /// A whole job's results in input order (`map`, `map_async`): straight
-/// into one vector per chunk, no per-item queueing; the first error to
+/// into the one vector returned, no per-item queueing; the first error to
 /// arrive ends it.
+///
+/// Chunks mostly come back in order: the results of the chunk that is
+/// next in input order are decoded right into the final vector, and only
+/// a chunk that comes early waits in a vector of its own (moved over when
+/// its turn comes).
 pub(crate) struct Gather<R> {
-    /// Results of chunk `seq`, and how many it still waits for.
-    done: Vec<Vec<R>>,
+    /// The results of chunks `..next`, and those of chunk `next` so far.
+    all: Vec<R>,
+    /// The chunk whose results go straight into `all`.
+    next: usize,
+    /// Results of chunks after `next` that came early, by chunk.
+    early: Vec<Vec<R>>,
+    /// How many results each chunk still waits for.
     missing: Vec<u32>,
     /// Chunks still waiting for results.
     pub(crate) open: usize,
@@ -306,7 +315,9 @@ pub(crate) struct Gather<R> {
 impl<R> Default for Gather<R> {
     fn default() -> Self {
         Self {
-            done: Vec::new(),
+            all: Vec::new(),
+            next: 0,
+            early: Vec::new(),
             missing: Vec::new(),
             open: 0,
         }
@@ -316,12 +327,13 @@ impl<R> Default for Gather<R> {
 impl<R: DeserializeOwned> Gather<R> {
     /// A chunk was opened; `Err` if it failed before it could be sent.
     pub(crate) fn open(&mut self, o: Opened, shared: &Shared) -> Result<(), Error> {
-        debug_assert_eq!(o.seq as usize, self.done.len());
+        debug_assert_eq!(o.seq as usize, self.missing.len());
         if let Some(e) = o.failed {
             count::<R>(shared, &Err(e.clone()));
             return Err(e);
         }
-        self.done.push(Vec::with_capacity(o.count as usize));
+        self.all.reserve(o.count as usize);
+        self.early.push(Vec::new());
         self.missing.push(o.count);
         self.open += 1;
         Ok(())
@@ -338,7 +350,11 @@ impl<R: DeserializeOwned> Gather<R> {
                 attached,
                 ..
             } => {
-                let out = &mut self.done[seq as usize];
+                let out = if seq as usize == self.next {
+                    &mut self.all
+                } else {
+                    &mut self.early[seq as usize]
+                };
                 let before = out.len();
                 let mut first_error = None;
                 let part = Part {
@@ -371,16 +387,20 @@ impl<R: DeserializeOwned> Gather<R> {
         if self.missing[seq as usize] == 0 {
             self.open -= 1;
         }
+        // Move on past every whole chunk, bringing in what came early.
+        while self.next < self.missing.len() && self.missing[self.next] == 0 {
+            self.next += 1;
+            if let Some(early) = self.early.get_mut(self.next) {
+                self.all.append(early);
+            }
+        }
         Ok(())
     }
 
     /// Every result, in input order (once `open` is 0).
     pub(crate) fn finish(self) -> Vec<R> {
-        let mut all = Vec::with_capacity(self.done.iter().map(Vec::len).sum());
-        for chunk in self.done {
-            all.extend(chunk);
-        }
-        all
+        debug_assert_eq!(self.next, self.missing.len());
+        self.all
     }
 }
 

@@ -51,8 +51,14 @@ thread_local! {
     /// The memfds made by this thread's encodings, for the caller of
     /// [`sharing`] to keep until the receiver has opened them.
     static MADE: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    /// How many there are (read once per item on the hot path: a plain
+    /// cell, cheaper than the list's).
+    static MADE_COUNT: Cell<usize> = const { Cell::new(0) };
     /// Decoding from a peer that shares memory: where markers resolve.
-    static INBOX: RefCell<Option<Inbox>> = const { RefCell::new(None) };
+    static INBOX: RefCell<Option<Attached>> = const { RefCell::new(None) };
+    /// A worker decoding an argument: markers open where they name (the
+    /// hot path's inbox, a plain flag).
+    static OPEN_INBOX: Cell<bool> = const { Cell::new(false) };
     /// This thread serves a pool that takes large results in shared memory.
     static WORKER_SHARES: Cell<bool> = const { Cell::new(false) };
     /// Why the last marker could not be resolved: serde's error type in
@@ -68,18 +74,30 @@ pub(crate) fn take_failure() -> Option<String> {
 
 /// A worker's serve loop, at its start: whether its pool takes large
 /// results in shared memory.
+#[inline]
 pub(crate) fn set_worker_shares(on: bool) {
     WORKER_SHARES.set(on);
 }
 
 /// A worker encoding a result (`f`): shared if its pool takes it so.
+#[inline]
 pub(crate) fn encoding_result<T>(f: impl FnOnce() -> T) -> T {
     if WORKER_SHARES.get() { sharing(f) } else { f() }
 }
 
 /// A worker decoding an argument (`f`): markers open where they name.
+#[inline]
 pub(crate) fn decoding_argument<T>(f: impl FnOnce() -> T) -> T {
-    receiving(Inbox::Open, f).0
+    struct Close;
+    impl Drop for Close {
+        #[inline]
+        fn drop(&mut self) {
+            OPEN_INBOX.set(false);
+        }
+    }
+    OPEN_INBOX.set(true);
+    let _close = Close;
+    f()
 }
 
 /// Puts memfds taken with [`take_made`] back, after those made since.
@@ -87,18 +105,9 @@ pub(crate) fn restore_made(mut fds: Vec<OwnedFd>) {
     MADE.with(|m| {
         let mut m = m.borrow_mut();
         fds.append(&mut m);
+        MADE_COUNT.set(fds.len());
         *m = fds;
     });
-}
-
-/// Where the markers met while decoding resolve.
-#[derive(Debug)]
-pub(crate) enum Inbox {
-    /// At the sender, as the marker names it (a worker decoding the
-    /// pool's arguments: the pool holds them until the item's outcome).
-    Open,
-    /// Among the descriptors the pool opened when their frame came.
-    Attached(Attached),
 }
 
 /// The payloads a worker listed in a `Shared` message, opened by the pool
@@ -119,6 +128,7 @@ impl Attached {
 struct Restore(bool);
 
 impl Drop for Restore {
+    #[inline]
     fn drop(&mut self) {
         SHARING.set(self.0);
     }
@@ -127,28 +137,36 @@ impl Drop for Restore {
 /// Runs `f` (one encoding for a peer that shares memory) with large
 /// `Bytes` put in memfds; their descriptors wait in this thread's list
 /// ([`made`], [`take_made`]).
+#[inline]
 pub(crate) fn sharing<T>(f: impl FnOnce() -> T) -> T {
     let _restore = Restore(SHARING.replace(true));
     f()
 }
 
 /// How many memfds this thread has made and not handed over.
+#[inline]
 pub(crate) fn made() -> usize {
-    MADE.with(|m| m.borrow().len())
+    MADE_COUNT.get()
 }
 
 /// The memfds this thread made since it had made `from`.
+#[inline]
 pub(crate) fn take_made(from: usize) -> Vec<OwnedFd> {
+    if MADE_COUNT.get() <= from {
+        return Vec::new();
+    }
     MADE.with(|m| {
         let mut m = m.borrow_mut();
         let from = from.min(m.len());
-        m.split_off(from)
+        let taken = m.split_off(from);
+        MADE_COUNT.set(m.len());
+        taken
     })
 }
 
-/// Runs `f` (one decoding from a peer that shares memory) with markers
-/// resolved through `inbox`; gives the inbox back.
-pub(crate) fn receiving<T>(inbox: Inbox, f: impl FnOnce() -> T) -> (T, Inbox) {
+/// Runs `f` (one decoding of a worker's frame) with markers resolved
+/// among the payloads the frame came with; gives them back.
+pub(crate) fn receiving<T>(inbox: Attached, f: impl FnOnce() -> T) -> (T, Attached) {
     struct Take;
     impl Drop for Take {
         fn drop(&mut self) {
@@ -178,7 +196,11 @@ pub(crate) fn share(bytes: &[u8]) -> Option<[u8; MARKER_LEN]> {
             m[16..20].copy_from_slice(&std::process::id().to_le_bytes());
             m[20..24].copy_from_slice(&(fd.as_raw_fd() as u32).to_le_bytes());
             m[24..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-            MADE.with(|made| made.borrow_mut().push(fd));
+            MADE.with(|made| {
+                let mut made = made.borrow_mut();
+                made.push(fd);
+                MADE_COUNT.set(made.len());
+            });
             Some(m)
         }
         Err(e) => {
@@ -209,31 +231,33 @@ fn resolve_marker(bytes: &[u8]) -> Option<Result<Mapping, String>> {
         u64::from_le_bytes(b)
     };
     let (pid, fd, len) = (word(16..20) as u32, word(20..24) as u32, word(24..32));
+    if OPEN_INBOX.get() {
+        return Some(open_at(pid, fd, len));
+    }
     INBOX.with(|inbox| {
         let inbox = inbox.borrow();
-        let inbox = inbox.as_ref()?;
+        let a = inbox.as_ref()?;
         let len = usize::try_from(len).map_err(|_| "a shared payload too large".to_owned());
-        Some(len.and_then(|len| {
-            match inbox {
-                Inbox::Open => sys::open_sealed(pid, fd)
-                    .and_then(|f| Mapping::new(&f, len))
-                    .map_err(|e| {
-                        format!("cannot open the shared payload {fd} of process {pid}: {e}")
-                    }),
-                Inbox::Attached(a) => match a.fds.iter().find(|(n, _)| *n == fd) {
-                    _ if a.pid != pid => Err(format!(
-                        "a shared payload names process {pid}, not its worker {}",
-                        a.pid
-                    )),
-                    None => Err(format!(
-                        "a shared payload names descriptor {fd}, which its worker did not list"
-                    )),
-                    Some((_, Err(e))) => Err(e.clone()),
-                    Some((_, Ok(f))) => Mapping::new(f, len).map_err(|e| e.to_string()),
-                },
-            }
-        }))
+        Some(match a.fds.iter().find(|(n, _)| *n == fd) {
+            _ if a.pid != pid => Err(format!(
+                "a shared payload names process {pid}, not its worker {}",
+                a.pid
+            )),
+            None => Err(format!(
+                "a shared payload names descriptor {fd}, which its worker did not list"
+            )),
+            Some((_, Err(e))) => Err(e.clone()),
+            Some((_, Ok(f))) => len.and_then(|len| Mapping::new(f, len).map_err(|e| e.to_string())),
+        })
     })
+}
+
+/// The payload a marker names, opened at its sender.
+fn open_at(pid: u32, fd: u32, len: u64) -> Result<Mapping, String> {
+    let len = usize::try_from(len).map_err(|_| "a shared payload too large".to_owned())?;
+    sys::open_sealed(pid, fd)
+        .and_then(|f| Mapping::new(&f, len))
+        .map_err(|e| format!("cannot open the shared payload {fd} of process {pid}: {e}"))
 }
 
 #[cfg(test)]
@@ -265,9 +289,7 @@ mod tests {
             postcard::from_bytes::<Bytes>(&wire).unwrap().len(),
             MARKER_LEN
         );
-        let (back, _) = receiving(Inbox::Open, || {
-            postcard::from_bytes::<Bytes>(&wire).unwrap()
-        });
+        let back = decoding_argument(|| postcard::from_bytes::<Bytes>(&wire).unwrap());
         assert_eq!(back, b);
         // Through descriptors the receiver opened.
         let marker_fd = fds[0].as_raw_fd() as u32;
@@ -277,9 +299,7 @@ mod tests {
             fds: vec![(marker_fd, Ok(opened))],
         };
         drop(fds);
-        let (back, _) = receiving(Inbox::Attached(attached), || {
-            postcard::from_bytes::<Bytes>(&wire).unwrap()
-        });
+        let (back, _) = receiving(attached, || postcard::from_bytes::<Bytes>(&wire).unwrap());
         assert_eq!(back, b);
     }
 
@@ -288,9 +308,7 @@ mod tests {
         let b = big();
         let wire = sharing(|| postcard::to_stdvec(&b).unwrap());
         let _fds = take_made(0);
-        let (r, _) = receiving(Inbox::Attached(Attached::default()), || {
-            postcard::from_bytes::<Bytes>(&wire)
-        });
+        let (r, _) = receiving(Attached::default(), || postcard::from_bytes::<Bytes>(&wire));
         assert!(r.is_err());
     }
 }
