@@ -32,6 +32,7 @@
 //!   and the worker index;
 //! - `payloads`: large `Bytes` through shared memory, both ways, in
 //!   order, after a crash, nothing left behind, hostile listings;
+//! - `spin`: workers sleep once a burst of calls is over;
 //! - `seams`: regression tests of the dispatcher's faults (join, the
 //!   direct lane, process groups, descendants, extreme durations), one
 //!   test per fault, named after it.
@@ -65,6 +66,7 @@ mod review_async;
 mod review_async_held;
 mod review_halt;
 mod seams;
+mod spin;
 mod startup;
 mod stdio;
 mod tiny_deadline;
