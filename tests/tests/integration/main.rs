@@ -58,6 +58,7 @@ mod lifecycle;
 mod logs;
 mod no_counter;
 mod payloads;
+mod review_shm;
 mod recycle;
 mod restart;
 mod review3;
