@@ -18,8 +18,8 @@ mod zygote_review2;
 mod zygote_review3;
 pub use payloads::{
     Mixed, PanicsAfterBytes, big_and_marker_shaped, big_then_killed, big_then_unencodable, digest,
-    digest_of, echo_bytes, echo_mixed, forge_after_listing_zero, forged_marker, list_fifo, many_large,
-    mixed, mixed_of, pattern, pattern_bytes, payload_memfds, postcard_inside,
+    digest_of, echo_bytes, echo_mixed, forge_after_listing_zero, forged_marker, list_fifo,
+    many_large, mixed, mixed_of, pattern, pattern_bytes, payload_memfds, postcard_inside,
     takes_panics_after_bytes,
 };
 pub use state::{

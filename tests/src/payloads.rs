@@ -84,7 +84,6 @@ pub fn forge_after_listing_zero() -> Bytes {
 // (`tests/integration/review_shm.rs`).
 // ---------------------------------------------------------------------
 
-
 /// A hostile worker: makes a FIFO at `path`, opens it for reading without
 /// blocking (so it has a reader and no writer), lists that descriptor as
 /// a shared payload, and returns 0. Anyone who opens it for reading

@@ -1,7 +1,8 @@
 //! A hostile review of large payloads through sealed memfds (`Bytes` of
 //! 1 MiB or more between the pool and its workers), on real processes.
 //!
-//! The tests that fail name a bug in their comment; the others pin down
+//! Each test marked BUG fails and says what it proves; those marked FIXED
+//! failed before the small fixes that followed them; the others pin down
 //! behaviour the review checked and found right. Tests that count this
 //! process's payload memfds (or run workers on threads of it) hold the
 //! lock of `payloads.rs`, whose tests count them too.
@@ -14,8 +15,8 @@ use procpool::{Bytes, Pool, StartMethod};
 use procpool_tests::{
     PanicsAfterBytes, big_and_marker_shaped, big_then_killed, big_then_unencodable, digest,
     digest_of, echo_bytes, echo_mixed, fd_table, forged_marker, list_fifo, many_large, mixed,
-    mixed_of, pattern, pattern_bytes, payload_memfds, postcard_inside, square, temp_path,
-    takes_panics_after_bytes, watchdog,
+    mixed_of, pattern, pattern_bytes, payload_memfds, postcard_inside, square,
+    takes_panics_after_bytes, temp_path, watchdog,
 };
 
 use crate::payloads::ONE_AT_A_TIME;
@@ -46,7 +47,8 @@ impl Drop for Unstick {
     }
 }
 
-/// BUG: a hostile worker lists, as a shared payload, a FIFO it holds open
+/// FIXED (was a bug; `open_sealed` now looks before it opens): a hostile
+/// worker lists, as a shared payload, a FIFO it holds open
 /// for reading (no writer). The pool opens `/proc/<pid>/fd/<n>` for
 /// reading without `O_NONBLOCK` and before it checks what the file is, so
 /// the open waits for a writer that never comes: the dispatcher thread is
@@ -55,7 +57,7 @@ impl Drop for Unstick {
 /// (the `not a memfd` it gives for other files), not the whole pool.
 /// (The test opens the FIFO for writing at the end, which releases it.)
 #[test]
-fn a_worker_listing_a_fifo_freezes_the_whole_pool() {
+fn a_worker_listing_a_fifo_does_not_freeze_the_pool() {
     let _w = watchdog("listing_a_fifo_freezes", LIMIT);
     let pool = builder(2)
         .task_timeout(Duration::from_secs(5))
@@ -135,7 +137,8 @@ fn a_marker_shaped_argument_is_not_replaced_by_another_memfds_contents() {
         assert!(raw >= 0);
         let fd = OwnedFd::from_raw_fd(raw);
         assert_eq!(libc::write(raw, b"secret".as_ptr().cast(), 6), 6);
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
         assert_eq!(libc::fcntl(raw, libc::F_ADD_SEALS, seals), 0);
         fd
     };
@@ -191,7 +194,8 @@ fn a_large_result_sent_before_its_worker_is_killed_is_not_lost() {
     assert!(lost.is_empty(), "results lost: {lost:#?}");
 }
 
-/// BUG: a legitimate result holding more than 64 large `Bytes` (here 65
+/// FIXED (was a bug; a value now shares at most 64, the rest stays on
+/// the stream): a legitimate result holding more than 64 large `Bytes` (here 65
 /// of 1 MiB: a 65 MiB `Vec<Bytes>`, whose frame is a few kilobytes of
 /// markers) makes its own worker list 65 memfds ahead of one frame, which
 /// the pool treats as a protocol violation: the worker is killed and the
@@ -208,7 +212,8 @@ fn a_result_of_more_than_64_large_bytes_is_no_protocol_violation() {
     assert_eq!(back, Ok(65));
 }
 
-/// BUG (leak): an argument whose `Serialize` panics after a large `Bytes`
+/// FIXED (was a leak; `sharing` now drops what it made on unwind): an
+/// argument whose `Serialize` panics after a large `Bytes`
 /// of it was put in a memfd (a caller that catches the panic goes on)
 /// leaves that memfd in the calling thread's list of made payloads for
 /// the life of the thread: `sharing` restores its flag on unwind, but
