@@ -124,13 +124,21 @@ impl Attached {
     }
 }
 
-/// Resets a thread-local flag when it goes, unwinding included.
-struct Restore(bool);
+/// Resets a thread-local flag when it goes, unwinding included; an
+/// encoding that panics loses the memfds it made (no one will take them).
+struct Restore {
+    sharing: bool,
+    made: usize,
+    panicking: bool,
+}
 
 impl Drop for Restore {
     #[inline]
     fn drop(&mut self) {
-        SHARING.set(self.0);
+        SHARING.set(self.sharing);
+        if std::thread::panicking() && !self.panicking {
+            drop(take_made(self.made));
+        }
     }
 }
 
@@ -139,7 +147,11 @@ impl Drop for Restore {
 /// ([`made`], [`take_made`]).
 #[inline]
 pub(crate) fn sharing<T>(f: impl FnOnce() -> T) -> T {
-    let _restore = Restore(SHARING.replace(true));
+    let _restore = Restore {
+        sharing: SHARING.replace(true),
+        made: made(),
+        panicking: std::thread::panicking(),
+    };
     f()
 }
 
@@ -186,7 +198,9 @@ pub(crate) fn receiving<T>(inbox: Attached, f: impl FnOnce() -> T) -> (T, Attach
 /// they go through shared memory. A memfd that cannot be made (out of
 /// memory or descriptors) leaves the payload on the stream.
 pub(crate) fn share(bytes: &[u8]) -> Option<[u8; MARKER_LEN]> {
-    if bytes.len() < SHARE_MIN || !SHARING.get() {
+    // No more than a frame may list (the pool refuses more): past that,
+    // one value's further payloads stay on the stream.
+    if bytes.len() < SHARE_MIN || !SHARING.get() || made() >= MAX_SHARED {
         return None;
     }
     match sys::seal_copy(bytes) {

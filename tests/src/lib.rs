@@ -17,8 +17,10 @@ mod zygote_review;
 mod zygote_review2;
 mod zygote_review3;
 pub use payloads::{
-    digest, digest_of, echo_bytes, forge_after_listing_zero, forged_marker, pattern, pattern_bytes,
-    payload_memfds,
+    Mixed, PanicsAfterBytes, big_and_marker_shaped, big_then_killed, big_then_unencodable, digest,
+    digest_of, echo_bytes, echo_mixed, forge_after_listing_zero, forged_marker, list_fifo,
+    many_large, mixed, mixed_of, pattern, pattern_bytes, payload_memfds, postcard_inside,
+    takes_panics_after_bytes,
 };
 pub use state::{
     Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
@@ -707,6 +709,15 @@ pub fn registry() -> procpool::Registry {
         .task(payload_memfds)
         .task(forged_marker)
         .task(forge_after_listing_zero)
+        .task(list_fifo)
+        .task(big_and_marker_shaped)
+        .task(big_then_killed)
+        .task(many_large)
+        .task(takes_panics_after_bytes)
+        .task(mixed)
+        .task(echo_mixed)
+        .task(big_then_unencodable)
+        .task(postcard_inside)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)

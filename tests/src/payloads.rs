@@ -1,6 +1,7 @@
 //! Tasks for the large-payload tests: `Bytes` through shared memory.
 
 use procpool::Bytes;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Its argument, back.
 pub fn echo_bytes(b: Bytes) -> Bytes {
@@ -76,4 +77,151 @@ pub fn forge_after_listing_zero() -> Bytes {
     .unwrap();
     crate::wire_write(frame, crate::Then::Return);
     forged_marker(0, 2 << 20)
+}
+
+// ---------------------------------------------------------------------
+// Tasks for the hostile review of shared payloads
+// (`tests/integration/review_shm.rs`).
+// ---------------------------------------------------------------------
+
+/// A hostile worker: makes a FIFO at `path`, opens it for reading without
+/// blocking (so it has a reader and no writer), lists that descriptor as
+/// a shared payload, and returns 0. Anyone who opens it for reading
+/// without `O_NONBLOCK` waits for a writer.
+pub fn list_fifo(path: String) -> u64 {
+    let c = std::ffi::CString::new(path).expect("a path without NUL");
+    // SAFETY: mkfifo and open read a NUL-terminated path; the descriptor
+    // is left open on purpose for the worker's life.
+    let fd = unsafe {
+        assert_eq!(libc::mkfifo(c.as_ptr(), 0o600), 0, "mkfifo");
+        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK)
+    };
+    assert!(fd >= 0, "open the FIFO");
+    let mut frame = Vec::new();
+    procpool_protocol::encode_message(
+        &mut frame,
+        &procpool_protocol::FromWorker::Shared {
+            fds: vec![fd as u32],
+        },
+        procpool_protocol::DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    crate::wire_write(frame, crate::Then::Return)
+}
+
+/// A large pattern (through shared memory) and, beside it, a small
+/// user payload that happens to look like a marker (naming pid 1,
+/// descriptor 0, 5 bytes): both are plain results of the task.
+pub fn big_and_marker_shaped(len: u64) -> (Bytes, Bytes) {
+    let mut m = b"\0procpool-memfd\0".to_vec();
+    m.extend_from_slice(&1u32.to_le_bytes());
+    m.extend_from_slice(&0u32.to_le_bytes());
+    m.extend_from_slice(&5u64.to_le_bytes());
+    (pattern_bytes(len, 3), Bytes::from(m))
+}
+
+/// Returns a large pattern, and has a thread SIGKILL this worker the
+/// moment the result's frame is in the pipe (bytes wait on its protocol
+/// descriptor), before the pool has read it: a crash right after a
+/// result was sent.
+pub fn big_then_killed(len: u64) -> Bytes {
+    std::thread::spawn(|| {
+        loop {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer.
+            let r = unsafe { libc::ioctl(4, libc::FIONREAD, &mut n) };
+            if r == 0 && n > 0 {
+                // SAFETY: raise only delivers a signal to this process.
+                unsafe {
+                    libc::raise(libc::SIGKILL);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    });
+    pattern_bytes(len, 5)
+}
+
+/// `n` large patterns of `len` bytes each, in one result.
+pub fn many_large(n: u64, len: u64) -> Vec<Bytes> {
+    (0..n).map(|s| pattern_bytes(len, s)).collect()
+}
+
+/// An argument whose encoding, in the caller, panics after its large
+/// `Bytes` was encoded.
+#[derive(Debug, Deserialize)]
+pub struct PanicsAfterBytes(pub Bytes, pub u8);
+
+impl Serialize for PanicsAfterBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTupleStruct;
+        let mut t = s.serialize_tuple_struct("PanicsAfterBytes", 2)?;
+        t.serialize_field(&self.0)?;
+        panic!("PanicsAfterBytes panics while it is encoded");
+    }
+}
+
+/// The length of the `Bytes` inside (never runs: the caller panics).
+pub fn takes_panics_after_bytes(x: PanicsAfterBytes) -> u64 {
+    x.0.len() as u64 + u64::from(x.1)
+}
+
+/// A result mixing large and small payloads in several shapes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mixed {
+    /// Two MiB and one byte: shared.
+    pub big: Bytes,
+    /// A hundred bytes: on the pipe.
+    pub small: Bytes,
+    /// One MiB exactly: shared.
+    pub maybe: Option<Bytes>,
+    /// Nothing.
+    pub none: Option<Bytes>,
+    /// One byte under the threshold, one over, and an empty one.
+    pub list: Vec<Bytes>,
+    /// Three MiB in a `Result`.
+    pub either: Result<Bytes, String>,
+    /// The seed it was made from.
+    pub tail: u64,
+}
+
+/// A [`Mixed`] made from `seed`: the same on both sides.
+pub fn mixed_of(seed: u64) -> Mixed {
+    const MIB: usize = 1 << 20;
+    Mixed {
+        big: Bytes::from(pattern(2 * MIB + 1, seed)),
+        small: Bytes::from(pattern(100, seed + 1)),
+        maybe: Some(Bytes::from(pattern(MIB, seed + 2))),
+        none: None,
+        list: vec![
+            Bytes::from(pattern(MIB - 1, seed + 3)),
+            Bytes::from(pattern(MIB + 5, seed + 4)),
+            Bytes::new(),
+        ],
+        either: Ok(Bytes::from(pattern(3 * MIB, seed + 5))),
+        tail: seed,
+    }
+}
+
+/// [`mixed_of`], made in the worker.
+pub fn mixed(seed: u64) -> Mixed {
+    mixed_of(seed)
+}
+
+/// Its argument back, checked against [`mixed_of`] on the way.
+pub fn echo_mixed(m: Mixed) -> Mixed {
+    assert_eq!(m, mixed_of(m.tail), "the argument arrived changed");
+    m
+}
+
+/// A large `Bytes`, then a value that cannot be encoded: the result
+/// fails after its payload was put in shared memory.
+pub fn big_then_unencodable(len: u64) -> (Bytes, crate::Unencodable) {
+    (pattern_bytes(len, 1), crate::Unencodable)
+}
+
+/// Serializes a large `Bytes` with postcard inside the task: how many
+/// bytes that made (the payload and its length, never a marker).
+pub fn postcard_inside(len: u64) -> u64 {
+    postcard::to_stdvec(&pattern_bytes(len, 2)).unwrap().len() as u64
 }

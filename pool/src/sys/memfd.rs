@@ -40,8 +40,22 @@ pub(crate) fn seal_copy(bytes: &[u8]) -> io::Result<OwnedFd> {
 
 /// Opens descriptor `fd` of process `pid` (read-only, close-on-exec) if it
 /// is a memfd sealed as [`seal_copy`] seals.
+///
+/// The peer names the descriptor, so it may be anything: it is first
+/// looked at without being opened (`O_PATH`: a FIFO without a writer
+/// would block a plain open forever, a device would be opened), and only
+/// a regular file is then opened for reading, through that handle.
 pub(crate) fn open_sealed(pid: u32, fd: u32) -> io::Result<OwnedFd> {
-    let file = File::open(format!("/proc/{pid}/fd/{fd}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let handle = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(format!("/proc/{pid}/fd/{fd}"))?;
+    if !handle.metadata()?.is_file() {
+        return Err(io::Error::other("not a memfd"));
+    }
+    let file = File::open(format!("/proc/self/fd/{}", handle.as_raw_fd()))?;
+    drop(handle);
     // SAFETY: F_GET_SEALS takes no argument and touches no memory.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
     if seals < 0 {

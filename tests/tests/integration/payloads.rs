@@ -14,7 +14,7 @@ use procpool_tests::{
 
 use crate::{LIMIT, builder, counterless, pool};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+pub(crate) static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const MIB: usize = 1 << 20;
 
