@@ -102,7 +102,7 @@ impl<'p> Call<'p> {
         };
         let mut encoded = Vec::new();
         let made = payload::made();
-        let result = if inner.shared_memory {
+        let result = if inner.shared_memory && inner.shared.args_shared() {
             payload::sharing(|| encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame))
         } else {
             encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame)

@@ -179,7 +179,7 @@ where
         }
         let want = self.size.take();
         let room = frame_room(self.inner.max_frame);
-        let share = self.inner.shared_memory;
+        let share = self.inner.shared_memory && self.inner.shared.args_shared();
         let mut items = ItemsBuilder::new();
         // The memfds of this chunk's large arguments (`payload.rs`).
         let mut shared = Vec::new();

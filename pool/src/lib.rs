@@ -266,9 +266,13 @@
 //! change through `DerefMut` copies it out first). No file is ever named
 //! in a file system: the memory goes with the last process holding it,
 //! whichever side is killed, with no tracker process to clean up. The
-//! sender keeps its copy until the receiver has opened it, so a crash
-//! loses no result that was sent, and a large argument queued behind a
-//! crash reaches the replacement. [`Builder::shared_memory`] turns it off.
+//! sender keeps its copy until the receiver has opened it (a worker waits
+//! for the pool's word before it sends the frame naming its results), so
+//! a crash loses no result that was sent, and a large argument queued
+//! behind a crash reaches the replacement. Markers carry a random key of
+//! the pool's, so a user's 32 bytes that look like one stay plain bytes.
+//! Workers that cannot share memory with the pool (behind a launcher,
+//! another user) keep the pipe. [`Builder::shared_memory`] turns it off.
 //!
 //! ```rust,standalone_crate
 //! use procpool::Bytes;

@@ -4,8 +4,9 @@
 //! pool for a local worker (an argument) or by such a worker for the pool
 //! (a result), is copied once into a sealed memfd (`sys::memfd`), and the
 //! stream carries a small *marker* in its place: a byte string of
-//! [`MARKER_LEN`] bytes naming the sender's pid, its descriptor and the
-//! length. The receiver opens `/proc/<pid>/fd/<n>`, checks the seals and
+//! [`MARKER_LEN`] bytes with the pool's random key, the sender's pid, its
+//! descriptor and the length. Only a marker with the key resolves: a
+//! user's bytes that look like one are plain bytes. The receiver opens `/proc/<pid>/fd/<n>`, checks the seals and
 //! the size, and maps it read-only: the payload is never copied through
 //! the pipe (64 KiB at a time, with a wake-up each way), nor decoded.
 //!
@@ -13,11 +14,17 @@
 //! - an argument's: its [`Batch`](crate::dispatcher::Batch), until every
 //!   item of it has its outcome (a worker opens an argument before it
 //!   runs the item);
-//! - a result's: the worker, until the pool says (word 4 of the progress
-//!   page, `sys::shm`) that it has opened the descriptors the worker
-//!   listed in a `Shared` message, which precedes the `Done` frame whose
-//!   results name them. The pool opens them as soon as it reads that
-//!   message, and hands them to the caller with the frame.
+//! - a result's: the worker lists its memfds in a `Shared` message and
+//!   waits until the pool says (word 4 of the progress page, `sys::shm`)
+//!   that it has opened them, before it writes the `Done` frame whose
+//!   results name them; then it closes its own. So once that frame is
+//!   out, its results are the pool's, whatever becomes of the worker.
+//!   The pool hands them to the caller with the frame.
+//!
+//! Arguments are shared only while every worker that served said, in its
+//! progress page, that it takes them (it knows the key and can open the
+//! pool's descriptors); one behind a launcher, another user or another
+//! host gets them on the stream.
 //!
 //! Only our own encoders and decoders turn this on, for the span of one
 //! value, through thread-local state ([`sharing`], [`receiving`]): a
@@ -30,6 +37,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 use crate::sys::{self, Mapping};
 
@@ -40,10 +48,40 @@ pub(crate) const SHARE_MIN: usize = 1 << 20;
 /// one early rather than pass half of it; the pool refuses more).
 pub(crate) const MAX_SHARED: usize = 64;
 
-const MAGIC: [u8; 16] = *b"\0procpool-memfd\0";
+const MAGIC: [u8; 8] = *b"\0ppmemfd";
 
-/// A marker: the magic, the sender's pid, its descriptor, the length.
-pub(crate) const MARKER_LEN: usize = MAGIC.len() + 4 + 4 + 8;
+/// A marker: the magic, the pool's key, the sender's pid, its descriptor,
+/// the length.
+pub(crate) const MARKER_LEN: usize = MAGIC.len() + 8 + 4 + 4 + 8;
+
+/// The pool's payload key: a random number its markers carry (the pool
+/// passes it to its workers at start), so that only markers a pool or its
+/// worker made resolve. A caller's own 32-byte payload that looks like a
+/// marker is plain bytes (it would have to guess the key), and no
+/// argument can name a memfd for the worker to read.
+static KEY: OnceLock<u64> = OnceLock::new();
+
+/// The key of this process's pools (made at first use).
+pub(crate) fn pool_key() -> u64 {
+    *KEY.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // std's hasher keys come from the OS's randomness.
+        let mut h = std::hash::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
+/// A worker at start: its pool's key, if the pool gave one.
+pub(crate) fn set_key(key: u64) {
+    let _ = KEY.set(key);
+}
+
+/// The key markers carry and are checked against, if this process has one
+/// (a worker whose pool gave none never takes shared payloads).
+pub(crate) fn key() -> Option<u64> {
+    KEY.get().copied()
+}
 
 thread_local! {
     /// Encoding for a peer that shares memory: large payloads go to memfds.
@@ -203,10 +241,12 @@ pub(crate) fn share(bytes: &[u8]) -> Option<[u8; MARKER_LEN]> {
     if bytes.len() < SHARE_MIN || !SHARING.get() || made() >= MAX_SHARED {
         return None;
     }
+    let key = key()?;
     match sys::seal_copy(bytes) {
         Ok(fd) => {
             let mut m = [0u8; MARKER_LEN];
-            m[..16].copy_from_slice(&MAGIC);
+            m[..8].copy_from_slice(&MAGIC);
+            m[8..16].copy_from_slice(&key.to_le_bytes());
             m[16..20].copy_from_slice(&std::process::id().to_le_bytes());
             m[20..24].copy_from_slice(&(fd.as_raw_fd() as u32).to_le_bytes());
             m[24..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -228,7 +268,11 @@ pub(crate) fn share(bytes: &[u8]) -> Option<[u8; MARKER_LEN]> {
 /// decoding from a peer that shares memory, the payload's mapping, or why
 /// it cannot be had.
 pub(crate) fn resolve(bytes: &[u8]) -> Option<Result<Mapping, String>> {
-    if bytes.len() != MARKER_LEN || bytes[..16] != MAGIC {
+    if bytes.len() != MARKER_LEN || bytes[..8] != MAGIC {
+        return None;
+    }
+    // Not our key: a user's bytes that happen to look like a marker.
+    if key().is_none_or(|k| bytes[8..16] != k.to_le_bytes()) {
         return None;
     }
     let resolved = resolve_marker(bytes)?;

@@ -56,13 +56,36 @@ pub fn payload_memfds() -> (usize, usize) {
 }
 
 /// What a marker naming descriptor `fd` of this process, `len` bytes,
-/// looks like (the format `payload.rs` writes): for a worker that lies.
+/// looks like (the format `payload.rs` writes: a magic, the pool's key,
+/// pid, descriptor, length), for a worker that lies. The key is this
+/// process's `PROCPOOL_SHARE_KEY` as it was started (a worker's pool gave
+/// it one; a test process has none, and its marker is then a look-alike
+/// with key 0).
 pub fn forged_marker(fd: u32, len: u64) -> Bytes {
-    let mut m = b"\0procpool-memfd\0".to_vec();
-    m.extend_from_slice(&std::process::id().to_le_bytes());
+    marker_with(share_key(), std::process::id(), fd, len)
+}
+
+/// A marker's 32 bytes.
+fn marker_with(key: u64, pid: u32, fd: u32, len: u64) -> Bytes {
+    let mut m = b"\0ppmemfd".to_vec();
+    m.extend_from_slice(&key.to_le_bytes());
+    m.extend_from_slice(&pid.to_le_bytes());
     m.extend_from_slice(&fd.to_le_bytes());
     m.extend_from_slice(&len.to_le_bytes());
     Bytes::from(m)
+}
+
+/// The key this process was started with (its initial environment, which
+/// the worker runtime's clean-up does not reach), or 0.
+fn share_key() -> u64 {
+    std::fs::read("/proc/self/environ")
+        .ok()
+        .and_then(|env| {
+            env.split(|&b| b == 0)
+                .find_map(|var| var.strip_prefix(b"PROCPOOL_SHARE_KEY=").map(<[u8]>::to_vec))
+        })
+        .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A worker that lies: lists its descriptor 0 (`/dev/null`) as a shared
@@ -113,11 +136,7 @@ pub fn list_fifo(path: String) -> u64 {
 /// user payload that happens to look like a marker (naming pid 1,
 /// descriptor 0, 5 bytes): both are plain results of the task.
 pub fn big_and_marker_shaped(len: u64) -> (Bytes, Bytes) {
-    let mut m = b"\0procpool-memfd\0".to_vec();
-    m.extend_from_slice(&1u32.to_le_bytes());
-    m.extend_from_slice(&0u32.to_le_bytes());
-    m.extend_from_slice(&5u64.to_le_bytes());
-    (pattern_bytes(len, 3), Bytes::from(m))
+    (pattern_bytes(len, 3), marker_with(0, 1, 0, 5))
 }
 
 /// Returns a large pattern, and has a thread SIGKILL this worker the
@@ -130,7 +149,10 @@ pub fn big_then_killed(len: u64) -> Bytes {
             let mut n: libc::c_int = 0;
             // SAFETY: FIONREAD writes one int through the pointer.
             let r = unsafe { libc::ioctl(4, libc::FIONREAD, &mut n) };
-            if r == 0 && n > 0 {
+            // The `Done` frame holds the 32-byte marker; the `Shared`
+            // message before it is shorter, and the pool has read it
+            // before the worker writes the frame.
+            if r == 0 && n >= 32 {
                 // SAFETY: raise only delivers a signal to this process.
                 unsafe {
                     libc::raise(libc::SIGKILL);

@@ -273,6 +273,10 @@ const CLOSED: u8 = 1;
 const TERMINATED: u8 = 2;
 const BROKEN: u8 = 3;
 
+const SHARE_UNKNOWN: u8 = 0;
+const SHARE_YES: u8 = 1;
+const SHARE_NO: u8 = 2;
+
 /// State shared by the pool's handles, its callers and the dispatcher.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -283,6 +287,9 @@ pub(crate) struct Shared {
     pub(crate) stats: Counters,
     /// Idle workers lent to calling threads (see `lane.rs`).
     pub(crate) lanes: super::lane::Lanes,
+    /// Whether every worker that served so far takes large arguments from
+    /// shared memory (`payload.rs`): unknown, yes, or (for good) no.
+    share_args: AtomicU8,
 }
 
 /// What the workers serve, as the first one announced it.
@@ -328,7 +335,28 @@ impl Shared {
             pids: Mutex::new(Vec::new()),
             stats: Counters::default(),
             lanes: super::lane::Lanes::default(),
+            share_args: AtomicU8::new(SHARE_UNKNOWN),
         }
+    }
+
+    /// A worker became ready: whether it takes large arguments from shared
+    /// memory. One that does not turns it off for good.
+    pub(crate) fn worker_shares(&self, yes: bool) {
+        if yes {
+            let _ = self.share_args.compare_exchange(
+                SHARE_UNKNOWN,
+                SHARE_YES,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        } else {
+            self.share_args.store(SHARE_NO, Ordering::Release);
+        }
+    }
+
+    /// Whether large arguments may go through shared memory.
+    pub(crate) fn args_shared(&self) -> bool {
+        self.share_args.load(Ordering::Acquire) == SHARE_YES
     }
 
     pub(crate) fn is_open(&self) -> bool {

@@ -219,6 +219,11 @@ impl Conn {
         self.progress.attached()
     }
 
+    /// Whether the worker takes large arguments from shared memory.
+    pub(crate) fn shares(&self) -> bool {
+        self.progress.shares()
+    }
+
     /// What the worker had started when it was first halted, if it was.
     pub(crate) fn halted_at(&self) -> Option<u64> {
         self.halted_at.filter(|_| self.progress.attached())

@@ -204,6 +204,8 @@ impl Dispatcher {
         let now = Instant::now();
         let w = &mut self.workers[i];
         w.phase = Phase::Ready;
+        let shares = w.conn.as_ref().is_some_and(|c| c.shares());
+        self.shared.worker_shares(shares);
         self.settle.add_worker(w.slot, w.process.pid(), now);
         self.respawn.succeeded();
         if self.starting.is_some()

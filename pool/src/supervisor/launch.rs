@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::sys;
 use crate::worker::{
     INDEX_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV,
-    Registry, SHARED_MEMORY_ENV, WORKER_ENV, ZYGOTE_ENV,
+    Registry, SHARE_KEY_ENV, SHARED_MEMORY_ENV, WORKER_ENV, ZYGOTE_ENV,
 };
 
 /// What a worker is.
@@ -184,6 +184,7 @@ impl Launch {
             true => cmd.env_remove(SHARED_MEMORY_ENV),
             false => cmd.env(SHARED_MEMORY_ENV, "0"),
         };
+        cmd.env(SHARE_KEY_ENV, crate::payload::pool_key().to_string());
         cmd.env_remove(ZYGOTE_ENV);
         cmd
     }
@@ -249,6 +250,8 @@ impl Launch {
         let (worker_in, to_worker) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (from_worker, worker_out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (max_frame, share) = (self.max_frame, self.shared_memory);
+        // In-process workers are this process: they know its key.
+        crate::payload::pool_key();
         let (progress_fd, progress) = sys::SharedCounter::create()?;
         let progress_path = format!("/proc/self/fd/{}", progress_fd.as_raw_fd());
         let thread = std::thread::Builder::new()

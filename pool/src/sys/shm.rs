@@ -39,6 +39,9 @@ const LEN: usize = 4096;
 /// What a worker stores in the second word once it has mapped the page,
 /// so the pool can tell a worker that counts from one that never attached.
 const ATTACHED: u64 = u64::from_le_bytes(*b"PPattach");
+/// The same, from a worker that also knows the pool's payload key, and so
+/// takes large arguments from shared memory (`payload.rs`).
+const ATTACHED_SHARING: u64 = u64::from_le_bytes(*b"PPshares");
 
 /// A shared `u64` counter, mapped read-write.
 #[derive(Debug)]
@@ -132,9 +135,11 @@ impl SharedCounter {
         self.cell(0).store(v, Ordering::Release);
     }
 
-    /// The worker: it counts from now on.
-    pub(crate) fn attach(&self) {
-        self.cell(1).store(ATTACHED, Ordering::Release);
+    /// The worker: it counts from now on (and, if `sharing`, takes large
+    /// arguments from shared memory).
+    pub(crate) fn attach(&self, sharing: bool) {
+        let mark = if sharing { ATTACHED_SHARING } else { ATTACHED };
+        self.cell(1).store(mark, Ordering::Release);
     }
 
     /// The pool: the items of `Run` frame number `run` not yet started
@@ -189,7 +194,16 @@ impl SharedCounter {
 
     /// The pool: whether the worker said it counts.
     pub(crate) fn attached(&self) -> bool {
-        self.cell(1).load(Ordering::Acquire) == ATTACHED
+        matches!(
+            self.cell(1).load(Ordering::Acquire),
+            ATTACHED | ATTACHED_SHARING
+        )
+    }
+
+    /// The pool: whether the worker said it takes large arguments from
+    /// shared memory.
+    pub(crate) fn shares(&self) -> bool {
+        self.cell(1).load(Ordering::Acquire) == ATTACHED_SHARING
     }
 }
 
@@ -247,7 +261,7 @@ mod tests {
         drop(fd);
         assert_eq!(a.load(), 0);
         assert!(!a.attached());
-        b.attach();
+        b.attach(false);
         b.store(41);
         assert_eq!(a.load(), 41);
         assert!(a.attached());

@@ -40,6 +40,8 @@ pub(crate) const MEMORY_LIMIT_ENV: &str = "PROCPOOL_MEMORY_LIMIT";
 /// Environment variable set to `0` when the pool wants no large result
 /// through shared memory (`Builder::shared_memory(false)`).
 pub(crate) const SHARED_MEMORY_ENV: &str = "PROCPOOL_SHARED_MEMORY";
+/// Environment variable carrying the pool's payload key (`payload.rs`).
+pub(crate) const SHARE_KEY_ENV: &str = "PROCPOOL_SHARE_KEY";
 /// Environment variable carrying the parent's `log` level (0 = off to
 /// 5 = trace), so workers forward only records the parent wants.
 pub(crate) const LOG_LEVEL_ENV: &str = "PROCPOOL_LOG_LEVEL";
@@ -231,6 +233,9 @@ fn serve_now(registry: &Registry) -> i32 {
         std::env::var_os(SHARED_MEMORY_ENV).is_none_or(|v| v != "0"),
         Ordering::Relaxed,
     );
+    if let Some(key) = env_number::<u64>(SHARE_KEY_ENV) {
+        crate::payload::set_key(key);
+    }
     if let Some(index) = env_number(INDEX_ENV) {
         state::set_process_index(index);
     }
@@ -248,6 +253,7 @@ fn serve_now(registry: &Registry) -> i32 {
         PARENT_PID_ENV,
         MEMORY_LIMIT_ENV,
         SHARED_MEMORY_ENV,
+        SHARE_KEY_ENV,
         LOG_LEVEL_ENV,
         PROGRESS_ENV,
         INDEX_ENV,

@@ -190,7 +190,7 @@ pub(super) fn serve_loop(
 ) -> i32 {
     // Before the handshake: the pool may trust the counter from then on.
     if let Some(p) = progress {
-        p.attach();
+        p.attach(crate::payload::key().is_some());
     }
     // Reads spin briefly before they sleep (`sys::Spin`): the next task
     // of a caller that got its answer is usually on its way.
@@ -210,7 +210,6 @@ pub(super) fn serve_loop(
     }
     let mut server = Server::new(registry, progress, output, max_frame);
     server.state = state;
-    server.share = share;
     payload::set_worker_shares(share);
     let mut frame = Vec::new();
     loop {
@@ -285,8 +284,6 @@ pub(super) struct Server<'r> {
     outcomes: Vec<u8>,
     /// The initializer's outcome.
     scratch: Vec<u8>,
-    /// Large results go through shared memory (`payload.rs`).
-    share: bool,
     /// `Shared` messages sent so far.
     shared_sent: u64,
     /// The memfds of each `Shared` message (by number) the pool has not
@@ -312,7 +309,6 @@ impl<'r> Server<'r> {
             out: Vec::with_capacity(64 << 10),
             outcomes: Vec::with_capacity(64 << 10),
             scratch: Vec::new(),
-            share: false,
             shared_sent: 0,
             held: VecDeque::new(),
         }
@@ -467,37 +463,51 @@ impl<'r> Server<'r> {
     }
 
     fn flush(&mut self, batch: u64, count: u32) -> Result<(), Stop> {
-        self.out.clear();
         self.list_shared()?;
+        self.out.clear();
         encode_done(&mut self.out, batch, count, &self.outcomes, self.max_frame)
             .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
         self.outcomes.clear();
         self.send()
     }
 
-    /// Puts a `Shared` message listing the memfds of the pending results
-    /// (if any) in front of their `Done` frame, and keeps the memfds until
-    /// the pool says it took them; closes those it took.
+    /// Sends a `Shared` message listing the memfds of the pending results
+    /// (if any) ahead of their `Done` frame, and waits until the pool says
+    /// it has opened them before that frame goes: once the `Done` frame
+    /// is out, the results it names are the pool's, whatever becomes of
+    /// this worker (its memfds would go with it). Then it closes its own.
+    /// A pool that does not answer within [`TAKE_PATIENCE`] (stopped, or
+    /// very busy) gets the frame anyway, and the memfds are closed once it
+    /// has answered, at a later frame.
     fn list_shared(&mut self) -> Result<(), Stop> {
-        if let Some(p) = self.progress {
-            let taken = p.shared_taken_count();
-            while self.held.front().is_some_and(|(n, _)| *n < taken) {
-                self.held.pop_front();
-            }
+        let Some(page) = self.progress else {
+            return Ok(());
+        };
+        let taken = page.shared_taken_count();
+        while self.held.front().is_some_and(|(n, _)| *n < taken) {
+            self.held.pop_front();
         }
         let fds = payload::take_made(0);
         if fds.is_empty() {
             return Ok(());
         }
         let numbers = fds.iter().map(|f| f.as_raw_fd() as u32).collect();
+        let mut listing = Vec::new();
         encode_message(
-            &mut self.out,
+            &mut listing,
             &FromWorker::Shared { fds: numbers },
             self.max_frame,
         )
         .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
-        self.held.push_back((self.shared_sent, fds));
+        self.output
+            .lock()
+            .write_all(&listing)
+            .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
+        let seq = self.shared_sent;
         self.shared_sent += 1;
+        if !wait_taken(page, seq + 1) {
+            self.held.push_back((seq, fds));
+        }
         Ok(())
     }
 
@@ -551,6 +561,32 @@ impl log::Log for ForwardLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// How long a worker waits for the pool to take its shared results.
+const TAKE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Waits until the pool has taken `n` `Shared` messages (word 4 of the
+/// progress page): a short spin, then sleeps growing to a millisecond.
+/// `false` if [`TAKE_PATIENCE`] passed first.
+fn wait_taken(page: &SharedCounter, n: u64) -> bool {
+    let mut spin = crate::sys::Spin::default();
+    if spin
+        .run(|| (page.shared_taken_count() >= n).then_some(()))
+        .is_some()
+    {
+        return true;
+    }
+    let start = Instant::now();
+    let mut nap = Duration::from_micros(10);
+    while page.shared_taken_count() < n {
+        if start.elapsed() >= TAKE_PATIENCE {
+            return false;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(1));
+    }
+    true
 }
 
 /// Runs one item, catching a panic, and appends its outcome to `out` (as

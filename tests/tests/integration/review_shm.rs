@@ -106,7 +106,8 @@ fn a_worker_listing_a_fifo_does_not_freeze_the_pool() {
     );
 }
 
-/// BUG: a caller's own small `Bytes` that happens to look like a marker
+/// FIXED (was a bug; markers carry the pool's key now, and only one
+/// with it resolves): a caller's own small `Bytes` that happens to look like a marker
 /// (the 16-byte magic, then any pid, descriptor and length) is taken for
 /// one by the worker, which decodes every argument with markers resolved:
 /// it opens `/proc/<pid>/fd/<n>` as the bytes say, and the task fails
@@ -121,7 +122,7 @@ fn a_marker_shaped_small_argument_arrives_unchanged() {
     assert_eq!(back.map_err(|e| e.to_string()), Ok(shaped));
 }
 
-/// BUG: worse than a failure, a marker-shaped argument naming a sealed
+/// FIXED (was a bug): worse than a failure, a marker-shaped argument naming a sealed
 /// memfd that the caller's process holds is silently replaced by that
 /// memfd's contents: the task gets other bytes than it was given (here
 /// `secret`, from a memfd unrelated to the call).
@@ -148,7 +149,7 @@ fn a_marker_shaped_argument_is_not_replaced_by_another_memfds_contents() {
     assert_eq!(back, shaped);
 }
 
-/// BUG: a task's small marker-shaped `Bytes` result arrives unchanged on
+/// FIXED (was a bug): a task's small marker-shaped `Bytes` result arrives unchanged on
 /// its own, but fails to decode (`a shared payload names process 1, not
 /// its worker ...`) when a large result shares its frame: the pool
 /// resolves every marker-shaped byte string of a frame that came with
@@ -169,7 +170,8 @@ fn a_marker_shaped_result_beside_a_large_one_arrives_unchanged() {
     assert_eq!(back, Ok((true, shaped)));
 }
 
-/// BUG (the crate docs promise the opposite: "The sender keeps its copy
+/// FIXED (was a bug; the worker now waits for the pool to take its
+/// memfds before it writes the `Done` frame; the crate docs promised the opposite: "The sender keeps its copy
 /// until the receiver has opened it, so a crash loses no result that was
 /// sent"): a worker whose large result is wholly in the pipe (its
 /// `Shared` message and `Done` frame, one small write) and that is
@@ -235,7 +237,8 @@ fn a_panic_while_encoding_an_argument_leaks_no_memfd() {
     assert_eq!(payload_memfds(), before, "a payload memfd was left behind");
 }
 
-/// BUG (memory kept): a worker closes a large result's memfd only when it
+/// FIXED (was a bug; memory kept; the worker closes its memfds as soon
+/// as the pool took them): a worker closes a large result's memfd only when it
 /// sends its next frame, so an idle worker keeps its last large result's
 /// memory for as long as it stays idle, after the pool took it and after
 /// the caller dropped it (a 2 MiB result here; a worker that returned
@@ -259,7 +262,8 @@ fn an_idle_worker_keeps_no_payload_memfd_after_its_result_was_taken() {
     );
 }
 
-/// BUG (regression): a worker started through a launcher that gives it no
+/// FIXED (was a regression; the pool shares arguments only while every
+/// worker says, in its progress page, that it takes them): a worker started through a launcher that gives it no
 /// access to the pool's descriptors (here `setpriv` to another user, a
 /// common way to sandbox the tasks; the same holds in another pid
 /// namespace or host) cannot open `/proc/<pool>/fd/<n>`. Its results
