@@ -78,6 +78,8 @@ pub(crate) struct Conn {
     attached: Vec<(u32, Result<OwnedFd, String>)>,
     /// The worker's `Shared` messages taken so far.
     shared_taken: u64,
+    /// The lane mark as last set in the shared page (see `sys::shm`).
+    lent: bool,
 }
 
 /// A `Done` frame as read, with the shared payloads its results name.
@@ -117,6 +119,7 @@ impl Conn {
             spin: Spin::default(),
             attached: Vec::new(),
             shared_taken: 0,
+            lent: false,
         }
     }
 
@@ -302,6 +305,29 @@ impl Conn {
         self.to = None;
     }
 
+    /// Tells the worker who sends what it reads next: a lane caller
+    /// (`true`), which writes its next task as soon as it has the answer,
+    /// so the worker looks for it before it sleeps; or the loop, whose
+    /// next frame is not worth spinning for. Stored before the frames it
+    /// concerns are written.
+    fn mark_lent(&mut self, lent: bool) {
+        if self.lent != lent {
+            self.lent = lent;
+            self.progress.set_lent(lent);
+        }
+    }
+
+    /// The loop: writes pending output without blocking (see [`flush`]),
+    /// the worker told first that the loop feeds it.
+    ///
+    /// [`flush`]: Self::flush
+    pub(crate) fn flush_from_loop(&mut self) {
+        if self.written < self.out.len() {
+            self.mark_lent(false);
+        }
+        self.flush();
+    }
+
     /// Writes pending output without blocking. A failed write (the worker
     /// is gone) stops all writing; its pidfd or its output's end reports
     /// the death, and the progress counter says what it started.
@@ -399,6 +425,7 @@ impl Conn {
     /// The lane: writes everything pending, blocking, watching the
     /// worker's end and the pool's stop.
     pub(crate) fn flush_blocking(&mut self, watch: Watch<'_>) -> Result<(), Lost> {
+        self.mark_lent(true);
         loop {
             self.flush();
             if self.broken {

@@ -225,7 +225,7 @@ impl Dispatcher {
             }
             for w in &mut self.workers {
                 if let Some(c) = &mut w.conn {
-                    c.flush();
+                    c.flush_from_loop();
                 }
             }
             if let Err(e) = self.wait_and_handle() {

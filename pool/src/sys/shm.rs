@@ -24,6 +24,14 @@
 //! until then the worker keeps its own, so a result is never lost between
 //! the two.
 //!
+//! The sixth word says who reads the worker's answers: non-zero while the
+//! pool has lent the worker to a blocking caller on the direct lane, which
+//! sends its next task as soon as it has the answer. Only then does the
+//! worker look for its next input for a while before it sleeps
+//! (`sys::spin`); fed by the pool's loop (`map`, `imap`, ...), the next
+//! frame comes when the loop gets round to it, and a worker spinning for
+//! it takes the CPU the loop and its callers need.
+//!
 //! The pool creates the memory (a memfd, close-on-exec, so no other child
 //! inherits it) and names it to the worker as `/proc/<pool pid>/fd/<n>`;
 //! the worker opens and maps that path at start-up.
@@ -117,11 +125,12 @@ impl SharedCounter {
     }
 
     /// Word `i` (0: the counter, 1: the attach mark, 2: the skip bits, 3:
-    /// the halt mark, 4: the shared payloads taken) of the page.
+    /// the halt mark, 4: the shared payloads taken, 5: the lane mark) of
+    /// the page.
     fn cell(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 5);
+        assert!(i < 6);
         // SAFETY: `ptr` points at the start of a live, page-aligned mapping
-        // of LEN bytes, valid until Drop, so words 0 to 4 are in bounds and
+        // of LEN bytes, valid until Drop, so words 0 to 5 are in bounds and
         // aligned; an AtomicU64 may alias memory that another process
         // updates atomically.
         unsafe { &*self.ptr.as_ptr().add(i) }
@@ -192,6 +201,18 @@ impl SharedCounter {
         self.cell(4).load(Ordering::Acquire)
     }
 
+    /// The pool: whether a direct-lane caller (`true`) or the pool's loop
+    /// sends the frames the worker reads from now on.
+    pub(crate) fn set_lent(&self, lent: bool) {
+        self.cell(5).store(u64::from(lent), Ordering::Release);
+    }
+
+    /// The worker: whether a direct-lane caller is waiting for its answers
+    /// (and so sends its next task at once).
+    pub(crate) fn lent(&self) -> bool {
+        self.cell(5).load(Ordering::Acquire) != 0
+    }
+
     /// The pool: whether the worker said it counts.
     pub(crate) fn attached(&self) -> bool {
         matches!(
@@ -252,6 +273,21 @@ mod tests {
         assert_eq!(pool.halt(), 3);
         assert!(!worker.claim(4), "no batch starts after the halt");
         assert_eq!(pool.load(), 3, "the claim was taken back");
+    }
+
+    #[test]
+    fn the_lane_mark_is_a_word_of_its_own() {
+        let (fd, pool) = SharedCounter::create().unwrap();
+        let worker = SharedCounter::open(&format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert!(!worker.lent(), "fed by the loop until lent");
+        pool.set_lent(true);
+        assert!(worker.lent());
+        pool.skip(0);
+        assert_eq!(pool.halt(), 0);
+        assert!(worker.lent(), "skip bits and the halt mark leave it alone");
+        pool.set_lent(false);
+        assert!(!worker.lent());
+        assert!(worker.skipped(0));
     }
 
     #[test]

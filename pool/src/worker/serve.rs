@@ -192,9 +192,10 @@ pub(super) fn serve_loop(
     if let Some(p) = progress {
         p.attach(crate::payload::key().is_some());
     }
-    // Reads spin briefly before they sleep (`sys::Spin`): the next task
-    // of a caller that got its answer is usually on its way.
-    let input = match crate::sys::SpinRead::new(input) {
+    // Reads spin briefly before they sleep (`sys::Spin`) while the worker
+    // is lent to a direct-lane caller: that caller's next task is usually
+    // on its way.
+    let input = match crate::sys::SpinRead::new(input, progress) {
         Ok(input) => input,
         Err(e) => {
             eprintln!(
