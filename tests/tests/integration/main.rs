@@ -65,6 +65,7 @@ mod review3;
 mod review_async;
 mod review_async_held;
 mod review_halt;
+mod review_final;
 mod review_shm;
 mod seams;
 mod spin;
