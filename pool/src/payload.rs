@@ -271,11 +271,24 @@ pub(crate) fn resolve(bytes: &[u8]) -> Option<Result<Mapping, String>> {
     if bytes.len() != MARKER_LEN || bytes[..8] != MAGIC {
         return None;
     }
-    // Not our key: a user's bytes that happen to look like a marker.
-    if key().is_none_or(|k| bytes[8..16] != k.to_le_bytes()) {
-        return None;
-    }
-    let resolved = resolve_marker(bytes)?;
+    let resolved = match key() {
+        // A worker decoding an argument without the pool's key (its
+        // launcher dropped it): it cannot tell its pool's marker from a
+        // user's look-alike, and running the task on a marker's 32 bytes
+        // would be a wrong answer with no error. The item fails, saying
+        // why (a genuine 32-byte argument starting with the 8-byte magic
+        // is the price, and it fails loudly too).
+        None if OPEN_INBOX.get() => Err(
+            "the argument may be a payload in shared memory, which this worker cannot take: \
+             it was started without its pool's key (PROCPOOL_SHARE_KEY); start every worker \
+             the same way, or turn shared memory off (Builder::shared_memory(false))"
+                .to_owned(),
+        ),
+        // Not our key: a user's bytes that happen to look like a marker.
+        None => return None,
+        Some(k) if bytes[8..16] != k.to_le_bytes() => return None,
+        Some(_) => resolve_marker(bytes)?,
+    };
     if let Err(why) = &resolved {
         FAILED.with(|f| *f.borrow_mut() = Some(why.clone()));
     }

@@ -37,8 +37,8 @@ fn large_bytes_cross_whole_both_ways_through_shared_memory_or_the_pipe() {
     echo_all(&pool(2));
     // The same through the pipe.
     echo_all(&builder(2).shared_memory(false).build().unwrap());
-    // Workers without a progress page take large arguments from shared
-    // memory but send their results through the pipe.
+    // Workers without a progress page cannot say they take shared
+    // arguments, nor answer for shared results: everything on the pipe.
     echo_all(&counterless(1).build().unwrap());
 }
 

@@ -95,7 +95,10 @@ fn the_loop_takes_shared_results_on_every_path() {
 #[test]
 fn zygote_workers_share_results_without_waiting() {
     let _w = watchdog("zygote_workers_share_results", LIMIT);
-    let pool = builder(1).start_method(StartMethod::Zygote).build().unwrap();
+    let pool = builder(1)
+        .start_method(StartMethod::Zygote)
+        .build()
+        .unwrap();
     for seed in 0..5u64 {
         let b = pool.apply(pattern_bytes, (2 * MIB as u64, seed)).unwrap();
         assert!(b[..] == pattern(2 * MIB, seed)[..]);
@@ -108,7 +111,9 @@ fn zygote_workers_share_results_without_waiting() {
     }
 }
 
-/// BUG: the argument sharing gate is read when an argument is encoded,
+/// FIXED (was a bug; a worker without the key now fails such an item,
+/// saying why, instead of taking the marker for its argument): the
+/// argument sharing gate is read when an argument is encoded,
 /// not when it is sent. A pool whose first worker takes large arguments
 /// from shared memory encodes them as markers; a replacement that does not
 /// (its launcher gave it no key: here the second start of the program
@@ -130,7 +135,11 @@ fn a_large_argument_queued_for_a_replacement_without_the_key_is_not_corrupted() 
     let pool = Pool::builder()
         .workers(1)
         .worker_program("/bin/sh")
-        .worker_args([std::ffi::OsString::from("-c"), script.into(), FAULT_WORKER.into()])
+        .worker_args([
+            std::ffi::OsString::from("-c"),
+            script.into(),
+            FAULT_WORKER.into(),
+        ])
         .build()
         .unwrap();
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
@@ -141,7 +150,8 @@ fn a_large_argument_queued_for_a_replacement_without_the_key_is_not_corrupted() 
     let got = queued.get();
     let _ = std::fs::remove_file(&flag);
     // A clear error would do; a wrong answer does not.
-    if let Ok(d) = got {
-        assert_eq!(d, digest_of(&data), "the task ran on a different argument");
+    match got {
+        Ok(d) => assert_eq!(d, digest_of(&data), "the task ran on a different argument"),
+        Err(e) => assert!(e.to_string().contains("PROCPOOL_SHARE_KEY"), "{e}"),
     }
 }
