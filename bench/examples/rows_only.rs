@@ -77,6 +77,28 @@ fn unpin_self() {
     assert_eq!(rc, 0, "sched_setaffinity");
 }
 
+/// A throughput row: the median of 3 runs of `run(n)` (which returns how
+/// many results it got), with the CPU column.
+fn rate_row(label: &str, n: u64, workers: &[u32], run: impl Fn(u64) -> usize) {
+    let mut meter = cpu::Meter::default();
+    let rate = median(
+        (0..3)
+            .map(|_| {
+                meter.measure(workers, || {
+                    let t = Instant::now();
+                    assert_eq!(run(n) as u64, n);
+                    n as f64 / t.elapsed().as_secs_f64()
+                })
+            })
+            .collect(),
+    );
+    println!(
+        "{label} {:>9.0}/s  {}",
+        rate,
+        meter.column(3.0 * n as f64, "item", 1e9, "ns")
+    );
+}
+
 fn main() {
     let tasks = Registry::new().task(square).task(spin);
     procpool::serve_if_worker(&tasks);
@@ -87,51 +109,18 @@ fn main() {
     let workers = pool.worker_pids();
 
     if rows.contains(&"c") {
-        let n = 1_000_000u64;
-        let mut meter = cpu::Meter::default();
-        let rate = median(
-            (0..3)
-                .map(|_| {
-                    meter.measure(&workers, || {
-                        let t = Instant::now();
-                        let v = pool.map(square, 0..n).unwrap();
-                        assert_eq!(v.len() as u64, n);
-                        n as f64 / t.elapsed().as_secs_f64()
-                    })
-                })
-                .collect(),
-        );
-        println!(
-            "c  map            {:>9.0}/s  {}",
-            rate,
-            meter.column(3.0 * n as f64, "item", 1e9, "ns")
-        );
+        rate_row("c  map           ", 1_000_000, &workers, |n| {
+            pool.map(square, 0..n).unwrap().len()
+        });
     }
     if rows.contains(&"d") {
-        let n = 200_000u64;
-        let mut meter = cpu::Meter::default();
-        let rate = median(
-            (0..3)
-                .map(|_| {
-                    meter.measure(&workers, || {
-                        let t = Instant::now();
-                        let got = pool
-                            .with_chunksize(1)
-                            .imap_unordered(square, 0..n)
-                            .unwrap()
-                            .map(Result::unwrap)
-                            .count();
-                        assert_eq!(got as u64, n);
-                        n as f64 / t.elapsed().as_secs_f64()
-                    })
-                })
-                .collect(),
-        );
-        println!(
-            "d  imap_unord c=1 {:>9.0}/s  {}",
-            rate,
-            meter.column(3.0 * n as f64, "item", 1e9, "ns")
-        );
+        rate_row("d  imap_unord c=1", 200_000, &workers, |n| {
+            pool.with_chunksize(1)
+                .imap_unordered(square, 0..n)
+                .unwrap()
+                .map(Result::unwrap)
+                .count()
+        });
     }
     if rows.contains(&"e") {
         let iters = calibrate_spin(Duration::from_millis(10));
