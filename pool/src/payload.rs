@@ -215,8 +215,9 @@ pub(crate) fn take_made(from: usize) -> Vec<OwnedFd> {
 }
 
 /// Runs `f` (one decoding of a worker's frame) with markers resolved
-/// among the payloads the frame came with; gives them back.
-pub(crate) fn receiving<T>(inbox: Attached, f: impl FnOnce() -> T) -> (T, Attached) {
+/// among the payloads the frame came with.
+pub(crate) fn receiving<T>(inbox: Attached, f: impl FnOnce() -> T) -> T {
+    /// Empties the inbox when the decoding ends, unwinding included.
     struct Take;
     impl Drop for Take {
         fn drop(&mut self) {
@@ -225,11 +226,8 @@ pub(crate) fn receiving<T>(inbox: Attached, f: impl FnOnce() -> T) -> (T, Attach
     }
     INBOX.with(|i| *i.borrow_mut() = Some(inbox));
     FAILED.with(|f| f.borrow_mut().take());
-    let guard = Take;
-    let r = f();
-    let inbox = INBOX.with(|i| i.borrow_mut().take()).expect("set above");
-    drop(guard);
-    (r, inbox)
+    let _take = Take;
+    f()
 }
 
 /// For `Bytes::serialize`: the marker to encode instead of `bytes`, if
@@ -370,7 +368,7 @@ mod tests {
             fds: vec![(marker_fd, Ok(opened))],
         };
         drop(fds);
-        let (back, _) = receiving(attached, || postcard::from_bytes::<Bytes>(&wire).unwrap());
+        let back = receiving(attached, || postcard::from_bytes::<Bytes>(&wire).unwrap());
         assert_eq!(back, b);
     }
 
@@ -379,7 +377,7 @@ mod tests {
         let b = big();
         let wire = sharing(|| postcard::to_stdvec(&b).unwrap());
         let _fds = take_made(0);
-        let (r, _) = receiving(Attached::default(), || postcard::from_bytes::<Bytes>(&wire));
+        let r = receiving(Attached::default(), || postcard::from_bytes::<Bytes>(&wire));
         assert!(r.is_err());
     }
 }

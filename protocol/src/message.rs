@@ -348,22 +348,7 @@ pub fn decode_done(body: &[u8]) -> Result<Option<DoneView<'_>>, DecodeError> {
     }
     let rest = &body[n..];
     let (batch, rest) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
-    // A sequence length is a usize for postcard; more than u32::MAX
-    // outcomes cannot fit any frame.
-    let (count, outcomes) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
-    let count =
-        u32::try_from(count).map_err(|_| malformed(postcard::Error::DeserializeBadVarint))?;
-    let mut walk = outcomes;
-    for _ in 0..count {
-        let (_, r) = take_outcome(walk).map_err(malformed)?;
-        walk = r;
-    }
-    if !walk.is_empty() {
-        return Err(DecodeError::Trailing {
-            what: "worker",
-            extra: walk.len(),
-        });
-    }
+    let (count, outcomes) = check_sequence(rest, "worker", take_outcome)?;
     Ok(Some(DoneView {
         batch,
         count,
@@ -430,20 +415,7 @@ pub fn decode_run(body: &[u8]) -> Result<Option<RunView<'_>>, DecodeError> {
     let (batch, rest) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
     let (task, rest) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
     let (eager, rest) = postcard::take_from_bytes::<bool>(rest).map_err(malformed)?;
-    let (count, items) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
-    let count =
-        u32::try_from(count).map_err(|_| malformed(postcard::Error::DeserializeBadVarint))?;
-    let mut walk = items;
-    for _ in 0..count {
-        let (_, r) = take_item(walk).map_err(malformed)?;
-        walk = r;
-    }
-    if !walk.is_empty() {
-        return Err(DecodeError::Trailing {
-            what: "parent",
-            extra: walk.len(),
-        });
-    }
+    let (count, items) = check_sequence(rest, "parent", take_item)?;
     Ok(Some(RunView {
         batch,
         task,
@@ -451,6 +423,33 @@ pub fn decode_run(body: &[u8]) -> Result<Option<RunView<'_>>, DecodeError> {
         count,
         items,
     }))
+}
+
+/// The tail of a `Done` or `Run` body: a sequence's length, then that many
+/// entries, each read by `take`, and nothing after them. Returns the
+/// length and the entries' bytes, checked but not collected.
+fn check_sequence<'a, T>(
+    rest: &'a [u8],
+    what: &'static str,
+    take: impl Fn(&'a [u8]) -> Result<(T, &'a [u8]), postcard::Error>,
+) -> Result<(u32, &'a [u8]), DecodeError> {
+    let malformed = |source| DecodeError::Malformed { what, source };
+    // A sequence length is a usize for postcard; more than u32::MAX
+    // entries cannot fit any frame.
+    let (count, entries) = postcard::take_from_bytes::<usize>(rest).map_err(malformed)?;
+    let count =
+        u32::try_from(count).map_err(|_| malformed(postcard::Error::DeserializeBadVarint))?;
+    let mut walk = entries;
+    for _ in 0..count {
+        walk = take(walk).map_err(malformed)?.1;
+    }
+    if !walk.is_empty() {
+        return Err(DecodeError::Trailing {
+            what,
+            extra: walk.len(),
+        });
+    }
+    Ok((count, entries))
 }
 
 fn decode_exact<'a, T: Deserialize<'a>>(
