@@ -46,6 +46,8 @@ fn no_result_left_waiting(pool: &Pool, what: &str) {
 #[test]
 fn the_lane_takes_shared_results_without_making_the_worker_wait() {
     let _w = watchdog("lane_takes_shared_results", LIMIT);
+    // Its payload memfds would show in other tests' counts.
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     for seed in 0..10u64 {
         let b = pool.apply(pattern_bytes, (2 * MIB as u64, seed)).unwrap();
@@ -59,6 +61,8 @@ fn the_lane_takes_shared_results_without_making_the_worker_wait() {
 #[test]
 fn the_loop_takes_shared_results_on_every_path() {
     let _w = watchdog("loop_takes_shared_results", LIMIT);
+    // Its payload memfds would show in other tests' counts.
+    let _one = ONE_AT_A_TIME.lock();
     let seeds = 0..8u64;
     let check = |got: Vec<Bytes>| {
         for (s, b) in seeds.clone().zip(got) {
@@ -95,6 +99,8 @@ fn the_loop_takes_shared_results_on_every_path() {
 #[test]
 fn zygote_workers_share_results_without_waiting() {
     let _w = watchdog("zygote_workers_share_results", LIMIT);
+    // Its payload memfds would show in other tests' counts.
+    let _one = ONE_AT_A_TIME.lock();
     let pool = builder(1)
         .start_method(StartMethod::Zygote)
         .build()

@@ -3,9 +3,9 @@
 //!
 //! Each test marked BUG fails and says what it proves; those marked FIXED
 //! failed before the small fixes that followed them; the others pin down
-//! behaviour the review checked and found right. Tests that count this
-//! process's payload memfds (or run workers on threads of it) hold the
-//! lock of `payloads.rs`, whose tests count them too.
+//! behaviour the review checked and found right. Every test here holds
+//! the lock of `payloads.rs`: the tests that count this process's payload
+//! memfds would otherwise count another test's too.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc;
@@ -59,6 +59,7 @@ impl Drop for Unstick {
 #[test]
 fn a_worker_listing_a_fifo_does_not_freeze_the_pool() {
     let _w = watchdog("listing_a_fifo_freezes", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = builder(2)
         .task_timeout(Duration::from_secs(5))
         .build()
@@ -116,6 +117,7 @@ fn a_worker_listing_a_fifo_does_not_freeze_the_pool() {
 #[test]
 fn a_marker_shaped_small_argument_arrives_unchanged() {
     let _w = watchdog("marker_shaped_argument", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     let shaped = forged_marker(0, 5);
     let back = pool.apply(echo_bytes, shaped.clone());
@@ -129,6 +131,7 @@ fn a_marker_shaped_small_argument_arrives_unchanged() {
 #[test]
 fn a_marker_shaped_argument_is_not_replaced_by_another_memfds_contents() {
     let _w = watchdog("marker_shaped_substituted", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     // A sealed memfd of this process, as any library might hold.
     // SAFETY: memfd_create reads a NUL-terminated name; the descriptor is
@@ -157,6 +160,7 @@ fn a_marker_shaped_argument_is_not_replaced_by_another_memfds_contents() {
 #[test]
 fn a_marker_shaped_result_beside_a_large_one_arrives_unchanged() {
     let _w = watchdog("marker_shaped_result", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     // Alone in its frame: plain bytes (passes).
     let alone: Bytes = pool.apply(forged_marker, (0u32, 5u64)).unwrap();
@@ -182,6 +186,7 @@ fn a_marker_shaped_result_beside_a_large_one_arrives_unchanged() {
 #[test]
 fn a_large_result_sent_before_its_worker_is_killed_is_not_lost() {
     let _w = watchdog("large_result_then_killed", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     let expected = pattern(2 * MIB, 5);
     // The race (the pool reads the pipe before the kill lands) goes the
@@ -206,6 +211,7 @@ fn a_large_result_sent_before_its_worker_is_killed_is_not_lost() {
 #[test]
 fn a_result_of_more_than_64_large_bytes_is_no_protocol_violation() {
     let _w = watchdog("result_of_65_large", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     let back = pool
         .apply(many_large, (65u64, MIB as u64))
@@ -248,6 +254,7 @@ fn a_panic_while_encoding_an_argument_leaks_no_memfd() {
 #[test]
 fn an_idle_worker_keeps_no_payload_memfd_after_its_result_was_taken() {
     let _w = watchdog("idle_worker_keeps_memfd", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     let worker = pool.worker_pids()[0];
     let back = pool.apply(pattern_bytes, (2 * MIB as u64, 4)).unwrap();
@@ -275,6 +282,7 @@ fn an_idle_worker_keeps_no_payload_memfd_after_its_result_was_taken() {
 #[test]
 fn a_worker_that_cannot_open_the_pools_descriptors_still_gets_large_arguments() {
     let _w = watchdog("sandboxed_worker_large_argument", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = Pool::builder()
         .workers(1)
         .worker_program("/usr/bin/setpriv")
@@ -343,6 +351,7 @@ fn large_and_small_bytes_in_every_shape_cross_both_ways() {
 #[test]
 fn a_result_failing_after_its_large_bytes_leaves_no_memfd_in_the_worker() {
     let _w = watchdog("result_failing_after_large", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     let worker = pool.worker_pids()[0];
     let err = pool
@@ -358,6 +367,7 @@ fn a_result_failing_after_its_large_bytes_leaves_no_memfd_in_the_worker() {
 #[test]
 fn postcard_inside_a_task_writes_plain_bytes() {
     let _w = watchdog("postcard_inside_a_task", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = pool(1);
     assert_eq!(
         pool.apply(postcard_inside, 2 * MIB as u64).unwrap(),
@@ -370,6 +380,7 @@ fn postcard_inside_a_task_writes_plain_bytes() {
 #[test]
 fn large_items_through_every_entry_point_on_deadlines_and_recycling() {
     let _w = watchdog("large_items_every_entry_point", LIMIT);
+    let _one = ONE_AT_A_TIME.lock();
     let pool = builder(2)
         .task_timeout(Duration::from_secs(30))
         .max_tasks_per_worker(2)
