@@ -10,9 +10,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
-use crate::dispatcher::{self, Config, Initializer, Shared};
+use crate::dispatcher::{self, Config, Initializer, RemoteSite, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::{Inner, Pool};
+use crate::remote::Remote;
 use crate::supervisor::handshake::InitCheck;
 use crate::supervisor::{Launch, Limit, Zygotes};
 use crate::task::{TaskRef, signature};
@@ -89,6 +90,7 @@ pub struct Builder {
     restart_limit: Limit,
     start_method: StartMethod,
     shared_memory: bool,
+    remotes: Vec<Remote>,
 }
 
 impl fmt::Debug for Builder {
@@ -101,6 +103,7 @@ impl fmt::Debug for Builder {
             .field("startup_timeout", &self.startup_timeout)
             .field("start_method", &self.start_method)
             .field("shared_memory", &self.shared_memory)
+            .field("remotes", &self.remotes)
             .finish_non_exhaustive()
     }
 }
@@ -127,7 +130,31 @@ impl Builder {
             },
             start_method: StartMethod::Exec,
             shared_memory: true,
+            remotes: Vec::new(),
         }
+    }
+
+    /// Workers on another host, beside the local ones: an [`Ssh`] host or
+    /// a [`Launcher`] (such as Slurm's `srun`). May be given several
+    /// times. With remote workers, [`workers`](Self::workers) may be 0 (no
+    /// local worker) and defaults to 0.
+    ///
+    /// The pool runs the same program there (re-exec mode: this
+    /// executable's path; or the [`worker_program`](Self::worker_program)),
+    /// unless the remote names another path or ships the binary. The
+    /// program's build is checked there before it runs. Remote workers
+    /// have the same guarantees as local ones: every task ends in exactly
+    /// one outcome, a deadline kills the worker's tree on its host, and a
+    /// lost host fails the tasks that were there (with
+    /// [`Error::is_host_lost`]) and never runs them twice. A host whose
+    /// workers keep failing to start is dropped under its own restart
+    /// limit; the pool is broken only when no worker is left anywhere.
+    ///
+    /// [`Ssh`]: crate::Ssh
+    /// [`Launcher`]: crate::Launcher
+    pub fn remote(mut self, remote: impl Into<Remote>) -> Self {
+        self.remotes.push(remote.into());
+        self
     }
 
     /// Number of worker processes (default: the available parallelism).
@@ -375,11 +402,21 @@ impl Builder {
     /// called [`serve_if_worker`](crate::serve_if_worker) is refused at
     /// once, before any worker starts, with a start-up error that says so.
     pub fn build(self) -> Result<Pool, Error> {
+        let remote_workers: usize = self.remotes.iter().map(Remote::workers).sum();
         let workers = match self.workers {
-            Some(0) => return Err(Error::startup("a pool needs at least one worker")),
+            Some(0) if remote_workers == 0 => {
+                return Err(Error::startup("a pool needs at least one worker"));
+            }
             Some(n) => n,
+            None if !self.remotes.is_empty() => 0,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        if self.in_process.is_some() && !self.remotes.is_empty() {
+            return Err(Error::startup(
+                "an in-process pool runs its workers on threads of this process; it has no \
+                 remote workers",
+            ));
+        }
         let mut launch = match (self.in_process, self.program) {
             (Some(registry), _) => Launch::threads(registry, self.max_frame),
             (None, Some((path, args))) => Launch::program(path, args, self.max_frame),
@@ -399,6 +436,24 @@ impl Builder {
         };
         launch.memory_limit = self.memory_limit;
         launch.shared_memory = self.shared_memory;
+        launch.kill_grace = self.kill_grace;
+        let mut remotes = Vec::new();
+        if !self.remotes.is_empty() {
+            let local = launch.local_program().ok_or_else(|| {
+                Error::startup("cannot tell the path of the worker program to run remotely")
+            })?;
+            for r in &self.remotes {
+                if r.workers() == 0 {
+                    continue;
+                }
+                remotes.push(RemoteSite {
+                    launch: launch.on(r.prepare(&local)?),
+                    workers: r.workers(),
+                    restart_limit: r.restart_limit(),
+                    shares_connection: r.shares_connection(),
+                });
+            }
+        }
         let did_not_serve = launch.did_not_serve.clone();
         let program = launch.describe();
         let initializer = self.initializer.transpose()?.map(Arc::new);
@@ -419,6 +474,7 @@ impl Builder {
         let config = Config {
             workers,
             launch,
+            remotes,
             max_frame: self.max_frame,
             startup_timeout: self.startup_timeout,
             pipeline: PIPELINE,
@@ -448,7 +504,7 @@ impl Builder {
                 shared,
                 handle,
                 thread: Mutex::new(Some(thread)),
-                workers,
+                workers: workers + remote_workers,
                 chunksize: self.chunksize,
                 timeout: self.task_timeout,
                 max_frame: self.max_frame,

@@ -76,6 +76,15 @@ pub(crate) enum ErrorKind {
         task: String,
         pid: u32,
         exit: Exit,
+        /// The host it ran on, for a remote worker.
+        host: Option<Arc<str>>,
+    },
+    /// The connection to a remote worker's host was lost: the task may or
+    /// may not have run there; it is not run again.
+    HostLost {
+        task: String,
+        host: Arc<str>,
+        detail: String,
     },
     TimedOut {
         task: String,
@@ -210,6 +219,25 @@ impl Error {
         matches!(*self.kind, ErrorKind::TimedOut { .. })
     }
 
+    /// The connection to the host of the task's remote worker was lost
+    /// (the host died, went silent past its keep-alives, or its network
+    /// went): the task may or may not have run there, and is not run
+    /// again.
+    pub fn is_host_lost(&self) -> bool {
+        matches!(*self.kind, ErrorKind::HostLost { .. })
+    }
+
+    /// The host of the remote worker involved, for
+    /// [`is_worker_died`](Self::is_worker_died) and
+    /// [`is_host_lost`](Self::is_host_lost) errors of remote workers.
+    pub fn host(&self) -> Option<&str> {
+        match &*self.kind {
+            ErrorKind::WorkerDied { host, .. } => host.as_deref(),
+            ErrorKind::HostLost { host, .. } => Some(host),
+            _ => None,
+        }
+    }
+
     /// How the worker ended, for [`is_worker_died`](Self::is_worker_died).
     pub fn exit(&self) -> Option<Exit> {
         match &*self.kind {
@@ -234,6 +262,7 @@ impl Error {
         match &*self.kind {
             ErrorKind::Panicked { task, .. }
             | ErrorKind::WorkerDied { task, .. }
+            | ErrorKind::HostLost { task, .. }
             | ErrorKind::TimedOut { task, .. }
             | ErrorKind::ArgEncode { task, .. }
             | ErrorKind::ArgTooLarge { task, .. }
@@ -359,9 +388,28 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            ErrorKind::WorkerDied { task, pid, exit } => {
+            ErrorKind::WorkerDied {
+                task,
+                pid,
+                exit,
+                host: None,
+            } => {
                 write!(f, "worker {pid} died ({exit}) while running task `{task}`")
             }
+            ErrorKind::WorkerDied {
+                task,
+                pid,
+                exit,
+                host: Some(host),
+            } => write!(
+                f,
+                "worker {pid} on {host} died ({exit}) while running task `{task}`"
+            ),
+            ErrorKind::HostLost { task, host, detail } => write!(
+                f,
+                "lost the connection to {host} while task `{task}` was there ({detail}); it may \
+                 or may not have run, and is not run again"
+            ),
             ErrorKind::TimedOut {
                 task,
                 pid,

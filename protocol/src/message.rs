@@ -14,7 +14,7 @@ use crate::varint;
 pub const MAGIC: [u8; 8] = *b"PROCPOOL";
 
 /// The version of this protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes of the preamble: magic then version.
 pub const PREAMBLE_LEN: usize = 12;
@@ -160,7 +160,17 @@ pub enum ToWorker<'a> {
         /// A pid the zygote reported in [`FromWorker::Forked`].
         pid: u32,
     },
+    /// To a relay (the far side of a remote worker): end the worker now —
+    /// halt it, SIGTERM its group and tree, SIGKILL after the grace the
+    /// relay was started with — and report how it ended
+    /// ([`FromWorker::Exited`]). The relay consumes this frame; the worker
+    /// never sees it.
+    Kill,
 }
+
+/// The first byte of a [`ToWorker::Kill`] frame's body (and its whole
+/// body): a relay recognises the frame by it without decoding the others.
+pub const KILL_TAG: u8 = 4;
 
 /// How a process ended, as its parent saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +238,23 @@ pub enum FromWorker<'a> {
     Shared {
         /// The worker's descriptors.
         fds: Vec<u32>,
+    },
+    /// From a relay: its worker has ended, and this is how. Always the
+    /// relay's last frame.
+    Exited {
+        /// How the worker ended, as the relay (its parent) reaped it.
+        exit: ExitReport,
+        /// How many items the worker had started (its progress counter).
+        started: u64,
+        /// What its counter said when the relay halted it for a
+        /// [`ToWorker::Kill`], if it did.
+        halted_at: Option<u64>,
+    },
+    /// From a relay that did not start its worker: why (another build at
+    /// the path, a spawn failure). Its last frame.
+    Refused {
+        /// The reason, for the pool's error.
+        reason: String,
     },
 }
 
@@ -671,6 +698,18 @@ mod tests {
         let mut buf = Vec::new();
         assert!(read_frame(&mut &frame[..], DEFAULT_MAX_FRAME, &mut buf).unwrap());
         buf
+    }
+
+    #[test]
+    fn kill_is_one_byte_the_relay_recognises() {
+        let mut out = Vec::new();
+        encode_message(&mut out, &ToWorker::Kill, 64).unwrap();
+        assert_eq!(out, [1, 0, 0, 0, KILL_TAG]);
+        assert_eq!(decode_to_worker(&out[4..]).unwrap(), ToWorker::Kill);
+        // No other message starts with that byte.
+        let mut run = Vec::new();
+        encode_message(&mut run, &ToWorker::Reap { pid: 4 }, 64).unwrap();
+        assert_ne!(run[4], KILL_TAG);
     }
 
     #[test]

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
 use procpool_protocol::{
-    FrameDecoder, ItemsBuilder, MAGIC, PREAMBLE_LEN, check_preamble, decode_done, encode_run,
+    ExitReport, FrameDecoder, ItemsBuilder, MAGIC, PREAMBLE_LEN, ToWorker, check_preamble,
+    decode_done, encode_message, encode_run,
 };
 
+use crate::error::Exit;
 use crate::payload::Attached;
 use crate::sys::{self, MAX_RUNS_IN_FLIGHT, SharedCounter, Spin, Waited};
 
@@ -80,6 +82,21 @@ pub(crate) struct Conn {
     shared_taken: u64,
     /// The lane mark as last set in the shared page (see `sys::shm`).
     lent: bool,
+    /// A remote worker: its pipes go to a launcher and a relay.
+    pub(crate) remote: bool,
+    /// What a remote worker's relay said when its worker ended.
+    report: Option<RelayReport>,
+    /// Close the input once what is queued is written (a remote worker's
+    /// `Kill` frame).
+    close_when_flushed: bool,
+}
+
+/// A relay's word on how its worker ended (`FromWorker::Exited`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RelayReport {
+    pub(crate) exit: Exit,
+    started: u64,
+    halted_at: Option<u64>,
 }
 
 /// A `Done` frame as read, with the shared payloads its results name.
@@ -120,6 +137,44 @@ impl Conn {
             attached: Vec::new(),
             shared_taken: 0,
             lent: false,
+            remote: false,
+            report: None,
+            close_when_flushed: false,
+        }
+    }
+
+    /// A remote worker's relay reported its worker's end.
+    pub(crate) fn relay_exited(&mut self, exit: ExitReport, started: u64, halted_at: Option<u64>) {
+        let exit = match exit {
+            ExitReport::Code(c) => Exit::Code(c),
+            ExitReport::Signal(s) => Exit::Signal(s),
+            ExitReport::Unknown => Exit::Unknown,
+        };
+        self.report = Some(RelayReport {
+            exit,
+            started: started.min(self.items_sent),
+            halted_at: halted_at.map(|h| h.min(self.items_sent)),
+        });
+    }
+
+    /// What the relay reported, if it did.
+    pub(crate) fn relay_report(&self) -> Option<RelayReport> {
+        self.report
+    }
+
+    /// Stops the worker's input for a kill: a local worker's is closed now
+    /// (it starts nothing more); a remote worker's relay is sent `Kill`
+    /// (it halts, kills and reports), after what is queued.
+    pub(crate) fn stop(&mut self) {
+        if !self.remote {
+            return self.close_input();
+        }
+        if self.to.is_some() && !self.close_when_flushed {
+            let mut frame = Vec::new();
+            encode_message(&mut frame, &ToWorker::Kill, self.max_frame)
+                .expect("a one-byte message fits");
+            self.out.extend_from_slice(&frame);
+            self.close_when_flushed = true;
         }
     }
 
@@ -190,6 +245,9 @@ impl Conn {
     /// launcher stripped its environment) cannot tell: everything it was
     /// sent counts as started, so nothing can run twice.
     pub(crate) fn started(&self) -> u64 {
+        if let Some(r) = &self.report {
+            return r.started;
+        }
         if !self.progress.attached() {
             return self.items_sent;
         }
@@ -229,6 +287,9 @@ impl Conn {
 
     /// What the worker had started when it was first halted, if it was.
     pub(crate) fn halted_at(&self) -> Option<u64> {
+        if let Some(r) = &self.report {
+            return r.halted_at;
+        }
         self.halted_at.filter(|_| self.progress.attached())
     }
 
@@ -346,6 +407,9 @@ impl Conn {
         if self.written == self.out.len() {
             self.out.clear();
             self.written = 0;
+            if self.close_when_flushed {
+                self.to = None;
+            }
         }
     }
 

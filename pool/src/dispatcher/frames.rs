@@ -75,7 +75,20 @@ impl Dispatcher {
                 conn.take_shared(fds).map_err(Loss::Violation)
             }
             FromWorker::Hello(hello) if matches!(self.workers[i].phase, Phase::Handshake) => {
-                self.accept_hello(i, hello.tasks)
+                self.accept_hello(i, hello)
+            }
+            // A remote worker's relay: how its worker ended, then the end.
+            FromWorker::Exited {
+                exit,
+                started,
+                halted_at,
+            } if self.workers[i].process.remote.is_some() => {
+                let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
+                conn.relay_exited(exit, started, halted_at);
+                Ok(())
+            }
+            FromWorker::Refused { reason } if self.workers[i].process.remote.is_some() => {
+                Err(Loss::Refused(reason))
             }
             FromWorker::InitDone(outcome) if self.workers[i].phase == Phase::Init => {
                 let served = self

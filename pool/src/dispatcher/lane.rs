@@ -267,8 +267,11 @@ impl Dispatcher {
         let max = self.config.max_tasks_per_worker;
         for i in 0..self.workers.len() {
             let w = &mut self.workers[i];
+            // A remote worker is fed by the loop only: its relay's
+            // frames (how it ended) are the loop's to read.
             let lendable = w.serving()
                 && w.phase == Phase::Ready
+                && w.process.remote.is_none()
                 && self.settle.in_flight(w.slot) == 0
                 && w.conn
                     .as_ref()

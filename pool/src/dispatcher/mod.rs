@@ -20,7 +20,7 @@ mod stop;
 pub(crate) use crate::supervisor::handshake::Initializer;
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
 pub(crate) use command::{Command, Handle};
-pub(crate) use startup::Config;
+pub(crate) use startup::{Config, RemoteSite};
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -35,9 +35,9 @@ use self::batch::Counters;
 use self::command::Waker;
 use self::conn::{Conn, Violation};
 use self::settle::{Cause, Settle};
-use self::startup::Phase;
+use self::startup::{Phase, Site};
 use crate::error::{Error, Exit};
-use crate::supervisor::{Respawn, WorkerProcess, ZygoteWatch};
+use crate::supervisor::{WorkerProcess, ZygoteWatch};
 use crate::sys::{self, Waited};
 
 /// How long the dispatcher looks for a lone batch's reply before sleeping.
@@ -117,6 +117,8 @@ enum Loss {
     Violation(Violation),
     StartupTimeout,
     InitFailed(String),
+    /// A remote worker's relay did not start it, and said why.
+    Refused(String),
 }
 
 /// One worker as the loop sees it.
@@ -136,6 +138,10 @@ struct Worker {
     dead_while_lent: bool,
     /// Forked from the zygote, whose initializer already ran.
     forked: bool,
+    /// Where it was started: 0 is this host, others are remote sites.
+    site: usize,
+    /// A remote worker's pid on its host (from its handshake).
+    remote_pid: Option<u32>,
 }
 
 impl Worker {
@@ -152,7 +158,8 @@ struct Dispatcher {
     waker: Arc<Waker>,
     workers: Vec<Worker>,
     settle: Settle<Batch>,
-    respawn: Respawn,
+    /// Where workers start, each with its restart limit: local first.
+    sites: Vec<Site>,
     stage: Stage,
     /// Present until the initial workers are all ready.
     starting: Option<Sender<Result<(), Error>>>,
@@ -179,7 +186,7 @@ impl Dispatcher {
         stop: (OwnedFd, OwnedFd),
     ) -> Self {
         Self {
-            respawn: Respawn::new(config.restart_limit),
+            sites: Site::all(&config),
             config,
             shared,
             rx,
@@ -251,6 +258,8 @@ impl Dispatcher {
             .workers
             .iter()
             .filter(|w| w.serving() && matches!(self.stage, Stage::Open | Stage::Joining))
+            // A remote worker's pid names a process on another host.
+            .filter(|w| w.process.remote.is_none())
             .map(|w| w.process.pid())
             .collect();
     }
@@ -289,12 +298,10 @@ impl Dispatcher {
             Stage::Draining { until } => until,
             _ => None,
         };
+        let retries = self.sites.iter().map(|s| s.respawn.next_deadline());
         workers
-            .chain([
-                self.settle.next_deadline(),
-                self.respawn.next_deadline(),
-                drain,
-            ])
+            .chain([self.settle.next_deadline(), drain])
+            .chain(retries)
             .flatten()
             .min()
     }
@@ -473,8 +480,14 @@ impl Dispatcher {
         let Some(i) = self.index(slot) else { return };
         let mut w = self.workers.swap_remove(i);
         self.publish_pids();
+        let killed = w.process.killing();
         let exit = w.process.end();
-        let pid = w.process.pid();
+        let host = w.process.remote.clone();
+        // A remote worker's relay said how it ended; without that word,
+        // the connection was lost (unless the pool ended it).
+        let report = w.conn.as_ref().and_then(|c| c.relay_report());
+        let exit = report.map_or(exit, |r| r.exit);
+        let pid = w.remote_pid.unwrap_or_else(|| w.process.pid());
         let started = match &mut w.conn {
             // A detached thread may still be running. Halted, it starts no
             // new batch but may finish the one it is in: all of that batch
@@ -493,43 +506,61 @@ impl Dispatcher {
             },
             None => 0,
         };
+        let died = |exit| match &host {
+            Some(h) => Cause::RemoteDied(exit, h.clone()),
+            None => Cause::Died(exit),
+        };
         if w.retiring && matches!(loss, Loss::Exited) {
             if exit != Exit::Code(0) && exit != Exit::Code(exit_code::HALTED) {
                 log::warn!("procpool: recycled worker {pid} ended with {exit}");
             }
-            self.settle.lost(slot, started, &Cause::Died(exit));
+            self.settle.lost(slot, started, &died(exit));
             return;
         }
         if matches!(self.stage, Stage::Draining { .. } | Stage::Terminating) {
             log::debug!("procpool: worker {pid} stopped ({exit})");
-            self.settle.lost(slot, started, &Cause::Died(exit));
+            self.settle.lost(slot, started, &died(exit));
             return;
         }
         Counters::bump(&self.shared.stats.worker_deaths);
+        let lost_host = host.is_some() && report.is_none() && !killed;
+        if lost_host {
+            // Its shared connection is gone too: the next worker opens
+            // another before the rest follow.
+            self.sites[w.site].connected = false;
+        }
         if w.phase != Phase::Ready {
             self.settle.remove(slot);
-            let error = self.startup_error(pid, exit, &loss, w.conn.as_ref());
-            return self.start_failed(error);
+            let error = self.startup_error(w.site, pid, exit, &loss, w.conn.as_ref());
+            return self.start_failed(w.site, error);
         }
-        let cause = match &loss {
-            Loss::Violation(v) => Cause::Protocol(v.detail().to_owned()),
-            _ => Cause::Died(exit),
+        let cause = match (&loss, &host) {
+            (Loss::Violation(v), _) => Cause::Protocol(v.detail().to_owned()),
+            (_, Some(h)) if lost_host => Cause::HostLost {
+                host: h.clone(),
+                detail: format!("its launcher ended ({exit}) with no word from the host"),
+            },
+            _ => died(exit),
         };
         let settled = self.settle.lost(slot, started, &cause);
+        let at = host
+            .as_ref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
         match settled.task {
             Some(task) => log::warn!(
-                "procpool: worker {pid} lost while running `{task}` ({}); {} item(s) failed, {} re-queued",
+                "procpool: worker {pid}{at} lost while running `{task}` ({}); {} item(s) failed, {} re-queued",
                 loss_text(&loss, exit),
                 settled.failed,
                 settled.requeued
             ),
             None => log::warn!(
-                "procpool: worker {pid} lost while idle ({}); {} item(s) re-queued",
+                "procpool: worker {pid}{at} lost while idle ({}); {} item(s) re-queued",
                 loss_text(&loss, exit),
                 settled.requeued
             ),
         }
-        log::info!("procpool: replacing worker {pid}");
+        log::info!("procpool: replacing worker {pid}{at}");
     }
 }
 
@@ -540,6 +571,7 @@ fn loss_text(loss: &Loss, exit: Exit) -> String {
         Loss::Violation(v) => format!("protocol error: {}", v.detail()),
         Loss::StartupTimeout => "start-up timed out".into(),
         Loss::InitFailed(m) => format!("initializer failed: {m}"),
+        Loss::Refused(m) => format!("refused: {m}"),
     }
 }
 

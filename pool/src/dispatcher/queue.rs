@@ -150,7 +150,7 @@ impl Dispatcher {
             // Halted first: an item that ends in the grace is not followed
             // by another caller's batch, which the kill would then catch.
             c.halt();
-            c.close_input();
+            c.stop();
         }
         w.process.terminate(now, self.config.kill_grace);
         self.publish_pids();

@@ -37,6 +37,7 @@
 //! jobs on that worker that never started run elsewhere, once.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Exit};
@@ -160,6 +161,12 @@ pub(crate) enum Cause {
     Died(Exit),
     /// It broke the protocol.
     Protocol(String),
+    /// A remote worker died on `host` (exit status as its relay reaped
+    /// it, or as the pool saw its launcher end after a kill).
+    RemoteDied(Exit, Arc<str>),
+    /// The connection to a remote worker's host was lost: what it was
+    /// running may or may not have run.
+    HostLost { host: Arc<str>, detail: String },
 }
 
 /// What a loss did, for the log.
@@ -485,6 +492,18 @@ impl<U: Unit> Settle<U> {
                         task: task.clone(),
                         pid: s.pid,
                         exit: *exit,
+                        host: None,
+                    }),
+                    Cause::RemoteDied(exit, host) => Error::new(ErrorKind::WorkerDied {
+                        task: task.clone(),
+                        pid: s.pid,
+                        exit: *exit,
+                        host: Some(host.clone()),
+                    }),
+                    Cause::HostLost { host, detail } => Error::new(ErrorKind::HostLost {
+                        task: task.clone(),
+                        host: host.clone(),
+                        detail: detail.clone(),
                     }),
                     Cause::Protocol(detail) => Error::new(ErrorKind::Protocol {
                         pid: s.pid,

@@ -4,19 +4,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procpool_protocol::{FromWorker, TaskInfo, encode_init};
+use procpool_protocol::{FromWorker, Hello, encode_init};
 
 use super::batch::{Counters, TaskTable};
 use super::conn::{Conn, Violation};
 use super::{Dispatcher, Loss, Worker};
 use crate::error::{Error, ErrorKind, Exit};
 use crate::supervisor::handshake::{self, Initializer, Refusal};
-use crate::supervisor::{Launch, Limit, free_index};
+use crate::supervisor::{Launch, Limit, Respawn, free_index};
 
 /// The pool's settings, fixed at build time.
 pub(crate) struct Config {
+    /// Local workers.
     pub(crate) workers: usize,
     pub(crate) launch: Launch,
+    /// Remote hosts and how many workers each.
+    pub(crate) remotes: Vec<RemoteSite>,
     pub(crate) max_frame: u32,
     pub(crate) startup_timeout: Duration,
     pub(crate) pipeline: usize,
@@ -37,6 +40,68 @@ impl std::fmt::Debug for Config {
             .field("pipeline", &self.pipeline)
             .field("initializer", &self.initializer.as_ref().map(|i| &i.name))
             .finish_non_exhaustive()
+    }
+}
+
+/// Workers on one remote host (or behind one launcher).
+#[derive(Debug)]
+pub(crate) struct RemoteSite {
+    pub(crate) launch: Launch,
+    pub(crate) workers: usize,
+    pub(crate) restart_limit: Limit,
+    /// Its first worker opens a connection the others share (ssh): they
+    /// start once it is ready.
+    pub(crate) shares_connection: bool,
+}
+
+/// Where workers start, as the loop keeps them: the local site (index 0)
+/// or a remote one, each with its own restart limit.
+#[derive(Debug)]
+pub(crate) struct Site {
+    pub(crate) launch: Launch,
+    pub(crate) workers: usize,
+    pub(crate) respawn: Respawn,
+    /// For a remote site, its host's name.
+    pub(crate) host: Option<Arc<str>>,
+    pub(crate) shares_connection: bool,
+    /// A worker of it became ready since its connection was last lost.
+    pub(crate) connected: bool,
+    /// Dropped past its restart limit, and why.
+    pub(crate) dropped: Option<String>,
+}
+
+impl Site {
+    /// Sites of a pool: the local one first.
+    pub(crate) fn all(config: &Config) -> Vec<Site> {
+        let local = Site {
+            launch: config.launch.clone(),
+            workers: config.workers,
+            respawn: Respawn::new(config.restart_limit),
+            host: None,
+            shares_connection: false,
+            connected: true,
+            dropped: None,
+        };
+        let remote = config.remotes.iter().map(|r| Site {
+            launch: r.launch.clone(),
+            workers: r.workers,
+            respawn: Respawn::new(r.restart_limit),
+            host: r.launch.site.as_ref().map(|s| s.name.clone()),
+            shares_connection: r.shares_connection,
+            connected: false,
+            dropped: None,
+        });
+        std::iter::once(local).chain(remote).collect()
+    }
+
+    /// Workers it should have now: one only, while a shared connection is
+    /// being opened.
+    fn target(&self) -> usize {
+        match self.dropped {
+            Some(_) => 0,
+            None if self.shares_connection && !self.connected => self.workers.min(1),
+            None => self.workers,
+        }
     }
 }
 
@@ -61,6 +126,8 @@ pub(crate) fn name_of(msg: &FromWorker<'_>) -> &'static str {
         FromWorker::NotForked(_) => "NotForked",
         FromWorker::Reaped { .. } => "Reaped",
         FromWorker::Shared { .. } => "Shared",
+        FromWorker::Exited { .. } => "Exited",
+        FromWorker::Refused { .. } => "Refused",
     }
 }
 
@@ -72,28 +139,42 @@ impl Dispatcher {
     }
 
     /// Starts workers (now, or when their backoff is over) until as many
-    /// serve as the pool should have.
+    /// serve as the pool should have, site by site.
     pub(super) fn keep_capacity(&mut self, now: Instant) {
-        for _ in 0..self.respawn.due(now) {
-            self.spawn_or_retry(now);
-        }
-        while !self.halted
-            && self.workers.iter().filter(|w| w.serving()).count() + self.respawn.pending()
-                < self.config.workers
-        {
-            self.spawn_or_retry(now);
+        for site in 0..self.sites.len() {
+            for _ in 0..self.sites[site].respawn.due(now) {
+                self.spawn_or_retry(site, now);
+            }
+            while !self.halted
+                && self
+                    .workers
+                    .iter()
+                    .filter(|w| w.site == site && w.serving())
+                    .count()
+                    + self.sites[site].respawn.pending()
+                    < self.sites[site].target()
+            {
+                self.spawn_or_retry(site, now);
+            }
         }
     }
 
-    fn spawn_or_retry(&mut self, now: Instant) {
-        if let Err(e) = self.spawn_worker(now) {
-            self.start_failed(e);
+    /// Workers the pool has when every site is whole.
+    fn full_size(&self) -> usize {
+        self.sites.iter().map(|s| s.workers).sum()
+    }
+
+    fn spawn_or_retry(&mut self, site: usize, now: Instant) {
+        if let Err(e) = self.spawn_worker(site, now) {
+            self.start_failed(site, e);
         }
     }
 
     /// A worker could not start. While the pool is being built this fails
-    /// the build; afterwards the restart policy decides.
-    pub(super) fn start_failed(&mut self, error: Error) {
+    /// the build; afterwards the restart policy of its site decides: past
+    /// the limit, a remote site is dropped and the pool goes on with the
+    /// others; the local site (or the last site left) breaks the pool.
+    pub(super) fn start_failed(&mut self, site: usize, error: Error) {
         Counters::bump(&self.shared.stats.start_failures);
         if self.starting.is_some() {
             log::error!("procpool: {error}");
@@ -102,26 +183,60 @@ impl Dispatcher {
             return;
         }
         let now = Instant::now();
-        match self.respawn.failed(now) {
-            Ok(at) => log::warn!(
-                "procpool: a replacement worker failed to start ({error}); retrying in {:?}",
-                at.saturating_duration_since(now)
+        let s = &mut self.sites[site];
+        let at = s
+            .host
+            .as_ref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
+        match s.respawn.failed(now) {
+            Ok(when) => log::warn!(
+                "procpool: a replacement worker{at} failed to start ({error}); retrying in {:?}",
+                when.saturating_duration_since(now)
             ),
             Err(failures) => {
-                let limit = self.respawn.limit();
-                log::error!(
-                    "procpool: workers failed to start {failures} times within {:?}: {error}",
-                    limit.window
-                );
-                self.halt(format!(
-                    "workers failed to start {failures} times within {:?} (the limit is {}); last: {error}",
+                let limit = s.respawn.limit();
+                let reason = format!(
+                    "workers{at} failed to start {failures} times within {:?} (the limit is {}); last: {error}",
                     limit.window, limit.max
-                ));
+                );
+                log::error!("procpool: {reason}");
+                if s.host.is_none() {
+                    return self.halt(reason);
+                }
+                log::error!(
+                    "procpool: dropping host {}",
+                    s.host.as_deref().unwrap_or("?")
+                );
+                s.respawn.clear();
+                s.dropped = Some(reason);
+                self.broken_if_no_worker_left();
             }
         }
     }
 
-    fn spawn_worker(&mut self, now: Instant) -> Result<(), Error> {
+    /// With every site that has workers dropped, no worker is left
+    /// anywhere: the pool is broken, with each site's reason.
+    fn broken_if_no_worker_left(&mut self) {
+        let alive = self
+            .sites
+            .iter()
+            .any(|s| s.dropped.is_none() && s.workers > 0)
+            || self.workers.iter().any(|w| w.serving());
+        if !alive {
+            let reasons: Vec<&str> = self
+                .sites
+                .iter()
+                .filter_map(|s| s.dropped.as_deref())
+                .collect();
+            self.halt(format!(
+                "no worker is left anywhere: {}",
+                reasons.join("; ")
+            ));
+        }
+    }
+
+    fn spawn_worker(&mut self, site: usize, now: Instant) -> Result<(), Error> {
         // A replacement takes the index of the worker it replaces.
         let index = free_index(
             self.workers
@@ -129,7 +244,7 @@ impl Dispatcher {
                 .filter(|w| w.serving())
                 .map(|w| w.process.index()),
         );
-        let spawned = self.config.launch.spawn(index)?;
+        let spawned = self.sites[site].launch.spawn(index)?;
         let pid = spawned.process.pid();
         Counters::bump(&self.shared.stats.workers_started);
         if spawned.forked {
@@ -138,7 +253,7 @@ impl Dispatcher {
         log::debug!("procpool: started worker {pid} (index {index})");
         let slot = self.next_slot;
         self.next_slot += 1;
-        let conn = Conn::new(
+        let mut conn = Conn::new(
             pid,
             spawned.to_worker,
             spawned.from_worker,
@@ -146,6 +261,7 @@ impl Dispatcher {
             self.config.max_frame,
             now,
         );
+        conn.remote = spawned.process.remote.is_some();
         self.workers.push(Worker {
             slot,
             process: spawned.process,
@@ -156,12 +272,18 @@ impl Dispatcher {
             retiring: false,
             dead_while_lent: false,
             forked: spawned.forked,
+            site,
+            remote_pid: None,
         });
         self.publish_pids();
         Ok(())
     }
 
-    pub(super) fn accept_hello(&mut self, i: usize, tasks: Vec<TaskInfo>) -> Result<(), Loss> {
+    pub(super) fn accept_hello(&mut self, i: usize, hello: Hello) -> Result<(), Loss> {
+        let tasks = hello.tasks;
+        if self.workers[i].process.remote.is_some() {
+            self.workers[i].remote_pid = Some(hello.pid);
+        }
         let verdict = handshake::check_hello(
             self.tasks.as_deref(),
             &tasks,
@@ -206,10 +328,13 @@ impl Dispatcher {
         w.phase = Phase::Ready;
         let shares = w.conn.as_ref().is_some_and(|c| c.shares());
         self.shared.worker_shares(shares);
-        self.settle.add_worker(w.slot, w.process.pid(), now);
-        self.respawn.succeeded();
+        let pid = w.remote_pid.unwrap_or_else(|| w.process.pid());
+        self.settle.add_worker(w.slot, pid, now);
+        let site = &mut self.sites[w.site];
+        site.respawn.succeeded();
+        site.connected = true;
         if self.starting.is_some()
-            && self.workers.len() == self.config.workers
+            && self.workers.len() == self.full_size()
             && self.workers.iter().all(|w| w.phase == Phase::Ready)
         {
             self.report_startup(Ok(()));
@@ -218,14 +343,16 @@ impl Dispatcher {
 
     pub(super) fn startup_error(
         &self,
+        site: usize,
         pid: u32,
         exit: Exit,
         loss: &Loss,
         conn: Option<&Conn>,
     ) -> Error {
-        let program = self.config.launch.describe();
+        let program = self.sites[site].launch.describe();
         match loss {
             Loss::InitFailed(m) => Error::new(ErrorKind::Initializer { message: m.clone() }),
+            Loss::Refused(m) => Error::startup(format!("`{program}` was refused: {m}")),
             Loss::Violation(Violation::Identity(m)) => Error::startup(format!(
                 "`{program}` is not a procpool worker we can use: {m}"
             )),

@@ -24,14 +24,16 @@ impl Dispatcher {
         // Every caller holding a lent worker sees the stop pipe's end.
         self.stop.1 = None;
         self.settle.fail_all(|| Error::new(ErrorKind::Terminated));
-        self.respawn.clear();
+        for s in &mut self.sites {
+            s.respawn.clear();
+        }
         self.reclaim_lent();
         let now = Instant::now();
         for w in &mut self.workers {
             // End of input: an idle worker (or an in-process thread, which
             // no signal reaches) exits at once on its own.
             if let Some(c) = &mut w.conn {
-                c.close_input();
+                c.stop();
             }
             w.process.terminate(now, self.config.kill_grace);
         }
@@ -44,7 +46,9 @@ impl Dispatcher {
         self.stage = Stage::Draining {
             until: sys::after(now, self.config.shutdown_grace),
         };
-        self.respawn.clear();
+        for s in &mut self.sites {
+            s.respawn.clear();
+        }
         for w in &mut self.workers {
             if let Some(c) = &mut w.conn {
                 c.close_input();
@@ -62,7 +66,9 @@ impl Dispatcher {
         self.halted = true;
         let error = self.shared.loss_error();
         self.settle.fail_all(|| error.clone());
-        self.respawn.clear();
+        for s in &mut self.sites {
+            s.respawn.clear();
+        }
         self.reclaim_lent();
         for mut w in std::mem::take(&mut self.workers) {
             w.process.end();

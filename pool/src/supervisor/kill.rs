@@ -25,6 +25,12 @@ use nix::sys::signal::Signal;
 
 use super::WorkerProcess;
 
+/// A remote worker's relay kills it (SIGTERM, the same grace, SIGKILL)
+/// and reports; the pool SIGKILLs its launcher, which ends the connection
+/// (and so, through the relay, the worker), only if no report came this
+/// long after the grace.
+pub(crate) const RELAY_SLACK: Duration = Duration::from_secs(5);
+
 /// Walks of a stopped tree before the SIGKILL: each finds what the last
 /// one could not (children handed over by a member that exited).
 const MAX_WALKS: usize = 16;
@@ -54,6 +60,12 @@ impl WorkerProcess {
             return;
         }
         self.kill.terminated = true;
+        if self.remote.is_some() {
+            // Its relay, asked in a frame by the dispatcher, does the
+            // SIGTERM; its launcher is for the SIGKILL.
+            self.kill.sigkill_at = sys::after(now, grace.saturating_add(RELAY_SLACK));
+            return;
+        }
         self.kill.sigkill_at = sys::after(now, grace);
         self.kill.tree = self.tree_pidfds();
         self.signal(Signal::SIGTERM);

@@ -28,10 +28,12 @@ use parking_lot::Mutex;
 use super::process::{Kind, WorkerProcess};
 use super::zygote::Zygotes;
 use crate::error::Error;
+use crate::remote::Site;
 use crate::sys;
 use crate::worker::{
-    INDEX_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, PARENT_PID_ENV, PROGRESS_ENV,
-    Registry, SHARE_KEY_ENV, SHARED_MEMORY_ENV, WORKER_ENV, ZYGOTE_ENV,
+    BUILD_ENV, INDEX_ENV, KILL_GRACE_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV,
+    PARENT_PID_ENV, PROGRESS_ENV, RELAY_ENV, Registry, SHARE_KEY_ENV, SHARED_MEMORY_ENV,
+    WORKER_ENV, ZYGOTE_ENV,
 };
 
 /// What a worker is.
@@ -77,6 +79,11 @@ pub(crate) struct Launch {
     pub(crate) zygote: Option<Arc<Mutex<Zygotes>>>,
     /// Workers may send large results through shared memory.
     pub(crate) shared_memory: bool,
+    /// A remote site: workers start there, behind its launcher and a
+    /// relay.
+    pub(crate) site: Option<Arc<Site>>,
+    /// SIGTERM to SIGKILL, for the relay of a remote worker.
+    pub(crate) kill_grace: std::time::Duration,
 }
 
 impl Launch {
@@ -91,6 +98,14 @@ impl Launch {
             },
             max_frame,
         )
+    }
+
+    /// The same program with these arguments.
+    pub(crate) fn with_args(mut self, new: Vec<OsString>) -> Self {
+        if let Program::Exec { args, .. } = &mut self.program {
+            *args = new;
+        }
+        self
     }
 
     /// A named worker program.
@@ -118,6 +133,31 @@ impl Launch {
             did_not_serve: Arc::new(AtomicBool::new(false)),
             zygote: None,
             shared_memory: true,
+            site: None,
+            kill_grace: std::time::Duration::from_secs(1),
+        }
+    }
+
+    /// The same program, started on a remote site.
+    pub(crate) fn on(&self, site: Site) -> Self {
+        Self {
+            site: Some(Arc::new(site)),
+            zygote: None,
+            // Remote workers share no memory with the pool.
+            shared_memory: false,
+            ..self.clone()
+        }
+    }
+
+    /// The local path of the program (for its build hash, and as its path
+    /// on hosts that have the same files).
+    pub(crate) fn local_program(&self) -> Option<PathBuf> {
+        match &self.program {
+            Program::Exec { path, .. } if path.as_os_str() == "/proc/self/exe" => {
+                std::env::current_exe().ok()
+            }
+            Program::Exec { path, .. } => Some(path.clone()),
+            Program::Thread(_) => None,
         }
     }
 
@@ -128,6 +168,13 @@ impl Launch {
 
     /// A human-readable name of what is started, for errors.
     pub(crate) fn describe(&self) -> String {
+        if let Some(site) = &self.site {
+            return format!("{} on {}", self.describe_local(), site.name);
+        }
+        self.describe_local()
+    }
+
+    fn describe_local(&self) -> String {
         match &self.program {
             Program::Exec {
                 path,
@@ -149,12 +196,59 @@ impl Launch {
         if let Program::Thread(registry) = &self.program {
             return self.spawn_thread(registry.clone(), index).map_err(io);
         }
+        if let Some(site) = &self.site {
+            return self.exec_remote(site, index).map_err(io);
+        }
         if let Some(zygotes) = &self.zygote {
             if let Some(forked) = self.fork(zygotes, index)? {
                 return Ok(forked);
             }
         }
         self.exec(index).map_err(io)
+    }
+
+    /// A worker on a remote site: its launcher, running a relay there. The
+    /// settings travel as `env` arguments (a launcher need not pass the
+    /// environment on); the worker has no shared page with the pool (its
+    /// relay keeps one, and reports the count when the worker ends).
+    fn exec_remote(&self, site: &Site, index: usize) -> io::Result<Spawned> {
+        let Program::Exec { args, .. } = &self.program else {
+            unreachable!("threads are not remote");
+        };
+        let mut vars = vec![
+            (WORKER_ENV, procpool_protocol::PROTOCOL_VERSION.to_string()),
+            (RELAY_ENV, "1".to_owned()),
+            (MAX_FRAME_ENV, self.max_frame.to_string()),
+            (LOG_LEVEL_ENV, (log::max_level() as usize).to_string()),
+            (SHARED_MEMORY_ENV, "0".to_owned()),
+            (INDEX_ENV, index.to_string()),
+            (
+                KILL_GRACE_ENV,
+                self.kill_grace
+                    .as_millis()
+                    .min(u128::from(u64::MAX))
+                    .to_string(),
+            ),
+        ];
+        if let Some(bytes) = self.memory_limit {
+            vars.push((MEMORY_LIMIT_ENV, bytes.to_string()));
+        }
+        let mut child = site
+            .command(&vars, args)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()?;
+        let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
+        let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
+        let pidfd = sys::pidfd_open(child.id());
+        let mut process = WorkerProcess::new(Kind::Process(child), pidfd, index);
+        process.remote = Some(site.name.clone());
+        // Never attached to: the pool cannot see what a remote worker
+        // starts until its relay says.
+        let (progress_fd, progress) = sys::SharedCounter::create()?;
+        Self::finish(process, to_worker, from_worker, progress_fd, progress)
     }
 
     /// The command that starts the program with the settings every worker
@@ -185,7 +279,10 @@ impl Launch {
             false => cmd.env(SHARED_MEMORY_ENV, "0"),
         };
         cmd.env(SHARE_KEY_ENV, crate::payload::pool_key().to_string());
-        cmd.env_remove(ZYGOTE_ENV);
+        cmd.env_remove(ZYGOTE_ENV)
+            .env_remove(RELAY_ENV)
+            .env_remove(BUILD_ENV)
+            .env_remove(KILL_GRACE_ENV);
         cmd
     }
 

@@ -50,6 +50,9 @@ pub(crate) struct WorkerProcess {
     /// Its launcher's flag, set if it exits with
     /// [`exit_code::DID_NOT_SERVE`].
     pub(super) did_not_serve: Option<Arc<AtomicBool>>,
+    /// For a remote worker, its host: the process here is its launcher,
+    /// and its relay there carries out kills (see `kill.rs`).
+    pub(crate) remote: Option<Arc<str>>,
 }
 
 impl WorkerProcess {
@@ -62,6 +65,7 @@ impl WorkerProcess {
             detached: false,
             kill: Default::default(),
             did_not_serve: None,
+            remote: None,
         }
     }
 

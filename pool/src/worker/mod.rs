@@ -54,6 +54,15 @@ pub(crate) const INDEX_ENV: &str = "PROCPOOL_WORKER_INDEX";
 /// Environment variable that makes a started worker program a zygote
 /// (see `zygote.rs`).
 pub(crate) const ZYGOTE_ENV: &str = "PROCPOOL_ZYGOTE";
+/// Environment variable that makes a started worker program a relay: the
+/// far side of a remote worker (see `relay.rs`).
+pub(crate) const RELAY_ENV: &str = "PROCPOOL_RELAY";
+/// Environment variable carrying the build (content hash) a relay must
+/// be, or refuse to start its worker.
+pub(crate) const BUILD_ENV: &str = "PROCPOOL_BUILD";
+/// Environment variable carrying a relay's kill grace, in milliseconds:
+/// between its SIGTERM and its SIGKILL.
+pub(crate) const KILL_GRACE_ENV: &str = "PROCPOOL_KILL_GRACE_MS";
 
 /// Whether this process was started by a pool as a worker.
 ///
@@ -210,7 +219,7 @@ fn serve_as_zygote(
     }
 }
 
-fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+pub(crate) fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
@@ -224,6 +233,9 @@ fn shares_results() -> bool {
 }
 
 fn serve_now(registry: &Registry) -> i32 {
+    if std::env::var_os(RELAY_ENV).is_some_and(|v| v == "1") {
+        return crate::relay::serve();
+    }
     let max_frame = env_number(MAX_FRAME_ENV).unwrap_or(procpool_protocol::DEFAULT_MAX_FRAME);
     let parent: Option<u32> = env_number(PARENT_PID_ENV);
     let memory: Option<u64> = env_number(MEMORY_LIMIT_ENV);

@@ -1,0 +1,305 @@
+//! Remote workers through a stand-in launcher (`sh -c 'exec "$@"'`, which
+//! runs the worker command on this host as `srun` or `ssh` would run it on
+//! another): the relay, its reports, its kills and the per-host limits,
+//! without an ssh server.
+
+use std::time::Duration;
+
+use procpool::{Launcher, Pool};
+use procpool_tests::{
+    Death, exit_with, init_store, pid, record, recorded, segfault, sleep_ms, square, temp_path,
+    wait_until, watchdog,
+};
+
+use crate::common::{FAULT_WORKER, LIMIT};
+
+/// A launcher that runs its command here, named `name` in errors (and
+/// in its relays' environment, where [`relays`] finds them).
+fn stand_in(name: &str) -> Launcher {
+    Launcher::command([
+        "env".to_owned(),
+        format!("{HOST_VAR}={name}"),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "exec \"$@\"".to_owned(),
+        "stand-in".to_owned(),
+    ])
+    .name(name)
+}
+
+/// Names the stand-in host in its relays' environment.
+const HOST_VAR: &str = "PROCPOOL_TEST_HOST";
+
+/// A launcher that refuses to start anything while `flag` exists.
+fn failing_when(flag: &std::path::Path, name: &str) -> Launcher {
+    let script = format!(
+        "if [ -e '{}' ]; then exit 1; fi; exec \"$@\"",
+        flag.display()
+    );
+    Launcher::command([
+        "env".to_owned(),
+        format!("{HOST_VAR}={name}"),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        script,
+        "stand-in".to_owned(),
+    ])
+    .name(name)
+}
+
+fn remote_pool(name: &str, n: usize) -> procpool::Builder {
+    Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(stand_in(name).workers(n))
+}
+
+/// The relays of stand-in host `name`: children of this process started
+/// with the relay variable and that host's name.
+fn relays(name: &str) -> Vec<u32> {
+    let host = format!("{HOST_VAR}={name}");
+    procpool_tests::children_of_this_process()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|e| {
+                let mut vars = e.split(|&b| b == 0);
+                vars.clone().any(|v| v == b"PROCPOOL_RELAY=1") && vars.any(|v| v == host.as_bytes())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_entry_point_works_through_a_launcher() {
+    let _w = watchdog("every_entry_point_works_through_a_launcher", LIMIT);
+    let pool = remote_pool("node-a", 2).build().unwrap();
+    assert_eq!(pool.workers(), 2);
+    assert!(
+        pool.worker_pids().is_empty(),
+        "remote pids are not this host's"
+    );
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    let v: Vec<u64> = pool.map(square, 0..10_000u64).unwrap();
+    assert_eq!(v, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut u: Vec<u64> = pool
+        .imap_unordered(square, 0..100u64)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    u.sort_unstable();
+    assert_eq!(u, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    // The worker is the relay's child, not the launcher itself.
+    let worker = pool.apply(pid, ()).unwrap();
+    assert!(!relays("node-a").contains(&worker));
+    pool.close();
+    pool.join();
+    assert!(relays("node-a").is_empty(), "relays outlived the pool");
+}
+
+#[test]
+fn a_remote_segfault_reads_as_a_signal_on_its_host() {
+    let _w = watchdog("a_remote_segfault_reads_as_a_signal_on_its_host", LIMIT);
+    let pool = remote_pool("node-b", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    let err = pool.apply(segfault, ()).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.exit(), Some(procpool::Exit::Signal(11)), "{err}");
+    assert_eq!(err.host(), Some("node-b"), "{err}");
+    assert_eq!(err.worker_pid(), Some(worker), "{err}");
+    assert!(err.to_string().contains("on node-b"), "{err}");
+    // Replaced, and the replacement serves.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    assert_ne!(pool.apply(pid, ()).unwrap(), worker);
+    let err = pool.apply(exit_with, 7).unwrap_err();
+    assert_eq!(err.exit(), Some(procpool::Exit::Code(7)), "{err}");
+}
+
+#[test]
+fn a_deadline_kills_the_remote_worker_and_settles_exactly() {
+    let _w = watchdog(
+        "a_deadline_kills_the_remote_worker_and_settles_exactly",
+        LIMIT,
+    );
+    let file = temp_path("remote-deadline");
+    let pool = remote_pool("node-c", 1)
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    let hung = pool
+        .with_timeout(Duration::from_millis(300))
+        .apply_async(sleep_ms, 60_000)
+        .unwrap();
+    // Queued behind the hung task on the same (only) worker: they never
+    // started, so they run on the replacement, once each.
+    let after: Vec<_> = (0..5u64)
+        .map(|i| pool.apply_async(record, i).unwrap())
+        .collect();
+    let err = hung.get().unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    for (i, h) in after.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), i as u64);
+    }
+    let counts = recorded(&file);
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert!(
+        wait_until(LIMIT, || procpool_tests::not_running(worker)),
+        "the hung worker still runs"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn items_queued_behind_a_remote_crash_run_once_elsewhere() {
+    let _w = watchdog(
+        "items_queued_behind_a_remote_crash_run_once_elsewhere",
+        LIMIT,
+    );
+    let file = temp_path("remote-crash");
+    let pool = remote_pool("node-d", 1)
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let crash = pool
+        .apply_async(procpool_tests::crash_running, Death::Exit(5))
+        .unwrap();
+    let after: Vec<_> = (0..20u64)
+        .map(|i| pool.apply_async(record, i).unwrap())
+        .collect();
+    let err = crash.get().unwrap_err();
+    assert_eq!(err.exit(), Some(procpool::Exit::Code(5)), "{err}");
+    for (i, h) in after.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), i as u64);
+    }
+    let counts = recorded(&file);
+    assert_eq!(counts.len(), 20, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn a_lost_launcher_fails_what_ran_there_and_nothing_runs_twice() {
+    let _w = watchdog(
+        "a_lost_launcher_fails_what_ran_there_and_nothing_runs_twice",
+        LIMIT,
+    );
+    let file = temp_path("remote-lost");
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .remote(stand_in("node-e").workers(1))
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let results: Vec<_> = (0..40u64)
+        .map(|i| pool.apply_async(procpool_tests::record_slowly, i).unwrap())
+        .collect();
+    // Once both workers are busy, the connection to node-e goes: its
+    // launcher (here the relay itself) is killed outright.
+    assert!(wait_until(LIMIT, || recorded(&file).len() >= 2));
+    for relay in relays("node-e") {
+        procpool_tests::kill(relay, libc::SIGKILL);
+    }
+    let mut lost = 0;
+    for (i, h) in results.into_iter().enumerate() {
+        match h.get() {
+            Ok(v) => assert_eq!(v, i as u64),
+            Err(e) => {
+                assert!(e.is_host_lost(), "{e}");
+                assert_eq!(e.host(), Some("node-e"), "{e}");
+                lost += 1;
+            }
+        }
+    }
+    assert!(lost >= 1, "the item running on node-e failed");
+    let counts = recorded(&file);
+    assert!(counts.values().all(|&n| n == 1), "ran twice: {counts:?}");
+    assert_eq!(counts.len() + lost, 40, "{counts:?}, {lost} lost");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn another_build_at_the_path_is_refused_naming_the_host() {
+    let _w = watchdog(
+        "another_build_at_the_path_is_refused_naming_the_host",
+        LIMIT,
+    );
+    // A copy of the worker with one byte more: it would run, but it is not
+    // the build the pool has.
+    let other = temp_path("other-build");
+    let mut bytes = std::fs::read(FAULT_WORKER).unwrap();
+    bytes.push(0);
+    std::fs::write(&other, bytes).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let err = Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(stand_in("node-f").program(&other).workers(1))
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("node-f"), "{text}");
+    assert!(text.contains("another build"), "{text}");
+    let _ = std::fs::remove_file(other);
+}
+
+#[test]
+fn a_host_past_its_restart_limit_is_dropped_and_the_rest_go_on() {
+    let _w = watchdog(
+        "a_host_past_its_restart_limit_is_dropped_and_the_rest_go_on",
+        LIMIT,
+    );
+    let flag = temp_path("host-down");
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(FAULT_WORKER)
+        .remote(
+            failing_when(&flag, "node-g")
+                .workers(1)
+                .restart_limit(2, Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    std::fs::write(&flag, b"down").unwrap();
+    // Kill the remote worker: its replacements cannot start.
+    let remote = relays("node-g");
+    assert_eq!(remote.len(), 1);
+    procpool_tests::kill(remote[0], libc::SIGKILL);
+    // Two retries, then past the limit: the host is dropped, and the pool
+    // goes on with its local worker.
+    assert!(wait_until(LIMIT, || pool.stats().start_failures >= 3));
+    let v: Vec<u64> = pool.map(square, 0..1000u64).unwrap();
+    assert_eq!(v.len(), 1000);
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    assert!(relays("node-g").is_empty());
+    let _ = std::fs::remove_file(flag);
+}
+
+#[test]
+fn a_pool_with_no_worker_left_anywhere_is_broken_with_the_reasons() {
+    let _w = watchdog(
+        "a_pool_with_no_worker_left_anywhere_is_broken_with_the_reasons",
+        LIMIT,
+    );
+    let flag = temp_path("all-down");
+    let pool = Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(
+            failing_when(&flag, "node-h")
+                .workers(1)
+                .restart_limit(1, Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    std::fs::write(&flag, b"down").unwrap();
+    let err = pool.apply(exit_with, 1).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    let err = pool.apply(square, 2).unwrap_err();
+    assert!(err.is_broken(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("no worker is left anywhere"), "{text}");
+    assert!(text.contains("node-h"), "{text}");
+    let _ = std::fs::remove_file(flag);
+}
