@@ -2,7 +2,10 @@
 //!
 //! - **Exec, never a bare fork of this process.** [`Launch::spawn`] uses
 //!   `std::process::Command` (posix_spawn, or vfork + exec) with no
-//!   `pre_exec` closure: no code of ours runs between fork and exec. The
+//!   `pre_exec` closure: no code of ours runs between fork and exec. (One
+//!   exception: a remote worker's launcher, ssh or srun, gets a closure
+//!   that makes one `prctl` call, so it ends with the pool; see
+//!   `sys::signal_on_parent_death`.) The
 //!   only descriptors a worker inherits are its two protocol pipes (as stdin
 //!   and stdout) and stderr; every descriptor this crate creates is
 //!   close-on-exec from birth.
@@ -10,6 +13,9 @@
 //!   which gets the same pipes over its socket.
 //! - **Own process group.** Each worker leads a new process group, so a
 //!   signal to the group reaches whatever the task spawned.
+//! - **Or on another host** (`remote.rs`): the launcher's command, which
+//!   runs the program there as a relay (`relay.rs`) that starts the worker
+//!   the same way.
 //! - **Or a thread**: the debugging mode, a thread of this process serving
 //!   the registry over pipes.
 
@@ -233,8 +239,12 @@ impl Launch {
         if let Some(bytes) = self.memory_limit {
             vars.push((MEMORY_LIMIT_ENV, bytes.to_string()));
         }
-        let mut child = site
-            .command(&vars, args)?
+        let mut cmd = site.command(&vars, args)?;
+        // The launcher is not ours: it is told to end with this pool
+        // (SIGTERM: ssh and srun then close the connection, and the relay
+        // ends the worker).
+        sys::signal_on_parent_death(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

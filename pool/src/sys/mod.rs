@@ -34,7 +34,7 @@ pub(crate) use memfd::{Mapping, open_sealed, seal_copy};
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,
     die_with_parent, exited_unreaped, kill_descendants_of_self, limit_memory, pidfd_open,
-    pidfd_signal, signal_group, signal_held_group, unreaped,
+    pidfd_signal, signal_group, signal_held_group, signal_on_parent_death, unreaped,
 };
 pub(crate) use shm::{MAX_RUNS_IN_FLIGHT, SharedCounter};
 pub(crate) use spin::{Spin, SpinRead};

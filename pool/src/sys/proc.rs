@@ -178,6 +178,32 @@ pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Has the process `cmd` starts sent `signal` when the thread that starts
+/// it ends (`PR_SET_PDEATHSIG`), or at once if this process is gone by the
+/// time it runs. For a remote worker's launcher (ssh, srun): a program of
+/// someone else's, which cannot set it itself; its end ends the relay on
+/// the far side, and so the worker there.
+pub(crate) fn signal_on_parent_death(cmd: &mut std::process::Command, signal: Signal) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    let signo = signal as libc::c_int;
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // three async-signal-safe calls (prctl, getppid, raise) and allocates
+    // nothing, takes no lock and logs nothing (`last_os_error` reads errno
+    // into a value, with no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signo as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                libc::raise(signo);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Worker start-up: orphaned descendants of this worker become its
 /// children, not init's, so the worker (and a kill of its tree) can still
 /// reach them.

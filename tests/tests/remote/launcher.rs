@@ -303,3 +303,42 @@ fn a_pool_with_no_worker_left_anywhere_is_broken_with_the_reasons() {
     assert!(text.contains("node-h"), "{text}");
     let _ = std::fs::remove_file(flag);
 }
+
+/// Starts `remote-host` with `args`; returns it and its worker's pid once
+/// a task hangs in that worker.
+pub(crate) fn start_remote_host(args: &[String]) -> (std::process::Child, u32) {
+    use std::io::BufRead;
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_remote-host"))
+        .arg(FAULT_WORKER)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let worker = line
+        .trim()
+        .strip_prefix("pid ")
+        .unwrap_or_else(|| panic!("remote-host said {line:?}"))
+        .parse()
+        .unwrap();
+    (host, worker)
+}
+
+#[test]
+fn a_pool_killed_outright_leaves_no_remote_worker() {
+    let _w = watchdog("a_pool_killed_outright_leaves_no_remote_worker", LIMIT);
+    let prefix = ["launcher", "sh", "-c", "exec \"$@\"", "stand-in"].map(String::from);
+    let (mut host, worker) = start_remote_host(&prefix);
+    assert!(procpool_tests::process_exists(worker));
+    host.kill().unwrap();
+    host.wait().unwrap();
+    // Its launcher is told to end with it; the relay then ends the worker
+    // (busy in an hour-long task).
+    assert!(
+        wait_until(LIMIT, || procpool_tests::not_running(worker)),
+        "the remote worker outlived its pool"
+    );
+}
