@@ -33,8 +33,8 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use procpool_protocol::{
-    DEFAULT_MAX_FRAME, ExitReport, FromWorker, KILL_TAG, PREAMBLE_LEN, check_preamble,
-    encode_message, exit_code, preamble,
+    CANCEL_TAG, DEFAULT_MAX_FRAME, ExitReport, FromWorker, KILL_TAG, PREAMBLE_LEN, RUN_TAG,
+    ToWorker, check_preamble, decode_to_worker, encode_message, exit_code, preamble,
 };
 
 use crate::error::Exit;
@@ -163,6 +163,9 @@ pub(crate) fn serve() -> i32 {
         halted_at: None,
         grace,
         max_frame,
+        runs: std::collections::VecDeque::new(),
+        runs_seen: 0,
+        items_seen: 0,
     };
     // Kept open until the worker has mapped its page (it has once it
     // speaks); closing it earlier could fail its start.
@@ -229,7 +232,12 @@ impl Upstream {
     }
 }
 
-/// Frames of the pool's stream, split so a `Kill` frame is recognised.
+/// Bytes of a frame's body the relay looks at before passing it on: enough
+/// for a `Run` frame's header (tag, batch, task, eager, item count).
+const HEAD: usize = 32;
+
+/// Frames of the pool's stream, split so the relay's own frames (`Kill`,
+/// `Cancel`) are taken out and `Run` frames are counted.
 #[derive(Debug, Default)]
 struct Split {
     /// Preamble bytes passed on so far.
@@ -245,15 +253,20 @@ struct Split {
 /// What the pool's stream held.
 #[derive(Debug, PartialEq, Eq)]
 enum Piece {
-    /// Bytes for the worker.
+    /// Bytes for the worker (a range of `Split::pending`).
     Pass(usize, usize),
+    /// A `Run` frame starts (its bytes follow as `Pass`): its batch id and
+    /// item count.
+    Run { batch: u64, items: u64 },
     /// A `Kill` frame.
     Kill,
+    /// A `Cancel` frame.
+    Cancel(u64),
 }
 
 impl Split {
     /// Splits `data` (appended to what is pending) into pieces; `Pass`
-    /// ranges index `self.pending` after the call.
+    /// ranges index `self.pending` until [`drain`](Self::drain).
     fn feed(&mut self, data: &[u8]) -> Vec<Piece> {
         self.pending.extend_from_slice(data);
         let buf = &self.pending;
@@ -293,30 +306,60 @@ impl Split {
                 break;
             }
             let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len == 1 {
-                if rest.len() < 5 {
-                    break;
-                }
-                if rest[4] == KILL_TAG {
+            // The head of the body, or all of a short one.
+            if rest.len() < 4 + len.min(HEAD) {
+                break;
+            }
+            let head = &rest[4..4 + len.min(HEAD)];
+            match head.first() {
+                Some(&KILL_TAG) if len == 1 => {
                     pieces.push(Piece::Kill);
                     at += 5;
                     continue;
                 }
+                Some(&CANCEL_TAG) if len <= HEAD => {
+                    if let Ok(ToWorker::Cancel { run }) = decode_to_worker(head) {
+                        pieces.push(Piece::Cancel(run));
+                        at += 4 + len;
+                        continue;
+                    }
+                }
+                Some(&RUN_TAG) => {
+                    // Tag, batch, task, eager, item count: postcard
+                    // varints and a byte (a sequence's length is a varint).
+                    if let Ok(((_, batch, _, _, items), _)) =
+                        postcard::take_from_bytes::<(u32, u64, u32, bool, u64)>(head)
+                    {
+                        pieces.push(Piece::Run { batch, items });
+                    }
+                }
+                _ => {}
             }
             self.frame_left = 4 + len;
         }
-        // What was classified leaves `pending` once the caller copied it.
         self.consumed = at;
         pieces
     }
-}
 
-impl Split {
     /// Drops the bytes [`feed`](Self::feed) classified.
     fn drain(&mut self) {
         let n = std::mem::take(&mut self.consumed);
         self.pending.drain(..n);
     }
+}
+
+/// A `Run` frame passed on to the worker, until all its outcomes came
+/// back.
+#[derive(Debug, Clone, Copy)]
+struct RunSeen {
+    /// Its number on this worker.
+    run: u64,
+    batch: u64,
+    /// Stream index of its first item.
+    first: u64,
+    items: u64,
+    /// Outcomes the worker sent for it so far.
+    reported: u64,
 }
 
 struct Relay {
@@ -339,6 +382,11 @@ struct Relay {
     halted_at: Option<u64>,
     grace: Duration,
     max_frame: u32,
+    /// `Run` frames passed on and not wholly answered.
+    runs: std::collections::VecDeque<RunSeen>,
+    /// `Run` frames and items passed on so far.
+    runs_seen: u64,
+    items_seen: u64,
 }
 
 /// Why the relay's loop ended.
@@ -540,6 +588,15 @@ impl Relay {
             if rest.len() < 4 + len {
                 break;
             }
+            if let Some(done) = procpool_protocol::done_header(&rest[4..4 + len]) {
+                // Outcomes of a run the relay passed on.
+                if let Some(r) = self.runs.iter_mut().find(|r| r.batch == done.batch) {
+                    r.reported += u64::from(done.count);
+                }
+                while self.runs.front().is_some_and(|r| r.reported >= r.items) {
+                    self.runs.pop_front();
+                }
+            }
             self.up.buf.extend_from_slice(&rest[..4 + len]);
             at += 4 + len;
         }
@@ -577,11 +634,50 @@ impl Relay {
                         self.down.extend_from_slice(&self.split.pending[from..to]);
                     }
                 }
+                Piece::Run { batch, items } => {
+                    // Its skip bit is its own now, as the pool clears a
+                    // local worker's before sending.
+                    self.progress.unskip(self.runs_seen);
+                    self.runs.push_back(RunSeen {
+                        run: self.runs_seen,
+                        batch,
+                        first: self.items_seen,
+                        items,
+                        reported: 0,
+                    });
+                    self.runs_seen += 1;
+                    self.items_seen += items;
+                }
                 Piece::Kill => self.kill(now),
+                Piece::Cancel(run) => self.cancel(run, now),
             }
         }
         self.split.drain();
         Ok(())
+    }
+
+    /// The pool cancelled the job of `Run` frame `run`: its items the
+    /// worker has not reached are skipped (the worker reports them
+    /// cancelled); if the worker runs one of its items, it is halted and,
+    /// if it still runs that item then, killed. Halted, it starts no other
+    /// batch, so no item of another job is caught by the kill; if the item
+    /// ended meanwhile the worker only ends at its next batch (it retires).
+    fn cancel(&mut self, run: u64, now: Instant) {
+        self.progress.skip(run);
+        let Some(seen) = self.runs.iter().find(|r| r.run == run).copied() else {
+            return;
+        };
+        let runs_it = |started: u64| {
+            started > seen.first + seen.reported && started <= seen.first + seen.items
+        };
+        if !runs_it(self.progress.load()) {
+            return;
+        }
+        let started = self.progress.halt();
+        self.halted_at.get_or_insert(started);
+        if runs_it(started) {
+            self.kill(now);
+        }
     }
 
     /// The pool's kill: halted first (it starts no new batch), its input
@@ -641,6 +737,7 @@ mod tests {
                 match p {
                     Piece::Pass(a, b) => passed.extend_from_slice(&s.pending[a..b]),
                     Piece::Kill => kills += 1,
+                    Piece::Cancel(_) | Piece::Run { .. } => {}
                 }
             }
             s.drain();
@@ -679,5 +776,60 @@ mod tests {
         let (passed, kills) = split_in_steps(&stream, 3);
         assert_eq!(kills, 0);
         assert_eq!(passed, stream);
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use procpool_protocol::{ItemsBuilder, encode_run};
+
+    use super::*;
+
+    #[test]
+    fn runs_are_counted_and_cancels_taken_out() {
+        let mut stream = preamble().to_vec();
+        let mut items = ItemsBuilder::default();
+        for i in 0..3u64 {
+            items.push_value(&i).unwrap();
+        }
+        let mut expected = stream.clone();
+        let mut run = Vec::new();
+        encode_run(&mut run, 77, 2, true, &items, 1 << 20).unwrap();
+        let mut cancel = Vec::new();
+        encode_message(&mut cancel, &ToWorker::Cancel { run: 12 }, 64).unwrap();
+        stream.extend_from_slice(&run);
+        stream.extend_from_slice(&cancel);
+        stream.extend_from_slice(&run);
+        expected.extend_from_slice(&run);
+        expected.extend_from_slice(&run);
+        for step in [1, 4, 9, 100] {
+            let mut s = Split::default();
+            let (mut passed, mut seen) = (Vec::new(), Vec::new());
+            for chunk in stream.chunks(step) {
+                for p in s.feed(chunk) {
+                    match p {
+                        Piece::Pass(a, b) => passed.extend_from_slice(&s.pending[a..b]),
+                        other => seen.push(other),
+                    }
+                }
+                s.drain();
+            }
+            assert_eq!(passed, expected, "step {step}");
+            assert_eq!(
+                seen,
+                [
+                    Piece::Run {
+                        batch: 77,
+                        items: 3
+                    },
+                    Piece::Cancel(12),
+                    Piece::Run {
+                        batch: 77,
+                        items: 3
+                    }
+                ],
+                "step {step}"
+            );
+        }
     }
 }

@@ -166,11 +166,26 @@ pub enum ToWorker<'a> {
     /// ([`FromWorker::Exited`]). The relay consumes this frame; the worker
     /// never sees it.
     Kill,
+    /// To a relay: the pool's `run`-th `Run` frame to this worker belongs
+    /// to a cancelled job. The relay sets its skip bit (the worker reports
+    /// the items it reaches after that as cancelled, unrun) and, if the
+    /// worker is running one of its items, kills it as for
+    /// [`ToWorker::Kill`]. The worker never sees this frame.
+    Cancel {
+        /// The `Run` frame's number, counted from 0 on this worker.
+        run: u64,
+    },
 }
 
 /// The first byte of a [`ToWorker::Kill`] frame's body (and its whole
 /// body): a relay recognises the frame by it without decoding the others.
 pub const KILL_TAG: u8 = 4;
+
+/// The first byte of a [`ToWorker::Cancel`] frame's body.
+pub const CANCEL_TAG: u8 = 5;
+
+/// The first byte of a [`ToWorker::Run`] frame's body.
+pub const RUN_TAG: u8 = 1;
 
 /// How a process ended, as its parent saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -710,6 +725,13 @@ mod tests {
         let mut run = Vec::new();
         encode_message(&mut run, &ToWorker::Reap { pid: 4 }, 64).unwrap();
         assert_ne!(run[4], KILL_TAG);
+        let mut cancel = Vec::new();
+        encode_message(&mut cancel, &ToWorker::Cancel { run: 300 }, 64).unwrap();
+        assert_eq!(cancel[4], CANCEL_TAG);
+        let mut run = Vec::new();
+        let items = ItemsBuilder::default();
+        encode_run(&mut run, 9, 0, false, &items, 64).unwrap();
+        assert_eq!(run[4], RUN_TAG);
     }
 
     #[test]

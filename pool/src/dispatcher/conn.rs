@@ -162,6 +162,16 @@ impl Conn {
         self.report
     }
 
+    /// A remote worker's relay is told that `Run` frame `run` belongs to a
+    /// cancelled job: it skips its unstarted items, and kills the worker if
+    /// it runs one.
+    pub(crate) fn cancel_remote(&mut self, run: u64) {
+        if self.to.is_some() && !self.close_when_flushed {
+            encode_message(&mut self.out, &ToWorker::Cancel { run }, self.max_frame)
+                .expect("a small message fits");
+        }
+    }
+
     /// Stops the worker's input for a kill: a local worker's is closed now
     /// (it starts nothing more); a remote worker's relay is sent `Kill`
     /// (it halts, kills and reports), after what is queued.
@@ -170,10 +180,8 @@ impl Conn {
             return self.close_input();
         }
         if self.to.is_some() && !self.close_when_flushed {
-            let mut frame = Vec::new();
-            encode_message(&mut frame, &ToWorker::Kill, self.max_frame)
+            encode_message(&mut self.out, &ToWorker::Kill, self.max_frame)
                 .expect("a one-byte message fits");
-            self.out.extend_from_slice(&frame);
             self.close_when_flushed = true;
         }
     }

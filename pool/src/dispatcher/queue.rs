@@ -105,13 +105,26 @@ impl Dispatcher {
     pub(super) fn cancel(&mut self, jobs: &HashSet<u64>, now: Instant) {
         let workers = &self.workers;
         let conn = |slot| conn_of(workers, slot);
+        // A remote worker's skip bits are its relay's: they go in frames.
+        let mut remote = Vec::new();
         let skip = |slot, run| {
             if let Some(c) = conn(slot) {
                 c.skip(run);
+                if c.remote {
+                    remote.push((slot, run));
+                }
             }
         };
         let started = |slot| conn(slot).and_then(Conn::started_exact);
-        for slot in self.settle.cancel(jobs, skip, started) {
+        let running = self.settle.cancel(jobs, skip, started);
+        for (slot, run) in remote {
+            if let Some(i) = self.index(slot) {
+                if let Some(c) = &mut self.workers[i].conn {
+                    c.cancel_remote(run);
+                }
+            }
+        }
+        for slot in running {
             let Some(i) = self.index(slot) else { continue };
             if self.workers[i].process.killing() {
                 continue;

@@ -250,7 +250,9 @@ impl Server<'_> {
             ToWorker::Fork { .. } | ToWorker::Reap { .. } => Err(Stop(bad_parent(
                 "a worker got a message meant for a zygote",
             ))),
-            ToWorker::Kill => Err(Stop(bad_parent("a worker got a message meant for a relay"))),
+            ToWorker::Kill | ToWorker::Cancel { .. } => {
+                Err(Stop(bad_parent("a worker got a message meant for a relay")))
+            }
         }
     }
 }

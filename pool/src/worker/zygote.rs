@@ -111,7 +111,9 @@ pub(crate) fn serve_zygote(
             Ok(ToWorker::Fork { index }) => (Some(index), None),
             Ok(ToWorker::Reap { pid }) => (None, Some(pid)),
             Ok(ToWorker::Run(_)) => return bad_parent("a zygote runs no batches"),
-            Ok(ToWorker::Kill) => return bad_parent("a zygote is no relay"),
+            Ok(ToWorker::Kill | ToWorker::Cancel { .. }) => {
+                return bad_parent("a zygote is no relay");
+            }
             Err(e) => return bad_parent(&e.to_string()),
         };
         reply.clear();

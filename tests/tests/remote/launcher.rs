@@ -342,3 +342,70 @@ fn a_pool_killed_outright_leaves_no_remote_worker() {
         "the remote worker outlived its pool"
     );
 }
+
+#[test]
+fn cancelling_a_task_running_remotely_kills_it_there_and_the_rest_run_once() {
+    let _w = watchdog("cancelling_a_task_running_remotely_kills_it_there", LIMIT);
+    let file = temp_path("remote-cancel");
+    let pool = remote_pool("node-i", 1)
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    let running = procpool_tests::running_task(&pool); // a minute, once started
+    let behind: Vec<_> = (0..5u64)
+        .map(|i| pool.apply_async(record, i).unwrap())
+        .collect();
+    running.cancel();
+    let err = running.get().unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    // Killed there, its tree with it; another job's items, queued behind,
+    // run once on the replacement.
+    assert!(
+        wait_until(LIMIT, || procpool_tests::not_running(worker)),
+        "the cancelled task's worker still runs"
+    );
+    for (i, h) in behind.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), i as u64);
+    }
+    let counts = recorded(&file);
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn a_cancelled_remote_job_runs_no_item_it_had_not_started() {
+    let _w = watchdog(
+        "a_cancelled_remote_job_runs_no_item_it_had_not_started",
+        LIMIT,
+    );
+    let file = temp_path("remote-cancel-job");
+    let pool = remote_pool("node-j", 2)
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let job = pool
+        .with_chunksize(1)
+        .map_async(
+            procpool_tests::record_then_sleep,
+            (0..20u64).map(|i| (i, 60_000)),
+        )
+        .unwrap();
+    assert!(
+        wait_until(LIMIT, || recorded(&file).len() == 2),
+        "two items start"
+    );
+    let started = recorded(&file);
+    job.cancel();
+    let err = job.get().unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    pool.close();
+    pool.join();
+    assert_eq!(
+        recorded(&file),
+        started,
+        "only the two that had started ran"
+    );
+    let _ = std::fs::remove_file(file);
+}
