@@ -409,3 +409,111 @@ fn a_cancelled_remote_job_runs_no_item_it_had_not_started() {
     );
     let _ = std::fs::remove_file(file);
 }
+
+/// A worker's phase when it dies.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    DecodingArgument,
+    Running,
+    EncodingResult,
+    AfterSendingResult,
+}
+
+#[test]
+fn every_death_at_every_phase_of_a_remote_worker_ends_each_task_once() {
+    use procpool_tests::{DecodeBomb, crash_after_result, crash_decoding, crash_encoding};
+    let _w = watchdog("every_death_at_every_phase_of_a_remote_worker", LIMIT * 3);
+    for phase in [
+        Phase::DecodingArgument,
+        Phase::Running,
+        Phase::EncodingResult,
+        Phase::AfterSendingResult,
+    ] {
+        for death in Death::ALL {
+            let case = format!("{phase:?} x {death:?}");
+            let file = temp_path("remote-matrix");
+            let pool = remote_pool("node-m", 1)
+                .initializer(init_store, file.display().to_string())
+                .build()
+                .unwrap();
+            let victim = pool.apply(pid, ()).unwrap();
+            let before: Vec<_> = (0..3)
+                .map(|i| pool.apply_async(record, i).unwrap())
+                .collect();
+            let outcome = match phase {
+                Phase::DecodingArgument => pool.apply(crash_decoding, DecodeBomb(death)).map(|_| 0),
+                Phase::Running => pool.apply(procpool_tests::crash_running, death),
+                Phase::EncodingResult => pool.apply(crash_encoding, death).map(|_| 0),
+                Phase::AfterSendingResult => pool.apply(crash_after_result, death),
+            };
+            for (h, i) in before.into_iter().zip(0..) {
+                assert_eq!(h.get().unwrap(), i, "{case}");
+            }
+            match phase {
+                Phase::AfterSendingResult => assert_eq!(outcome.unwrap(), 1, "{case}"),
+                _ => {
+                    let err = outcome.unwrap_err();
+                    assert!(err.is_worker_died(), "{case}: {err}");
+                    // The exact status, from the host: not a lost connection.
+                    assert_eq!(err.exit(), Some(death.exit()), "{case}: {err}");
+                    assert_eq!(err.worker_pid(), Some(victim), "{case}: {err}");
+                    assert_eq!(err.host(), Some("node-m"), "{case}: {err}");
+                }
+            }
+            let after: Vec<_> = (3..8)
+                .map(|i| pool.apply_async(record, i).unwrap())
+                .collect();
+            for (h, i) in after.into_iter().zip(3..) {
+                assert_eq!(h.get().unwrap(), i, "{case}");
+            }
+            assert!(
+                wait_until(LIMIT, || procpool_tests::not_running(victim)),
+                "{case}: worker {victim} still runs"
+            );
+            let counts = recorded(&file);
+            assert_eq!(counts.len(), 8, "{case}: {counts:?}");
+            assert!(
+                counts.values().all(|&c| c == 1),
+                "{case}: ran twice: {counts:?}"
+            );
+            assert!(
+                wait_until(LIMIT, || pool.stats().worker_deaths == 1),
+                "{case}: {:?}",
+                pool.stats()
+            );
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+}
+
+#[test]
+fn a_remote_crash_inside_an_exact_chunk_re_dispatches_the_items_not_started() {
+    use procpool_tests::{Chaos, chaos};
+    let _w = watchdog("a_remote_crash_inside_an_exact_chunk", LIMIT);
+    let file = temp_path("remote-eager");
+    let pool = remote_pool("node-n", 1)
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let items: Vec<(Chaos, u64)> = (0..10)
+        .map(|i| (if i == 4 { Chaos::Crash } else { Chaos::Work }, i))
+        .collect();
+    // A deadline makes the job exact: outcomes come one by one, and the
+    // relay's count says which items the dead worker started.
+    let results: Vec<_> = pool
+        .with_chunksize(10)
+        .with_timeout(Duration::from_secs(60))
+        .imap(chaos, items)
+        .unwrap()
+        .collect();
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            4 => assert!(r.as_ref().unwrap_err().is_worker_died(), "{r:?}"),
+            _ => assert_eq!(*r.as_ref().unwrap(), i as u64),
+        }
+    }
+    let counts = recorded(&file);
+    assert_eq!(counts.len(), 9, "{counts:?}");
+    assert!(counts.values().all(|&c| c == 1), "{counts:?}");
+    let _ = std::fs::remove_file(&file);
+}
