@@ -4,7 +4,8 @@
 //! a table of medians and ratios, with the CPU time beside the wall time
 //! (`cpu.rs`): crash recovery (`crash.rs`), the placement of caller and
 //! worker (`placement.rs`), the zygote start method against exec
-//! (`zygote.rs`), payloads of 4 KiB to 4 MiB (`payload.rs`); then every
+//! (`zygote.rs`), payloads of 4 KiB to 4 MiB (`payload.rs`), workers
+//! through ssh on loopback against a raw ssh pipe (`remote.rs`); then every
 //! Python peer (`python.rs`).
 //! See `bench/README.md`.
 //!
@@ -22,6 +23,7 @@ mod payload;
 mod placement;
 mod procspawn_peer;
 mod python;
+mod remote;
 mod zygote;
 
 fn square(x: u64) -> u64 {
@@ -329,6 +331,13 @@ fn run(sizes: &Sizes, quick: bool) {
         &payload::FULL
     });
 
+    // m. Workers through ssh, against the raw ssh pipe and local workers.
+    let remote_rows = remote::rows(if quick {
+        &remote::QUICK
+    } else {
+        &remote::FULL
+    });
+
     // Python's pools, same workloads, same run.
     let python = python::run(quick);
     let py = |k: &str| python.as_ref().and_then(|p| python::json_number(p, k));
@@ -471,6 +480,7 @@ fn run(sizes: &Sizes, quick: bool) {
         });
     }
     rows.extend(payload_rows);
+    rows.extend(remote_rows);
 
     println!("| workload | procpool | CPU, parent + workers | peer | ratio | target |");
     println!("|---|---|---|---|---|---|");

@@ -70,6 +70,7 @@ pub struct Ssh {
     program: Option<PathBuf>,
     restart_limit: Limit,
     control_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
 }
 
 impl Ssh {
@@ -85,7 +86,15 @@ impl Ssh {
             program: None,
             restart_limit: DEFAULT_HOST_LIMIT,
             control_dir: None,
+            config: None,
         }
+    }
+
+    /// The ssh configuration file to read instead of the user's
+    /// (`ssh -F`; `/dev/null` for none).
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config = Some(path.into());
+        self
     }
 
     /// Workers on this host (default 1).
@@ -152,6 +161,9 @@ impl Ssh {
         let secs = self.keepalive.as_secs().max(1);
         let mut cmd = Command::new("ssh");
         cmd.arg("-T");
+        if let Some(config) = &self.config {
+            cmd.arg("-F").arg(config);
+        }
         let ours = [
             ("BatchMode", "yes".to_owned()),
             ("ServerAliveInterval", secs.to_string()),

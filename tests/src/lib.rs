@@ -96,6 +96,14 @@ pub fn pid() -> u32 {
     std::process::id()
 }
 
+/// The worker's executable, as the kernel names it (where a shipped
+/// binary runs from).
+pub fn exe_path() -> String {
+    std::fs::read_link("/proc/self/exe")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 /// Writes noise to stdout (through `print!`, and raw bytes to fd 1 that
 /// look like a frame) and to stderr, then returns `x`.
 pub fn noisy(x: u64) -> u64 {
@@ -643,6 +651,7 @@ pub fn registry() -> procpool::Registry {
         .task(segfault)
         .task(sleep_ms)
         .task(pid)
+        .task(exe_path)
         .task(noisy)
         .task(parse_int)
         .task(unencodable)
