@@ -332,11 +332,7 @@ fn run(sizes: &Sizes, quick: bool) {
     });
 
     // m. Workers through ssh, against the raw ssh pipe and local workers.
-    let remote_rows = remote::rows(if quick {
-        &remote::QUICK
-    } else {
-        &remote::FULL
-    });
+    let remote_rows = remote::rows(if quick { &remote::QUICK } else { &remote::FULL });
 
     // Python's pools, same workloads, same run.
     let python = python::run(quick);

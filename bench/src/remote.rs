@@ -125,8 +125,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             ..Row::default()
         },
         Row {
-            name: "m. ssh start-up, 4 workers + first result: next pool (shared connection)"
-                .into(),
+            name: "m. ssh start-up, 4 workers + first result: next pool (shared connection)".into(),
             ours: ms(second),
             peer: ms(first),
             ratio: format!("{:.1}× faster", first / second),

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod payloads;
+pub mod sshd;
 mod state;
 mod zygote;
 mod zygote_review;

@@ -65,7 +65,10 @@ fn remote_workers(sshd: &Sshd) -> Vec<u32> {
     tree.iter()
         .copied()
         .filter(|&p| exe(p) == ours && children_of(p).is_empty())
-        .filter(|&p| tree.iter().any(|&q| exe(q) == ours && children_of(q).contains(&p)))
+        .filter(|&p| {
+            tree.iter()
+                .any(|&q| exe(q) == ours && children_of(q).contains(&p))
+        })
         .collect()
 }
 
@@ -230,7 +233,9 @@ fn a_silent_host_is_given_up_within_its_keepalive() {
     // Continued, the host finds its connection gone: its relay kills the
     // worker and ends (a replacement may start there meanwhile).
     assert!(
-        wait_until(LIMIT, || there.iter().all(|&p| procpool_tests::not_running(p))),
+        wait_until(LIMIT, || there
+            .iter()
+            .all(|&p| procpool_tests::not_running(p))),
         "left on the host: {there:?}"
     );
     pool.terminate();
@@ -269,14 +274,21 @@ fn ship_binary_copies_the_worker_once_per_build() {
 
 #[test]
 fn a_pool_killed_outright_leaves_nothing_on_its_ssh_host() {
-    let _w = watchdog("a_pool_killed_outright_leaves_nothing_on_its_ssh_host", LIMIT);
+    let _w = watchdog(
+        "a_pool_killed_outright_leaves_nothing_on_its_ssh_host",
+        LIMIT,
+    );
     let Some(sshd) = sshd_or_skip() else { return };
     let mut args = vec![
         "ssh".to_owned(),
         sshd.destination(),
         format!("ControlPath={}/ctl-host-%C", sshd.dir().display()),
     ];
-    args.extend(sshd.ssh_options().into_iter().map(|(k, v)| format!("{k}={v}")));
+    args.extend(
+        sshd.ssh_options()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}")),
+    );
     let (mut host, worker) = crate::launcher::start_remote_host(&args);
     assert!(procpool_tests::process_exists(worker));
     host.kill().unwrap();
