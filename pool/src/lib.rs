@@ -76,6 +76,11 @@
 //! - [`Builder::start_method`]: exec (the default) or
 //!   [`StartMethod::Zygote`], for workers whose start-up is expensive
 //!   (see "Start methods").
+//! - [`Builder::remote`]: workers on other hosts, through OpenSSH
+//!   ([`Ssh`]) or any launcher such as Slurm's `srun` ([`Launcher`]), with
+//!   the same guarantees; a lost host fails what ran there
+//!   ([`Error::is_host_lost`]) and never runs it twice (see the README's
+//!   "Beyond one machine").
 //!
 //! # Per-worker state
 //!
