@@ -47,7 +47,7 @@ fn main() -> Result<(), procpool::Error> {
                 builder
             }
             "--srun" => builder.remote(
-                Launcher::command(["srun", "--nodes=1", "--ntasks=1", "--"])
+                Launcher::command(["srun", "-u", "--nodes=1", "--ntasks=1", "--"])
                     .name("slurm")
                     .workers(count(args.next())),
             ),

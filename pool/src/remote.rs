@@ -191,8 +191,13 @@ impl Ssh {
 
 /// Workers started through a command prefix that runs a command elsewhere
 /// with its stdin and stdout connected, such as Slurm's
-/// `srun --nodes=1 --ntasks=1 --`; given to
+/// `srun -u --nodes=1 --ntasks=1 --` (`-u`: without it slurmstepd holds the
+/// worker's output until a newline); given to
 /// [`Builder::remote`](crate::Builder::remote).
+///
+/// The pool asks the launcher to end (SIGTERM, to it alone) when its
+/// worker must die and its relay has not said it did: ssh then closes the
+/// connection and srun cancels the step, and either ends the worker there.
 ///
 /// The worker command follows the prefix as separate arguments:
 /// `env PROCPOOL_…=… <program> <args>`. The launcher must pass stdin and

@@ -31,6 +31,13 @@ use super::WorkerProcess;
 /// long after the grace.
 pub(crate) const RELAY_SLACK: Duration = Duration::from_secs(5);
 
+/// A remote worker's launcher is asked to end (SIGTERM, to it alone) and
+/// given this long before the SIGKILL: ssh then closes its connection and
+/// srun cancels its job step, either of which ends the worker on the host.
+/// A launcher SIGKILLed with its children at once may leave the host none
+/// the wiser (srun's job then runs until Slurm's `InactiveLimit`).
+const LAUNCHER_GRACE: Duration = Duration::from_secs(1);
+
 /// Walks of a stopped tree before the SIGKILL: each finds what the last
 /// one could not (children handed over by a member that exited).
 const MAX_WALKS: usize = 16;
@@ -45,6 +52,8 @@ pub(crate) struct Escalation {
     sigkill_at: Option<Instant>,
     /// SIGTERM was sent.
     terminated: bool,
+    /// A remote worker's launcher was sent SIGTERM.
+    launcher_asked: bool,
     /// SIGKILL was sent.
     killed: bool,
     /// Descendants found when SIGTERM was sent (pid, pidfd).
@@ -123,6 +132,16 @@ impl WorkerProcess {
     /// Sends the SIGKILL whose time has come.
     pub(crate) fn tick(&mut self, now: Instant) -> bool {
         match self.kill.sigkill_at {
+            Some(at) if now >= at && self.remote.is_some() && !self.kill.launcher_asked => {
+                log::warn!(
+                    "procpool: remote worker {} did not end within its grace period; ending its \
+                     launcher",
+                    self.pid()
+                );
+                self.ask_launcher_to_end();
+                self.kill.sigkill_at = sys::after(now, LAUNCHER_GRACE);
+                false
+            }
             Some(at) if now >= at => {
                 log::warn!(
                     "procpool: worker {} outlived its grace period after SIGTERM; sending SIGKILL",
@@ -142,8 +161,25 @@ impl WorkerProcess {
         if self.is_thread() {
             return self.reap();
         }
+        if self.remote.is_some() && !self.kill.launcher_asked && !self.has_exited() {
+            // Still running (a start-up timeout, a protocol violation, the
+            // pool's end): asked first, so the host hears of it.
+            self.ask_launcher_to_end();
+            if let Some(fd) = self.pidfd() {
+                sys::pidfd_wait(fd, LAUNCHER_GRACE);
+            }
+        }
         self.kill();
         self.reap()
+    }
+
+    /// SIGTERM to a remote worker's launcher alone (not its group: srun's
+    /// helper child must live to cancel the step).
+    fn ask_launcher_to_end(&mut self) {
+        self.kill.launcher_asked = true;
+        if let Some(fd) = self.pidfd() {
+            let _ = sys::pidfd_signal(fd, Signal::SIGTERM);
+        }
     }
 
     /// The worker's descendants, as pidfds; none once it was reaped (its

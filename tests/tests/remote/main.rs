@@ -14,7 +14,9 @@
 //! - `ssh`: pools on ssh hosts: one shared connection, a remote segfault,
 //!   a deadline's kill there, a host killed with its sessions, a host gone
 //!   silent, shipping the binary, a pool killed outright, chaos across
-//!   hosts.
+//!   hosts;
+//! - `slurm`: workers launched by `srun` on a one-node cluster
+//!   (`scripts/slurm-single-node`).
 //!
 //! Without an OpenSSH server installed, each ssh test prints one
 //! `SKIPPED:` line saying so and returns. Every test arms a watchdog that
@@ -25,6 +27,7 @@
 mod common;
 mod harness;
 mod launcher;
+mod slurm;
 mod ssh;
 
 /// Local workers beside remote ones start by exec.
