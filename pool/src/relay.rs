@@ -33,7 +33,7 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use procpool_protocol::{
-    CANCEL_TAG, DEFAULT_MAX_FRAME, ExitReport, FromWorker, KILL_TAG, PREAMBLE_LEN, RUN_TAG,
+    CANCEL_TAG, DEFAULT_MAX_FRAME, ExitReport, FromWorker, GO_TAG, KILL_TAG, PREAMBLE_LEN, RUN_TAG,
     ToWorker, check_preamble, decode_to_worker, encode_message, exit_code, preamble,
 };
 
@@ -166,6 +166,7 @@ pub(crate) fn serve() -> i32 {
         runs: std::collections::VecDeque::new(),
         runs_seen: 0,
         items_seen: 0,
+        waiting_go: std::collections::VecDeque::new(),
     };
     // Kept open until the worker has mapped its page (it has once it
     // speaks); closing it earlier could fail its start.
@@ -248,6 +249,8 @@ struct Split {
     pending: Vec<u8>,
     /// Bytes of `pending` the last [`feed`](Self::feed) classified.
     consumed: usize,
+    /// The frame being passed on is a `Run` frame.
+    in_run: bool,
 }
 
 /// What the pool's stream held.
@@ -255,6 +258,8 @@ struct Split {
 enum Piece {
     /// Bytes for the worker (a range of `Split::pending`).
     Pass(usize, usize),
+    /// Bytes of the `Run` frame last announced, held until its `Go`.
+    PassRun(usize, usize),
     /// A `Run` frame starts (its bytes follow as `Pass`): its batch id and
     /// item count.
     Run { batch: u64, items: u64 },
@@ -262,6 +267,8 @@ enum Piece {
     Kill,
     /// A `Cancel` frame.
     Cancel(u64),
+    /// A `Go` frame.
+    Go(u64),
 }
 
 impl Split {
@@ -272,10 +279,12 @@ impl Split {
         let buf = &self.pending;
         let mut at = 0;
         let mut pieces = Vec::new();
-        let pass = |from: usize, to: usize, pieces: &mut Vec<Piece>| {
+        let pass = |from: usize, to: usize, run: bool, pieces: &mut Vec<Piece>| {
             if to > from {
                 match pieces.last_mut() {
-                    Some(Piece::Pass(_, end)) if *end == from => *end = to,
+                    Some(Piece::Pass(_, end)) if *end == from && !run => *end = to,
+                    Some(Piece::PassRun(_, end)) if *end == from && run => *end = to,
+                    _ if run => pieces.push(Piece::PassRun(from, to)),
                     _ => pieces.push(Piece::Pass(from, to)),
                 }
             }
@@ -283,7 +292,7 @@ impl Split {
         loop {
             if self.preamble < PREAMBLE_LEN {
                 let n = (PREAMBLE_LEN - self.preamble).min(buf.len() - at);
-                pass(at, at + n, &mut pieces);
+                pass(at, at + n, false, &mut pieces);
                 self.preamble += n;
                 at += n;
                 if self.preamble < PREAMBLE_LEN {
@@ -293,7 +302,7 @@ impl Split {
             }
             if self.frame_left > 0 {
                 let n = self.frame_left.min(buf.len() - at);
-                pass(at, at + n, &mut pieces);
+                pass(at, at + n, self.in_run, &mut pieces);
                 self.frame_left -= n;
                 at += n;
                 if self.frame_left > 0 {
@@ -317,23 +326,31 @@ impl Split {
                     at += 5;
                     continue;
                 }
-                Some(&CANCEL_TAG) if len <= HEAD => {
-                    if let Ok(ToWorker::Cancel { run }) = decode_to_worker(head) {
+                Some(&(CANCEL_TAG | GO_TAG)) if len <= HEAD => match decode_to_worker(head) {
+                    Ok(ToWorker::Cancel { run }) => {
                         pieces.push(Piece::Cancel(run));
                         at += 4 + len;
                         continue;
                     }
-                }
-                Some(&RUN_TAG) => {
-                    // Tag, batch, task, eager, item count: postcard
-                    // varints and a byte (a sequence's length is a varint).
-                    if let Ok(((_, batch, _, _, items), _)) =
-                        postcard::take_from_bytes::<(u32, u64, u32, bool, u64)>(head)
-                    {
-                        pieces.push(Piece::Run { batch, items });
+                    Ok(ToWorker::Go { run }) => {
+                        pieces.push(Piece::Go(run));
+                        at += 4 + len;
+                        continue;
                     }
-                }
+                    _ => {}
+                },
                 _ => {}
+            }
+            // Tag, batch, task, eager, item count: postcard varints and a
+            // byte (a sequence's length is a varint).
+            self.in_run = false;
+            if head.first() == Some(&RUN_TAG) {
+                if let Ok(((_, batch, _, _, items), _)) =
+                    postcard::take_from_bytes::<(u32, u64, u32, bool, u64)>(head)
+                {
+                    pieces.push(Piece::Run { batch, items });
+                    self.in_run = true;
+                }
             }
             self.frame_left = 4 + len;
         }
@@ -387,6 +404,9 @@ struct Relay {
     /// `Run` frames and items passed on so far.
     runs_seen: u64,
     items_seen: u64,
+    /// `Run` frames received and not yet released to the worker (their
+    /// number and bytes), waiting for the pool's `Go`.
+    waiting_go: std::collections::VecDeque<(u64, Vec<u8>)>,
 }
 
 /// Why the relay's loop ended.
@@ -634,7 +654,14 @@ impl Relay {
                         self.down.extend_from_slice(&self.split.pending[from..to]);
                     }
                 }
+                Piece::PassRun(from, to) => {
+                    if let Some((_, bytes)) = self.waiting_go.back_mut() {
+                        bytes.extend_from_slice(&self.split.pending[from..to]);
+                    }
+                }
+                Piece::Go(run) => self.release(run),
                 Piece::Run { batch, items } => {
+                    self.waiting_go.push_back((self.runs_seen, Vec::new()));
                     // Its skip bit is its own now, as the pool clears a
                     // local worker's before sending.
                     self.progress.unskip(self.runs_seen);
@@ -654,6 +681,17 @@ impl Relay {
         }
         self.split.drain();
         Ok(())
+    }
+
+    /// The pool's `Go` for `Run` frame `run`: it (and any held before it)
+    /// goes to the worker.
+    fn release(&mut self, run: u64) {
+        while self.waiting_go.front().is_some_and(|(r, _)| *r <= run) {
+            let (_, bytes) = self.waiting_go.pop_front().expect("checked");
+            if self.to_worker.is_some() {
+                self.down.extend_from_slice(&bytes);
+            }
+        }
     }
 
     /// The pool cancelled the job of `Run` frame `run`: its items the
@@ -688,6 +726,7 @@ impl Relay {
         }
         self.to_worker = None;
         self.down.clear();
+        self.waiting_go.clear();
         self.process.terminate(now, self.grace);
     }
 
@@ -736,8 +775,9 @@ mod tests {
             for p in s.feed(chunk) {
                 match p {
                     Piece::Pass(a, b) => passed.extend_from_slice(&s.pending[a..b]),
+                    Piece::PassRun(a, b) => passed.extend_from_slice(&s.pending[a..b]),
                     Piece::Kill => kills += 1,
-                    Piece::Cancel(_) | Piece::Run { .. } => {}
+                    Piece::Cancel(_) | Piece::Go(_) | Piece::Run { .. } => {}
                 }
             }
             s.drain();
@@ -808,7 +848,9 @@ mod split_tests {
             for chunk in stream.chunks(step) {
                 for p in s.feed(chunk) {
                     match p {
-                        Piece::Pass(a, b) => passed.extend_from_slice(&s.pending[a..b]),
+                        Piece::Pass(a, b) | Piece::PassRun(a, b) => {
+                            passed.extend_from_slice(&s.pending[a..b])
+                        }
                         other => seen.push(other),
                     }
                 }

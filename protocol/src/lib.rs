@@ -40,11 +40,11 @@ mod varint;
 pub use error::{DecodeError, PreambleError};
 pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError};
 pub use message::{
-    CANCEL_TAG, Done, DoneView, ExitReport, FromWorker, Hello, ItemsBuilder, KILL_TAG, Location,
-    LogRecord, MAGIC, NotForked, Outcome, PREAMBLE_LEN, PROTOCOL_VERSION, RUN_TAG, Run, RunView,
-    StateUse, TaskInfo, ToWorker, check_preamble, decode_done, decode_from_worker, decode_run,
-    decode_to_worker, done_header, encode_done, encode_hello, encode_init, encode_init_done,
-    encode_log, encode_message, encode_run, preamble, push_outcome,
+    CANCEL_TAG, Done, DoneView, ExitReport, FromWorker, GO_TAG, Hello, ItemsBuilder, KILL_TAG,
+    Location, LogRecord, MAGIC, NotForked, Outcome, PREAMBLE_LEN, PROTOCOL_VERSION, RUN_TAG, Run,
+    RunView, StateUse, TaskInfo, ToWorker, check_preamble, decode_done, decode_from_worker,
+    decode_run, decode_to_worker, done_header, encode_done, encode_hello, encode_init,
+    encode_init_done, encode_log, encode_message, encode_run, preamble, push_outcome,
 };
 pub use serde_bytes::Bytes;
 

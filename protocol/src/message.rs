@@ -175,6 +175,15 @@ pub enum ToWorker<'a> {
         /// The `Run` frame's number, counted from 0 on this worker.
         run: u64,
     },
+    /// To a relay: the worker may start `Run` frame `run`. A relay holds
+    /// each `Run` frame until the pool says so, and the pool says so only
+    /// once the frames before it are answered (or at once, when none is
+    /// out): so a frame the pool never said "go" for provably never
+    /// started, and its items can run elsewhere if the host is lost.
+    Go {
+        /// The `Run` frame's number, counted from 0 on this worker.
+        run: u64,
+    },
 }
 
 /// The first byte of a [`ToWorker::Kill`] frame's body (and its whole
@@ -183,6 +192,9 @@ pub const KILL_TAG: u8 = 4;
 
 /// The first byte of a [`ToWorker::Cancel`] frame's body.
 pub const CANCEL_TAG: u8 = 5;
+
+/// The first byte of a [`ToWorker::Go`] frame's body.
+pub const GO_TAG: u8 = 6;
 
 /// The first byte of a [`ToWorker::Run`] frame's body.
 pub const RUN_TAG: u8 = 1;
@@ -728,6 +740,9 @@ mod tests {
         let mut cancel = Vec::new();
         encode_message(&mut cancel, &ToWorker::Cancel { run: 300 }, 64).unwrap();
         assert_eq!(cancel[4], CANCEL_TAG);
+        let mut go = Vec::new();
+        encode_message(&mut go, &ToWorker::Go { run: 300 }, 64).unwrap();
+        assert_eq!(go[4], GO_TAG);
         let mut run = Vec::new();
         let items = ItemsBuilder::default();
         encode_run(&mut run, 9, 0, false, &items, 64).unwrap();

@@ -89,6 +89,10 @@ pub(crate) struct Conn {
     /// Close the input once what is queued is written (a remote worker's
     /// `Kill` frame).
     close_when_flushed: bool,
+    /// A remote worker's `Run` frames it may start (`Go` sent), and their
+    /// items: what it may have started if its host is lost.
+    go_runs: u64,
+    go_items: u64,
 }
 
 /// A relay's word on how its worker ended (`FromWorker::Exited`).
@@ -140,7 +144,30 @@ impl Conn {
             remote: false,
             report: None,
             close_when_flushed: false,
+            go_runs: 0,
+            go_items: 0,
         }
+    }
+
+    /// A remote worker's next `Run` frame may start once every frame it
+    /// was allowed before is answered: then it gets its `Go`. Frames after
+    /// it wait in the relay, and never start if the host is lost first.
+    fn release_next(&mut self) {
+        let answered = self.runs_sent - self.answering.len() as u64;
+        if !self.remote || self.go_runs != answered || self.go_runs == self.runs_sent {
+            return;
+        }
+        let (_, items) = self.answering[0];
+        if self.to.is_some() && !self.close_when_flushed {
+            encode_message(
+                &mut self.out,
+                &ToWorker::Go { run: self.go_runs },
+                self.max_frame,
+            )
+            .expect("a small message fits");
+        }
+        self.go_runs += 1;
+        self.go_items += u64::from(items);
     }
 
     /// A remote worker's relay reported its worker's end.
@@ -256,6 +283,10 @@ impl Conn {
         if let Some(r) = &self.report {
             return r.started;
         }
+        if self.remote {
+            // No word from the relay: what it was allowed to start.
+            return self.go_items.min(self.items_sent);
+        }
         if !self.progress.attached() {
             return self.items_sent;
         }
@@ -366,6 +397,7 @@ impl Conn {
         let first = self.items_sent;
         self.items_sent += u64::from(items.count());
         self.answering.push_back((id, items.count()));
+        self.release_next();
         Ok(first)
     }
 
@@ -490,6 +522,7 @@ impl Conn {
         *left -= n;
         if *left == 0 {
             self.answering.pop_front();
+            self.release_next();
         }
         Ok(())
     }

@@ -23,8 +23,14 @@ impl Dispatcher {
                     let Some(conn) = w.conn.as_mut() else { break };
                     // A worker that does not count is sent one batch at a
                     // time: were it killed, all it was sent counts as run,
-                    // so nothing queued behind may be in its pipe.
-                    let depth = if conn.counts() { depth } else { 1 };
+                    // so nothing queued behind may be in its pipe. (A
+                    // remote worker's relay holds a pipelined batch until
+                    // the pool's go-ahead, which makes it as safe.)
+                    let depth = if conn.counts() || conn.remote {
+                        depth
+                    } else {
+                        1
+                    };
                     if max.is_some_and(|m| conn.items_sent() >= m) {
                         break;
                     }

@@ -250,7 +250,7 @@ impl Server<'_> {
             ToWorker::Fork { .. } | ToWorker::Reap { .. } => Err(Stop(bad_parent(
                 "a worker got a message meant for a zygote",
             ))),
-            ToWorker::Kill | ToWorker::Cancel { .. } => {
+            ToWorker::Kill | ToWorker::Cancel { .. } | ToWorker::Go { .. } => {
                 Err(Stop(bad_parent("a worker got a message meant for a relay")))
             }
         }

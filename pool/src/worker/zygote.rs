@@ -111,7 +111,7 @@ pub(crate) fn serve_zygote(
             Ok(ToWorker::Fork { index }) => (Some(index), None),
             Ok(ToWorker::Reap { pid }) => (None, Some(pid)),
             Ok(ToWorker::Run(_)) => return bad_parent("a zygote runs no batches"),
-            Ok(ToWorker::Kill | ToWorker::Cancel { .. }) => {
+            Ok(ToWorker::Kill | ToWorker::Cancel { .. } | ToWorker::Go { .. }) => {
                 return bad_parent("a zygote is no relay");
             }
             Err(e) => return bad_parent(&e.to_string()),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use procpool::{Launcher, Pool};
 use procpool_tests::{
-    Death, exit_with, init_store, pid, record, recorded, segfault, sleep_ms, square, temp_path,
-    wait_until, watchdog,
+    Death, exit_with, init_store, pid, record, record_then_sleep, recorded, segfault, sleep_ms,
+    square, temp_path, wait_until, watchdog,
 };
 
 use crate::common::{FAULT_WORKER, LIMIT};
@@ -516,4 +516,37 @@ fn a_remote_crash_inside_an_exact_chunk_re_dispatches_the_items_not_started() {
     assert_eq!(counts.len(), 9, "{counts:?}");
     assert!(counts.values().all(|&c| c == 1), "{counts:?}");
     let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn items_a_lost_host_was_never_told_to_start_run_elsewhere_once() {
+    let _w = watchdog("items_a_lost_host_was_never_told_to_start", LIMIT);
+    let file = temp_path("remote-held");
+    let pool = remote_pool("node-k", 1)
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    // The first runs there for a minute; the next, pipelined behind it,
+    // waits in the relay for the pool's go-ahead.
+    let running = pool
+        .apply_async(record_then_sleep, (0u64, 60_000u64))
+        .unwrap();
+    let behind: Vec<_> = (1..4u64)
+        .map(|i| pool.apply_async(record, i).unwrap())
+        .collect();
+    assert!(wait_until(LIMIT, || recorded(&file).len() == 1));
+    // The host is lost (its relay killed outright: no word from it).
+    for relay in relays("node-k") {
+        procpool_tests::kill(relay, libc::SIGKILL);
+    }
+    let err = running.get().unwrap_err();
+    assert!(err.is_host_lost(), "{err}");
+    // Never started there: they run on the replacement, once each.
+    for (h, i) in behind.into_iter().zip(1..) {
+        assert_eq!(h.get().unwrap(), i);
+    }
+    let counts = recorded(&file);
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let _ = std::fs::remove_file(file);
 }
