@@ -13,6 +13,10 @@
 //! - passes frames through both ways: the pool's untouched, the worker's
 //!   whole frames only (so a worker that dies mid-frame never leaves half
 //!   a frame on the stream before the relay's report);
+//! - holds each `Run` frame until the pool's `Go` for it, which the pool
+//!   sends once the frames before it are answered: a frame pipelined
+//!   behind the running one provably never starts if the connection is
+//!   lost first, so its items can run elsewhere;
 //! - on a [`ToWorker::Kill`](procpool_protocol::ToWorker::Kill) frame (a
 //!   deadline, a cancel, `terminate`) halts the worker through its page,
 //!   sends SIGTERM to its group and tree and SIGKILL after the grace;
