@@ -239,6 +239,16 @@ fn talk(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
                 Ok(FromWorker::Shared { fds }) => {
                     loan.conn.take_shared(fds).map_err(Lost::Violation)?;
                 }
+                // A remote worker's relay: its worker has ended. The
+                // dispatcher settles with what it said.
+                Ok(FromWorker::Exited {
+                    exit,
+                    started,
+                    halted_at,
+                }) if loan.conn.remote => {
+                    loan.conn.relay_exited(exit, started, halted_at);
+                    return Err(Lost::Exited);
+                }
                 Ok(_) => {
                     return Err(Lost::Violation(Violation::Protocol(
                         "unexpected message".into(),
@@ -267,11 +277,8 @@ impl Dispatcher {
         let max = self.config.max_tasks_per_worker;
         for i in 0..self.workers.len() {
             let w = &mut self.workers[i];
-            // A remote worker is fed by the loop only: its relay's
-            // frames (how it ended) are the loop's to read.
             let lendable = w.serving()
                 && w.phase == Phase::Ready
-                && w.process.remote.is_none()
                 && self.settle.in_flight(w.slot) == 0
                 && w.conn
                     .as_ref()

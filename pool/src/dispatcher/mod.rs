@@ -315,8 +315,15 @@ impl Dispatcher {
         self.waker.sleeping.store(true, Ordering::SeqCst);
         let busy = !self.rx.is_empty();
         // Spin before sleeping only while exactly one batch is out and
-        // nothing waits: the latency-bound case (`apply` in a loop).
-        let spin = !self.settle.queued() && self.settle.total_in_flight() == 1;
+        // nothing waits: the latency-bound case (`apply` in a loop). Not
+        // for a remote worker's: its answer is a network round trip away,
+        // and the CPU is the launcher's and the relay's meanwhile.
+        let spin = !self.settle.queued()
+            && self.settle.total_in_flight() == 1
+            && self
+                .workers
+                .iter()
+                .all(|w| w.process.remote.is_none() || self.settle.in_flight(w.slot) == 0);
         let mut readable = Vec::new();
         let mut exited = Vec::new();
         let mut zygote_died = false;
