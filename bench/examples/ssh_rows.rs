@@ -25,6 +25,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 struct Row {
     name: String,
     ours: String,
+    cpu: String,
     peer: String,
     ratio: String,
     target: &'static str,
@@ -39,12 +40,12 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let rows = remote::rows(if quick { &remote::QUICK } else { &remote::FULL });
-    println!("| workload | procpool | peer | ratio | target |");
-    println!("|---|---|---|---|---|");
+    println!("| workload | procpool | CPU | peer | ratio | target |");
+    println!("|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} |",
-            r.name, r.ours, r.peer, r.ratio, r.target
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name, r.ours, r.cpu, r.peer, r.ratio, r.target
         );
     }
 }
