@@ -45,8 +45,7 @@ use crate::error::Exit;
 use crate::supervisor::{Launch, WorkerProcess};
 use crate::sys::{self, SharedCounter};
 use crate::worker::{
-    BUILD_ENV, INDEX_ENV, KILL_GRACE_ENV, LOG_LEVEL_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV,
-    RELAY_ENV, env_number,
+    BUILD_ENV, INDEX_ENV, KILL_GRACE_ENV, MAX_FRAME_ENV, MEMORY_LIMIT_ENV, RELAY_ENV, env_number,
 };
 
 /// Bytes buffered one way before the relay stops reading that way (a
@@ -61,14 +60,7 @@ pub(crate) fn serve() -> i32 {
     let memory = env_number(MEMORY_LIMIT_ENV);
     let expected = std::env::var(BUILD_ENV).ok();
     // The worker reads the pool's log level from what the relay passes on.
-    log::set_max_level(match env_number::<usize>(LOG_LEVEL_ENV).unwrap_or(0) {
-        0 => log::LevelFilter::Off,
-        1 => log::LevelFilter::Error,
-        2 => log::LevelFilter::Warn,
-        3 => log::LevelFilter::Info,
-        4 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    });
+    log::set_max_level(crate::worker::log_level_from_env());
     for var in [RELAY_ENV, BUILD_ENV, KILL_GRACE_ENV] {
         sys::remove_env(var);
     }

@@ -219,6 +219,18 @@ fn serve_as_zygote(
     }
 }
 
+/// The pool's `log` level, as it passed it (`LOG_LEVEL_ENV`).
+pub(crate) fn log_level_from_env() -> log::LevelFilter {
+    match env_number::<usize>(LOG_LEVEL_ENV).unwrap_or(0) {
+        0 => log::LevelFilter::Off,
+        1 => log::LevelFilter::Error,
+        2 => log::LevelFilter::Warn,
+        3 => log::LevelFilter::Info,
+        4 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
+}
+
 pub(crate) fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -251,14 +263,7 @@ fn serve_now(registry: &Registry) -> i32 {
     if let Some(index) = env_number(INDEX_ENV) {
         state::set_process_index(index);
     }
-    let log_level = match env_number::<usize>(LOG_LEVEL_ENV).unwrap_or(0) {
-        0 => log::LevelFilter::Off,
-        1 => log::LevelFilter::Error,
-        2 => log::LevelFilter::Warn,
-        3 => log::LevelFilter::Info,
-        4 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
+    let log_level = log_level_from_env();
     for var in [
         WORKER_ENV,
         MAX_FRAME_ENV,
