@@ -42,8 +42,9 @@ use crate::supervisor::Limit;
 /// workers without a new TCP connection or key exchange.
 const CONTROL_PERSIST_SECS: u64 = 60;
 
-/// Missed keep-alive answers after which ssh gives a connection up.
-const KEEPALIVE_COUNT: u32 = 3;
+/// How long a silent host may stay silent before it is given up, unless
+/// [`Ssh::keepalive`] says otherwise.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(6);
 
 /// Workers on a host reached through OpenSSH; given to
 /// [`Builder::remote`](crate::Builder::remote).
@@ -56,7 +57,7 @@ const KEEPALIVE_COUNT: u32 = 3;
 /// let pool = Pool::builder()
 ///     .workers(2) // local ones
 ///     .remote(Ssh::host("alice@node1").workers(8).ship_binary(true))
-///     .remote(Ssh::host("node2").workers(4).keepalive(Duration::from_secs(2)))
+///     .remote(Ssh::host("node2").workers(4).keepalive(Duration::from_secs(3)))
 ///     .build()?;
 /// # Ok(()) }
 /// ```
@@ -81,7 +82,7 @@ impl Ssh {
             destination: destination.into(),
             options: Vec::new(),
             workers: 1,
-            keepalive: Duration::from_secs(2),
+            keepalive: DEFAULT_KEEPALIVE,
             ship_binary: false,
             program: None,
             restart_limit: DEFAULT_HOST_LIMIT,
@@ -110,12 +111,15 @@ impl Ssh {
         self
     }
 
-    /// The keep-alive interval (default 2 s, whole seconds, at least 1): a
-    /// host that stops answering (its processes stopped, its network
-    /// gone, no FIN, no RST) is given up after three missed answers, and
-    /// the tasks running there fail with an error naming it.
-    pub fn keepalive(mut self, interval: Duration) -> Self {
-        self.keepalive = interval;
+    /// How long a host may stay silent before it is given up (default
+    /// 6 s, whole seconds, at least 1): a host whose processes stopped or
+    /// whose network went (no FIN, no RST) is noticed within it, and the
+    /// tasks running there fail with an error naming it. ssh asks every
+    /// third of it (`ServerAliveInterval`) and gives up after two
+    /// unanswered asks (`ServerAliveCountMax`); connecting may take as
+    /// long (`ConnectTimeout`).
+    pub fn keepalive(mut self, timeout: Duration) -> Self {
+        self.keepalive = timeout;
         self
     }
 
@@ -158,7 +162,10 @@ impl Ssh {
         };
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // ssh gives up after (count + 1) intervals without an answer.
         let secs = self.keepalive.as_secs().max(1);
+        let interval = (secs / 3).max(1);
+        let count = (secs / interval).saturating_sub(1).max(1);
         let mut cmd = Command::new("ssh");
         cmd.arg("-T");
         if let Some(config) = &self.config {
@@ -166,12 +173,9 @@ impl Ssh {
         }
         let ours = [
             ("BatchMode", "yes".to_owned()),
-            ("ServerAliveInterval", secs.to_string()),
-            ("ServerAliveCountMax", KEEPALIVE_COUNT.to_string()),
-            (
-                "ConnectTimeout",
-                (secs * u64::from(KEEPALIVE_COUNT)).to_string(),
-            ),
+            ("ServerAliveInterval", interval.to_string()),
+            ("ServerAliveCountMax", count.to_string()),
+            ("ConnectTimeout", secs.to_string()),
             ("ControlMaster", "auto".to_owned()),
             ("ControlPath", format!("{}/%C", dir.display())),
             ("ControlPersist", CONTROL_PERSIST_SECS.to_string()),
@@ -589,6 +593,46 @@ mod tests {
         assert!(args.contains(&"BatchMode=yes".to_owned()), "{args:?}");
         assert_eq!(args.last().unwrap(), "alice@node1");
         let _ = std::fs::remove_dir(ssh.control_dir.unwrap());
+    }
+
+    #[test]
+    fn a_keepalive_is_the_longest_a_silent_host_goes_unnoticed() {
+        let alive = |secs: u64| {
+            let cmd = Ssh::host("h")
+                .keepalive(Duration::from_secs(secs))
+                .control_dir(std::env::temp_dir().join(format!("pp-ka-{}", std::process::id())))
+                .command()
+                .unwrap();
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let get = |k: &str| -> u64 {
+                let a = args
+                    .iter()
+                    .find_map(|a| a.strip_prefix(&format!("{k}=")))
+                    .unwrap();
+                a.parse().unwrap()
+            };
+            (get("ServerAliveInterval"), get("ServerAliveCountMax"))
+        };
+        for secs in 1..=30 {
+            let (interval, count) = alive(secs);
+            // ssh gives up after count + 1 unanswered intervals.
+            let noticed = interval * (count + 1);
+            assert!(
+                noticed <= secs.max(2),
+                "{secs} s: {interval} × ({count} + 1)"
+            );
+            assert!(
+                noticed * 3 >= secs * 2,
+                "{secs} s: {interval} × ({count} + 1)"
+            );
+            assert!(interval >= 1 && count >= 1);
+        }
+        assert_eq!(alive(6), (2, 2));
+        let _ =
+            std::fs::remove_dir(std::env::temp_dir().join(format!("pp-ka-{}", std::process::id())));
     }
 
     #[test]
