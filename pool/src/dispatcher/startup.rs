@@ -83,7 +83,12 @@ impl Site {
             dropped: None,
         };
         let remote = config.remotes.iter().map(|r| Site {
-            launch: r.launch.clone(),
+            launch: Launch {
+                // Its relay holds a half-written frame no longer than the
+                // pool would wait for it.
+                stall_timeout: config.stall_timeout,
+                ..r.launch.clone()
+            },
             workers: r.workers,
             respawn: Respawn::new(r.restart_limit),
             host: r.launch.site.as_ref().map(|s| s.name.clone()),

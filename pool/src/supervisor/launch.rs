@@ -90,6 +90,10 @@ pub(crate) struct Launch {
     pub(crate) site: Option<Arc<Site>>,
     /// SIGTERM to SIGKILL, for the relay of a remote worker.
     pub(crate) kill_grace: std::time::Duration,
+    /// How long a remote worker's relay holds a frame of its worker's
+    /// half-written before it lets the pool see it (the pool's stall
+    /// timeout).
+    pub(crate) stall_timeout: std::time::Duration,
 }
 
 impl Launch {
@@ -141,6 +145,7 @@ impl Launch {
             shared_memory: true,
             site: None,
             kill_grace: std::time::Duration::from_secs(1),
+            stall_timeout: std::time::Duration::from_secs(10),
         }
     }
 
@@ -235,6 +240,13 @@ impl Launch {
                     .min(u128::from(u64::MAX))
                     .to_string(),
             ),
+            (
+                crate::relay::STALL_ENV,
+                self.stall_timeout
+                    .as_millis()
+                    .min(u128::from(u64::MAX))
+                    .to_string(),
+            ),
         ];
         if let Some(bytes) = self.memory_limit {
             vars.push((MEMORY_LIMIT_ENV, bytes.to_string()));
@@ -292,7 +304,8 @@ impl Launch {
         cmd.env_remove(ZYGOTE_ENV)
             .env_remove(RELAY_ENV)
             .env_remove(BUILD_ENV)
-            .env_remove(KILL_GRACE_ENV);
+            .env_remove(KILL_GRACE_ENV)
+            .env_remove(crate::relay::STALL_ENV);
         cmd
     }
 

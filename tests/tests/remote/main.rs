@@ -25,6 +25,7 @@
 mod common;
 mod harness;
 mod launcher;
+mod review;
 mod ssh;
 
 /// Local workers beside remote ones start by exec.

@@ -1,0 +1,117 @@
+//! A hostile review of remote workers: kills and cancels that must reach
+//! a relay whatever is queued for its worker, pools whose remote sites
+//! have no worker, and what is left on the "host" afterwards. Every test
+//! runs through the stand-in launcher (`sh -c 'exec "$@"'`).
+
+use std::time::Duration;
+
+use procpool::{Launcher, Pool};
+use procpool_tests::{Then, not_running, pid, square, wait_until, watchdog, wire_write};
+
+use crate::common::{FAULT_WORKER, LIMIT};
+
+/// Names the stand-in host in its relays' environment.
+const HOST_VAR: &str = "PROCPOOL_TEST_HOST";
+
+/// A launcher that runs its command here, named `name` in errors and in
+/// its relays' environment (where [`relays`] finds them).
+fn stand_in(name: &str) -> Launcher {
+    Launcher::command([
+        "env".to_owned(),
+        format!("{HOST_VAR}={name}"),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "exec \"$@\"".to_owned(),
+        "stand-in".to_owned(),
+    ])
+    .name(name)
+}
+
+fn remote_pool(name: &str, n: usize) -> procpool::Builder {
+    Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(stand_in(name).workers(n))
+}
+
+/// The relays of stand-in host `name`: children of this process started
+/// with the relay variable and that host's name.
+fn relays(name: &str) -> Vec<u32> {
+    let host = format!("{HOST_VAR}={name}");
+    procpool_tests::children_of_this_process()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|e| {
+                let mut vars = e.split(|&b| b == 0);
+                vars.clone().any(|v| v == b"PROCPOOL_RELAY=1") && vars.any(|v| v == host.as_bytes())
+            })
+        })
+        .collect()
+}
+
+/// Asserts that nothing of stand-in host `name` runs any more, and that
+/// `workers` (pids there) have ended.
+fn assert_host_clean(name: &str, workers: &[u32]) {
+    assert!(
+        wait_until(LIMIT, || relays(name).is_empty()),
+        "relays of {name} still run: {:?}",
+        relays(name)
+    );
+    for &w in workers {
+        assert!(
+            wait_until(LIMIT, || not_running(w)),
+            "worker {w} on {name} still runs"
+        );
+    }
+}
+
+/// A frame header claiming `len` bytes, and `body` of them.
+fn frame_head(len: u32, body: &[u8]) -> Vec<u8> {
+    let mut bytes = len.to_le_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+#[test]
+fn a_remote_worker_that_claims_an_oversized_frame_is_a_protocol_error() {
+    let _w = watchdog(
+        "a_remote_worker_that_claims_an_oversized_frame_is_a_protocol_error",
+        LIMIT,
+    );
+    let pool = remote_pool("rv-oversized", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    // A header over the pool's frame limit, then nothing: a local worker
+    // doing this is refused at once; behind a relay it must be too, not
+    // held back while the task waits for ever.
+    let err = pool
+        .apply(wire_write, (frame_head(u32::MAX >> 1, &[]), Then::Hang))
+        .unwrap_err();
+    assert!(err.is_protocol(), "{err}");
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    pool.close();
+    pool.join();
+    assert_host_clean("rv-oversized", &[worker]);
+}
+
+#[test]
+fn a_remote_worker_that_stalls_mid_frame_is_a_protocol_error() {
+    let _w = watchdog(
+        "a_remote_worker_that_stalls_mid_frame_is_a_protocol_error",
+        LIMIT,
+    );
+    let pool = remote_pool("rv-stalled", 1)
+        .stall_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    // Three bytes of a hundred-byte frame, then nothing.
+    let err = pool
+        .apply(wire_write, (frame_head(100, &[2, 0, 0]), Then::Hang))
+        .unwrap_err();
+    assert!(err.is_protocol(), "{err}");
+    assert!(err.to_string().contains("stalled"), "{err}");
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    pool.close();
+    pool.join();
+    assert_host_clean("rv-stalled", &[worker]);
+}
