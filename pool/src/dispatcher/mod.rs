@@ -206,6 +206,7 @@ impl Dispatcher {
 
     /// The event loop: take commands, act, wait for the next event.
     fn run(&mut self) {
+        self.refuse_if_empty();
         loop {
             self.drain_commands();
             let now = Instant::now();

@@ -164,6 +164,21 @@ impl Dispatcher {
         }
     }
 
+    /// A pool whose sites ask for no worker at all (local workers left to
+    /// their default beside remote sites that each have `workers(0)`)
+    /// would wait for ever for one to be ready: its build fails instead.
+    pub(super) fn refuse_if_empty(&mut self) {
+        if self.starting.is_some() && self.full_size() == 0 {
+            self.start_failed(
+                0,
+                Error::startup(
+                    "a pool needs at least one worker: it has no local worker and its remote \
+                     hosts ask for none",
+                ),
+            );
+        }
+    }
+
     /// Workers the pool has when every site is whole.
     fn full_size(&self) -> usize {
         self.sites.iter().map(|s| s.workers).sum()

@@ -115,3 +115,18 @@ fn a_remote_worker_that_stalls_mid_frame_is_a_protocol_error() {
     pool.join();
     assert_host_clean("rv-stalled", &[worker]);
 }
+
+#[test]
+fn a_pool_whose_only_remote_site_has_no_worker_is_refused() {
+    let _w = watchdog(
+        "a_pool_whose_only_remote_site_has_no_worker_is_refused",
+        LIMIT,
+    );
+    let err = Pool::builder()
+        .worker_program(FAULT_WORKER)
+        .remote(stand_in("rv-empty").workers(0))
+        .build()
+        .unwrap_err();
+    assert!(err.is_startup(), "{err}");
+    assert!(err.to_string().contains("at least one worker"), "{err}");
+}
