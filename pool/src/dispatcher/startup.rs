@@ -294,6 +294,7 @@ impl Dispatcher {
             forked: spawned.forked,
             site,
             remote_pid: None,
+            relay_cancels: Vec::new(),
         });
         self.publish_pids();
         Ok(())

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use procpool::{Launcher, Pool};
-use procpool_tests::{Then, not_running, pid, square, wait_until, watchdog, wire_write};
+use procpool_tests::{
+    Then, announce_and_sleep, not_running, pid, square, temp_path, wait_until, watchdog, wire_write,
+};
 
 use crate::common::{FAULT_WORKER, LIMIT};
 
@@ -129,4 +131,69 @@ fn a_pool_whose_only_remote_site_has_no_worker_is_refused() {
         .unwrap_err();
     assert!(err.is_startup(), "{err}");
     assert!(err.to_string().contains("at least one worker"), "{err}");
+}
+
+/// Starts a task that sleeps for ten minutes on `pool` (`timeout`: its
+/// deadline) and returns once it runs.
+fn hang(pool: &Pool, timeout: Option<Duration>) -> procpool::AsyncResult<u64> {
+    let marker = temp_path("rv-hang");
+    let call = match timeout {
+        Some(t) => pool.with_timeout(t),
+        None => pool.with_chunksize(1),
+    };
+    let handle = call
+        .apply_async(announce_and_sleep, (marker.display().to_string(), 600_000))
+        .unwrap();
+    assert!(wait_until(LIMIT, || marker.exists()), "the task never ran");
+    let _ = std::fs::remove_file(marker);
+    handle
+}
+
+#[test]
+fn a_deadline_on_a_stopped_relay_kills_its_launcher_after_the_slack() {
+    let _w = watchdog(
+        "a_deadline_on_a_stopped_relay_kills_its_launcher_after_the_slack",
+        LIMIT,
+    );
+    let pool = remote_pool("rv-stopped-deadline", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    let hung = hang(&pool, Some(Duration::from_millis(500)));
+    let relay = relays("rv-stopped-deadline");
+    assert_eq!(relay.len(), 1);
+    // The relay stops answering: its Kill frame goes unread.
+    procpool_tests::kill(relay[0], libc::SIGSTOP);
+    let queued = pool.apply_async(square, 6).unwrap();
+    let err = hung.get().unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // Its launcher is killed after the grace and the slack; the item
+    // queued behind runs on the replacement, once.
+    assert_eq!(queued.get().unwrap(), 36);
+    assert_ne!(pool.apply(pid, ()).unwrap(), worker);
+    pool.close();
+    pool.join();
+    assert_host_clean("rv-stopped-deadline", &[worker, relay[0]]);
+}
+
+#[test]
+fn a_cancel_on_a_stopped_relay_ends_the_task_after_the_slack() {
+    let _w = watchdog(
+        "a_cancel_on_a_stopped_relay_ends_the_task_after_the_slack",
+        LIMIT,
+    );
+    let pool = remote_pool("rv-stopped-cancel", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    let hung = hang(&pool, None);
+    let relay = relays("rv-stopped-cancel");
+    assert_eq!(relay.len(), 1);
+    procpool_tests::kill(relay[0], libc::SIGSTOP);
+    let queued = pool.apply_async(square, 7).unwrap();
+    // The relay never reads the Cancel frame: the pool must not wait for
+    // it for ever, as it does not at a deadline.
+    hung.cancel();
+    let err = hung.get().unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    assert_eq!(queued.get().unwrap(), 49);
+    pool.close();
+    pool.join();
+    assert_host_clean("rv-stopped-cancel", &[worker, relay[0]]);
 }
