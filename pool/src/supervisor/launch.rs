@@ -180,7 +180,9 @@ impl Launch {
     /// A human-readable name of what is started, for errors.
     pub(crate) fn describe(&self) -> String {
         if let Some(site) = &self.site {
-            return format!("{} on {}", self.describe_local(), site.name);
+            // The program that runs there: its path on the host (another
+            // one, or a shipped copy, may be used there).
+            return format!("{} on {}", site.program().display(), site.name);
         }
         self.describe_local()
     }
@@ -256,12 +258,20 @@ impl Launch {
         // (SIGTERM: ssh and srun then close the connection, and the relay
         // ends the worker).
         sys::signal_on_parent_death(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+        let launcher = cmd.get_program().to_owned();
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| {
+                // What could not start is the launcher, not the program.
+                io::Error::new(
+                    e.kind(),
+                    format!("its launcher `{}`: {e}", launcher.to_string_lossy()),
+                )
+            })?;
         let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
         let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
         let pidfd = sys::pidfd_open(child.id());

@@ -197,3 +197,38 @@ fn a_cancel_on_a_stopped_relay_ends_the_task_after_the_slack() {
     pool.join();
     assert_host_clean("rv-stopped-cancel", &[worker, relay[0]]);
 }
+
+#[test]
+fn a_start_up_error_on_a_host_names_what_failed_there() {
+    let _w = watchdog("a_start_up_error_on_a_host_names_what_failed_there", LIMIT);
+    let err = Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(
+            stand_in("rv-elsewhere")
+                .program("/nonexistent/procpool/worker")
+                .workers(1),
+        )
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(err.is_startup(), "{text}");
+    assert!(text.contains("rv-elsewhere"), "{text}");
+    // The path that failed is the host's, not this host's.
+    assert!(text.contains("/nonexistent/procpool/worker"), "{text}");
+    // A launcher that cannot start is named, not the program.
+    let err = Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(
+            Launcher::command(["/nonexistent/procpool/launcher", "--"])
+                .name("rv-no-launcher")
+                .workers(1),
+        )
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(err.is_startup(), "{text}");
+    assert!(text.contains("rv-no-launcher"), "{text}");
+    assert!(text.contains("/nonexistent/procpool/launcher"), "{text}");
+}
