@@ -433,6 +433,10 @@ impl Relay {
         let exit = self.process.end();
         // Whatever whole frames it left are passed on before the report.
         self.read_worker();
+        // What its tasks left behind (orphans this subreaper adopted) is
+        // killed before the report: the pool may end the launcher, and so
+        // this relay, as soon as it has read it.
+        sys::kill_descendants_of_self();
         if !self.raw {
             let report = FromWorker::Exited {
                 exit: match exit {

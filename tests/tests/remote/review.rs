@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use procpool::{Launcher, Pool};
 use procpool_tests::{
-    Then, announce_and_sleep, not_running, pid, square, temp_path, wait_until, watchdog, wire_write,
+    Then, announce_and_sleep, exit_with, not_running, pid, square, temp_path, wait_until, watchdog,
+    wire_write,
 };
 
 use crate::common::{FAULT_WORKER, LIMIT};
@@ -231,4 +232,46 @@ fn a_start_up_error_on_a_host_names_what_failed_there() {
     assert!(err.is_startup(), "{text}");
     assert!(text.contains("rv-no-launcher"), "{text}");
     assert!(text.contains("/nonexistent/procpool/launcher"), "{text}");
+}
+
+/// A launcher that outlives the relay it ran: a wrapper that does
+/// something of its own after its command (here, sleeps ten minutes),
+/// holding the pool's pipes open meanwhile.
+fn lingering(name: &str) -> Launcher {
+    Launcher::command([
+        "env".to_owned(),
+        format!("{HOST_VAR}={name}"),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "\"$@\"; sleep 600".to_owned(),
+        "stand-in".to_owned(),
+    ])
+    .name(name)
+}
+
+#[test]
+fn a_relay_report_ends_its_worker_even_if_the_launcher_lingers() {
+    let _w = watchdog(
+        "a_relay_report_ends_its_worker_even_if_the_launcher_lingers",
+        LIMIT,
+    );
+    let pool = Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(lingering("rv-lingering").workers(1))
+        .build()
+        .unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    // The relay reports the worker's death and exits; its launcher does
+    // not: the report settles the task all the same.
+    let err = pool.apply(exit_with, 3).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.exit(), Some(procpool::Exit::Code(3)), "{err}");
+    assert_eq!(err.host(), Some("rv-lingering"), "{err}");
+    // A replacement serves.
+    assert_eq!(pool.apply(square, 8).unwrap(), 64);
+    assert_ne!(pool.apply(pid, ()).unwrap(), worker);
+    pool.close();
+    pool.join();
+    assert_host_clean("rv-lingering", &[worker]);
 }
