@@ -372,7 +372,14 @@ impl Dispatcher {
     ) -> Error {
         let program = self.sites[site].launch.describe();
         match loss {
-            Loss::InitFailed(m) => Error::new(ErrorKind::Initializer { message: m.clone() }),
+            // On another host, which one: it may be the only one that
+            // fails (a file only some hosts have).
+            Loss::InitFailed(m) => Error::new(ErrorKind::Initializer {
+                message: match &self.sites[site].host {
+                    Some(host) => format!("{m} (worker {pid} on {host})"),
+                    None => m.clone(),
+                },
+            }),
             Loss::Refused(m) => Error::startup(format!("`{program}` was refused: {m}")),
             Loss::Violation(Violation::Identity(m)) => Error::startup(format!(
                 "`{program}` is not a procpool worker we can use: {m}"

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use procpool::{Launcher, Pool};
 use procpool_tests::{
-    Then, announce_and_sleep, exit_with, not_running, pid, square, temp_path, wait_until, watchdog,
-    wire_write,
+    Then, announce_and_sleep, exit_with, init_fail, not_running, pid, square, temp_path,
+    wait_until, watchdog, wire_write,
 };
 
 use crate::common::{FAULT_WORKER, LIMIT};
@@ -274,4 +274,19 @@ fn a_relay_report_ends_its_worker_even_if_the_launcher_lingers() {
     pool.close();
     pool.join();
     assert_host_clean("rv-lingering", &[worker]);
+}
+
+#[test]
+fn an_initializer_that_fails_on_a_host_names_the_host() {
+    let _w = watchdog("an_initializer_that_fails_on_a_host_names_the_host", LIMIT);
+    let err = remote_pool("rv-init-fails", 2)
+        .initializer(init_fail, "no data on this host".to_owned())
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(err.is_startup(), "{text}");
+    assert!(text.contains("no data on this host"), "{text}");
+    // Which host: with several, the one whose workers cannot start.
+    assert!(text.contains("rv-init-fails"), "{text}");
+    assert_host_clean("rv-init-fails", &[]);
 }
