@@ -52,16 +52,21 @@ use crate::worker::{
 /// whole frame is always taken in).
 const HIGH_WATER: usize = 1 << 20;
 
+/// Environment variable carrying the pool's stall timeout, in
+/// milliseconds: how long a frame of the worker's may stay half-written.
+pub(crate) const STALL_ENV: &str = "PROCPOOL_STALL_MS";
+
 /// The relay's `main`: returns its exit code.
 pub(crate) fn serve() -> i32 {
     let max_frame = env_number(MAX_FRAME_ENV).unwrap_or(DEFAULT_MAX_FRAME);
     let grace = Duration::from_millis(env_number(KILL_GRACE_ENV).unwrap_or(1000));
+    let stall = Duration::from_millis(env_number(STALL_ENV).unwrap_or(10_000));
     let index = env_number(INDEX_ENV).unwrap_or(0);
     let memory = env_number(MEMORY_LIMIT_ENV);
     let expected = std::env::var(BUILD_ENV).ok();
     // The worker reads the pool's log level from what the relay passes on.
     log::set_max_level(crate::worker::log_level_from_env());
-    for var in [RELAY_ENV, BUILD_ENV, KILL_GRACE_ENV] {
+    for var in [RELAY_ENV, BUILD_ENV, KILL_GRACE_ENV, STALL_ENV] {
         sys::remove_env(var);
     }
     let stdio = match sys::take_protocol_stdio() {
@@ -153,6 +158,8 @@ pub(crate) fn serve() -> i32 {
         split: Split::default(),
         from_worker: spawned.from_worker,
         held: Vec::new(),
+        last_bytes_at: Instant::now(),
+        stall,
         raw: false,
         progress: spawned.progress,
         process: spawned.process,
@@ -387,8 +394,17 @@ struct Relay {
     from_worker: File,
     /// The worker's bytes not yet a whole frame.
     held: Vec<u8>,
-    /// The worker did not open with a procpool preamble: its bytes go out
-    /// as they are, for the pool's start-up error, and no report follows.
+    /// When the worker's bytes last arrived.
+    last_bytes_at: Instant,
+    /// The pool's stall timeout: a frame held half-written this long goes
+    /// out as it is (see [`raw`](Self::raw)).
+    stall: Duration,
+    /// The worker's bytes go out as they are, and no report follows: it
+    /// did not open with a procpool preamble (for the pool's start-up
+    /// error), or it broke the framing (a frame over the limit, or one
+    /// left half-written for the stall timeout), which the pool must see
+    /// to judge it as it judges a local worker (a relay that held the
+    /// bytes back would leave the pool waiting for ever).
     raw: bool,
     progress: SharedCounter,
     process: WorkerProcess,
@@ -433,6 +449,10 @@ impl Relay {
         let exit = self.process.end();
         // Whatever whole frames it left are passed on before the report.
         self.read_worker();
+        // What its tasks left behind (orphans this subreaper adopted) is
+        // killed before the report: the pool may end the launcher, and so
+        // this relay, as soon as it has read it.
+        sys::kill_descendants_of_self();
         if !self.raw {
             let report = FromWorker::Exited {
                 exit: match exit {
@@ -515,8 +535,16 @@ impl Relay {
             }
             _ => None,
         };
-        sys::wait(&mut fds, self.process.kill_deadline())?;
+        let deadline = match (self.process.kill_deadline(), self.stall_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        sys::wait(&mut fds, deadline)?;
         let now = Instant::now();
+        if !read_worker {
+            // Its bytes wait for the pool, not for the worker: no stall.
+            self.last_bytes_at = now;
+        }
         let ev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
         let exited = !ev(0).is_empty();
         let signalled = !ev(1).is_empty();
@@ -537,6 +565,13 @@ impl Relay {
         }
         if worker_ready {
             self.read_worker();
+        }
+        if self.stall_deadline().is_some_and(|at| now >= at) {
+            log::debug!(
+                "procpool relay: a frame of its worker stalled half-written for {:?}",
+                self.stall
+            );
+            self.go_raw();
         }
         if can_write_up || !self.up.buf.is_empty() {
             self.up.flush()?;
@@ -562,6 +597,7 @@ impl Relay {
             match self.from_worker.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
+                    self.last_bytes_at = Instant::now();
                     self.held.extend_from_slice(&buf[..n]);
                     self.pass_whole_frames();
                     if self.up.buf.len() >= HIGH_WATER {
@@ -601,6 +637,12 @@ impl Relay {
                 break;
             }
             let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > self.max_frame as usize {
+                // Never whole here: the pool refuses it as it refuses a
+                // local worker's.
+                self.held.drain(..at);
+                return self.go_raw();
+            }
             if rest.len() < 4 + len {
                 break;
             }
@@ -617,6 +659,23 @@ impl Relay {
             at += 4 + len;
         }
         self.held.drain(..at);
+    }
+
+    /// When the frame the worker left half-written has stalled for the
+    /// pool's stall timeout, if one is held.
+    fn stall_deadline(&self) -> Option<Instant> {
+        if self.raw || self.held.is_empty() || self.up.buf.len() >= HIGH_WATER {
+            return None;
+        }
+        self.last_bytes_at.checked_add(self.stall)
+    }
+
+    /// From now on the worker's bytes go to the pool as they are (what is
+    /// held first), and no report follows.
+    fn go_raw(&mut self) {
+        self.raw = true;
+        self.up.preamble_sent = true;
+        self.up.buf.append(&mut self.held);
     }
 
     /// Reads what the pool sent: frames for the worker are queued for it,

@@ -379,6 +379,11 @@ enum Runner {
 }
 
 impl Site {
+    /// The program's path on the host.
+    pub(crate) fn program(&self) -> &Path {
+        &self.program
+    }
+
     /// The local command that starts one relay (and so one worker) on the
     /// host, with `env` setting `vars` there, then `args` for the program.
     pub(crate) fn command(

@@ -77,7 +77,11 @@ impl Dispatcher {
             FromWorker::Hello(hello) if matches!(self.workers[i].phase, Phase::Handshake) => {
                 self.accept_hello(i, hello)
             }
-            // A remote worker's relay: how its worker ended, then the end.
+            // A remote worker's relay: how its worker ended (its last
+            // frame). The worker is gone and settled now, whether or not
+            // its launcher ends at once (a wrapper that does more after
+            // its command would otherwise hold its tasks, and get new
+            // ones, until it did).
             FromWorker::Exited {
                 exit,
                 started,
@@ -85,7 +89,7 @@ impl Dispatcher {
             } if self.workers[i].process.remote.is_some() => {
                 let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
                 conn.relay_exited(exit, started, halted_at);
-                Ok(())
+                Err(Loss::Exited)
             }
             FromWorker::Refused { reason } if self.workers[i].process.remote.is_some() => {
                 Err(Loss::Refused(reason))

@@ -142,6 +142,11 @@ struct Worker {
     site: usize,
     /// A remote worker's pid on its host (from its handshake).
     remote_pid: Option<u32>,
+    /// A remote worker: `Run` frames its relay was sent a `Cancel` for,
+    /// each with the instant by which the relay must have carried it out
+    /// (killed the worker or let the batch end). A relay that has not is
+    /// not answering: its launcher is killed, as after a `Kill` frame.
+    relay_cancels: Vec<(u64, Instant)>,
 }
 
 impl Worker {
@@ -206,6 +211,7 @@ impl Dispatcher {
 
     /// The event loop: take commands, act, wait for the next event.
     fn run(&mut self) {
+        self.refuse_if_empty();
         loop {
             self.drain_commands();
             let now = Instant::now();
@@ -292,6 +298,7 @@ impl Dispatcher {
                 w.process.kill_deadline(),
                 w.startup_deadline.filter(|_| w.phase != Phase::Ready),
                 w.conn.as_ref().and_then(|c| c.stall_deadline(stall)),
+                w.relay_cancels.iter().map(|&(_, at)| at).min(),
             ]
         });
         let drain = match self.stage {
@@ -478,6 +485,7 @@ impl Dispatcher {
             }
         }
         self.expire_deadlines(now);
+        self.expire_relay_cancels(now);
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::batch::Counters;
 use super::conn::Conn;
 use super::{Dispatcher, Phase, Worker};
+use crate::supervisor::RELAY_SLACK;
 
 impl Dispatcher {
     /// Hands queued batches to ready workers: first one to each idle
@@ -123,10 +124,18 @@ impl Dispatcher {
         };
         let started = |slot| conn(slot).and_then(Conn::started_exact);
         let running = self.settle.cancel(jobs, skip, started);
+        // The relay kills by itself; were it not to answer, the launcher
+        // is killed when the grace and the slack are over (as after a
+        // `Kill` frame), so a cancel never waits for ever.
+        let due = crate::sys::after(now, self.config.kill_grace.saturating_add(RELAY_SLACK));
         for (slot, run) in remote {
             if let Some(i) = self.index(slot) {
-                if let Some(c) = &mut self.workers[i].conn {
+                let w = &mut self.workers[i];
+                if let Some(c) = &mut w.conn {
                     c.cancel_remote(run);
+                    if let Some(at) = due {
+                        w.relay_cancels.push((run, at));
+                    }
                 }
             }
         }
@@ -155,6 +164,35 @@ impl Dispatcher {
                 }
                 self.settle.retire(slot);
                 self.publish_pids();
+            }
+        }
+    }
+
+    /// Remote workers whose relay was sent a `Cancel` and, by its
+    /// deadline, neither killed the worker nor let the cancelled batch
+    /// end: the relay is not answering (stopped, or its host hung) and its
+    /// launcher is killed. The loss that follows settles the batch (its
+    /// items end `Cancelled`).
+    pub(super) fn expire_relay_cancels(&mut self, now: Instant) {
+        for w in &mut self.workers {
+            if w.relay_cancels.is_empty() {
+                continue;
+            }
+            let (due, later): (Vec<_>, Vec<_>) =
+                w.relay_cancels.iter().partition(|&&(_, at)| now >= at);
+            w.relay_cancels = later;
+            let unanswered = due
+                .iter()
+                .any(|&(run, _)| self.settle.holds_run(w.slot, run));
+            if unanswered && !w.process.killing() {
+                log::warn!(
+                    "procpool: the relay of worker {} on {} did not carry out a cancel within \
+                     {:?}; killing its launcher",
+                    w.remote_pid.unwrap_or_else(|| w.process.pid()),
+                    w.process.remote.as_deref().unwrap_or("?"),
+                    self.config.kill_grace.saturating_add(RELAY_SLACK)
+                );
+                w.process.kill();
             }
         }
     }

@@ -555,6 +555,13 @@ impl<U: Unit> Settle<U> {
         }
     }
 
+    /// Whether `worker` still has `Run` frame `run` in flight (not wholly
+    /// answered).
+    pub(crate) fn holds_run(&self, worker: u64, run: u64) -> bool {
+        self.slot(worker)
+            .is_some_and(|s| s.inflight.iter().any(|f| f.run == Some(run)))
+    }
+
     /// Forgets `worker` (it was never ready, or it is already settled).
     pub(crate) fn remove(&mut self, worker: u64) {
         self.workers.retain(|s| s.id != worker);

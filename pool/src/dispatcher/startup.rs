@@ -83,7 +83,12 @@ impl Site {
             dropped: None,
         };
         let remote = config.remotes.iter().map(|r| Site {
-            launch: r.launch.clone(),
+            launch: Launch {
+                // Its relay holds a half-written frame no longer than the
+                // pool would wait for it.
+                stall_timeout: config.stall_timeout,
+                ..r.launch.clone()
+            },
             workers: r.workers,
             respawn: Respawn::new(r.restart_limit),
             host: r.launch.site.as_ref().map(|s| s.name.clone()),
@@ -156,6 +161,21 @@ impl Dispatcher {
             {
                 self.spawn_or_retry(site, now);
             }
+        }
+    }
+
+    /// A pool whose sites ask for no worker at all (local workers left to
+    /// their default beside remote sites that each have `workers(0)`)
+    /// would wait for ever for one to be ready: its build fails instead.
+    pub(super) fn refuse_if_empty(&mut self) {
+        if self.starting.is_some() && self.full_size() == 0 {
+            self.start_failed(
+                0,
+                Error::startup(
+                    "a pool needs at least one worker: it has no local worker and its remote \
+                     hosts ask for none",
+                ),
+            );
         }
     }
 
@@ -274,6 +294,7 @@ impl Dispatcher {
             forked: spawned.forked,
             site,
             remote_pid: None,
+            relay_cancels: Vec::new(),
         });
         self.publish_pids();
         Ok(())
@@ -351,7 +372,14 @@ impl Dispatcher {
     ) -> Error {
         let program = self.sites[site].launch.describe();
         match loss {
-            Loss::InitFailed(m) => Error::new(ErrorKind::Initializer { message: m.clone() }),
+            // On another host, which one: it may be the only one that
+            // fails (a file only some hosts have).
+            Loss::InitFailed(m) => Error::new(ErrorKind::Initializer {
+                message: match &self.sites[site].host {
+                    Some(host) => format!("{m} (worker {pid} on {host})"),
+                    None => m.clone(),
+                },
+            }),
             Loss::Refused(m) => Error::startup(format!("`{program}` was refused: {m}")),
             Loss::Violation(Violation::Identity(m)) => Error::startup(format!(
                 "`{program}` is not a procpool worker we can use: {m}"

@@ -90,6 +90,10 @@ pub(crate) struct Launch {
     pub(crate) site: Option<Arc<Site>>,
     /// SIGTERM to SIGKILL, for the relay of a remote worker.
     pub(crate) kill_grace: std::time::Duration,
+    /// How long a remote worker's relay holds a frame of its worker's
+    /// half-written before it lets the pool see it (the pool's stall
+    /// timeout).
+    pub(crate) stall_timeout: std::time::Duration,
 }
 
 impl Launch {
@@ -141,6 +145,7 @@ impl Launch {
             shared_memory: true,
             site: None,
             kill_grace: std::time::Duration::from_secs(1),
+            stall_timeout: std::time::Duration::from_secs(10),
         }
     }
 
@@ -175,7 +180,9 @@ impl Launch {
     /// A human-readable name of what is started, for errors.
     pub(crate) fn describe(&self) -> String {
         if let Some(site) = &self.site {
-            return format!("{} on {}", self.describe_local(), site.name);
+            // The program that runs there: its path on the host (another
+            // one, or a shipped copy, may be used there).
+            return format!("{} on {}", site.program().display(), site.name);
         }
         self.describe_local()
     }
@@ -235,6 +242,13 @@ impl Launch {
                     .min(u128::from(u64::MAX))
                     .to_string(),
             ),
+            (
+                crate::relay::STALL_ENV,
+                self.stall_timeout
+                    .as_millis()
+                    .min(u128::from(u64::MAX))
+                    .to_string(),
+            ),
         ];
         if let Some(bytes) = self.memory_limit {
             vars.push((MEMORY_LIMIT_ENV, bytes.to_string()));
@@ -244,12 +258,20 @@ impl Launch {
         // (SIGTERM: ssh and srun then close the connection, and the relay
         // ends the worker).
         sys::signal_on_parent_death(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+        let launcher = cmd.get_program().to_owned();
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| {
+                // What could not start is the launcher, not the program.
+                io::Error::new(
+                    e.kind(),
+                    format!("its launcher `{}`: {e}", launcher.to_string_lossy()),
+                )
+            })?;
         let to_worker: OwnedFd = child.stdin.take().expect("stdin was piped").into();
         let from_worker: OwnedFd = child.stdout.take().expect("stdout was piped").into();
         let pidfd = sys::pidfd_open(child.id());
@@ -292,7 +314,8 @@ impl Launch {
         cmd.env_remove(ZYGOTE_ENV)
             .env_remove(RELAY_ENV)
             .env_remove(BUILD_ENV)
-            .env_remove(KILL_GRACE_ENV);
+            .env_remove(KILL_GRACE_ENV)
+            .env_remove(crate::relay::STALL_ENV);
         cmd
     }
 

@@ -22,6 +22,7 @@ mod process;
 mod respawn;
 mod zygote;
 
+pub(crate) use kill::RELAY_SLACK;
 pub(crate) use launch::Launch;
 pub(crate) use logs::forward_log;
 pub(crate) use process::WorkerProcess;

@@ -27,6 +27,7 @@
 mod common;
 mod harness;
 mod launcher;
+mod review;
 mod slurm;
 mod ssh;
 
