@@ -290,3 +290,20 @@ fn an_initializer_that_fails_on_a_host_names_the_host() {
     assert!(text.contains("rv-init-fails"), "{text}");
     assert_host_clean("rv-init-fails", &[]);
 }
+
+#[test]
+fn a_protocol_error_on_a_host_names_the_host() {
+    let _w = watchdog("a_protocol_error_on_a_host_names_the_host", LIMIT);
+    let pool = remote_pool("rv-protocol", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    // A frame no decoder takes: a zero-length body.
+    let err = pool
+        .apply(wire_write, (frame_head(0, &[]), Then::Hang))
+        .unwrap_err();
+    assert!(err.is_protocol(), "{err}");
+    assert_eq!(err.worker_pid(), Some(worker), "{err}");
+    assert!(err.to_string().contains("rv-protocol"), "{err}");
+    pool.close();
+    pool.join();
+    assert_host_clean("rv-protocol", &[worker]);
+}
