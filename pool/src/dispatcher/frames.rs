@@ -63,11 +63,16 @@ impl Dispatcher {
         match decode_from_worker(&frame).map_err(|e| protocol(e.to_string()))? {
             FromWorker::Log(record) => {
                 let w = &self.workers[i];
-                crate::supervisor::forward_log(
-                    w.process.pid(),
-                    self.settle.running_task(w.slot),
-                    record,
-                );
+                let task = self.settle.running_task(w.slot);
+                match &w.process.remote {
+                    Some(host) => crate::supervisor::forward_remote_log(
+                        w.remote_pid.unwrap_or_else(|| w.process.pid()),
+                        host,
+                        task,
+                        record,
+                    ),
+                    None => crate::supervisor::forward_log(w.process.pid(), task, record),
+                }
                 Ok(())
             }
             FromWorker::Shared { fds } if self.workers[i].phase == Phase::Ready => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use procpool::{Launcher, Pool};
 use procpool_tests::{
-    Then, announce_and_sleep, exit_with, init_fail, not_running, pid, square, temp_path,
+    Then, announce_and_sleep, exit_with, init_fail, log_lines, not_running, pid, square, temp_path,
     wait_until, watchdog, wire_write,
 };
 
@@ -306,4 +306,56 @@ fn a_protocol_error_on_a_host_names_the_host() {
     pool.close();
     pool.join();
     assert_host_clean("rv-protocol", &[worker]);
+}
+
+/// Records what this test process logs (installed once, at `Warn`).
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn a_remote_workers_log_records_name_its_pid_there_and_its_host() {
+    let _w = watchdog(
+        "a_remote_workers_log_records_name_its_pid_there_and_its_host",
+        LIMIT,
+    );
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CAPTURE).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    let pool = remote_pool("rv-logs", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    assert_eq!(
+        pool.apply(log_lines, ("rv-tag-51c2".to_owned(), 2))
+            .unwrap(),
+        2
+    );
+    let ours: Vec<String> = CAPTURE
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.contains("rv-tag-51c2"))
+        .cloned()
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    for (i, message) in ours.iter().enumerate() {
+        assert_eq!(
+            message,
+            &format!(
+                "[worker {worker} on rv-logs `procpool_tests::log_lines`] rv-tag-51c2 line {i}"
+            )
+        );
+    }
 }
