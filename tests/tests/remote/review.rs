@@ -263,7 +263,8 @@ fn a_relay_report_ends_its_worker_even_if_the_launcher_lingers() {
         .unwrap();
     let worker = pool.apply(pid, ()).unwrap();
     // The relay reports the worker's death and exits; its launcher does
-    // not: the report settles the task all the same.
+    // not: it is ended when the slack after the report is over, and the
+    // report settles the task.
     let err = pool.apply(exit_with, 3).unwrap_err();
     assert!(err.is_worker_died(), "{err}");
     assert_eq!(err.exit(), Some(procpool::Exit::Code(3)), "{err}");
