@@ -1,7 +1,7 @@
 //! A worker's frames, routed: `Done` to the settlement core, `Hello` and
 //! `InitDone` to start-up, `Log` to this process's logger.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use procpool_protocol::{FromWorker, decode_from_worker};
 
@@ -63,11 +63,16 @@ impl Dispatcher {
         match decode_from_worker(&frame).map_err(|e| protocol(e.to_string()))? {
             FromWorker::Log(record) => {
                 let w = &self.workers[i];
-                crate::supervisor::forward_log(
-                    w.process.pid(),
-                    self.settle.running_task(w.slot),
-                    record,
-                );
+                let task = self.settle.running_task(w.slot);
+                match &w.process.remote {
+                    Some(host) => crate::supervisor::forward_remote_log(
+                        w.remote_pid.unwrap_or_else(|| w.process.pid()),
+                        host,
+                        task,
+                        record,
+                    ),
+                    None => crate::supervisor::forward_log(w.process.pid(), task, record),
+                }
                 Ok(())
             }
             FromWorker::Shared { fds } if self.workers[i].phase == Phase::Ready => {
@@ -78,18 +83,22 @@ impl Dispatcher {
                 self.accept_hello(i, hello)
             }
             // A remote worker's relay: how its worker ended (its last
-            // frame). The worker is gone and settled now, whether or not
-            // its launcher ends at once (a wrapper that does more after
-            // its command would otherwise hold its tasks, and get new
-            // ones, until it did).
+            // frame). The worker takes no more work and is replaced now;
+            // its launcher should end at once, and is ended (SIGKILL)
+            // when the slack is over if it does not (a wrapper that does
+            // more after its command would otherwise hold its tasks, and
+            // get new ones, for as long as it liked). Its tasks are
+            // settled, by this report, when it ends.
             FromWorker::Exited {
                 exit,
                 started,
                 halted_at,
             } if self.workers[i].process.remote.is_some() => {
-                let conn = self.workers[i].conn.as_mut().ok_or(Loss::Exited)?;
+                let w = &mut self.workers[i];
+                let conn = w.conn.as_mut().ok_or(Loss::Exited)?;
                 conn.relay_exited(exit, started, halted_at);
-                Err(Loss::Exited)
+                w.process.terminate(Instant::now(), Duration::ZERO);
+                Ok(())
             }
             FromWorker::Refused { reason } if self.workers[i].process.remote.is_some() => {
                 Err(Loss::Refused(reason))

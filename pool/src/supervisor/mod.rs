@@ -24,7 +24,7 @@ mod zygote;
 
 pub(crate) use kill::RELAY_SLACK;
 pub(crate) use launch::Launch;
-pub(crate) use logs::forward_log;
+pub(crate) use logs::{forward_log, forward_remote_log};
 pub(crate) use process::WorkerProcess;
 pub(crate) use respawn::{Limit, Respawn, free_index};
 pub(crate) use zygote::{ZygoteWatch, Zygotes};

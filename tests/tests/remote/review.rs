@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use procpool::{Launcher, Pool};
 use procpool_tests::{
-    Then, announce_and_sleep, exit_with, init_fail, not_running, pid, square, temp_path,
+    Then, announce_and_sleep, exit_with, init_fail, log_lines, not_running, pid, square, temp_path,
     wait_until, watchdog, wire_write,
 };
 
@@ -263,7 +263,8 @@ fn a_relay_report_ends_its_worker_even_if_the_launcher_lingers() {
         .unwrap();
     let worker = pool.apply(pid, ()).unwrap();
     // The relay reports the worker's death and exits; its launcher does
-    // not: the report settles the task all the same.
+    // not: it is ended when the slack after the report is over, and the
+    // report settles the task.
     let err = pool.apply(exit_with, 3).unwrap_err();
     assert!(err.is_worker_died(), "{err}");
     assert_eq!(err.exit(), Some(procpool::Exit::Code(3)), "{err}");
@@ -289,4 +290,73 @@ fn an_initializer_that_fails_on_a_host_names_the_host() {
     // Which host: with several, the one whose workers cannot start.
     assert!(text.contains("rv-init-fails"), "{text}");
     assert_host_clean("rv-init-fails", &[]);
+}
+
+#[test]
+fn a_protocol_error_on_a_host_names_the_host() {
+    let _w = watchdog("a_protocol_error_on_a_host_names_the_host", LIMIT);
+    let pool = remote_pool("rv-protocol", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    // A frame no decoder takes: a zero-length body.
+    let err = pool
+        .apply(wire_write, (frame_head(0, &[]), Then::Hang))
+        .unwrap_err();
+    assert!(err.is_protocol(), "{err}");
+    assert_eq!(err.worker_pid(), Some(worker), "{err}");
+    assert!(err.to_string().contains("rv-protocol"), "{err}");
+    pool.close();
+    pool.join();
+    assert_host_clean("rv-protocol", &[worker]);
+}
+
+/// Records what this test process logs (installed once, at `Warn`).
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn a_remote_workers_log_records_name_its_pid_there_and_its_host() {
+    let _w = watchdog(
+        "a_remote_workers_log_records_name_its_pid_there_and_its_host",
+        LIMIT,
+    );
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CAPTURE).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    let pool = remote_pool("rv-logs", 1).build().unwrap();
+    let worker = pool.apply(pid, ()).unwrap();
+    assert_eq!(
+        pool.apply(log_lines, ("rv-tag-51c2".to_owned(), 2))
+            .unwrap(),
+        2
+    );
+    let ours: Vec<String> = CAPTURE
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.contains("rv-tag-51c2"))
+        .cloned()
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    for (i, message) in ours.iter().enumerate() {
+        assert_eq!(
+            message,
+            &format!(
+                "[worker {worker} on rv-logs `procpool_tests::log_lines`] rv-tag-51c2 line {i}"
+            )
+        );
+    }
 }
