@@ -84,6 +84,9 @@ pub(crate) struct Conn {
     lent: bool,
     /// A remote worker: its pipes go to a launcher and a relay.
     pub(crate) remote: bool,
+    /// A remote worker's host and pid there (once it said hello), for
+    /// what the lane logs of it.
+    pub(crate) host: Option<(std::sync::Arc<str>, Option<u32>)>,
     /// What a remote worker's relay said when its worker ended.
     report: Option<RelayReport>,
     /// Close the input once what is queued is written (a remote worker's
@@ -142,6 +145,7 @@ impl Conn {
             shared_taken: 0,
             lent: false,
             remote: false,
+            host: None,
             report: None,
             close_when_flushed: false,
             go_runs: 0,

@@ -230,11 +230,16 @@ fn talk(loan: &mut Loan, batch: &mut Batch) -> Result<(), Lost> {
             }
             None => match decode_from_worker(&frame) {
                 Ok(FromWorker::Log(record)) => {
-                    crate::supervisor::forward_log(
-                        loan.conn.pid,
-                        Some(&batch.job.task_name),
-                        record,
-                    );
+                    let task = Some(&*batch.job.task_name);
+                    match &loan.conn.host {
+                        Some((host, pid)) => crate::supervisor::forward_remote_log(
+                            pid.unwrap_or(loan.conn.pid),
+                            host,
+                            task,
+                            record,
+                        ),
+                        None => crate::supervisor::forward_log(loan.conn.pid, task, record),
+                    }
                 }
                 Ok(FromWorker::Shared { fds }) => {
                     loan.conn.take_shared(fds).map_err(Lost::Violation)?;

@@ -282,6 +282,7 @@ impl Dispatcher {
             now,
         );
         conn.remote = spawned.process.remote.is_some();
+        conn.host = spawned.process.remote.clone().map(|h| (h, None));
         self.workers.push(Worker {
             slot,
             process: spawned.process,
@@ -304,6 +305,11 @@ impl Dispatcher {
         let tasks = hello.tasks;
         if self.workers[i].process.remote.is_some() {
             self.workers[i].remote_pid = Some(hello.pid);
+            if let Some(c) = &mut self.workers[i].conn {
+                if let Some((_, pid)) = &mut c.host {
+                    *pid = Some(hello.pid);
+                }
+            }
         }
         let verdict = handshake::check_hello(
             self.tasks.as_deref(),
