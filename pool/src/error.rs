@@ -92,6 +92,8 @@ pub(crate) enum ErrorKind {
         timeout: std::time::Duration,
         /// `false`: no worker even started it within its deadline, twice.
         started: bool,
+        /// The host it ran on, for a remote worker.
+        host: Option<Arc<str>>,
     },
     UnknownTask {
         name: String,
@@ -232,7 +234,9 @@ impl Error {
     /// [`is_host_lost`](Self::is_host_lost) errors of remote workers.
     pub fn host(&self) -> Option<&str> {
         match &*self.kind {
-            ErrorKind::WorkerDied { host, .. } => host.as_deref(),
+            ErrorKind::WorkerDied { host, .. } | ErrorKind::TimedOut { host, .. } => {
+                host.as_deref()
+            }
             ErrorKind::HostLost { host, .. } => Some(host),
             _ => None,
         }
@@ -373,6 +377,18 @@ impl Error {
     }
 }
 
+/// " on <host>" for a remote worker's host, nothing for a local one.
+struct On<'a>(&'a Option<Arc<str>>);
+
+impl fmt::Display for On<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(host) => write!(f, " on {host}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.kind {
@@ -415,19 +431,23 @@ impl fmt::Display for Error {
                 pid,
                 timeout,
                 started: true,
+                host,
             } => write!(
                 f,
-                "task `{task}` passed its {timeout:?} deadline in worker {pid}, which was killed"
+                "task `{task}` passed its {timeout:?} deadline in worker {pid}{}, which was killed",
+                On(host)
             ),
             ErrorKind::TimedOut {
                 task,
                 pid,
                 timeout,
                 started: false,
+                host,
             } => write!(
                 f,
                 "task `{task}` was not even started within its {timeout:?} deadline, by two \
-                 workers in turn (the last, {pid}, was killed)"
+                 workers in turn (the last, {pid}{}, was killed)",
+                On(host)
             ),
             ErrorKind::UnknownTask { name, available } => match unnamed_kind(name) {
                 Some(kind) => write!(

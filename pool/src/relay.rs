@@ -76,6 +76,14 @@ pub(crate) fn serve() -> i32 {
             return exit_code::SETUP_FAILED;
         }
     };
+    // Neither way may block the loop: a large write to a pool that reads
+    // slowly must not keep a Kill, a Cancel or a signal waiting.
+    for fd in [stdio.input.as_fd(), stdio.output.as_fd()] {
+        if let Err(e) = sys::set_nonblocking(fd) {
+            eprintln!("procpool relay: cannot set up its descriptors: {e}");
+            return exit_code::SETUP_FAILED;
+        }
+    }
     let mut up = Upstream {
         out: stdio.output,
         buf: Vec::new(),

@@ -533,8 +533,23 @@ fn run_ssh(ssh: &Ssh, line: &str, input: Option<&[u8]>) -> io::Result<String> {
     let mut child = cmd.spawn()?;
     if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
         // A writer thread would be needed only if the host talked back
-        // while reading: `cat` does not.
-        stdin.write_all(bytes)?;
+        // while reading: `cat` does not. SIGPIPE is blocked meanwhile: a
+        // copy that fails there is an error here, never this process's
+        // death (its SIGPIPE may be at the default action).
+        let sigpipe = crate::sys::SigpipeBlocked::new();
+        let written = stdin.write_all(bytes);
+        if written.is_err() {
+            sigpipe.consume();
+        }
+        drop(sigpipe);
+        if let Err(e) = written {
+            let out = child.wait_with_output()?;
+            return Err(io::Error::other(format!(
+                "copying to {} failed ({e}): {}",
+                ssh.destination,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {

@@ -152,6 +152,8 @@ struct Slot<U> {
     killing: bool,
     /// Lent to a calling thread (the direct lane).
     lent: bool,
+    /// A remote worker's host, for its errors.
+    host: Option<Arc<str>>,
 }
 
 /// How a worker was lost, for the errors of the items that ran on it.
@@ -228,7 +230,15 @@ impl<U: Unit> Settle<U> {
             serving: true,
             killing: false,
             lent: false,
+            host: None,
         });
+    }
+
+    /// Worker `worker` runs on a remote host, which its errors name.
+    pub(crate) fn set_host(&mut self, worker: u64, host: Arc<str>) {
+        if let Some(s) = self.slot_mut(worker) {
+            s.host = Some(host);
+        }
     }
 
     /// A caller's batch.
@@ -406,6 +416,7 @@ impl<U: Unit> Settle<U> {
                     pid,
                     timeout,
                     started: true,
+                    host: s.host.clone(),
                 });
                 front
                     .unit
@@ -526,6 +537,7 @@ impl<U: Unit> Settle<U> {
                     pid: s.pid,
                     timeout: f.unit.timeout().unwrap_or_default(),
                     started: false,
+                    host: s.host.clone(),
                 });
                 f.unit.fail_next(1, unless_cancelled(&f.unit, error));
             }

@@ -357,6 +357,9 @@ impl Dispatcher {
         self.shared.worker_shares(shares);
         let pid = w.remote_pid.unwrap_or_else(|| w.process.pid());
         self.settle.add_worker(w.slot, pid, now);
+        if let Some(host) = &w.process.remote {
+            self.settle.set_host(w.slot, host.clone());
+        }
         let site = &mut self.sites[w.site];
         site.respawn.succeeded();
         site.connected = true;

@@ -137,6 +137,8 @@ fn a_deadline_kills_the_remote_worker_and_settles_exactly() {
         .collect();
     let err = hung.get().unwrap_err();
     assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.host(), Some("node-c"), "{err}");
+    assert!(err.to_string().contains(" on node-c"), "{err}");
     for (i, h) in after.into_iter().enumerate() {
         assert_eq!(h.get().unwrap(), i as u64);
     }
