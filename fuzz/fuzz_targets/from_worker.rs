@@ -47,6 +47,8 @@ fuzz_target!(|data: &[u8]| {
             | FromWorker::NotForked(_)
             | FromWorker::Reaped { .. } => {}
             FromWorker::Shared { fds } => assert!(fds.len() <= data.len()),
+            FromWorker::Refused { reason } => assert!(reason.len() <= data.len()),
+            FromWorker::Exited { .. } => {}
         }
     }
 });

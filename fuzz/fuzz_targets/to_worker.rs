@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(total <= data.len());
             }
             ToWorker::Init { arg, .. } => assert!(arg.len() <= data.len()),
-            ToWorker::Fork { .. } | ToWorker::Reap { .. } => {}
+            ToWorker::Fork { .. }
+            | ToWorker::Reap { .. }
+            | ToWorker::Kill
+            | ToWorker::Cancel { .. }
+            | ToWorker::Go { .. } => {}
         }
     }
 });

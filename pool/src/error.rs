@@ -137,6 +137,8 @@ pub(crate) enum ErrorKind {
     Protocol {
         pid: u32,
         detail: String,
+        /// The host it ran on, for a remote worker.
+        host: Option<Arc<str>>,
     },
     Startup {
         detail: String,
@@ -234,9 +236,9 @@ impl Error {
     /// [`is_host_lost`](Self::is_host_lost) errors of remote workers.
     pub fn host(&self) -> Option<&str> {
         match &*self.kind {
-            ErrorKind::WorkerDied { host, .. } | ErrorKind::TimedOut { host, .. } => {
-                host.as_deref()
-            }
+            ErrorKind::WorkerDied { host, .. }
+            | ErrorKind::TimedOut { host, .. }
+            | ErrorKind::Protocol { host, .. } => host.as_deref(),
             ErrorKind::HostLost { host, .. } => Some(host),
             _ => None,
         }
@@ -504,8 +506,8 @@ impl fmt::Display for Error {
             ErrorKind::OutputDecode { task, message } => {
                 write!(f, "cannot decode the result of task `{task}`: {message}")
             }
-            ErrorKind::Protocol { pid, detail } => {
-                write!(f, "worker {pid} broke the protocol: {detail}")
+            ErrorKind::Protocol { pid, detail, host } => {
+                write!(f, "worker {pid}{} broke the protocol: {detail}", On(host))
             }
             ErrorKind::Startup { detail, source } => {
                 write!(f, "cannot start workers: {detail}")?;

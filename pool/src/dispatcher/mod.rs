@@ -550,9 +550,8 @@ impl Dispatcher {
             return self.start_failed(w.site, error);
         }
         let cause = match (&loss, &host) {
-            (Loss::Violation(v), None) => Cause::Protocol(v.detail().to_owned()),
-            // Its pid is its host's: say which host.
-            (Loss::Violation(v), Some(h)) => Cause::Protocol(format!("{} (on {h})", v.detail())),
+            // A remote worker's error names its host (the core knows it).
+            (Loss::Violation(v), _) => Cause::Protocol(v.detail().to_owned()),
             (_, Some(h)) if lost_host => Cause::HostLost {
                 host: h.clone(),
                 detail: format!("its launcher ended ({exit}) with no word from the host"),

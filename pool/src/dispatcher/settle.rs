@@ -519,6 +519,7 @@ impl<U: Unit> Settle<U> {
                     Cause::Protocol(detail) => Error::new(ErrorKind::Protocol {
                         pid: s.pid,
                         detail: detail.clone(),
+                        host: s.host.clone(),
                     }),
                 };
                 settled.task.get_or_insert(task);

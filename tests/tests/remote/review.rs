@@ -304,6 +304,7 @@ fn a_protocol_error_on_a_host_names_the_host() {
     assert!(err.is_protocol(), "{err}");
     assert_eq!(err.worker_pid(), Some(worker), "{err}");
     assert!(err.to_string().contains("rv-protocol"), "{err}");
+    assert_eq!(err.host(), Some("rv-protocol"), "{err}");
     pool.close();
     pool.join();
     assert_host_clean("rv-protocol", &[worker]);
