@@ -157,7 +157,8 @@ impl Builder {
         self
     }
 
-    /// Number of worker processes (default: the available parallelism).
+    /// Number of local worker processes (default: the available
+    /// parallelism; 0 when [`remote`](Self::remote) workers are given).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
