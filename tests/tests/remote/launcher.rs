@@ -15,7 +15,7 @@ use crate::common::{FAULT_WORKER, LIMIT};
 
 /// A launcher that runs its command here, named `name` in errors (and
 /// in its relays' environment, where [`relays`] finds them).
-fn stand_in(name: &str) -> Launcher {
+pub(crate) fn stand_in(name: &str) -> Launcher {
     Launcher::command([
         "env".to_owned(),
         format!("{HOST_VAR}={name}"),
@@ -28,7 +28,7 @@ fn stand_in(name: &str) -> Launcher {
 }
 
 /// Names the stand-in host in its relays' environment.
-const HOST_VAR: &str = "PROCPOOL_TEST_HOST";
+pub(crate) const HOST_VAR: &str = "PROCPOOL_TEST_HOST";
 
 /// A launcher that refuses to start anything while `flag` exists.
 fn failing_when(flag: &std::path::Path, name: &str) -> Launcher {
@@ -47,7 +47,7 @@ fn failing_when(flag: &std::path::Path, name: &str) -> Launcher {
     .name(name)
 }
 
-fn remote_pool(name: &str, n: usize) -> procpool::Builder {
+pub(crate) fn remote_pool(name: &str, n: usize) -> procpool::Builder {
     Pool::builder()
         .workers(0)
         .worker_program(FAULT_WORKER)
@@ -56,7 +56,7 @@ fn remote_pool(name: &str, n: usize) -> procpool::Builder {
 
 /// The relays of stand-in host `name`: children of this process started
 /// with the relay variable and that host's name.
-fn relays(name: &str) -> Vec<u32> {
+pub(crate) fn relays(name: &str) -> Vec<u32> {
     let host = format!("{HOST_VAR}={name}");
     procpool_tests::children_of_this_process()
         .into_iter()

@@ -12,45 +12,7 @@ use procpool_tests::{
 };
 
 use crate::common::{FAULT_WORKER, LIMIT};
-
-/// Names the stand-in host in its relays' environment.
-const HOST_VAR: &str = "PROCPOOL_TEST_HOST";
-
-/// A launcher that runs its command here, named `name` in errors and in
-/// its relays' environment (where [`relays`] finds them).
-fn stand_in(name: &str) -> Launcher {
-    Launcher::command([
-        "env".to_owned(),
-        format!("{HOST_VAR}={name}"),
-        "sh".to_owned(),
-        "-c".to_owned(),
-        "exec \"$@\"".to_owned(),
-        "stand-in".to_owned(),
-    ])
-    .name(name)
-}
-
-fn remote_pool(name: &str, n: usize) -> procpool::Builder {
-    Pool::builder()
-        .workers(0)
-        .worker_program(FAULT_WORKER)
-        .remote(stand_in(name).workers(n))
-}
-
-/// The relays of stand-in host `name`: children of this process started
-/// with the relay variable and that host's name.
-fn relays(name: &str) -> Vec<u32> {
-    let host = format!("{HOST_VAR}={name}");
-    procpool_tests::children_of_this_process()
-        .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|e| {
-                let mut vars = e.split(|&b| b == 0);
-                vars.clone().any(|v| v == b"PROCPOOL_RELAY=1") && vars.any(|v| v == host.as_bytes())
-            })
-        })
-        .collect()
-}
+use crate::launcher::{HOST_VAR, relays, remote_pool, stand_in};
 
 /// Asserts that nothing of stand-in host `name` runs any more, and that
 /// `workers` (pids there) have ended.
