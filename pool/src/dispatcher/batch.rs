@@ -164,6 +164,13 @@ impl Batch {
         self.shared = fds.into_boxed_slice();
     }
 
+    /// Gives up the memfds kept with [`keep_shared`](Self::keep_shared),
+    /// once every item has its outcome (no replacement can need them).
+    pub(crate) fn release_shared(&mut self) -> Box<[OwnedFd]> {
+        debug_assert_eq!(self.remaining(), 0);
+        std::mem::take(&mut self.shared)
+    }
+
     /// The items a worker is sent: those from [`sent_from`](Self::sent_from).
     pub(crate) fn items(&self) -> &ItemsBuilder {
         &self.items

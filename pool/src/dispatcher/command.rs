@@ -1,6 +1,7 @@
 //! Messages from callers to the dispatcher, and how they wake it.
 
 use std::collections::HashSet;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,6 +38,10 @@ pub(crate) enum Command {
         loan: Box<Loan>,
         abandoned: bool,
     },
+    /// Memfds of large arguments whose batch is done: closed here, off the
+    /// caller's path (the last close of a payload frees its pages, a
+    /// tenth of a millisecond per MiB).
+    Release(Box<[OwnedFd]>),
     /// A lent worker failed its caller: settle the batch and the worker.
     LaneFailed {
         loan: Box<Loan>,
@@ -112,6 +117,7 @@ impl Dispatcher {
                     cancels.insert(job);
                 }
                 Ok(Command::GiveBack { loan, abandoned }) => self.give_back(*loan, abandoned),
+                Ok(Command::Release(fds)) => drop(fds),
                 #[cfg(test)]
                 Ok(Command::Panic) => panic!("injected by a test"),
                 Ok(Command::LaneFailed {

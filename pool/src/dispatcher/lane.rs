@@ -172,16 +172,22 @@ pub(crate) fn run(loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) 
     let outcome = match queued {
         Err(len) => {
             settle::unsendable(batch, len, loan.max_frame);
-            Ok(())
+            Ok(None)
         }
         Ok(first) => match exchange(loan, &mut batch) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Some(batch)),
             Err(lost) => Err((batch, first, lost)),
         },
     };
     let loan = held.loan.take().expect("still held");
     match outcome {
-        Ok(()) => {
+        Ok(done) => {
+            // Large arguments' memfds are closed by the dispatcher: the
+            // caller has its answer to decode.
+            let fds = done.map(|mut b| b.release_shared()).unwrap_or_default();
+            if !fds.is_empty() {
+                let _ = handle.send(Command::Release(fds));
+            }
             if let Some(loan) = lanes.park(loan) {
                 let _ = handle.send(Command::GiveBack {
                     loan: Box::new(loan),

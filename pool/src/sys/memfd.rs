@@ -9,6 +9,7 @@
 //! is ever named in a file system: the memory is freed when the last
 //! descriptor and mapping are gone, whichever process is killed.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -118,10 +119,58 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`, once; no
-        // reference into it outlives `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        let (addr, len) = (self.ptr.as_ptr() as usize, self.len);
+        let deferred = DEFERRED
+            .try_with(|d| d.borrow_mut().0.as_mut().map(|list| list.push((addr, len))))
+            .ok()
+            .flatten();
+        if deferred.is_none() {
+            unmap(addr, len);
+        }
     }
+}
+
+thread_local! {
+    /// Mappings dropped on this thread since [`defer_unmaps`], not yet
+    /// unmapped: `None` unless the thread asked for it.
+    static DEFERRED: RefCell<Deferred> = const { RefCell::new(Deferred(None)) };
+}
+
+/// The list of a thread's deferred unmaps, unmapped when the thread ends
+/// (an in-process worker's thread ends with its pool, and leaks nothing).
+struct Deferred(Option<Vec<(usize, usize)>>);
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        for (addr, len) in self.0.take().into_iter().flatten() {
+            unmap(addr, len);
+        }
+    }
+}
+
+/// From now on, mappings dropped on this thread are unmapped only at the
+/// next [`unmap_deferred`]. A worker's serving thread: the unmapping of a
+/// task's large arguments (a tenth of a millisecond per MiB) comes after
+/// its answer is sent, not before. Their pages cost nothing meanwhile:
+/// the pool holds the memfds until the batch is answered.
+pub(crate) fn defer_unmaps() {
+    DEFERRED.with(|d| {
+        d.borrow_mut().0.get_or_insert_with(Vec::new);
+    });
+}
+
+/// Unmaps what was put off on this thread (see [`defer_unmaps`]).
+pub(crate) fn unmap_deferred() {
+    let list = DEFERRED.with(|d| d.borrow_mut().0.as_mut().map(std::mem::take));
+    for (addr, len) in list.into_iter().flatten() {
+        unmap(addr, len);
+    }
+}
+
+fn unmap(addr: usize, len: usize) {
+    // SAFETY: unmaps exactly one mapping made in `Mapping::new`, once (its
+    // Mapping is gone, and with it every reference into it).
+    unsafe { libc::munmap(addr as *mut libc::c_void, len) };
 }
 
 #[cfg(test)]
@@ -142,6 +191,46 @@ mod tests {
         let again = seal_copy(b"x").unwrap();
         let mut f = File::from(again);
         assert!(f.write_all(b"y").is_err());
+    }
+
+    #[test]
+    fn a_deferred_unmap_waits_for_the_flush_on_its_own_thread_only() {
+        fn mapped(addr: usize) -> bool {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines().any(|l| {
+                l.split(['-', ' '])
+                    .next()
+                    .is_some_and(|start| usize::from_str_radix(start, 16) == Ok(addr))
+            })
+        }
+        let map = |n: usize| {
+            let fd = seal_copy(&vec![7u8; n]).unwrap();
+            Mapping::new(&fd, n).unwrap()
+        };
+        std::thread::spawn(move || {
+            let (a, b) = (map(4096), map(8192));
+            let (a_at, b_at) = (a.bytes().as_ptr() as usize, b.bytes().as_ptr() as usize);
+            drop(a);
+            assert!(!mapped(a_at), "unmapped at once by default");
+            defer_unmaps();
+            drop(b);
+            assert!(mapped(b_at), "kept until the flush");
+            // Another thread's drops are not deferred.
+            let c = map(4096);
+            let c_at = c.bytes().as_ptr() as usize;
+            std::thread::spawn(move || drop(c)).join().unwrap();
+            assert!(!mapped(c_at));
+            unmap_deferred();
+            assert!(!mapped(b_at), "unmapped at the flush");
+            let d = map(4096);
+            let d_at = d.bytes().as_ptr() as usize;
+            drop(d);
+            assert!(mapped(d_at));
+            d_at
+        })
+        .join()
+        .map(|d_at| assert!(!mapped(d_at), "unmapped when the thread ended"))
+        .unwrap();
     }
 
     #[test]

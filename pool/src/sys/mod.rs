@@ -30,7 +30,7 @@ pub(crate) use fork::{
     parent_pidfd, pidfd_exited, pidfd_unreaped, pidfd_wait, reap_child, reap_children_except,
     reap_if_ours, send_with_fds, settle_forked_fds, socket_pair,
 };
-pub(crate) use memfd::{Mapping, open_sealed, seal_copy};
+pub(crate) use memfd::{Mapping, defer_unmaps, open_sealed, seal_copy, unmap_deferred};
 pub(crate) use proc::{
     SigpipeBlocked, become_subreaper, block_sigpipe_in_this_thread, descendant_pidfds,
     die_with_parent, exited_unreaped, kill_descendants_of_self, limit_memory, pidfd_open,

@@ -40,6 +40,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Size of the mapping: one page holds the counter.
 const LEN: usize = 4096;
@@ -191,14 +192,47 @@ impl SharedCounter {
     }
 
     /// The pool: it has taken (opened) the payloads of the worker's first
-    /// `n` `Shared` messages; the worker may close its copies.
+    /// `n` `Shared` messages; the worker may close its copies. Wakes the
+    /// worker if it sleeps on the word ([`wait_shared_taken`]).
+    ///
+    /// [`wait_shared_taken`]: Self::wait_shared_taken
     pub(crate) fn shared_taken(&self, n: u64) {
         self.cell(4).store(n, Ordering::Release);
+        futex_wake(self.low_half(4));
     }
 
     /// The worker: how many of its `Shared` messages the pool has taken.
     pub(crate) fn shared_taken_count(&self) -> u64 {
         self.cell(4).load(Ordering::Acquire)
+    }
+
+    /// The worker: sleeps until the pool has taken `n` `Shared` messages
+    /// (a futex on the word, woken by [`shared_taken`]), for at most
+    /// `patience`. `false` if that passed first.
+    ///
+    /// [`shared_taken`]: Self::shared_taken
+    pub(crate) fn wait_shared_taken(&self, n: u64, patience: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let now = self.shared_taken_count();
+            if now >= n {
+                return true;
+            }
+            let Some(left) = patience.checked_sub(start.elapsed()) else {
+                return false;
+            };
+            // The word's low half: the futex compares it with what was
+            // just read, so a store in between makes the wait return at
+            // once rather than sleep through it.
+            futex_wait(self.low_half(4), now as u32, left);
+        }
+    }
+
+    /// The 32-bit half of word `i` that holds its low bits (a futex word).
+    fn low_half(&self, i: usize) -> *const u32 {
+        let word = std::ptr::from_ref(self.cell(i)).cast::<u32>();
+        // SAFETY: an AtomicU64 is 8 bytes; either half is in bounds.
+        unsafe { word.add(usize::from(cfg!(target_endian = "big"))) }
     }
 
     /// The pool: whether a direct-lane caller (`true`) or the pool's loop
@@ -226,6 +260,38 @@ impl SharedCounter {
     pub(crate) fn shares(&self) -> bool {
         self.cell(1).load(Ordering::Acquire) == ATTACHED_SHARING
     }
+}
+
+/// Sleeps while the 32-bit word at `word` holds `expected`, for at most
+/// `timeout` (or until a wake, a signal, or spuriously: callers look
+/// again). The word is in memory shared with another process, so the
+/// futex is not a private one.
+fn futex_wait(word: *const u32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned 32-bit word at `word`, inside a
+    // live shared mapping (a half of one of its AtomicU64 words), and the
+    // timespec through a pointer to a live local; it writes nothing. Its
+    // result needs no check: every return is followed by a fresh look.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word,
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+/// Wakes every process sleeping on the futex word at `word`.
+fn futex_wake(word: *const u32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key (the word lies in
+    // a live shared mapping) and touches no memory. Nobody waiting is not
+    // an error.
+    unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX) };
 }
 
 /// Most `Run` frames one worker may have in flight for its skip bits to
@@ -304,6 +370,41 @@ mod tests {
         let flags =
             nix::fcntl::fcntl(a_fd_for_test().as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn a_sleeper_on_the_taken_word_is_woken_by_the_store_and_times_out_without() {
+        let (fd, pool) = SharedCounter::create().unwrap();
+        let worker = SharedCounter::open(&format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        // Nothing stored: the wait ends at its patience, unsatisfied.
+        assert!(!worker.wait_shared_taken(1, Duration::from_millis(20)));
+        // Stored from another thread while it sleeps: woken, satisfied,
+        // long before its patience (without the wake it would sleep all
+        // of it, then find the count and return `true` all the same).
+        let patience = Duration::from_secs(120);
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid()).unwrap();
+            let start = Instant::now();
+            let ok = worker.wait_shared_taken(2, patience);
+            (ok, worker.shared_taken_count(), start.elapsed())
+        });
+        pool.shared_taken(1);
+        // Stores only once the waiter sleeps (state S: it does nothing
+        // else that sleeps), so the wake is what ends its wait.
+        let stat = format!("/proc/self/task/{}/stat", tid_rx.recv().unwrap());
+        while !std::fs::read_to_string(&stat)
+            .unwrap()
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('S'))
+        {
+            std::thread::yield_now();
+        }
+        pool.shared_taken(2);
+        let (ok, count, took) = waiter.join().unwrap();
+        assert!(ok);
+        assert_eq!(count, 2);
+        assert!(took < patience / 2, "not woken: slept {took:?}");
     }
 
     fn a_fd_for_test() -> OwnedFd {

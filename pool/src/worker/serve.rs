@@ -192,6 +192,9 @@ pub(super) fn serve_loop(
     if let Some(p) = progress {
         p.attach(crate::payload::key().is_some());
     }
+    // Large arguments' mappings dropped while serving are unmapped once
+    // the answer is sent (`Server::send`).
+    crate::sys::defer_unmaps();
     // Reads spin briefly before they sleep (`sys::Spin`) while the worker
     // is lent to a direct-lane caller: that caller's next task is usually
     // on its way.
@@ -520,7 +523,10 @@ impl<'r> Server<'r> {
         self.output
             .lock()
             .write_all(&self.out)
-            .map_err(|_| Stop(exit_code::STREAM_BROKEN))
+            .map_err(|_| Stop(exit_code::STREAM_BROKEN))?;
+        // The answer is out: now the large arguments' mappings go.
+        crate::sys::unmap_deferred();
+        Ok(())
     }
 }
 
@@ -571,8 +577,8 @@ impl log::Log for ForwardLogger {
 const TAKE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Waits until the pool has taken `n` `Shared` messages (word 4 of the
-/// progress page): a short spin, then sleeps growing to a millisecond.
-/// `false` if [`TAKE_PATIENCE`] passed first.
+/// progress page): a short spin, then a sleep on the word, which the pool
+/// wakes when it stores it. `false` if [`TAKE_PATIENCE`] passed first.
 fn wait_taken(page: &SharedCounter, n: u64) -> bool {
     let mut spin = crate::sys::Spin::default();
     if spin
@@ -581,16 +587,7 @@ fn wait_taken(page: &SharedCounter, n: u64) -> bool {
     {
         return true;
     }
-    let start = Instant::now();
-    let mut nap = Duration::from_micros(10);
-    while page.shared_taken_count() < n {
-        if start.elapsed() >= TAKE_PATIENCE {
-            return false;
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(1));
-    }
-    true
+    page.wait_shared_taken(n, TAKE_PATIENCE)
 }
 
 /// Runs one item, catching a panic, and appends its outcome to `out` (as
