@@ -96,7 +96,7 @@ impl<'p> Call<'p> {
         R: CallOutput,
     {
         let inner = &self.pool.inner;
-        let (job, rx) = match inner.job(&f, self.timeout) {
+        let (job, rx) = match inner.job(&f, self.timeout, true) {
             Ok(j) => j,
             Err(error) => return Err(SubmitError { error, arg: args }),
         };
@@ -137,7 +137,7 @@ impl<'p> Call<'p> {
         R: CallOutput + Send + 'static,
     {
         let inner = &self.pool.inner;
-        let (job, rx) = inner.job(&f, self.timeout)?;
+        let (job, rx) = inner.job(&f, self.timeout, false)?;
         let iter = items.into_iter();
         let size = match self.chunksize {
             Some(n) => ChunkSize::Fixed(n),
@@ -248,7 +248,7 @@ impl<'p> Call<'p> {
         R: CallOutput,
     {
         let inner = &self.pool.inner;
-        let (job, rx) = inner.job(&f, self.timeout)?;
+        let (job, rx) = inner.job(&f, self.timeout, false)?;
         let iter = items.into_iter();
         let size = match self.chunksize {
             Some(n) => ChunkSize::Fixed(n),

@@ -56,11 +56,13 @@ impl Inner {
         }
     }
 
-    /// A new job for task `f`, checked against what the workers serve.
+    /// A new job for task `f`, checked against what the workers serve;
+    /// `single`: it has one item (`apply`, `apply_async`).
     pub(crate) fn job<F, Args, R, M>(
         self: &Arc<Self>,
         f: &F,
         timeout: Option<Duration>,
+        single: bool,
     ) -> Result<(Arc<Job>, Receiver<ChunkMsg>), Error>
     where
         F: TaskRef<Args, R, M>,
@@ -83,7 +85,14 @@ impl Inner {
             .expect("set before the pool was built");
         let index =
             crate::tasks::lookup(&table.infos, &name, type_name::<Args>(), type_name::<R>())?;
-        let (sink, rx) = crossbeam_channel::unbounded();
+        // A job of one item gets one message (its outcome): a channel of
+        // one slot holds it, without the unbounded channel's first block
+        // (31 slots, 2 KiB, allocated and zeroed at the first send).
+        let (sink, rx) = if single {
+            crossbeam_channel::bounded(1)
+        } else {
+            crossbeam_channel::unbounded()
+        };
         let job = Arc::new(Job {
             id: Job::next_id(),
             task: index as u32,

@@ -73,7 +73,13 @@ impl Job {
     }
 
     fn send(&self, msg: ChunkMsg) {
-        let _ = self.sink.send(msg);
+        // Never blocks: a job of one item has a channel of one slot and
+        // gets one message (an item ends once), any other an unbounded one.
+        let sent = self.sink.try_send(msg);
+        debug_assert!(
+            !matches!(sent, Err(crossbeam_channel::TrySendError::Full(_))),
+            "a second message for a job of one item"
+        );
         self.listener.notify();
     }
 }

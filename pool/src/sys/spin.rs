@@ -137,17 +137,26 @@ impl Read for SpinRead<'_> {
                 done => Some(done),
             }
         }
+        // Whether `poll` has just said there is something to read.
+        let mut readable = false;
         loop {
-            if let Some(done) = look(&mut self.file, buf) {
+            let spin = self.lane_mark.is_none_or(|m| m.lent());
+            // A lane caller's next task cannot be there yet: it has only
+            // just been sent the answer. So a spinning worker yields
+            // before its first look (on one CPU, that is what lets the
+            // caller run), rather than look in vain first.
+            if (readable || !spin)
+                && let Some(done) = look(&mut self.file, buf)
+            {
                 return done;
             }
-            let spin = self.lane_mark.is_none_or(|m| m.lent());
             let file = &mut self.file;
             if spin && let Some(done) = self.spin.run(|| look(file, buf)) {
                 return done;
             }
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
             super::wait(&mut fds, None)?;
+            readable = true;
             if spin {
                 self.spin.answered();
             }

@@ -379,7 +379,8 @@ impl<'r> Server<'r> {
         }
         let limit = self.limit();
         let mut pending: u32 = 0;
-        let mut last_flush = Instant::now();
+        // A batch of one item is answered when it ends: no clock needed.
+        let mut last_flush = (count > 1).then(Instant::now);
         // Reading the clock costs more than a tiny task: look at it every
         // `stride` items, doubling the stride while items are fast and
         // back to every item as soon as they are not.
@@ -440,9 +441,11 @@ impl<'r> Server<'r> {
                 || payload::made() >= payload::MAX_SHARED / 2
             {
                 true
-            } else if since_check >= stride {
+            } else if since_check >= stride
+                && let Some(last) = last_flush
+            {
                 since_check = 0;
-                let elapsed = last_flush.elapsed();
+                let elapsed = last.elapsed();
                 stride = if elapsed * 4 < FLUSH_INTERVAL {
                     (stride * 2).min(MAX_CLOCK_STRIDE)
                 } else {
@@ -455,7 +458,7 @@ impl<'r> Server<'r> {
             if due {
                 self.flush(batch, pending)?;
                 pending = 0;
-                last_flush = Instant::now();
+                last_flush = last_flush.map(|_| Instant::now());
             }
         }
         if pending > 0 || count == 0 {
