@@ -14,12 +14,17 @@ Peers, each on workloads a-d:
 The added peers run d over fewer items than the spawn Pool (20,000 against
 200,000): a rate, not a total, is compared.
 
+The spawn Pool also runs row k: Pool.apply with the calling thread and its
+one worker pinned to the same CPU, then to different CPUs (keys
+"placed_same_apply_p50_s", "placed_different_apply_p50_s").
+
 Usage: python_pool.py [--quick]
 """
 import concurrent.futures as cf
 import json
 import math
 import multiprocessing as mp
+import os
 import platform
 import sys
 import time
@@ -55,6 +60,7 @@ class Sizes:
     def __init__(self, quick, added):
         self.startups = 2 if quick else 5
         self.applies = 200 if quick else 5000
+        self.placed_applies = 100 if quick else 1000
         self.map_items = 20_000 if quick else 1_000_000
         if quick:
             self.imap_items = 2_000
@@ -111,6 +117,37 @@ def measure_pool(ctx, sizes):
     return out
 
 
+def measure_placement(ctx, sizes):
+    """k. Pool.apply on a pool of one worker, the calling thread and the
+    worker pinned to the same CPU, then to different CPUs (as the harness
+    pins its own caller and worker): 3 rounds alternating the placements,
+    medians. Python's own helper threads stay unpinned, as the harness's
+    dispatcher does. Empty with fewer than two CPUs allowed."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return {}
+    placements = [("same", allowed[0], allowed[0]), ("different", allowed[0], allowed[1])]
+    lat = {name: [] for name, _, _ in placements}
+    with ctx.Pool(1) as pool:
+        worker = pool.apply(os.getpid)
+        for _ in range(3):
+            for name, caller, other in placements:
+                os.sched_setaffinity(worker, {other})
+                # pid 0: the calling thread only (Linux).
+                os.sched_setaffinity(0, {caller})
+                for i in range(50):
+                    pool.apply(square, (i,))
+                for i in range(sizes.placed_applies):
+                    t = time.perf_counter()
+                    pool.apply(square, (i,))
+                    lat[name].append(time.perf_counter() - t)
+                os.sched_setaffinity(0, allowed)
+        assert pool.apply(os.getpid) == worker, "the worker was replaced"
+    out = {f"placed_{name}_apply_p50_s": median(xs) for name, xs in lat.items()}
+    out["placed_cpus"] = [allowed[0], allowed[1]]
+    return out
+
+
 def measure_executor(sizes):
     out = {}
     # a. start-up: the executor and the first result back.
@@ -159,6 +196,7 @@ def main():
     quick = "--quick" in sys.argv
     out = {"python_version": platform.python_version()}
     out.update(measure_pool(mp.get_context("spawn"), Sizes(quick, added=False)))
+    out.update(measure_placement(mp.get_context("spawn"), Sizes(quick, added=False)))
     added = Sizes(quick, added=True)
     for method in ("fork", "forkserver"):
         for k, v in measure_pool(mp.get_context(method), added).items():
