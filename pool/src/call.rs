@@ -255,7 +255,7 @@ impl<'p> Call<'p> {
             None => ChunkSize::auto(iter.size_hint(), inner.workers),
         };
         Ok(Imap {
-            chunks: Chunks::new(rx, ordered, inner.window()),
+            chunks: Chunks::new(rx.into_channel(), ordered, inner.window()),
             feeder: Feeder::new(iter, job, inner.clone(), size),
             yielded: 0,
         })

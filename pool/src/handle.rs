@@ -11,15 +11,14 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dispatcher::{ChunkMsg, Command, Job};
+use crate::dispatcher::{ChunkMsg, Command, Inbox, Job};
 use crate::error::{Error, ErrorKind};
 use crate::feed::Feeder;
-use crate::gather::{Chunks, recv};
+use crate::gather::Chunks;
 use crate::pool::Inner;
 
 /// The iterator of [`Pool::imap`](crate::Pool::imap) and [`Pool::imap_unordered`](crate::Pool::imap_unordered): one
@@ -239,7 +238,7 @@ pub(crate) enum Pending<T> {
 /// [`cancel`](Self::cancel).
 #[must_use = "dropping an AsyncResult detaches the task: it still runs, its result is discarded"]
 pub struct AsyncResult<T> {
-    pub(crate) rx: Receiver<ChunkMsg>,
+    pub(crate) rx: Inbox,
     pub(crate) job: Arc<Job>,
     pub(crate) inner: Arc<Inner>,
     pub(crate) pending: Pending<T>,
@@ -336,16 +335,10 @@ impl<T> AsyncResult<T> {
     fn wait(&mut self, timeout: Option<Duration>) {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         while matches!(self.state, Slot::Waiting) {
-            let msg = match (timeout, deadline) {
-                (None, _) | (Some(_), None) => {
-                    self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                }
-                (Some(_), Some(d)) => self.rx.recv_deadline(d),
-            };
-            match msg {
-                Ok(m) => self.apply(m),
-                Err(RecvTimeoutError::Timeout) => return,
-                Err(RecvTimeoutError::Disconnected) => unreachable!("the job holds a sender"),
+            // A timeout too long for the clock is no deadline.
+            match self.rx.recv(&self.job.sink, deadline) {
+                Some(m) => self.apply(m),
+                None => return,
             }
         }
     }
@@ -353,7 +346,7 @@ impl<T> AsyncResult<T> {
     /// Takes the messages already there; whether the value is complete.
     fn try_complete(&mut self) -> bool {
         while matches!(self.state, Slot::Waiting) {
-            match recv(&self.rx, false) {
+            match self.rx.try_recv(&self.job.sink) {
                 Some(m) => self.apply(m),
                 None => return false,
             }

@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use crate::builder::{Builder, PIPELINE};
 use crate::call::Call;
 use crate::callback::Callbacks;
-use crate::dispatcher::{Batch, ChunkMsg, Command, Handle, Job, Shared};
+use crate::dispatcher::{Batch, Command, Handle, Inbox, Job, Outbox, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::handle::{AsyncResult, Imap, SubmitError};
 use crate::task::TaskRef;
@@ -63,7 +62,7 @@ impl Inner {
         f: &F,
         timeout: Option<Duration>,
         single: bool,
-    ) -> Result<(Arc<Job>, Receiver<ChunkMsg>), Error>
+    ) -> Result<(Arc<Job>, Inbox), Error>
     where
         F: TaskRef<Args, R, M>,
     {
@@ -85,14 +84,7 @@ impl Inner {
             .expect("set before the pool was built");
         let index =
             crate::tasks::lookup(&table.infos, &name, type_name::<Args>(), type_name::<R>())?;
-        // A job of one item gets one message (its outcome): a channel of
-        // one slot holds it, without the unbounded channel's first block
-        // (31 slots, 2 KiB, allocated and zeroed at the first send).
-        let (sink, rx) = if single {
-            crossbeam_channel::bounded(1)
-        } else {
-            crossbeam_channel::unbounded()
-        };
+        let (sink, rx) = Outbox::new(single);
         let job = Arc::new(Job {
             id: Job::next_id(),
             task: index as u32,

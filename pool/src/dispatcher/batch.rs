@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use super::Outbox;
 use parking_lot::Mutex;
 use procpool_protocol::{ItemsBuilder, TaskInfo};
 
@@ -55,7 +55,7 @@ pub(crate) struct Job {
     pub(crate) task_name: Arc<str>,
     /// Deadline of each task, from when it starts.
     pub(crate) timeout: Option<Duration>,
-    pub(crate) sink: Sender<ChunkMsg>,
+    pub(crate) sink: Outbox,
     /// Who to wake when something is sent to `sink` (an async caller).
     pub(crate) listener: Listener,
     /// Work not yet started is not wanted (a dropped `Imap`, or a cancel).
@@ -73,13 +73,7 @@ impl Job {
     }
 
     fn send(&self, msg: ChunkMsg) {
-        // Never blocks: a job of one item has a channel of one slot and
-        // gets one message (an item ends once), any other an unbounded one.
-        let sent = self.sink.try_send(msg);
-        debug_assert!(
-            !matches!(sent, Err(crossbeam_channel::TrySendError::Full(_))),
-            "a second message for a job of one item"
-        );
+        self.sink.send(msg);
         self.listener.notify();
     }
 }

@@ -12,6 +12,7 @@ mod command;
 mod conn;
 mod frames;
 pub(crate) mod lane;
+mod outbox;
 mod queue;
 mod settle;
 mod startup;
@@ -20,6 +21,7 @@ mod stop;
 pub(crate) use crate::supervisor::handshake::Initializer;
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
 pub(crate) use command::{Command, Handle};
+pub(crate) use outbox::{Inbox, Outbox};
 pub(crate) use startup::{Config, RemoteSite};
 
 use std::os::fd::{AsFd, OwnedFd};
