@@ -100,19 +100,17 @@ impl<'p> Call<'p> {
             Ok(j) => j,
             Err(error) => return Err(SubmitError { error, arg: args }),
         };
-        let mut encoded = Vec::new();
+        let mut items = ItemsBuilder::new();
         let made = payload::made();
         let result = if inner.shared_memory && inner.shared.args_shared() {
-            payload::sharing(|| encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame))
+            payload::sharing(|| encode_arg(&args, &mut items, &job.task_name, inner.max_frame))
         } else {
-            encode_arg(&args, &mut encoded, &job.task_name, inner.max_frame)
+            encode_arg(&args, &mut items, &job.task_name, inner.max_frame)
         };
         let shared = payload::take_made(made);
         if let Err(error) = result {
             return Err(SubmitError { error, arg: args });
         }
-        let mut items = ItemsBuilder::new();
-        items.push(&encoded);
         let mut batch = Batch::new(job.clone(), 0, items);
         batch.keep_shared(shared);
         match direct.then(|| inner.shared.lanes.take()).flatten() {

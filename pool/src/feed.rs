@@ -31,20 +31,18 @@ fn frame_room(max_frame: u32) -> usize {
     (max_frame as usize).saturating_sub(RUN_HEADER_ROOM)
 }
 
-/// Encodes one argument into `buf` (replacing its contents) and checks
-/// that it fits a frame on its own.
+/// Encodes one argument straight into `items` (an `apply`'s one item) and
+/// checks that it fits a frame on its own.
 pub(crate) fn encode_arg<A: Serialize>(
     arg: &A,
-    buf: &mut Vec<u8>,
+    items: &mut ItemsBuilder,
     task: &str,
     max_frame: u32,
 ) -> Result<(), Error> {
-    buf.clear();
-    match postcard::to_extend(arg, std::mem::take(buf)) {
-        Ok(bytes) => *buf = bytes,
-        Err(e) => return Err(arg_encode_error(task, &e)),
+    match items.push_value(arg) {
+        Ok(len) => check_len(len, task, max_frame),
+        Err(e) => Err(arg_encode_error(task, &e)),
     }
-    check_len(buf.len(), task, max_frame)
 }
 
 fn arg_encode_error(task: &str, e: &postcard::Error) -> Error {

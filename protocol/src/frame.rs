@@ -70,9 +70,18 @@ pub fn read_frame<R: Read>(r: &mut R, max: u32, buf: &mut Vec<u8>) -> Result<boo
         });
     }
     buf.clear();
-    // `take` + `read_to_end` grows the buffer with the bytes that really
-    // arrive, never by the claimed length up front.
-    let got = r.take(u64::from(len)).read_to_end(buf)?;
+    let got = if len as usize <= buf.capacity() {
+        // Room already there (the common case: a buffer reused frame
+        // after frame): read straight into it.
+        buf.resize(len as usize, 0);
+        let got = read_full(r, buf)?;
+        buf.truncate(got);
+        got
+    } else {
+        // `take` + `read_to_end` grows the buffer with the bytes that
+        // really arrive, never by the claimed length up front.
+        r.take(u64::from(len)).read_to_end(buf)?
+    };
     if got < len as usize {
         return Err(FrameError::Truncated {
             expected: HEADER_LEN + len as usize,

@@ -622,11 +622,16 @@ pub(crate) struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn fds(&self, pipe: PollFd<'a>) -> Vec<PollFd<'a>> {
-        let mut fds = vec![pipe];
-        fds.extend(self.pidfd.map(|p| PollFd::new(p, PollFlags::POLLIN)));
-        fds.extend(self.stop.map(|p| PollFd::new(p, PollFlags::POLLIN)));
-        fds
+    /// `pipe`, then the pidfd and the stop pipe (those there are), in an
+    /// array: a lane call that sleeps allocates nothing for it.
+    fn fds(&self, pipe: PollFd<'a>) -> Fds<'a> {
+        let mut fds = [pipe.clone(), pipe.clone(), pipe];
+        let mut len = 1;
+        for fd in [self.pidfd, self.stop].into_iter().flatten() {
+            fds[len] = PollFd::new(fd, PollFlags::POLLIN);
+            len += 1;
+        }
+        Fds { fds, len }
     }
 
     /// `Err` if the worker ended or the pool stopped, by `fds` from `fds()`.
@@ -642,6 +647,25 @@ impl<'a> Watch<'a> {
             return Err(Lost::Stopped);
         }
         Ok(())
+    }
+}
+
+/// The descriptors a lane call waits on ([`Watch::fds`]): the first `len`.
+struct Fds<'a> {
+    fds: [PollFd<'a>; 3],
+    len: usize,
+}
+
+impl<'a> std::ops::Deref for Fds<'a> {
+    type Target = [PollFd<'a>];
+    fn deref(&self) -> &Self::Target {
+        &self.fds[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Fds<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.fds[..self.len]
     }
 }
 

@@ -89,15 +89,17 @@ pub(crate) struct Lanes {
 
 #[derive(Debug, Default)]
 struct Parked {
-    /// Free for a caller to take.
-    free: Vec<Loan>,
+    /// Free for a caller to take (boxed: a loan is moved at every call,
+    /// and a `Conn` is large).
+    #[expect(clippy::vec_box, reason = "a boxed loan moves as one pointer")]
+    free: Vec<Box<Loan>>,
     /// The dispatcher wants its workers back.
     wanted: bool,
 }
 
 impl Lanes {
     /// A lent worker, if one is free and the dispatcher does not want it.
-    pub(crate) fn take(&self) -> Option<Loan> {
+    pub(crate) fn take(&self) -> Option<Box<Loan>> {
         let mut p = self.inner.lock();
         if p.wanted {
             return None;
@@ -108,7 +110,7 @@ impl Lanes {
     /// Lends a worker (dispatcher) or gives one back (caller). A worker the
     /// dispatcher wants, or one used up by `max_tasks_per_worker`, is not
     /// parked but returned: the caller sends it to the dispatcher.
-    fn park(&self, loan: Loan) -> Option<Loan> {
+    fn park(&self, loan: Box<Loan>) -> Option<Box<Loan>> {
         let mut p = self.inner.lock();
         if p.wanted || loan.used_up() {
             return Some(loan);
@@ -118,13 +120,14 @@ impl Lanes {
     }
 
     /// The dispatcher lends a worker (returned if it cannot be).
-    pub(crate) fn lend(&self, loan: Loan) -> Option<Loan> {
+    pub(crate) fn lend(&self, loan: Box<Loan>) -> Option<Box<Loan>> {
         self.park(loan)
     }
 
     /// The dispatcher takes back every worker not in use, and asks for the
     /// others (their callers send them back through the channel).
-    pub(crate) fn reclaim(&self) -> Vec<Loan> {
+    #[expect(clippy::vec_box, reason = "a boxed loan moves as one pointer")]
+    pub(crate) fn reclaim(&self) -> Vec<Box<Loan>> {
         let mut p = self.inner.lock();
         p.wanted = true;
         std::mem::take(&mut p.free)
@@ -140,7 +143,7 @@ impl Lanes {
 /// logger, say) the worker still goes back to the dispatcher, which ends
 /// it: nothing is left waiting for a worker that never returns.
 struct Held<'a> {
-    loan: Option<Loan>,
+    loan: Option<Box<Loan>>,
     handle: &'a Handle,
 }
 
@@ -148,7 +151,7 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         if let Some(loan) = self.loan.take() {
             let _ = self.handle.send(Command::GiveBack {
-                loan: Box::new(loan),
+                loan,
                 abandoned: true,
             });
         }
@@ -158,7 +161,7 @@ impl Drop for Held<'_> {
 /// Runs `batch` (one item) on the lent worker from the calling thread.
 /// On success the outcome is in the batch's channel and the worker is
 /// given back; otherwise both go to the dispatcher to be settled.
-pub(crate) fn run(loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) {
+pub(crate) fn run(loan: Box<Loan>, mut batch: Batch, lanes: &Lanes, handle: &Handle) {
     let mut held = Held {
         loan: Some(loan),
         handle,
@@ -190,7 +193,7 @@ pub(crate) fn run(loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) 
             }
             if let Some(loan) = lanes.park(loan) {
                 let _ = handle.send(Command::GiveBack {
-                    loan: Box::new(loan),
+                    loan,
                     abandoned: false,
                 });
             }
@@ -199,7 +202,7 @@ pub(crate) fn run(loan: Loan, mut batch: Batch, lanes: &Lanes, handle: &Handle) 
         // the pool's state.
         Err((batch, first, lost)) => {
             let _ = handle.send(Command::LaneFailed {
-                loan: Box::new(loan),
+                loan,
                 batch: Box::new(batch),
                 first,
                 lost,
@@ -319,7 +322,7 @@ impl Dispatcher {
             };
             let conn = w.conn.take().expect("checked");
             self.settle.lend(w.slot);
-            let loan = Loan::new(
+            let loan = Box::new(Loan::new(
                 w.slot,
                 conn,
                 pidfd,
@@ -327,9 +330,9 @@ impl Dispatcher {
                 max,
                 self.config.stall_timeout,
                 self.config.max_frame,
-            );
+            ));
             if let Some(loan) = self.shared.lanes.lend(loan) {
-                self.unlend(loan);
+                self.unlend(*loan);
             }
         }
     }
@@ -341,7 +344,7 @@ impl Dispatcher {
             return;
         }
         for loan in self.shared.lanes.reclaim() {
-            self.give_back(loan, false);
+            self.give_back(*loan, false);
         }
     }
 

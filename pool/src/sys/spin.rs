@@ -58,7 +58,9 @@ impl Spin {
     /// once already: the yield comes first, since an answer that was not
     /// there a moment ago needs the other side to run.
     pub(crate) fn run<T>(&mut self, mut look: impl FnMut() -> Option<T>) -> Option<T> {
-        let start = Instant::now();
+        // Read once the first look has found nothing: on one CPU the first
+        // look after the yield is the answer, and needs no clock.
+        let mut start = None;
         loop {
             std::thread::yield_now();
             if let Some(found) = look() {
@@ -66,6 +68,7 @@ impl Spin {
                 self.gave_up = None;
                 return Some(found);
             }
+            let start = *start.get_or_insert_with(Instant::now);
             if start.elapsed() >= self.budget {
                 self.budget = (self.budget / 2).max(MIN);
                 self.gave_up = Some(start);
