@@ -46,6 +46,9 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+/// Frames up to this size are read straight into a buffer with room.
+const SMALL_FRAME: usize = 64 << 10;
+
 /// Reads one frame body into `buf` (replacing its contents).
 ///
 /// Returns `Ok(false)` on a clean end of stream before the first byte of a
@@ -70,9 +73,10 @@ pub fn read_frame<R: Read>(r: &mut R, max: u32, buf: &mut Vec<u8>) -> Result<boo
         });
     }
     buf.clear();
-    let got = if len as usize <= buf.capacity() {
-        // Room already there (the common case: a buffer reused frame
-        // after frame): read straight into it.
+    let got = if len as usize <= buf.capacity().min(SMALL_FRAME) {
+        // A small frame, and room already there (the common case: a
+        // buffer reused frame after frame): read straight into it. (Not a
+        // large one: zeroing the room first would cost a pass over it.)
         buf.resize(len as usize, 0);
         let got = read_full(r, buf)?;
         buf.truncate(got);
