@@ -248,6 +248,14 @@ pub struct AsyncResult<T> {
 // Never pinned structurally: `poll` only moves values out of `state`.
 impl<T> Unpin for AsyncResult<T> {}
 
+impl<T> Drop for AsyncResult<T> {
+    fn drop(&mut self) {
+        // A message still to come is not kept with the job, which a
+        // `CancelHandle` may keep alive.
+        self.rx.close(&self.job.sink);
+    }
+}
+
 impl<T> fmt::Debug for AsyncResult<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncResult")

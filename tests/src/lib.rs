@@ -18,10 +18,10 @@ mod zygote_review;
 mod zygote_review2;
 mod zygote_review3;
 pub use payloads::{
-    Mixed, PanicsAfterBytes, big_and_marker_shaped, big_then_killed, big_then_unencodable, digest,
-    digest_of, echo_bytes, echo_mixed, forge_after_listing_zero, forged_marker, list_fifo,
-    many_large, mixed, mixed_of, pattern, pattern_bytes, payload_memfds, postcard_inside,
-    takes_panics_after_bytes,
+    Mixed, PanicsAfterBytes, big_and_marker_shaped, big_then_killed, big_then_unencodable,
+    bytes_len, digest, digest_of, echo_bytes, echo_mixed, forge_after_listing_zero, forged_marker,
+    list_fifo, many_large, mixed, mixed_of, pattern, pattern_bytes, payload_maps_held,
+    payload_memfds, postcard_inside, takes_panics_after_bytes, vm_size,
 };
 pub use state::{
     Label, Tally, TallyReport, label_with, start_label, start_tally, start_tally_or_fail, tally,
@@ -728,6 +728,9 @@ pub fn registry() -> procpool::Registry {
         .task(echo_mixed)
         .task(big_then_unencodable)
         .task(postcard_inside)
+        .task(payload_maps_held)
+        .task(vm_size)
+        .task(bytes_len)
         .initializer(start_tally)
         .try_initializer(start_tally_or_fail)
         .initializer(start_label)

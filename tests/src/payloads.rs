@@ -249,3 +249,33 @@ pub fn big_then_unencodable(len: u64) -> (Bytes, crate::Unencodable) {
 pub fn postcard_inside(len: u64) -> u64 {
     postcard::to_stdvec(&pattern_bytes(len, 2)).unwrap().len() as u64
 }
+
+// ---------------------------------------------------------------------
+// Tasks for the hostile review of the apply fast path
+// (`tests/integration/review_perf.rs`).
+// ---------------------------------------------------------------------
+
+/// How many payload mappings this worker holds while it holds its
+/// argument (a large one counts itself).
+pub fn payload_maps_held(b: Bytes) -> u64 {
+    let held = payload_memfds().1 as u64;
+    drop(b);
+    held
+}
+
+/// This process's address space, in bytes (`VmSize`).
+pub fn vm_size() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmSize:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
+/// The length of its argument.
+pub fn bytes_len(b: Bytes) -> u64 {
+    b.len() as u64
+}

@@ -20,9 +20,35 @@ use super::ChunkMsg;
 pub(crate) enum Outbox {
     Channel(Sender<ChunkMsg>),
     Slot {
-        msg: Mutex<Option<ChunkMsg>>,
+        msg: Mutex<SlotState>,
         ready: Condvar,
     },
+}
+
+/// What a job's slot holds.
+#[derive(Debug)]
+pub(crate) enum SlotState {
+    /// Nothing yet (or the message was taken).
+    Empty,
+    Full(ChunkMsg),
+    /// The caller dropped its handle: a message is discarded at once, as a
+    /// channel with no receiver discards it, not kept with the job (which
+    /// a `CancelHandle` may keep alive long after, and the message may
+    /// hold a large result's shared memory).
+    Closed,
+}
+
+impl SlotState {
+    fn take(&mut self) -> Option<ChunkMsg> {
+        match std::mem::replace(self, Self::Empty) {
+            Self::Full(m) => Some(m),
+            Self::Empty => None,
+            Self::Closed => {
+                *self = Self::Closed;
+                None
+            }
+        }
+    }
 }
 
 /// The receiving side, held by the job's caller (beside the job).
@@ -38,7 +64,7 @@ impl Outbox {
     pub(crate) fn new(single: bool) -> (Self, Inbox) {
         if single {
             let slot = Self::Slot {
-                msg: Mutex::new(None),
+                msg: Mutex::new(SlotState::Empty),
                 ready: Condvar::new(),
             };
             (slot, Inbox::Slot)
@@ -56,9 +82,21 @@ impl Outbox {
             Self::Channel(tx) => drop(tx.send(m)),
             Self::Slot { msg, ready } => {
                 let mut slot = msg.lock();
-                debug_assert!(slot.is_none(), "a second message for a job of one item");
-                *slot = Some(m);
-                ready.notify_all();
+                match &*slot {
+                    // Dropped once the lock is released.
+                    SlotState::Closed => {
+                        drop(slot);
+                        drop(m);
+                    }
+                    state => {
+                        debug_assert!(
+                            matches!(state, SlotState::Empty),
+                            "a second message for a job of one item"
+                        );
+                        *slot = SlotState::Full(m);
+                        ready.notify_all();
+                    }
+                }
             }
         }
     }
@@ -108,6 +146,15 @@ impl Inbox {
             (Self::Channel(rx), _) => rx.try_recv().ok(),
             (Self::Slot, Outbox::Slot { msg, .. }) => msg.lock().take(),
             (Self::Slot, Outbox::Channel(_)) => unreachable!("a slot's job has a slot"),
+        }
+    }
+
+    /// The caller's handle is dropped: what is in the slot, and whatever
+    /// comes later, is discarded (a channel's receiver going does as much).
+    pub(crate) fn close(&self, outbox: &Outbox) {
+        if let (Self::Slot, Outbox::Slot { msg, .. }) = (self, outbox) {
+            let old = std::mem::replace(&mut *msg.lock(), SlotState::Closed);
+            drop(old);
         }
     }
 }

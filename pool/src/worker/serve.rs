@@ -421,6 +421,13 @@ impl<'r> Server<'r> {
                     limit,
                 );
             }
+            if count > 1 {
+                // Only a batch of one item puts its unmaps off until its
+                // answer: in a chunk, the next answer may be the whole
+                // chunk away, and the mappings of its items would add up
+                // (past a worker's memory limit, too).
+                crate::sys::unmap_deferred();
+            }
             if self.outcomes.len() > limit && pending > 0 {
                 // This outcome does not fit beside the pending ones: send
                 // those first, then keep this one alone.

@@ -66,6 +66,7 @@ mod review_async;
 mod review_async_held;
 mod review_final;
 mod review_halt;
+mod review_perf;
 mod review_shm;
 mod seams;
 mod spin;
