@@ -84,6 +84,10 @@ fn no_payload_memory_outlives_its_use_in_the_pool_or_the_worker() {
     // said it took it: one more call, then it holds none.
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
     assert_eq!(pool.apply(payload_memfds, ()).unwrap(), (0, 0));
+    // A lane call's large arguments are closed by the dispatcher, which
+    // takes commands in order: once a `map` (through the dispatcher,
+    // submitted after them) is answered, it has closed them.
+    assert_eq!(pool.map(square, [2u64]).unwrap(), [4]);
     // Every result dropped: nothing left in this process either.
     assert_eq!(payload_memfds(), (0, 0));
 }
