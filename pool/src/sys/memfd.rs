@@ -9,7 +9,7 @@
 //! is ever named in a file system: the memory is freed when the last
 //! descriptor and mapping are gone, whichever process is killed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -124,8 +124,9 @@ impl Drop for Mapping {
             .try_with(|d| d.borrow_mut().0.as_mut().map(|list| list.push((addr, len))))
             .ok()
             .flatten();
-        if deferred.is_none() {
-            unmap(addr, len);
+        match deferred {
+            Some(()) => ANY_DEFERRED.set(true),
+            None => unmap(addr, len),
         }
     }
 }
@@ -134,6 +135,9 @@ thread_local! {
     /// Mappings dropped on this thread since [`defer_unmaps`], not yet
     /// unmapped: `None` unless the thread asked for it.
     static DEFERRED: RefCell<Deferred> = const { RefCell::new(Deferred(None)) };
+    /// Whether `DEFERRED` may hold any (a thread-local without a
+    /// destructor: the cheap look [`unmap_deferred`] starts with).
+    static ANY_DEFERRED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The list of a thread's deferred unmaps, unmapped when the thread ends
@@ -159,8 +163,14 @@ pub(crate) fn defer_unmaps() {
     });
 }
 
-/// Unmaps what was put off on this thread (see [`defer_unmaps`]).
+/// Unmaps what was put off on this thread (see [`defer_unmaps`]). Called
+/// after every item of a chunk: with nothing put off, it reads one plain
+/// thread-local and returns.
 pub(crate) fn unmap_deferred() {
+    if !ANY_DEFERRED.get() {
+        return;
+    }
+    ANY_DEFERRED.set(false);
     let list = DEFERRED.with(|d| d.borrow_mut().0.as_mut().map(std::mem::take));
     for (addr, len) in list.into_iter().flatten() {
         unmap(addr, len);
