@@ -10,26 +10,10 @@ use procpool::Registry;
 
 #[path = "../src/remote.rs"]
 mod remote;
+#[path = "../src/table.rs"]
+mod table;
 
-fn square(x: u64) -> u64 {
-    x.wrapping_mul(x)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-/// One line of the table, as `main.rs` prints it.
-#[derive(Default)]
-struct Row {
-    name: String,
-    ours: String,
-    cpu: String,
-    peer: String,
-    ratio: String,
-    target: &'static str,
-}
+use table::{Row, median, raw_echo, square};
 
 fn main() {
     let tasks = Registry::new().task(square);
@@ -47,25 +31,5 @@ fn main() {
             "| {} | {} | {} | {} | {} | {} |",
             r.name, r.ours, r.cpu, r.peer, r.ratio, r.target
         );
-    }
-}
-
-/// The raw pipe's far end: answers each 12-byte frame with the square of
-/// its number (as `placement::raw_echo`).
-fn raw_echo() {
-    use std::io::{Read, Write};
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
-    let mut frame = [0u8; 12];
-    while input.read_exact(&mut frame).is_ok() {
-        let x = u64::from_le_bytes(frame[4..].try_into().unwrap());
-        frame[4..].copy_from_slice(&square(x).to_le_bytes());
-        if output
-            .write_all(&frame)
-            .and_then(|()| output.flush())
-            .is_err()
-        {
-            break;
-        }
     }
 }

@@ -24,11 +24,10 @@ mod placement;
 mod procspawn_peer;
 mod python;
 mod remote;
+mod table;
 mod zygote;
 
-fn square(x: u64) -> u64 {
-    x.wrapping_mul(x)
-}
+use table::{Row, median, square};
 
 /// A deterministic busy loop: `iters` steps of integer work.
 fn spin(iters: u64) -> u64 {
@@ -98,11 +97,6 @@ const QUICK: Sizes = Sizes {
     placement_procspawn_calls: 50,
 };
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[((xs.len() as f64 * p) as usize).min(xs.len() - 1)]
@@ -122,7 +116,7 @@ fn main() {
 
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--raw-echo") {
-        placement::raw_echo();
+        table::raw_echo();
         return;
     }
     if args.iter().any(|a| a == "--raw-echo-frames") {
@@ -168,17 +162,6 @@ fn status_kib(pid: &str, field: &str) -> u64 {
                 .ok()
         })
         .unwrap()
-}
-
-#[derive(Default)]
-struct Row {
-    name: String,
-    ours: String,
-    /// CPU time (user + sys) of the parent and the workers.
-    cpu: String,
-    peer: String,
-    ratio: String,
-    target: &'static str,
 }
 
 fn run(sizes: &Sizes, quick: bool) {

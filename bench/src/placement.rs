@@ -11,24 +11,6 @@ use procpool::Pool;
 
 use crate::{median, procspawn_peer, square};
 
-/// The raw floor's child: echoes 12-byte frames (4-byte length + u64).
-pub(crate) fn raw_echo() {
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
-    let mut frame = [0u8; 12];
-    while input.read_exact(&mut frame).is_ok() {
-        let x = u64::from_le_bytes(frame[4..].try_into().unwrap());
-        frame[4..].copy_from_slice(&square(x).to_le_bytes());
-        if output
-            .write_all(&frame)
-            .and_then(|()| output.flush())
-            .is_err()
-        {
-            break;
-        }
-    }
-}
-
 /// `n` round trips of one frame through the echo child (after 100 for
 /// warm-up), in seconds; the child pinned to `child_cpu` if given.
 pub(crate) fn raw_round_trips(n: usize, child_cpu: Option<usize>) -> Vec<f64> {
