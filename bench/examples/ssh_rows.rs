@@ -24,12 +24,5 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let rows = remote::rows(if quick { &remote::QUICK } else { &remote::FULL });
-    println!("| workload | procpool | CPU | peer | ratio | target |");
-    println!("|---|---|---|---|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            r.name, r.ours, r.cpu, r.peer, r.ratio, r.target
-        );
-    }
+    table::print(rows);
 }

@@ -481,14 +481,7 @@ fn run(sizes: &Sizes, quick: bool) {
     rows.extend(payload_rows);
     rows.extend(remote_rows);
 
-    println!("| workload | procpool | CPU, parent + workers | peer | ratio | target |");
-    println!("|---|---|---|---|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            r.name, r.ours, r.cpu, r.peer, r.ratio, r.target
-        );
-    }
+    table::print(rows);
     match &python {
         Some(json) => {
             println!(

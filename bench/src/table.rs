@@ -26,6 +26,18 @@ pub(crate) struct Row {
     pub(crate) target: &'static str,
 }
 
+/// Prints `rows` as the table's markdown, header first.
+pub(crate) fn print(rows: Vec<Row>) {
+    println!("| workload | procpool | CPU, parent + workers | peer | ratio | target |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name, r.ours, r.cpu, r.peer, r.ratio, r.target
+        );
+    }
+}
+
 /// The raw floor's child (`--raw-echo`): echoes 12-byte frames (4-byte
 /// length + u64), the u64 squared.
 pub(crate) fn raw_echo() {

@@ -54,9 +54,9 @@ impl Default for Spin {
 
 impl Spin {
     /// Yields the CPU, then calls `look`, until it gives an answer or the
-    /// budget is spent. `None`: spent; block now. The caller has looked
-    /// once already: the yield comes first, since an answer that was not
-    /// there a moment ago needs the other side to run.
+    /// budget is spent. `None`: spent; block now. The yield comes first:
+    /// an answer not there yet needs the other side to run (on one CPU,
+    /// the yield is what lets it).
     pub(crate) fn run<T>(&mut self, mut look: impl FnMut() -> Option<T>) -> Option<T> {
         // Read once the first look has found nothing: on one CPU the first
         // look after the yield is the answer, and needs no clock.
