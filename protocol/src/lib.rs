@@ -28,6 +28,7 @@
 //! the caller that asked for them, with [`value::take_value`], which no depth
 //! of nesting can make overflow the stack.
 
+mod codec;
 mod error;
 pub mod frame;
 mod message;

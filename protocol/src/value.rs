@@ -24,6 +24,7 @@
 //! value's postcard bytes, behind their length, straight onto the end of
 //! the frame being built, with no scratch buffer and no copy.
 
+use crate::codec::Decoder;
 use serde::{Deserialize, Serialize};
 
 /// Payloads up to this many bytes are decoded by postcard directly.
@@ -32,9 +33,12 @@ pub const SHALLOW_LEN: usize = 128;
 /// Decodes a `T` from the front of `bytes` like
 /// `postcard::take_from_bytes`, returning the bytes left over, but without
 /// overflowing the stack however deeply the value nests.
+#[inline]
 pub fn take_value<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> postcard::Result<(T, &'a [u8])> {
     if bytes.len() <= SHALLOW_LEN {
-        postcard::take_from_bytes(bytes)
+        let mut de = Decoder::new(bytes);
+        let value = T::deserialize(&mut de)?;
+        Ok((value, de.rest()))
     } else {
         take_value_stacked(bytes)
     }
@@ -42,9 +46,9 @@ pub fn take_value<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> postcard::Result<(
 
 /// [`take_value`] through `serde_stacker` whatever the payload's size.
 fn take_value_stacked<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> postcard::Result<(T, &'a [u8])> {
-    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let mut de = Decoder::new(bytes);
     let value = T::deserialize(serde_stacker::Deserializer::new(&mut de))?;
-    Ok((value, de.finalize()?))
+    Ok((value, de.rest()))
 }
 
 /// A postcard flavor appending to a borrowed `Vec`.
@@ -91,6 +95,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 ///
 /// One byte is set aside for the length, which fits nearly every small
 /// value; a longer value is moved up by the few bytes its length needs.
+#[inline]
 pub fn push_prefixed<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,

@@ -165,11 +165,17 @@ pub(crate) fn defer_unmaps() {
 
 /// Unmaps what was put off on this thread (see [`defer_unmaps`]). Called
 /// after every item of a chunk: with nothing put off, it reads one plain
-/// thread-local and returns.
+/// thread-local, inlined into the loop, and goes on (a call here took 3%
+/// of a `map` of `u64`s' samples).
+#[inline]
 pub(crate) fn unmap_deferred() {
-    if !ANY_DEFERRED.get() {
-        return;
+    if ANY_DEFERRED.get() {
+        unmap_deferred_now();
     }
+}
+
+#[cold]
+fn unmap_deferred_now() {
     ANY_DEFERRED.set(false);
     let list = DEFERRED.with(|d| d.borrow_mut().0.as_mut().map(std::mem::take));
     for (addr, len) in list.into_iter().flatten() {
