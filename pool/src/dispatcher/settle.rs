@@ -27,7 +27,11 @@
 //! each outcome before starting the next item), so the running item started
 //! when the last frame arrived (`progress_at`). At the deadline that item
 //! fails with `TimedOut`; the worker is no longer given work and is killed;
-//! a late outcome for the item is skipped, never delivered twice.
+//! a late outcome for the item is skipped, never delivered twice. A
+//! deadline that finds its item not yet started kills the worker all the
+//! same; should the worker start the item before the kill's halt mark, the
+//! loss fails it `TimedOut` too (it ran, and was killed for its deadline),
+//! and if it did not, it runs elsewhere, once.
 //!
 //! Cancel (a caller's `cancel()`): the job's queued items fail `Cancelled`
 //! at once; each of its batches in flight gets its skip bit (the worker
@@ -493,7 +497,22 @@ impl<U: Unit> Settle<U> {
             let next = f.unit.delivered();
             let end = next + f.unit.remaining();
             // Items from `next` on are unreported; those that started ran.
-            let ran = (next..end).take_while(|&c| f.stream(c) < started).count() as u32;
+            let mut ran = (next..end).take_while(|&c| f.stream(c) < started).count() as u32;
+            if ran > 0 && f.timed_out == Some(next) {
+                // Its deadline found it unstarted, yet it started before
+                // the halt mark that came with the kill: it ran, and the
+                // kill that ended it was for its deadline.
+                let error = Error::new(ErrorKind::TimedOut {
+                    task: f.unit.task().to_owned(),
+                    pid: s.pid,
+                    timeout: f.unit.timeout().unwrap_or_default(),
+                    started: true,
+                    host: s.host.clone(),
+                });
+                f.unit.fail_next(1, unless_cancelled(&f.unit, error));
+                settled.failed += 1;
+                ran -= 1;
+            }
             if ran > 0 {
                 let task = f.unit.task().to_owned();
                 // A cancelled job's item ends cancelled whatever stopped it

@@ -168,8 +168,12 @@ enum Op {
         w: u8,
         k: u8,
     },
+    /// `sneak`: a worker whose deadline found its item unstarted claims
+    /// it all the same, between the deadline's read of its counter and
+    /// the halt mark that comes with the kill.
     Tick {
         ms: u8,
+        sneak: bool,
     },
     Die {
         w: u8,
@@ -193,7 +197,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..3).prop_map(|w| Op::Start { w }),
         (0u8..3).prop_map(|w| Op::Finish { w }),
         (0u8..3, 1u8..4).prop_map(|(w, k)| Op::Report { w, k }),
-        (0u8..30).prop_map(|ms| Op::Tick { ms }),
+        (0u8..30, any::<bool>()).prop_map(|(ms, sneak)| Op::Tick { ms, sneak }),
         (0u8..3).prop_map(|w| Op::Die { w }),
         (0u8..8, any::<bool>()).prop_map(|(job, hard)| Op::Cancel { job, hard }),
         (0u8..3, 0u8..4).prop_map(|(w, fate)| Op::Lane { w, fate }),
@@ -214,6 +218,8 @@ struct World {
     job_of: HashMap<u64, u64>,
     /// Items handed to the core or the lane.
     submitted: Vec<u64>,
+    /// Items started after their deadline found them unstarted (`sneak`).
+    sneaked: HashSet<u64>,
 }
 
 const DEADLINE: Duration = Duration::from_millis(40);
@@ -231,6 +237,7 @@ impl World {
             hard_cancelled: HashSet::new(),
             job_of: HashMap::new(),
             submitted: Vec::new(),
+            sneaked: HashSet::new(),
         };
         for _ in 0..3 {
             w.spawn();
@@ -359,13 +366,21 @@ impl World {
                 assert_eq!(r, Ok(()), "an honest worker's report is accepted");
                 s.reported += n;
             }
-            Op::Tick { ms } => {
+            Op::Tick { ms, sneak } => {
                 self.now += Duration::from_millis(ms as u64);
                 let started: HashMap<u64, u64> =
                     self.sims.iter().map(|s| (s.id, s.started)).collect();
                 for e in self.core.expire(self.now, |w| started[&w]) {
-                    if let Some(s) = self.sims.iter_mut().find(|s| s.id == e.worker) {
-                        s.killing = true;
+                    if let Some(i) = self.sims.iter().position(|s| s.id == e.worker) {
+                        let s = &self.sims[i];
+                        if sneak && !e.started && s.finished == s.started {
+                            let next = s.stream.get(s.started as usize).map(|x| x.1);
+                            self.start(i);
+                            if self.sims[i].started > started[&e.worker] {
+                                self.sneaked.extend(next);
+                            }
+                        }
+                        self.sims[i].killing = true;
                     }
                 }
             }
@@ -493,6 +508,10 @@ impl World {
             assert_eq!(outcomes.len(), 1, "item {id}: {outcomes:?}");
             let runs = log.runs.get(id).copied().unwrap_or(0);
             assert!(runs <= 1, "item {id} ran {runs} times");
+            // Killed for its deadline: not a death of its own.
+            if self.sneaked.contains(id) {
+                assert_ne!(outcomes[0], "died", "item {id} started after its deadline");
+            }
             match outcomes[0].as_str() {
                 "ok" | "died" | "timed out" => {
                     assert_eq!(runs, 1, "item {id} ended `{}` without running", outcomes[0])
@@ -565,7 +584,10 @@ fn a_deadline_fails_the_running_item_once_and_a_late_result_is_skipped() {
     world.core.submit(m);
     world.apply(Op::Dispatch { w: 0 });
     world.start(0);
-    world.apply(Op::Tick { ms: 50 });
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: false,
+    });
     assert!(world.sims[0].killing);
     // The task returns anyway, and its result arrives late.
     world.sims[0].finished = 1;
@@ -610,14 +632,20 @@ fn an_item_no_worker_starts_in_time_runs_elsewhere_once_then_fails() {
     world.core.submit(m);
     // The first worker never starts it: killed, the item goes back.
     world.apply(Op::Dispatch { w: 0 });
-    world.apply(Op::Tick { ms: 50 });
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: false,
+    });
     let i = world.sims.iter().position(|s| s.killing).unwrap();
     world.die(i);
     assert!(world.core.queued());
     assert!(world.log.borrow().outcomes.is_empty());
     // Nor does the next one: now it fails, never having run.
     world.apply(Op::Dispatch { w: 0 });
-    world.apply(Op::Tick { ms: 50 });
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: false,
+    });
     let i = world.sims.iter().position(|s| s.killing).unwrap();
     world.die(i);
     world.finish();
@@ -625,5 +653,38 @@ fn an_item_no_worker_starts_in_time_runs_elsewhere_once_then_fails() {
         world.log.borrow().outcomes.get(&0).unwrap(),
         &["never started"]
     );
+    world.check(false);
+}
+
+#[test]
+fn an_item_that_starts_just_after_its_deadline_found_it_unstarted_ends_timed_out() {
+    // The deadline reads the counter: not started. Before the halt mark
+    // that comes with the kill, the worker claims the item and runs it;
+    // the kill (SIGTERM) then ends it. It ran, and it was killed for its
+    // deadline: `TimedOut`, not the death the kill caused.
+    let mut world = World::new();
+    let m = world.model(2, true);
+    world.core.submit(m);
+    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: false,
+    });
+    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    // The claim that beat the mark: the item starts, killing or not.
+    let s = &mut world.sims[i];
+    s.started += 1;
+    s.skipped.push(false);
+    let (id, item) = (s.id, s.stream[0].1);
+    *world.log.borrow_mut().runs.entry(item).or_default() += 1;
+    world.core.lost(id, 1, &Cause::Died(Exit::Signal(15)));
+    world.sims.remove(i);
+    world.spawn();
+    world.finish();
+    let log = world.log.borrow();
+    assert_eq!(log.outcomes.get(&0).unwrap(), &["timed out"]);
+    // The item after it never started: it ran elsewhere.
+    assert_eq!(log.outcomes.get(&1).unwrap(), &["ok"]);
+    drop(log);
     world.check(false);
 }
