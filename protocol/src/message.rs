@@ -346,13 +346,33 @@ const OUTCOME_OK: u32 = 0;
 /// outcome) by hand, the rest through postcard; the same bytes either way.
 #[inline]
 fn take_outcome(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
-    // The hottest case first: `Ok` with a result under 128 bytes, its
-    // variant and its length one byte each.
+    // The hottest case first, inlined into the walks over a frame (the
+    // dispatcher's check, the caller's decoding): `Ok` with a result under
+    // 128 bytes, its variant and its length one byte each.
     if let [0, len @ 0..=0x7f, rest @ ..] = buf
         && let Some((bytes, rest)) = rest.split_at_checked(usize::from(*len))
     {
         return Ok((Outcome::Ok(Bytes::new(bytes)), rest));
     }
+    take_outcome_slow(buf)
+}
+
+/// What follows one outcome at the front of `buf`, checked as
+/// [`take_outcome`] checks it, without building the outcome: the
+/// dispatcher's walk over every `Done` frame.
+#[inline]
+fn skip_outcome(buf: &[u8]) -> Result<&[u8], postcard::Error> {
+    if let [0, len @ 0..=0x7f, rest @ ..] = buf
+        && let Some(rest) = rest.get(usize::from(*len)..)
+    {
+        return Ok(rest);
+    }
+    Ok(take_outcome_slow(buf)?.1)
+}
+
+/// [`take_outcome`] past its fast case.
+#[inline(never)]
+fn take_outcome_slow(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
     // Variant indices follow postcard's u32 varint rule, lengths its usize
     // (u64) rule: the same bytes are accepted as by the derived decoder.
     if let Some((OUTCOME_OK, n)) = varint::get_u32(buf) {
@@ -402,7 +422,7 @@ pub fn decode_done(body: &[u8]) -> Result<Option<DoneView<'_>>, DecodeError> {
     }
     let rest = &body[n..];
     let (batch, rest) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
-    let (count, outcomes) = check_sequence(rest, "worker", take_outcome)?;
+    let (count, outcomes) = check_sequence(rest, "worker", skip_outcome)?;
     Ok(Some(DoneView {
         batch,
         count,
@@ -469,7 +489,7 @@ pub fn decode_run(body: &[u8]) -> Result<Option<RunView<'_>>, DecodeError> {
     let (batch, rest) = postcard::take_from_bytes::<u64>(rest).map_err(malformed)?;
     let (task, rest) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
     let (eager, rest) = postcard::take_from_bytes::<bool>(rest).map_err(malformed)?;
-    let (count, items) = check_sequence(rest, "parent", take_item)?;
+    let (count, items) = check_sequence(rest, "parent", |b| Ok(take_item(b)?.1))?;
     Ok(Some(RunView {
         batch,
         task,
@@ -482,10 +502,10 @@ pub fn decode_run(body: &[u8]) -> Result<Option<RunView<'_>>, DecodeError> {
 /// The tail of a `Done` or `Run` body: a sequence's length, then that many
 /// entries, each read by `take`, and nothing after them. Returns the
 /// length and the entries' bytes, checked but not collected.
-fn check_sequence<'a, T>(
+fn check_sequence<'a>(
     rest: &'a [u8],
     what: &'static str,
-    take: impl Fn(&'a [u8]) -> Result<(T, &'a [u8]), postcard::Error>,
+    skip: impl Fn(&'a [u8]) -> Result<&'a [u8], postcard::Error>,
 ) -> Result<(u32, &'a [u8]), DecodeError> {
     let malformed = |source| DecodeError::Malformed { what, source };
     // A sequence length is a usize for postcard; more than u32::MAX
@@ -495,7 +515,7 @@ fn check_sequence<'a, T>(
         u32::try_from(count).map_err(|_| malformed(postcard::Error::DeserializeBadVarint))?;
     let mut walk = entries;
     for _ in 0..count {
-        walk = take(walk).map_err(malformed)?.1;
+        walk = skip(walk).map_err(malformed)?;
     }
     if !walk.is_empty() {
         return Err(DecodeError::Trailing {
