@@ -239,7 +239,9 @@ where
                         self.submit(full, std::mem::take(&mut shared), opened);
                         items.push(&item);
                     }
-                    shared.extend(its_shared);
+                    if !its_shared.is_empty() {
+                        shared.extend(its_shared);
+                    }
                 }
                 Err(error) => {
                     // The item gets a chunk of its own, failed here, in order.

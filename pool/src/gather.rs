@@ -353,7 +353,11 @@ impl<R: DeserializeOwned> Gather<R> {
                 let out = if seq as usize == self.next {
                     &mut self.all
                 } else {
-                    &mut self.early[seq as usize]
+                    // Room for the whole chunk at once: it is moved into
+                    // `all` when its turn comes, not grown item by item.
+                    let early = &mut self.early[seq as usize];
+                    early.reserve(self.missing[seq as usize] as usize);
+                    early
                 };
                 let before = out.len();
                 let mut first_error = None;

@@ -626,6 +626,7 @@ impl ItemsBuilder {
     /// Encodes `value` as the next item, straight into the body (see
     /// [`push_prefixed`](crate::value::push_prefixed)); returns its
     /// encoded length. On an error nothing is added.
+    #[inline]
     pub fn push_value<T: Serialize + ?Sized>(&mut self, value: &T) -> postcard::Result<usize> {
         let at = self.body.len();
         let len = crate::value::push_prefixed(&mut self.body, value)?;

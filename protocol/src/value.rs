@@ -95,7 +95,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 ///
 /// One byte is set aside for the length, which fits nearly every small
 /// value; a longer value is moved up by the few bytes its length needs.
-#[inline]
+#[inline(always)]
 pub fn push_prefixed<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,
