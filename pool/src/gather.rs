@@ -264,6 +264,10 @@ impl<R: DeserializeOwned> Chunks<R> {
         Args: Serialize,
     {
         let mut gather = Gather::default();
+        // The whole output at once, as `collect` would (the input's lower
+        // bound): growing it chunk by chunk copied it and touched its
+        // pages anew at each doubling.
+        gather.all.reserve(feeder.input_hint().0);
         loop {
             while gather.open < self.window && !feeder.exhausted() {
                 feeder.open_next(&mut self.opened);
