@@ -162,21 +162,18 @@ impl Attached {
     }
 }
 
-/// Resets a thread-local flag when it goes, unwinding included; an
-/// encoding that panics loses the memfds it made (no one will take them).
-struct Restore {
+/// Puts the thread-local flag back if the encoding unwinds, and drops
+/// the memfds it made (no one will take them). Forgotten when the encoding
+/// returns: its Drop runs only on the way out of a panic.
+struct OnUnwind {
     sharing: bool,
     made: usize,
-    panicking: bool,
 }
 
-impl Drop for Restore {
-    #[inline]
+impl Drop for OnUnwind {
     fn drop(&mut self) {
         SHARING.set(self.sharing);
-        if std::thread::panicking() && !self.panicking {
-            drop(take_made(self.made));
-        }
+        drop(take_made(self.made));
     }
 }
 
@@ -185,12 +182,15 @@ impl Drop for Restore {
 /// ([`made`], [`take_made`]).
 #[inline]
 pub(crate) fn sharing<T>(f: impl FnOnce() -> T) -> T {
-    let _restore = Restore {
-        sharing: SHARING.replace(true),
+    let sharing = SHARING.replace(true);
+    let on_unwind = OnUnwind {
+        sharing,
         made: made(),
-        panicking: std::thread::panicking(),
     };
-    f()
+    let out = f();
+    std::mem::forget(on_unwind);
+    SHARING.set(sharing);
+    out
 }
 
 /// How many memfds this thread has made and not handed over.
@@ -335,6 +335,9 @@ mod tests {
     use crate::Bytes;
 
     fn big() -> Bytes {
+        // Markers need this process's key: made here, not left to
+        // whichever test of the binary happens to make a pool first.
+        pool_key();
         Bytes::from(
             (0..SHARE_MIN + 7)
                 .map(|i| (i % 253) as u8)
@@ -379,5 +382,25 @@ mod tests {
         let _fds = take_made(0);
         let r = receiving(Attached::default(), || postcard::from_bytes::<Bytes>(&wire));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn an_encoding_that_panics_drops_what_it_made_and_stops_sharing() {
+        let b = big();
+        let before = made();
+        let r = std::panic::catch_unwind(|| {
+            sharing(|| {
+                let _wire = postcard::to_stdvec(&b).unwrap();
+                assert_eq!(made(), before + 1);
+                panic!("a result's Serialize panicked after a shared payload");
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(made(), before, "the memfd it made is dropped");
+        assert!(!SHARING.get(), "the flag is back");
+        // And a sharing encoding that returns keeps what it made.
+        let _ = sharing(|| postcard::to_stdvec(&b).unwrap());
+        assert!(!SHARING.get());
+        assert_eq!(take_made(before).len(), 1);
     }
 }
