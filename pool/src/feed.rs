@@ -211,11 +211,7 @@ where
             // Encoded straight into the chunk; checked once there.
             let task = &self.job.task_name;
             let made = payload::made();
-            let pushed = if share {
-                payload::sharing(|| items.push_value(&arg))
-            } else {
-                items.push_value(&arg)
-            };
+            let pushed = payload::sharing_if(share, || items.push_value(&arg));
             let its_shared = payload::take_made(made);
             // An item too large for a frame on its own can only show when
             // the chunk overflows: only then is its length checked.

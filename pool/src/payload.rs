@@ -120,7 +120,7 @@ pub(crate) fn set_worker_shares(on: bool) {
 /// A worker encoding a result (`f`): shared if its pool takes it so.
 #[inline]
 pub(crate) fn encoding_result<T>(f: impl FnOnce() -> T) -> T {
-    if WORKER_SHARES.get() { sharing(f) } else { f() }
+    sharing_if(WORKER_SHARES.get(), f)
 }
 
 /// A worker decoding an argument (`f`): markers open where they name.
@@ -182,7 +182,16 @@ impl Drop for OnUnwind {
 /// ([`made`], [`take_made`]).
 #[inline]
 pub(crate) fn sharing<T>(f: impl FnOnce() -> T) -> T {
-    let sharing = SHARING.replace(true);
+    sharing_if(true, f)
+}
+
+/// [`sharing`] if `on`, else just `f()`: one call of `f` either way, so
+/// an encoding on the hot path inlines into its loop (a closure called
+/// from two branches is kept out of line).
+#[inline]
+pub(crate) fn sharing_if<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let sharing = SHARING.get();
+    SHARING.set(sharing || on);
     let on_unwind = OnUnwind {
         sharing,
         made: made(),

@@ -91,6 +91,7 @@ pub struct Registry {
 
 /// Decodes one item's argument; a deeply nested one decodes on a grown
 /// stack instead of overflowing the serve thread's.
+#[inline]
 pub(super) fn decode_args<Args: DeserializeOwned>(arg: &[u8]) -> Result<Args, ItemError> {
     let (args, rest) =
         crate::payload::decoding_argument(|| take_value::<Args>(arg)).map_err(|e| {
@@ -108,6 +109,7 @@ pub(super) fn decode_args<Args: DeserializeOwned>(arg: &[u8]) -> Result<Args, It
 /// Appends one item's result to `out`, behind its length, straight from
 /// the value (no scratch buffer); returns the encoding's length. On an
 /// error `out` is as it was.
+#[inline]
 pub(super) fn encode_output<R: Serialize>(
     result: &R,
     out: &mut Vec<u8>,
