@@ -600,11 +600,16 @@ fn wait_taken(page: &SharedCounter, n: u64) -> bool {
     page.wait_shared_taken(n, TAKE_PATIENCE)
 }
 
+/// An outcome's own header (variant and length) takes at most this.
+const OUTCOME_ROOM: usize = 16;
+
 /// Runs one item, catching a panic, and appends its outcome to `out` (as
 /// [`push_outcome`] would): a result is encoded straight into `out`, with
 /// no scratch buffer and no copy. Results whose outcome would not fit in
 /// `limit` (a frame's room for outcomes) become an encode error for this
-/// item only.
+/// item only. Inlined into the serve loop; all but a result that fits is
+/// handled out of line, in [`fail_item`].
+#[inline]
 fn run_item(
     registry: &Registry,
     task: usize,
@@ -613,13 +618,30 @@ fn run_item(
     out: &mut Vec<u8>,
     limit: usize,
 ) {
-    // An outcome's own header (variant and length) takes at most this.
-    const OUTCOME_ROOM: usize = 16;
     let start = out.len();
     let made_before = payload::made();
     // `Outcome::Ok`'s variant; the runner appends the length and bytes.
     out.push(0);
     let result = panic::catch_unwind(AssertUnwindSafe(|| registry.run(task, state, arg, out)));
+    if let Ok(Some(Ok(len))) = result
+        && len + OUTCOME_ROOM <= limit
+    {
+        return;
+    }
+    fail_item(result, out, start, made_before, limit);
+}
+
+/// The rest of [`run_item`] when the item did not end with a result that
+/// fits: its outcome replaces whatever the runner wrote.
+#[cold]
+#[inline(never)]
+fn fail_item(
+    result: std::thread::Result<Option<Result<usize, ItemError>>>,
+    out: &mut Vec<u8>,
+    start: usize,
+    made_before: usize,
+    limit: usize,
+) {
     let failed = match result {
         Ok(Some(Ok(len))) if len + OUTCOME_ROOM > limit => {
             // Name the limit the user configured, not the room left in it.
@@ -630,7 +652,7 @@ fn run_item(
                 limit.saturating_sub(OUTCOME_ROOM)
             ))
         }
-        Ok(Some(Ok(_))) => return,
+        Ok(Some(Ok(_))) => unreachable!("a result that fits returned above"),
         Ok(Some(Err(ItemError::ArgDecode(m)))) => Outcome::ArgDecode(m),
         Ok(Some(Err(ItemError::OutputEncode(m)))) => Outcome::OutputEncode(m),
         // The parent refuses such a call at submit; should one come, the
