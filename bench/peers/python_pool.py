@@ -18,7 +18,13 @@ The spawn Pool also runs row k: Pool.apply with the calling thread and its
 one worker pinned to the same CPU, then to different CPUs (keys
 "placed_same_apply_p50_s", "placed_different_apply_p50_s").
 
-Usage: python_pool.py [--quick]
+With --serve-map N it runs row c in turns with the harness instead: a
+spawn Pool(2) answers each line on stdin with one Pool.map of x*x over N
+items, printing its rate (items/s), so the harness can take its own map
+rounds and Python's in turns, seconds apart, on a machine whose speed
+drifts over minutes.
+
+Usage: python_pool.py [--quick] | python_pool.py --serve-map N
 """
 import concurrent.futures as cf
 import json
@@ -192,7 +198,23 @@ def measure_executor(sizes):
     return out
 
 
+def serve_map(n):
+    """Row c in turns with the harness (see the module docs)."""
+    with mp.get_context("spawn").Pool(WORKERS) as pool:
+        pool.map(square, range(1000))
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            t = time.perf_counter()
+            r = pool.map(square, range(n))
+            rate = n / (time.perf_counter() - t)
+            assert r[-1] == (n - 1) ** 2
+            print(rate, flush=True)
+
+
 def main():
+    if "--serve-map" in sys.argv:
+        serve_map(int(sys.argv[sys.argv.index("--serve-map") + 1]))
+        return
     quick = "--quick" in sys.argv
     out = {"python_version": platform.python_version()}
     out.update(measure_pool(mp.get_context("spawn"), Sizes(quick, added=False)))

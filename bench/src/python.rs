@@ -136,3 +136,58 @@ pub(crate) fn peers_table(json: &str, ours: &Ours) -> String {
     }
     out
 }
+
+/// Python's `Pool.map` (spawn, 2 workers) kept running beside the harness,
+/// one map of x*x per [`round`](Self::round): row c takes its rounds and
+/// ours in turns, so both see the machine at the same speed.
+pub(crate) struct MapPeer {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl MapPeer {
+    /// Starts the peer, its pool warmed up; `None` (with a note) when it
+    /// cannot run.
+    pub(crate) fn start(items: u64) -> Option<Self> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/python_pool.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg("--serve-map")
+            .arg(items.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| eprintln!("procpool-bench: no Python map peer to take turns with: {e}"))
+            .ok()?;
+        let stdout = child.stdout.take()?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        match lines.next() {
+            Some(Ok(l)) if l == "ready" => Some(Self { child, lines }),
+            _ => {
+                eprintln!("procpool-bench: the Python map peer did not start");
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+
+    /// One `Pool.map` of x*x: its rate, in items per second.
+    pub(crate) fn round(&mut self) -> Option<f64> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut()?;
+        stdin.write_all(b"map\n").ok()?;
+        stdin.flush().ok()?;
+        self.lines.next()?.ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for MapPeer {
+    fn drop(&mut self) {
+        // EOF on its stdin ends the peer (and its pool).
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}

@@ -88,43 +88,16 @@ fn decode_outcomes<R: DeserializeOwned>(
         unreachable!("the dispatcher forwards only valid Done frames")
     };
     let (mut ok, mut failed) = (0, 0);
-    for outcome in done.outcomes().skip(skip as usize) {
+    done.each_from(skip, |outcome| {
         let result = match outcome {
             // take_value: a deeply nested result decodes (on a grown stack)
             // or fails this item; it never overflows this thread's stack.
-            Outcome::Ok(bytes) => match take_value::<R>(bytes) {
+            Ok(bytes) => match take_value::<R>(bytes) {
                 Ok((r, [])) => Ok(r),
-                Ok((_, rest)) => Err(Error::new(ErrorKind::OutputDecode {
-                    task: task.to_owned(),
-                    message: format!("{} bytes left over after the result", rest.len()),
-                })),
-                Err(e) => Err(Error::new(ErrorKind::OutputDecode {
-                    task: task.to_owned(),
-                    message: match crate::payload::take_failure() {
-                        Some(why) => why,
-                        None => format!("as `{}`: {e}", std::any::type_name::<R>()),
-                    },
-                })),
+                Ok((_, rest)) => Err(left_over(task, rest.len())),
+                Err(e) => Err(undecodable::<R>(task, &e)),
             },
-            Outcome::Panicked { message, location } => Err(Error::new(ErrorKind::Panicked {
-                task: task.to_owned(),
-                pid,
-                message,
-                location: location.map(|l| PanicLocation {
-                    file: l.file,
-                    line: l.line,
-                    column: l.column,
-                }),
-            })),
-            Outcome::ArgDecode(message) => Err(Error::new(ErrorKind::ArgDecode {
-                task: task.to_owned(),
-                message,
-            })),
-            Outcome::OutputEncode(message) => Err(Error::new(ErrorKind::OutputEncode {
-                task: task.to_owned(),
-                message,
-            })),
-            Outcome::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+            Err(other) => Err(failure(other, task, pid)),
         };
         if result.is_ok() {
             ok += 1;
@@ -132,7 +105,7 @@ fn decode_outcomes<R: DeserializeOwned>(
             failed += 1;
         }
         push(result);
-    }
+    });
     shared
         .stats
         .tasks_succeeded
@@ -141,6 +114,54 @@ fn decode_outcomes<R: DeserializeOwned>(
         .stats
         .tasks_failed
         .fetch_add(failed, Ordering::Relaxed);
+}
+
+/// A result with bytes left over after it.
+#[cold]
+fn left_over(task: &str, extra: usize) -> Error {
+    Error::new(ErrorKind::OutputDecode {
+        task: task.to_owned(),
+        message: format!("{extra} bytes left over after the result"),
+    })
+}
+
+/// A result that does not decode as an `R`.
+#[cold]
+fn undecodable<R>(task: &str, e: &postcard::Error) -> Error {
+    Error::new(ErrorKind::OutputDecode {
+        task: task.to_owned(),
+        message: match crate::payload::take_failure() {
+            Some(why) => why,
+            None => format!("as `{}`: {e}", std::any::type_name::<R>()),
+        },
+    })
+}
+
+/// The error an outcome other than a result stands for.
+#[cold]
+fn failure(outcome: Outcome<'_>, task: &str, pid: u32) -> Error {
+    match outcome {
+        Outcome::Ok(_) => unreachable!("results are decoded, not failed"),
+        Outcome::Panicked { message, location } => Error::new(ErrorKind::Panicked {
+            task: task.to_owned(),
+            pid,
+            message,
+            location: location.map(|l| PanicLocation {
+                file: l.file,
+                line: l.line,
+                column: l.column,
+            }),
+        }),
+        Outcome::ArgDecode(message) => Error::new(ErrorKind::ArgDecode {
+            task: task.to_owned(),
+            message,
+        }),
+        Outcome::OutputEncode(message) => Error::new(ErrorKind::OutputEncode {
+            task: task.to_owned(),
+            message,
+        }),
+        Outcome::Cancelled => Error::new(ErrorKind::Cancelled),
+    }
 }
 
 pub(crate) fn count<R>(shared: &Shared, result: &Result<R, Error>) {
