@@ -89,6 +89,19 @@ pub(crate) fn fail<U: Unit>(mut unit: U, error: Error) {
 /// a cancelled job that ends without its result ends cancelled, whatever
 /// stopped it (the kill that carried out the cancel, as a rule; or a
 /// deadline that fell on an item the worker skipped and had not reported).
+/// Fails `unit`'s next item, which its deadline ended on worker `pid`:
+/// `TimedOut` (or `Cancelled`, if its caller cancelled it).
+fn fail_timed_out<U: Unit>(unit: &mut U, pid: u32, host: Option<&Arc<str>>, started: bool) {
+    let error = Error::new(ErrorKind::TimedOut {
+        task: unit.task().to_owned(),
+        pid,
+        timeout: unit.timeout().unwrap_or_default(),
+        started,
+        host: host.cloned(),
+    });
+    unit.fail_next(1, unless_cancelled(unit, error));
+}
+
 fn unless_cancelled<U: Unit>(unit: &U, error: Error) -> Error {
     if unit.cancelled() {
         Error::new(ErrorKind::Cancelled)
@@ -415,16 +428,7 @@ impl<U: Unit> Settle<U> {
             }
             // Eager batches: the item at the cursor is the running one.
             if running && front.unit.delivered() == front.cursor {
-                let error = Error::new(ErrorKind::TimedOut {
-                    task: task.clone(),
-                    pid,
-                    timeout,
-                    started: true,
-                    host: s.host.clone(),
-                });
-                front
-                    .unit
-                    .fail_next(1, unless_cancelled(&front.unit, error));
+                fail_timed_out(&mut front.unit, pid, s.host.as_ref(), true);
             }
             front.timed_out = Some(front.cursor);
             s.serving = false;
@@ -502,14 +506,7 @@ impl<U: Unit> Settle<U> {
                 // Its deadline found it unstarted, yet it started before
                 // the halt mark that came with the kill: it ran, and the
                 // kill that ended it was for its deadline.
-                let error = Error::new(ErrorKind::TimedOut {
-                    task: f.unit.task().to_owned(),
-                    pid: s.pid,
-                    timeout: f.unit.timeout().unwrap_or_default(),
-                    started: true,
-                    host: s.host.clone(),
-                });
-                f.unit.fail_next(1, unless_cancelled(&f.unit, error));
+                fail_timed_out(&mut f.unit, s.pid, s.host.as_ref(), true);
                 settled.failed += 1;
                 ran -= 1;
             }
@@ -552,14 +549,7 @@ impl<U: Unit> Settle<U> {
             let unstarted =
                 f.timed_out == Some(f.unit.delivered()) && f.stream(f.unit.delivered()) >= started;
             if unstarted && f.unit.missed_starts() >= 2 {
-                let error = Error::new(ErrorKind::TimedOut {
-                    task: f.unit.task().to_owned(),
-                    pid: s.pid,
-                    timeout: f.unit.timeout().unwrap_or_default(),
-                    started: false,
-                    host: s.host.clone(),
-                });
-                f.unit.fail_next(1, unless_cancelled(&f.unit, error));
+                fail_timed_out(&mut f.unit, s.pid, s.host.as_ref(), false);
             }
             if let Some(rest) = f.unit.into_rest() {
                 settled.requeued += rest.remaining();
