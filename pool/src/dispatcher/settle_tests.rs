@@ -688,3 +688,82 @@ fn an_item_that_starts_just_after_its_deadline_found_it_unstarted_ends_timed_out
     drop(log);
     world.check(false);
 }
+
+/// Review s3 (pre-existing): `missed_starts` counts per batch, not per
+/// item. Item 0 of a chunk misses its start once and runs elsewhere, fine;
+/// then item 1 misses its start once, its first miss, and fails "never
+/// started" at once instead of running elsewhere (the rule is "an item no
+/// worker starts within its deadline twice").
+#[test]
+fn a_miss_of_an_earlier_item_does_not_count_against_the_next() {
+    let mut world = World::new();
+    let m = world.model(2, true);
+    world.core.submit(m);
+    // Item 0: the first worker never starts it; killed, back to the queue.
+    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: false,
+    });
+    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    world.die(i);
+    assert!(world.core.queued());
+    // The next worker runs item 0 and reports it...
+    world.apply(Op::Dispatch { w: 0 });
+    let i = world
+        .sims
+        .iter()
+        .position(|s| !s.stream.is_empty())
+        .unwrap();
+    world.start(i);
+    world.sims[i].finished = 1;
+    world.apply(Op::Report { w: i as u8, k: 1 });
+    assert_eq!(world.log.borrow().outcomes.get(&0).unwrap(), &["ok"]);
+    // ...then stalls before item 1: item 1's first missed start.
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: false,
+    });
+    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    world.die(i);
+    world.finish();
+    assert_eq!(
+        world.log.borrow().outcomes.get(&1).unwrap(),
+        &["ok"],
+        "item 1 missed its start once only: it runs elsewhere"
+    );
+    world.check(false);
+}
+
+/// Review s3: the loss that fails a sneaked item `TimedOut` reports what
+/// it did like any loss that fails an item that ran: the task it was
+/// running (the dispatcher's log line says "lost while running `task`
+/// ...; 1 item(s) failed"), not `None` ("lost while idle", with the
+/// failed item left out of the line).
+#[test]
+fn a_loss_that_fails_a_sneaked_item_names_its_task() {
+    let mut world = World::new();
+    let m = world.model(2, true);
+    world.core.submit(m);
+    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: false,
+    });
+    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    let s = &mut world.sims[i];
+    s.started += 1;
+    s.skipped.push(false);
+    let (id, item) = (s.id, s.stream[0].1);
+    *world.log.borrow_mut().runs.entry(item).or_default() += 1;
+    let settled = world.core.lost(id, 1, &Cause::Died(Exit::Signal(15)));
+    assert_eq!(world.log.borrow().outcomes.get(&0).unwrap(), &["timed out"]);
+    assert_eq!(
+        settled,
+        Settled {
+            task: Some("model".to_owned()),
+            failed: 1,
+            requeued: 1
+        }
+    );
+}

@@ -67,6 +67,7 @@ mod review_async_held;
 mod review_final;
 mod review_halt;
 mod review_perf;
+mod review_s3;
 mod review_shm;
 mod seams;
 mod spin;
