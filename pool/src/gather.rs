@@ -285,10 +285,13 @@ impl<R: DeserializeOwned> Chunks<R> {
         Args: Serialize,
     {
         let mut gather = Gather::default();
-        // The whole output at once, as `collect` would (the input's lower
-        // bound): growing it chunk by chunk copied it and touched its
-        // pages anew at each doubling.
-        gather.all.reserve(feeder.input_hint().0);
+        // The whole output at once (the input's lower bound): growing it
+        // chunk by chunk copied it and touched its pages anew at each
+        // doubling. A hint is only a hint: at most 64 MiB of results, and
+        // only if that memory can be had (an unbounded or lying input
+        // says `usize::MAX`; an early error must still end the call).
+        let most = (64 << 20) / std::mem::size_of::<R>().max(1);
+        let _ = gather.all.try_reserve(feeder.input_hint().0.min(most));
         loop {
             while gather.open < self.window && !feeder.exhausted() {
                 feeder.open_next(&mut self.opened);

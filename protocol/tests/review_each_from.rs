@@ -80,10 +80,12 @@ fn non_canonical_ok_outcomes_walk_alike() {
     let view = decode_done(&body).unwrap().unwrap();
     let want: Vec<_> = view.outcomes().collect();
     let mut got = Vec::new();
-    view.each_from(0, |o| got.push(match o {
-        Ok(b) => Outcome::Ok(Bytes::new(b)),
-        Err(o) => o,
-    }));
+    view.each_from(0, |o| {
+        got.push(match o {
+            Ok(b) => Outcome::Ok(Bytes::new(b)),
+            Err(o) => o,
+        })
+    });
     assert_eq!(got, want);
     assert_eq!(got.len(), 3);
 }

@@ -135,8 +135,9 @@ pub(crate) struct Batch {
     total: u32,
     sent_from: u32,
     delivered: u32,
-    /// Deadlines its next item passed before a worker started it.
-    missed_starts: u32,
+    /// Deadlines its next item passed before a worker started it: that
+    /// item (its chunk index) and how many.
+    missed_starts: (u32, u32),
     /// The memfds of its large arguments (`payload.rs`): kept until every
     /// item has its outcome, so that a worker (this one, or the next after
     /// a crash) can open them.
@@ -153,7 +154,7 @@ impl Batch {
             total,
             sent_from: 0,
             delivered: 0,
-            missed_starts: 0,
+            missed_starts: (0, 0),
             shared: Box::default(),
         }
     }
@@ -259,10 +260,13 @@ impl super::settle::Unit for Batch {
         &self.job.task_name
     }
     fn note_missed_start(&mut self) {
-        self.missed_starts += 1;
+        self.missed_starts = (self.delivered, self.missed_starts() + 1);
     }
     fn missed_starts(&self) -> u32 {
-        self.missed_starts
+        match self.missed_starts {
+            (item, n) if item == self.delivered => n,
+            _ => 0,
+        }
     }
 }
 

@@ -75,7 +75,8 @@ pub(crate) trait Unit: Sized {
     fn task(&self) -> &str;
     /// Its next item's worker did not even start it by its deadline.
     fn note_missed_start(&mut self);
-    /// How many times that happened.
+    /// How many times that happened to its next item (an item's misses
+    /// are its own: they start from none for the item after it).
     fn missed_starts(&self) -> u32;
 }
 
@@ -186,6 +187,19 @@ pub(crate) enum Cause {
     /// The connection to a remote worker's host was lost: what it was
     /// running may or may not have run.
     HostLost { host: Arc<str>, detail: String },
+}
+
+impl Cause {
+    /// Whether the worker ended by a signal the pool's kills send
+    /// (SIGTERM, then SIGKILL), not by a crash or an exit of its own.
+    fn is_a_kill(&self) -> bool {
+        use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
+        matches!(
+            self,
+            Cause::Died(Exit::Signal(s)) | Cause::RemoteDied(Exit::Signal(s), _)
+                if *s == SIGTERM as i32 || *s == SIGKILL as i32
+        )
+    }
 }
 
 /// What a loss did, for the log.
@@ -502,11 +516,13 @@ impl<U: Unit> Settle<U> {
             let end = next + f.unit.remaining();
             // Items from `next` on are unreported; those that started ran.
             let mut ran = (next..end).take_while(|&c| f.stream(c) < started).count() as u32;
-            if ran > 0 && f.timed_out == Some(next) {
+            if ran > 0 && f.timed_out == Some(next) && cause.is_a_kill() {
                 // Its deadline found it unstarted, yet it started before
                 // the halt mark that came with the kill: it ran, and the
-                // kill that ended it was for its deadline.
+                // kill that ended it was for its deadline. (A crash of its
+                // own, or a broken protocol, is reported as such.)
                 fail_timed_out(&mut f.unit, s.pid, s.host.as_ref(), true);
+                settled.task.get_or_insert_with(|| f.unit.task().to_owned());
                 settled.failed += 1;
                 ran -= 1;
             }

@@ -33,7 +33,7 @@ struct Model {
     cancelled: Rc<RefCell<bool>>,
     job: u64,
     log: Shared,
-    missed: u32,
+    missed: (u32, u32),
 }
 
 impl Model {
@@ -112,10 +112,13 @@ impl Unit for Model {
         "model"
     }
     fn note_missed_start(&mut self) {
-        self.missed += 1;
+        self.missed = (self.delivered, self.missed_starts() + 1);
     }
     fn missed_starts(&self) -> u32 {
-        self.missed
+        match self.missed {
+            (item, n) if item == self.delivered => n,
+            _ => 0,
+        }
     }
 }
 
@@ -273,7 +276,7 @@ impl World {
             cancelled,
             job,
             log: self.log.clone(),
-            missed: 0,
+            missed: (0, 0),
         }
     }
 
@@ -615,7 +618,7 @@ fn an_unrepresentable_deadline_never_fires() {
         cancelled: Rc::default(),
         job: 0,
         log,
-        missed: 0,
+        missed: (0, 0),
     });
     assert!(core.dispatch(0, 1, 0, 0, now).is_some());
     assert_eq!(core.next_deadline(), None);
@@ -766,4 +769,26 @@ fn a_loss_that_fails_a_sneaked_item_names_its_task() {
             requeued: 1
         }
     );
+}
+
+#[test]
+fn an_item_that_starts_after_its_deadline_and_crashes_ends_as_the_crash() {
+    // As above, but the worker dies of a crash of its own (SIGSEGV), not
+    // of the pool's kill: the crash is what ended the item.
+    let mut world = World::new();
+    let m = world.model(1, true);
+    world.core.submit(m);
+    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Tick {
+        ms: 50,
+        sneak: true,
+    });
+    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    assert_eq!(world.sims[i].started, 1, "the item sneaked in");
+    let id = world.sims[i].id;
+    world.core.lost(id, 1, &Cause::Died(Exit::Signal(11)));
+    world.sims.remove(i);
+    world.spawn();
+    world.finish();
+    assert_eq!(world.log.borrow().outcomes.get(&0).unwrap(), &["died"]);
 }

@@ -12,10 +12,9 @@ struct Lying(u64);
 impl Iterator for Lying {
     type Item = u64;
     fn next(&mut self) -> Option<u64> {
-        self.0.checked_sub(1).map(|n| {
-            self.0 = n;
-            n
-        })
+        let n = self.0.checked_sub(1)?;
+        self.0 = n;
+        Some(n)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (usize::MAX, None)
@@ -49,16 +48,15 @@ fn map_over_an_iterator_with_a_lying_lower_bound_returns_its_results() {
         LIMIT,
     );
     let pool = pool(2);
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pool.map(square, Lying(3))
-    }));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.map(square, Lying(3))));
     let r = r.expect("map panicked (capacity overflow from the input's size hint)");
     assert_eq!(r.unwrap(), vec![4, 1, 0]);
     // An empty input, even: std's collect reserves only once an item came.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pool.map(square, Lying(0))
-    }));
-    assert_eq!(r.expect("map panicked on an empty input").unwrap(), Vec::<u64>::new());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.map(square, Lying(0))));
+    assert_eq!(
+        r.expect("map panicked on an empty input").unwrap(),
+        Vec::<u64>::new()
+    );
     let collected: Vec<u64> = Lying(0).collect();
     assert!(collected.is_empty());
 }
@@ -70,9 +68,17 @@ fn map_over_an_iterator_with_a_lying_lower_bound_returns_its_results() {
 /// a child process of its own (`huge_range_child`).
 #[test]
 fn map_over_a_huge_range_that_fails_early_does_not_abort() {
-    let _w = watchdog("map_over_a_huge_range_that_fails_early_does_not_abort", LIMIT);
+    let _w = watchdog(
+        "map_over_a_huge_range_that_fails_early_does_not_abort",
+        LIMIT,
+    );
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "review_s3::huge_range_child", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "review_s3::huge_range_child",
+            "--ignored",
+            "--nocapture",
+        ])
         .output()
         .unwrap();
     assert!(
