@@ -347,9 +347,7 @@ impl<'a> DoneView<'a> {
     pub fn each_from(&self, skip: u32, mut f: impl FnMut(Result<&'a [u8], Outcome<'a>>)) {
         let mut rest = self.outcomes;
         for i in 0..self.count {
-            let outcome = if let [0, len @ 0..=0x7f, r @ ..] = rest
-                && let Some((bytes, r)) = r.split_at_checked(usize::from(*len))
-            {
+            let outcome = if let Some((bytes, r)) = short_ok(rest) {
                 rest = r;
                 Ok(bytes)
             } else {
@@ -375,15 +373,22 @@ const OUTCOME_OK: u32 = 0;
 /// outcome) by hand, the rest through postcard; the same bytes either way.
 #[inline]
 fn take_outcome(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
-    // The hottest case first, inlined into the walks over a frame (the
-    // dispatcher's check, the caller's decoding): `Ok` with a result under
-    // 128 bytes, its variant and its length one byte each.
-    if let [0, len @ 0..=0x7f, rest @ ..] = buf
-        && let Some((bytes, rest)) = rest.split_at_checked(usize::from(*len))
-    {
+    if let Some((bytes, rest)) = short_ok(buf) {
         return Ok((Outcome::Ok(Bytes::new(bytes)), rest));
     }
     take_outcome_slow(buf)
+}
+
+/// The hottest outcome, read by hand in every walk over a frame (the
+/// dispatcher's check, the caller's decoding): `Ok` with a result under
+/// 128 bytes, its variant and its length one byte each. Its result's bytes
+/// and what follows; `None` for any other outcome (or a short buffer).
+#[inline(always)]
+fn short_ok(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    match buf {
+        [0, len @ 0..=0x7f, rest @ ..] => rest.split_at_checked(usize::from(*len)),
+        _ => None,
+    }
 }
 
 /// What follows one outcome at the front of `buf`, checked as
@@ -391,9 +396,7 @@ fn take_outcome(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
 /// dispatcher's walk over every `Done` frame.
 #[inline]
 fn skip_outcome(buf: &[u8]) -> Result<&[u8], postcard::Error> {
-    if let [0, len @ 0..=0x7f, rest @ ..] = buf
-        && let Some(rest) = rest.get(usize::from(*len)..)
-    {
+    if let Some((_, rest)) = short_ok(buf) {
         return Ok(rest);
     }
     Ok(take_outcome_slow(buf)?.1)
