@@ -46,6 +46,9 @@ pub(crate) enum Command {
     LaneFailed {
         loan: Box<Loan>,
         batch: Box<Batch>,
+        /// The batch's id in its `Run` frame: a `Done` for it that comes
+        /// after all (read by the dispatcher) still settles it.
+        id: u64,
         /// Stream index of the batch's item on that worker.
         first: u64,
         lost: Lost,
@@ -123,6 +126,7 @@ impl Dispatcher {
                 Ok(Command::LaneFailed {
                     loan,
                     batch,
+                    id,
                     first,
                     lost,
                 }) => {
@@ -130,15 +134,18 @@ impl Dispatcher {
                     if self.stage == Stage::Terminating {
                         settle::fail(*batch, Error::new(ErrorKind::Terminated));
                     } else {
-                        self.settle.hand_back(slot, *batch, first);
+                        self.settle.hand_back(slot, id, *batch, first);
                     }
                     self.unlend(*loan);
                     let loss = match lost {
-                        Lost::Exited => Loss::Exited,
-                        Lost::Violation(v) => Loss::Violation(v),
-                        Lost::Stopped => Loss::Exited,
+                        // Its end, seen by the caller: as if seen here.
+                        Lost::Exited => self.ended(slot),
+                        Lost::Violation(v) => Some(Loss::Violation(v)),
+                        Lost::Stopped => Some(Loss::Exited),
                     };
-                    self.lose(slot, loss);
+                    if let Some(loss) = loss {
+                        self.lose(slot, loss);
+                    }
                 }
                 Err(TryRecvError::Empty) => return,
                 // Every handle is gone without a Terminate: stop.

@@ -589,11 +589,15 @@ impl Conn {
                     }
                     let readable = sys::flagged(&fds[0]);
                     let ended = watch.check(&fds);
-                    if !readable {
-                        ended?;
+                    if !readable && ended.is_ok() {
                         continue;
                     }
-                    self.spin.answered();
+                    if readable {
+                        self.spin.answered();
+                    }
+                    // Ended or not, what the pipe holds is read first: it
+                    // may have been looked at just before the worker's
+                    // last write, and its pidfd just after its exit.
                     (self.fill(Instant::now()), ended)
                 }
             };

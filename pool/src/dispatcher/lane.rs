@@ -179,7 +179,7 @@ pub(crate) fn run(loan: Box<Loan>, mut batch: Batch, lanes: &Lanes, handle: &Han
         }
         Ok(first) => match exchange(loan, &mut batch) {
             Ok(()) => Ok(Some(batch)),
-            Err(lost) => Err((batch, first, lost)),
+            Err(lost) => Err((batch, id, first, lost)),
         },
     };
     let loan = held.loan.take().expect("still held");
@@ -200,10 +200,11 @@ pub(crate) fn run(loan: Box<Loan>, mut batch: Batch, lanes: &Lanes, handle: &Han
         }
         // If the dispatcher is gone, the batch's Drop fails the item with
         // the pool's state.
-        Err((batch, first, lost)) => {
+        Err((batch, id, first, lost)) => {
             let _ = handle.send(Command::LaneFailed {
                 loan,
                 batch: Box::new(batch),
+                id,
                 first,
                 lost,
             });
@@ -354,14 +355,13 @@ impl Dispatcher {
     /// closed.
     pub(super) fn give_back(&mut self, loan: Loan, abandoned: bool) {
         let slot = loan.slot;
-        if self.unlend(loan) || abandoned {
-            let loss = if abandoned {
-                Loss::Violation(super::conn::Violation::Protocol(
-                    "its caller unwound in the middle of a call".into(),
-                ))
-            } else {
-                Loss::Exited
-            };
+        let died = self.unlend(loan);
+        if abandoned {
+            let loss = Loss::Violation(super::conn::Violation::Protocol(
+                "its caller unwound in the middle of a call".into(),
+            ));
+            self.lose(slot, loss);
+        } else if died && let Some(loss) = self.ended(slot) {
             self.lose(slot, loss);
         }
     }

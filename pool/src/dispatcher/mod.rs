@@ -39,7 +39,7 @@ use self::conn::{Conn, Violation};
 use self::settle::{Cause, Settle};
 use self::startup::{Phase, Site};
 use crate::error::{Error, Exit};
-use crate::supervisor::{WorkerProcess, ZygoteWatch};
+use crate::supervisor::{RELAY_SLACK, WorkerProcess, ZygoteWatch};
 use crate::sys::{self, Waited};
 
 /// How long the dispatcher looks for a lone batch's reply before sleeping.
@@ -149,12 +149,22 @@ struct Worker {
     /// (killed the worker or let the batch end). A relay that has not is
     /// not answering: its launcher is killed, as after a `Kill` frame.
     relay_cancels: Vec<(u64, Instant)>,
+    /// A remote worker whose launcher ended before its stream did (a
+    /// multiplexed `ssh` client exits as soon as its master passes on the
+    /// exit status, which may be before the master wrote the session's
+    /// last bytes): it takes no work, and is settled when its stream ends
+    /// or its relay's report arrives, or as a lost connection at this
+    /// instant.
+    stream_due: Option<Instant>,
 }
 
 impl Worker {
     /// Counts towards the pool's size and takes work.
     fn serving(&self) -> bool {
-        !self.retiring && !self.dead_while_lent && !self.process.killing()
+        !self.retiring
+            && !self.dead_while_lent
+            && !self.process.killing()
+            && self.stream_due.is_none()
     }
 }
 
@@ -301,6 +311,7 @@ impl Dispatcher {
                 w.startup_deadline.filter(|_| w.phase != Phase::Ready),
                 w.conn.as_ref().and_then(|c| c.stall_deadline(stall)),
                 w.relay_cancels.iter().map(|&(_, at)| at).min(),
+                w.stream_due,
             ]
         });
         let drain = match self.stage {
@@ -351,7 +362,10 @@ impl Dispatcher {
                     Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLOUT)),
                     None => fds.push(none()),
                 }
-                match w.process.pidfd().filter(|_| !w.dead_while_lent) {
+                // (Not once it fired for good: a lent worker's, or a
+                // launcher's that ended before its stream.)
+                let fired = w.dead_while_lent || w.stream_due.is_some();
+                match w.process.pidfd().filter(|_| !fired) {
                     Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLIN)),
                     None => fds.push(none()),
                 }
@@ -432,12 +446,9 @@ impl Dispatcher {
                 actions.push((slot, Action::DiedWhileLent));
                 continue;
             }
-            // It exited: take everything it wrote, then settle.
-            let loss = self
-                .read_worker(slot, usize::MAX)
-                .err()
-                .unwrap_or(Loss::Exited);
-            actions.push((slot, Action::Lose(loss)));
+            if let Some(loss) = self.ended(slot) {
+                actions.push((slot, Action::Lose(loss)));
+            }
         }
         let now = Instant::now();
         let drain_over = matches!(self.stage, Stage::Draining { until: Some(u) } if now >= u);
@@ -453,6 +464,15 @@ impl Dispatcher {
                 .and_then(|c| c.stalled(self.config.stall_timeout, now))
             {
                 actions.push((w.slot, Action::Lose(Loss::Violation(v))));
+            } else if w.stream_due.is_some_and(|due| {
+                now >= due
+                    || w.process.killing()
+                    || w.conn.as_ref().is_some_and(|c| c.relay_report().is_some())
+            }) {
+                // The stream is over as far as it matters: its report came
+                // (the relay's last word), the pool is ending it anyway, or
+                // the wait is over.
+                actions.push((w.slot, Action::Lose(Loss::Exited)));
             } else if drain_over {
                 log::warn!(
                     "procpool: worker {} did not exit within {:?} of its input closing; killing it",
@@ -489,6 +509,38 @@ impl Dispatcher {
         self.expire_deadlines(now);
         self.expire_relay_cancels(now);
         Ok(())
+    }
+
+    /// Worker `slot`'s process ended (its pidfd fired): takes everything
+    /// it wrote, and returns the loss to settle it with, or `None` while
+    /// the rest of its stream is awaited (see [`Worker::stream_due`]).
+    pub(super) fn ended(&mut self, slot: u64) -> Option<Loss> {
+        let i = self.index(slot)?;
+        match self.read_worker(slot, usize::MAX) {
+            Err(loss) => Some(loss),
+            Ok(()) if self.awaits_stream_end(i) => None,
+            Ok(()) => Some(Loss::Exited),
+        }
+    }
+
+    /// Whether worker `i`, whose launcher ended and whose stream is still
+    /// open, is worth waiting for: a remote one not being ended by the
+    /// pool, whose relay has not reported yet. Its wait starts now, for at
+    /// most [`RELAY_SLACK`], past which its connection counts as lost (see
+    /// [`Worker::stream_due`]).
+    fn awaits_stream_end(&mut self, i: usize) -> bool {
+        let w = &mut self.workers[i];
+        let waits = w.process.remote.is_some()
+            && !w.process.killing()
+            && w.conn.as_ref().is_some_and(|c| c.relay_report().is_none());
+        if waits && w.stream_due.is_none() {
+            w.stream_due = sys::after(Instant::now(), RELAY_SLACK);
+            log::debug!(
+                "procpool: the launcher of worker {} ended before its stream; waiting for the rest",
+                w.remote_pid.unwrap_or_else(|| w.process.pid())
+            );
+        }
+        waits
     }
 
     /// Removes worker `slot`: ends and reaps it, settles what it held, and

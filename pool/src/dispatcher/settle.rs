@@ -480,10 +480,11 @@ impl<U: Unit> Settle<U> {
         }
     }
 
-    /// A lane call on `worker` failed with its batch `unit` sent at stream
-    /// index `first`: the batch joins the worker's in-flight table, to be
-    /// settled by the loss that follows like any other.
-    pub(crate) fn hand_back(&mut self, worker: u64, unit: U, first: u64) {
+    /// A lane call on `worker` failed with its batch `unit` (batch `id`)
+    /// sent at stream index `first`: the batch joins the worker's
+    /// in-flight table, to be settled by the loss that follows like any
+    /// other, or by its `Done` if the dispatcher reads one before it.
+    pub(crate) fn hand_back(&mut self, worker: u64, id: u64, unit: U, first: u64) {
         let Some(s) = self.slot_mut(worker) else {
             // Not in service any more: its Drop reports the pool's state.
             drop(unit);
@@ -492,7 +493,7 @@ impl<U: Unit> Settle<U> {
         s.lent = false;
         let sent_from = unit.sent_from();
         s.inflight.push_back(InFlight {
-            id: u64::MAX,
+            id,
             cursor: sent_from,
             sent_from,
             unit,

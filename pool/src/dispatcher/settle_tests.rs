@@ -437,7 +437,7 @@ impl World {
                         if fate == 3 {
                             self.start(i);
                         }
-                        self.core.hand_back(id, m, first);
+                        self.core.hand_back(id, u64::MAX, m, first);
                         self.die(i);
                     }
                 }

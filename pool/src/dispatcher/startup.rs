@@ -296,6 +296,7 @@ impl Dispatcher {
             site,
             remote_pid: None,
             relay_cancels: Vec::new(),
+            stream_due: None,
         });
         self.publish_pids();
         Ok(())

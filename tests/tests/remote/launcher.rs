@@ -180,6 +180,71 @@ fn items_queued_behind_a_remote_crash_run_once_elsewhere() {
     let _ = std::fs::remove_file(file);
 }
 
+/// A launcher whose process ends before the bytes it carried have all
+/// arrived, as a multiplexed `ssh` client can (it exits when the master
+/// passes on the exit status, while the master may still be writing the
+/// session's last output): here everything the relay writes reaches the
+/// pool 200 ms late, through a filter that outlives the launcher.
+fn lagging(name: &str) -> Launcher {
+    Launcher::command([
+        "bash".to_owned(),
+        "-c".to_owned(),
+        // The filter is the shell's child, not the command's (whose
+        // relay would kill it as its own descendant), and the command is
+        // not exec'd: the launcher ends when the relay does.
+        "exec > >(exec perl -e 'while (sysread(STDIN, $b, 1 << 16)) \
+         { select(undef, undef, undef, 0.2); syswrite(STDOUT, $b) }'); \
+         \"$@\"; exit $?"
+            .to_owned(),
+        "lagging".to_owned(),
+    ])
+    .name(name)
+}
+
+#[test]
+fn a_relay_report_arriving_after_its_launcher_ended_still_settles_the_death() {
+    let _w = watchdog(
+        "a_relay_report_arriving_after_its_launcher_ended_still_settles_the_death",
+        LIMIT,
+    );
+    let file = temp_path("remote-late-report");
+    let pool = Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(lagging("node-late").workers(1))
+        .initializer(init_store, file.display().to_string())
+        .build()
+        .unwrap();
+    let crash = pool
+        .apply_async(procpool_tests::crash_running, Death::Exit(5))
+        .unwrap();
+    let after: Vec<_> = (0..5u64)
+        .map(|i| pool.apply_async(record, i).unwrap())
+        .collect();
+    // The relay's report of the exit, not a lost connection: its launcher
+    // ended with the relay, but the stream had not.
+    let err = crash.get().unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.exit(), Some(procpool::Exit::Code(5)), "{err}");
+    assert_eq!(err.host(), Some("node-late"), "{err}");
+    // Queued behind it and never started: they run on the replacement.
+    for (i, h) in after.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), i as u64);
+    }
+    let counts = recorded(&file);
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    // The same through a blocking call, which the caller's thread makes
+    // on a lent worker and hands back when it sees the launcher end.
+    let err = pool
+        .apply(procpool_tests::crash_running, Death::Exit(6))
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.exit(), Some(procpool::Exit::Code(6)), "{err}");
+    assert_eq!(pool.apply(record, 5).unwrap(), 5);
+    let _ = std::fs::remove_file(file);
+}
+
 #[test]
 fn a_lost_launcher_fails_what_ran_there_and_nothing_runs_twice() {
     let _w = watchdog(
