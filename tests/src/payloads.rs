@@ -142,7 +142,9 @@ pub fn big_and_marker_shaped(len: u64) -> (Bytes, Bytes) {
 /// Returns a large pattern, and has a thread SIGKILL this worker the
 /// moment the result's frame is in the pipe (bytes wait on its protocol
 /// descriptor), before the pool has read it: a crash right after a
-/// result was sent.
+/// result was sent. The thread may be held up between its look and its
+/// kill, and kill later: use a worker that runs no task after this one
+/// (`max_tasks_per_worker(1)`).
 pub fn big_then_killed(len: u64) -> Bytes {
     std::thread::spawn(|| {
         loop {

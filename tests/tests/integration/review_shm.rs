@@ -187,7 +187,12 @@ fn a_marker_shaped_result_beside_a_large_one_arrives_unchanged() {
 fn a_large_result_sent_before_its_worker_is_killed_is_not_lost() {
     let _w = watchdog("large_result_then_killed", LIMIT);
     let _one = ONE_AT_A_TIME.lock();
-    let pool = pool(1);
+    // One task per worker: the task's killer thread looks at the pipe,
+    // then kills, and in between the pool may have read the result and
+    // given the worker its next task, which a late kill would end (a
+    // death while running, rightly reported as one). A worker that takes
+    // no next task leaves a late kill nothing to hit.
+    let pool = builder(1).max_tasks_per_worker(1).build().unwrap();
     let expected = pattern(2 * MIB, 5);
     // The race (the pool reads the pipe before the kill lands) goes the
     // pool's way now and then: one lost result in twenty tries is the bug.
