@@ -28,6 +28,7 @@ mod common;
 mod harness;
 mod launcher;
 mod review;
+mod review_stream_due;
 mod slurm;
 mod ssh;
 
