@@ -159,12 +159,14 @@ struct Worker {
 }
 
 impl Worker {
-    /// Counts towards the pool's size and takes work.
+    /// Counts towards the pool's size and takes work. (One whose launcher
+    /// ended during its start-up still counts until it is settled: its
+    /// failed start schedules its own retry.)
     fn serving(&self) -> bool {
         !self.retiring
             && !self.dead_while_lent
             && !self.process.killing()
-            && self.stream_due.is_none()
+            && (self.stream_due.is_none() || self.phase != Phase::Ready)
     }
 }
 
@@ -452,6 +454,7 @@ impl Dispatcher {
         }
         let now = Instant::now();
         let drain_over = matches!(self.stage, Stage::Draining { until: Some(u) } if now >= u);
+        let terminating = self.stage == Stage::Terminating;
         for w in &mut self.workers {
             if actions.iter().any(|(s, _)| *s == w.slot) {
                 continue;
@@ -466,12 +469,13 @@ impl Dispatcher {
                 actions.push((w.slot, Action::Lose(Loss::Violation(v))));
             } else if w.stream_due.is_some_and(|due| {
                 now >= due
-                    || w.process.killing()
+                    || terminating
+                    || w.process.launcher_signalled()
                     || w.conn.as_ref().is_some_and(|c| c.relay_report().is_some())
             }) {
                 // The stream is over as far as it matters: its report came
-                // (the relay's last word), the pool is ending it anyway, or
-                // the wait is over.
+                // (the relay's last word), the pool is failing everything
+                // anyway, or the wait is over.
                 actions.push((w.slot, Action::Lose(Loss::Exited)));
             } else if drain_over {
                 log::warn!(
@@ -524,17 +528,23 @@ impl Dispatcher {
     }
 
     /// Whether worker `i`, whose launcher ended and whose stream is still
-    /// open, is worth waiting for: a remote one not being ended by the
-    /// pool, whose relay has not reported yet. Its wait starts now, for at
-    /// most [`RELAY_SLACK`], past which its connection counts as lost (see
-    /// [`Worker::stream_due`]).
+    /// open, is worth waiting for: a remote one whose relay has not
+    /// reported yet, whose launcher the pool did not end itself, while the
+    /// pool is not terminating. (A relay killing its worker for a deadline
+    /// or a cancel ends on its own, and its report says what started.) Its
+    /// wait starts now, for at most [`RELAY_SLACK`], past which its
+    /// connection counts as lost (see [`Worker::stream_due`]).
     fn awaits_stream_end(&mut self, i: usize) -> bool {
+        let terminating = self.stage == Stage::Terminating;
         let w = &mut self.workers[i];
         let waits = w.process.remote.is_some()
-            && !w.process.killing()
+            && !terminating
+            && !w.process.launcher_signalled()
             && w.conn.as_ref().is_some_and(|c| c.relay_report().is_none());
         if waits && w.stream_due.is_none() {
             w.stream_due = sys::after(Instant::now(), RELAY_SLACK);
+            // Its end is being handled: lending to callers goes on.
+            w.dead_while_lent = false;
             log::debug!(
                 "procpool: the launcher of worker {} ended before its stream; waiting for the rest",
                 w.remote_pid.unwrap_or_else(|| w.process.pid())

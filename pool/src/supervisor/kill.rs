@@ -124,6 +124,13 @@ impl WorkerProcess {
         self.kill.terminated || self.kill.killed
     }
 
+    /// The pool signalled a remote worker's launcher itself (SIGTERM or
+    /// SIGKILL): its end is the pool's doing, and no more is to be read
+    /// from its relay.
+    pub(crate) fn launcher_signalled(&self) -> bool {
+        self.remote.is_some() && (self.kill.launcher_asked || self.kill.killed)
+    }
+
     /// When this worker's SIGKILL is due, if a grace period is running.
     pub(crate) fn kill_deadline(&self) -> Option<Instant> {
         self.kill.sigkill_at
