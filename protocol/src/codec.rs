@@ -548,18 +548,33 @@ mod tests {
     fn varints_of_every_length_decode_as_postcard_does() {
         // Runs of continuation bytes then one more: every length up to
         // past the widest varint, every last byte.
-        for len in 1..21 {
-            for last in 0..=255u8 {
-                let mut bytes = vec![0xffu8; len - 1];
-                bytes.push(last);
-                let check = || -> Result<(), TestCaseError> {
-                    agree::<u16>(&bytes)?;
-                    agree::<u32>(&bytes)?;
-                    agree::<u64>(&bytes)?;
-                    agree::<u128>(&bytes)?;
-                    agree::<i64>(&bytes)
-                };
-                check().unwrap();
+        // Continuation bytes with every payload bit set, or none (an
+        // overlong zero); then nothing, or more bytes, which are left
+        // over.
+        for fill in [0xffu8, 0x80] {
+            for after in [
+                &[][..],
+                &[0xff; 9],
+                &[0; 9],
+                &[0x80, 1, 0x7f, 0xff, 2, 0, 0x81, 3],
+            ] {
+                for len in 1..21 {
+                    for last in 0..=255u8 {
+                        let mut bytes = vec![fill; len - 1];
+                        bytes.push(last);
+                        bytes.extend_from_slice(after);
+                        let check = || -> Result<(), TestCaseError> {
+                            agree::<u16>(&bytes)?;
+                            agree::<u32>(&bytes)?;
+                            agree::<u64>(&bytes)?;
+                            agree::<u128>(&bytes)?;
+                            agree::<i16>(&bytes)?;
+                            agree::<i32>(&bytes)?;
+                            agree::<i64>(&bytes)
+                        };
+                        check().unwrap();
+                    }
+                }
             }
         }
     }
