@@ -28,7 +28,7 @@ fn divisors_on(n: u64) -> (String, u64) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "?".into());
-    let count = (1..=n.isqrt()).filter(|d| n % d == 0).count() as u64 * 2;
+    let count = (1..=n.isqrt()).filter(|d| n.is_multiple_of(*d)).count() as u64 * 2;
     (format!("{host} (pid {})", std::process::id()), count)
 }
 

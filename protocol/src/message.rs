@@ -407,14 +407,14 @@ fn skip_outcome(buf: &[u8]) -> Result<&[u8], postcard::Error> {
 fn take_outcome_slow(buf: &[u8]) -> Result<(Outcome<'_>, &[u8]), postcard::Error> {
     // Variant indices follow postcard's u32 varint rule, lengths its usize
     // (u64) rule: the same bytes are accepted as by the derived decoder.
-    if let Some((OUTCOME_OK, n)) = varint::get_u32(buf) {
-        if let Some((len, m)) = varint::get(&buf[n..]) {
-            let start = n + m;
-            if let Some(end) = usize::try_from(len).ok().and_then(|l| start.checked_add(l)) {
-                if end <= buf.len() {
-                    return Ok((Outcome::Ok(Bytes::new(&buf[start..end])), &buf[end..]));
-                }
-            }
+    if let Some((OUTCOME_OK, n)) = varint::get_u32(buf)
+        && let Some((len, m)) = varint::get(&buf[n..])
+    {
+        let start = n + m;
+        if let Some(end) = usize::try_from(len).ok().and_then(|l| start.checked_add(l))
+            && end <= buf.len()
+        {
+            return Ok((Outcome::Ok(Bytes::new(&buf[start..end])), &buf[end..]));
         }
     }
     postcard::take_from_bytes::<Outcome<'_>>(buf)

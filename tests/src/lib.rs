@@ -985,17 +985,16 @@ pub fn tree_then_violate(n: u32, pidfile: String) -> u64 {
                 libc::close(fd);
                 if len > 0 {
                     let s = &buf[..len as usize];
-                    if let Some(i) = s.iter().rposition(|&b| b == b')') {
-                        if let Some(&st) = s.get(i + 2) {
-                            if st == b'T' || st == b'Z' || st == b'X' {
-                                let ts = libc::timespec {
-                                    tv_sec: 0,
-                                    tv_nsec: 300_000,
-                                };
-                                libc::nanosleep(&ts, std::ptr::null_mut());
-                                libc::_exit(0);
-                            }
-                        }
+                    if let Some(i) = s.iter().rposition(|&b| b == b')')
+                        && let Some(&st) = s.get(i + 2)
+                        && (st == b'T' || st == b'Z' || st == b'X')
+                    {
+                        let ts = libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: 300_000,
+                        };
+                        libc::nanosleep(&ts, std::ptr::null_mut());
+                        libc::_exit(0);
                     }
                 }
                 let ts = libc::timespec {

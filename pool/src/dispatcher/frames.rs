@@ -22,10 +22,10 @@ impl Dispatcher {
                 Filled::Data { more: false } | Filled::Empty => return Ok(()),
                 Filled::Eof => {
                     let w = &self.workers[i];
-                    if w.phase == Phase::Ready {
-                        if let Some(c) = &w.conn {
-                            c.ended_cleanly().map_err(Loss::Violation)?;
-                        }
+                    if w.phase == Phase::Ready
+                        && let Some(c) = &w.conn
+                    {
+                        c.ended_cleanly().map_err(Loss::Violation)?;
                     }
                     return Err(Loss::Exited);
                 }

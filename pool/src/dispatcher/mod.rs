@@ -428,10 +428,8 @@ impl Dispatcher {
             zygote_died = true;
         }
 
-        if zygote_died {
-            if let Some(z) = &self.config.launch.zygote {
-                self.zygote_watch.fired(z);
-            }
+        if zygote_died && let Some(z) = &self.config.launch.zygote {
+            self.zygote_watch.fired(z);
         }
         let mut actions: Vec<(u64, Action)> = Vec::new();
         for slot in readable {

@@ -306,10 +306,10 @@ impl Dispatcher {
         let tasks = hello.tasks;
         if self.workers[i].process.remote.is_some() {
             self.workers[i].remote_pid = Some(hello.pid);
-            if let Some(c) = &mut self.workers[i].conn {
-                if let Some((_, pid)) = &mut c.host {
-                    *pid = Some(hello.pid);
-                }
+            if let Some(c) = &mut self.workers[i].conn
+                && let Some((_, pid)) = &mut c.host
+            {
+                *pid = Some(hello.pid);
             }
         }
         let verdict = handshake::check_hello(

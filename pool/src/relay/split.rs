@@ -118,13 +118,12 @@ impl Split {
             // Tag, batch, task, eager, item count: postcard varints and a
             // byte (a sequence's length is a varint).
             self.in_run = false;
-            if head.first() == Some(&RUN_TAG) {
-                if let Ok(((_, batch, _, _, items), _)) =
+            if head.first() == Some(&RUN_TAG)
+                && let Ok(((_, batch, _, _, items), _)) =
                     postcard::take_from_bytes::<(u32, u64, u32, bool, u64)>(head)
-                {
-                    pieces.push(Piece::Run { batch, items });
-                    self.in_run = true;
-                }
+            {
+                pieces.push(Piece::Run { batch, items });
+                self.in_run = true;
             }
             self.frame_left = 4 + len;
         }

@@ -38,10 +38,10 @@ pub(crate) fn check_hello(
     tasks: &[TaskInfo],
     init: Option<&Initializer>,
 ) -> Result<Option<u32>, Refusal> {
-    if let Some(known) = known {
-        if known != tasks {
-            return Err(Refusal::OtherTasks);
-        }
+    if let Some(known) = known
+        && known != tasks
+    {
+        return Err(Refusal::OtherTasks);
     }
     let Some(init) = init else {
         return Ok(None);

@@ -212,10 +212,10 @@ impl Launch {
         if let Some(site) = &self.site {
             return self.exec_remote(site, index).map_err(io);
         }
-        if let Some(zygotes) = &self.zygote {
-            if let Some(forked) = self.fork(zygotes, index)? {
-                return Ok(forked);
-            }
+        if let Some(zygotes) = &self.zygote
+            && let Some(forked) = self.fork(zygotes, index)?
+        {
+            return Ok(forked);
         }
         self.exec(index).map_err(io)
     }

@@ -172,10 +172,10 @@ impl WorkerProcess {
                 // It has exited or was sent SIGKILL: wait until it is a
                 // zombie (as `wait` would for an exec'd one), so the zygote
                 // answers at once and a slow death is not blamed on it.
-                if let Some(fd) = &self.pidfd {
-                    if !sys::pidfd_wait(fd.as_fd(), std::time::Duration::from_secs(60)) {
-                        log::warn!("procpool: worker {pid} did not end a minute after SIGKILL");
-                    }
+                if let Some(fd) = &self.pidfd
+                    && !sys::pidfd_wait(fd.as_fd(), std::time::Duration::from_secs(60))
+                {
+                    log::warn!("procpool: worker {pid} did not end a minute after SIGKILL");
                 }
                 // None: its zygote is gone. Its new parent reaps it: this
                 // process, if it is a subreaper (or init), else init.

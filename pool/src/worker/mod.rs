@@ -190,11 +190,11 @@ fn serve_as_zygote(
     max_frame: u32,
     log_level: log::LevelFilter,
 ) -> i32 {
-    if let Some(bytes) = memory_limit {
-        if let Err(e) = crate::sys::limit_memory(bytes) {
-            eprintln!("procpool zygote: cannot limit its memory to {bytes} bytes: {e}");
-            return exit_code::SETUP_FAILED;
-        }
+    if let Some(bytes) = memory_limit
+        && let Err(e) = crate::sys::limit_memory(bytes)
+    {
+        eprintln!("procpool zygote: cannot limit its memory to {bytes} bytes: {e}");
+        return exit_code::SETUP_FAILED;
     }
     let setup = || -> std::io::Result<_> {
         let stdio = crate::sys::take_protocol_stdio()?;
@@ -280,20 +280,20 @@ fn serve_now(registry: &Registry) -> i32 {
     }
     // Second line of defence after the end of stdin: die with the parent,
     // even one killed with SIGKILL.
-    if let Some(parent) = parent {
-        if let Err(e) = crate::sys::die_with_parent(parent) {
-            eprintln!("procpool worker: {e}");
-            return exit_code::SETUP_FAILED;
-        }
+    if let Some(parent) = parent
+        && let Err(e) = crate::sys::die_with_parent(parent)
+    {
+        eprintln!("procpool worker: {e}");
+        return exit_code::SETUP_FAILED;
     }
     if zygote {
         return serve_as_zygote(registry, parent, memory, max_frame, log_level);
     }
-    if let Some(bytes) = memory {
-        if let Err(e) = crate::sys::limit_memory(bytes) {
-            eprintln!("procpool worker: cannot limit its memory to {bytes} bytes: {e}");
-            return exit_code::SETUP_FAILED;
-        }
+    if let Some(bytes) = memory
+        && let Err(e) = crate::sys::limit_memory(bytes)
+    {
+        eprintln!("procpool worker: cannot limit its memory to {bytes} bytes: {e}");
+        return exit_code::SETUP_FAILED;
     }
     // Orphaned descendants of a task stay in this worker's tree, where a
     // kill of the worker reaches them.

@@ -332,7 +332,11 @@ fn chaos_across_hosts_ends_every_task_once_and_runs_none_twice() {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(40 + n * 7 % 50));
                 n += 1;
-                let victims = remote_workers(if n % 2 == 0 { &hosts.0 } else { &hosts.1 });
+                let victims = remote_workers(if n.is_multiple_of(2) {
+                    &hosts.0
+                } else {
+                    &hosts.1
+                });
                 if let Some(&v) = victims.get(n as usize % victims.len().max(1)) {
                     procpool_tests::kill(v, libc::SIGKILL);
                 }
