@@ -152,6 +152,27 @@ fn a_deadline_kills_the_remote_worker_and_settles_exactly() {
     let _ = std::fs::remove_file(file);
 }
 
+/// Runs a task that exits with code 5 on `pool`'s one worker, with `n`
+/// records queued behind it, which never started there: checks that
+/// they ran once each, elsewhere (`file` is the initializer's store),
+/// and returns the crash's error.
+fn crash_with_records_queued(pool: &Pool, file: &std::path::Path, n: u64) -> procpool::Error {
+    let crash = pool
+        .apply_async(procpool_tests::crash_running, Death::Exit(5))
+        .unwrap();
+    let after: Vec<_> = (0..n)
+        .map(|i| pool.apply_async(record, i).unwrap())
+        .collect();
+    let err = crash.get().unwrap_err();
+    for (i, h) in after.into_iter().enumerate() {
+        assert_eq!(h.get().unwrap(), i as u64);
+    }
+    let counts = recorded(file);
+    assert_eq!(counts.len() as u64, n, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    err
+}
+
 #[test]
 fn items_queued_behind_a_remote_crash_run_once_elsewhere() {
     let _w = watchdog(
@@ -163,20 +184,8 @@ fn items_queued_behind_a_remote_crash_run_once_elsewhere() {
         .initializer(init_store, file.display().to_string())
         .build()
         .unwrap();
-    let crash = pool
-        .apply_async(procpool_tests::crash_running, Death::Exit(5))
-        .unwrap();
-    let after: Vec<_> = (0..20u64)
-        .map(|i| pool.apply_async(record, i).unwrap())
-        .collect();
-    let err = crash.get().unwrap_err();
+    let err = crash_with_records_queued(&pool, &file, 20);
     assert_eq!(err.exit(), Some(procpool::Exit::Code(5)), "{err}");
-    for (i, h) in after.into_iter().enumerate() {
-        assert_eq!(h.get().unwrap(), i as u64);
-    }
-    let counts = recorded(&file);
-    assert_eq!(counts.len(), 20, "{counts:?}");
-    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
     let _ = std::fs::remove_file(file);
 }
 
@@ -184,18 +193,21 @@ fn items_queued_behind_a_remote_crash_run_once_elsewhere() {
 /// arrived, as a multiplexed `ssh` client can (it exits when the master
 /// passes on the exit status, while the master may still be writing the
 /// session's last output): here everything the relay writes reaches the
-/// pool 200 ms late, through a filter that outlives the launcher.
-fn lagging(name: &str) -> Launcher {
+/// pool `seconds` late, through a filter that outlives the launcher.
+pub(crate) fn lagging(name: &str, seconds: f64) -> Launcher {
     Launcher::command([
+        "env".to_owned(),
+        format!("{HOST_VAR}={name}"),
         "bash".to_owned(),
         "-c".to_owned(),
         // The filter is the shell's child, not the command's (whose
         // relay would kill it as its own descendant), and the command is
         // not exec'd: the launcher ends when the relay does.
-        "exec > >(exec perl -e 'while (sysread(STDIN, $b, 1 << 16)) \
-         { select(undef, undef, undef, 0.2); syswrite(STDOUT, $b) }'); \
-         \"$@\"; exit $?"
-            .to_owned(),
+        format!(
+            "exec > >(exec perl -e 'while (sysread(STDIN, $b, 1 << 16)) \
+             {{ select(undef, undef, undef, {seconds}); syswrite(STDOUT, $b) }}'); \
+             \"$@\"; exit $?"
+        ),
         "lagging".to_owned(),
     ])
     .name(name)
@@ -211,29 +223,16 @@ fn a_relay_report_arriving_after_its_launcher_ended_still_settles_the_death() {
     let pool = Pool::builder()
         .workers(0)
         .worker_program(FAULT_WORKER)
-        .remote(lagging("node-late").workers(1))
+        .remote(lagging("node-late", 0.2).workers(1))
         .initializer(init_store, file.display().to_string())
         .build()
         .unwrap();
-    let crash = pool
-        .apply_async(procpool_tests::crash_running, Death::Exit(5))
-        .unwrap();
-    let after: Vec<_> = (0..5u64)
-        .map(|i| pool.apply_async(record, i).unwrap())
-        .collect();
     // The relay's report of the exit, not a lost connection: its launcher
     // ended with the relay, but the stream had not.
-    let err = crash.get().unwrap_err();
+    let err = crash_with_records_queued(&pool, &file, 5);
     assert!(err.is_worker_died(), "{err}");
     assert_eq!(err.exit(), Some(procpool::Exit::Code(5)), "{err}");
     assert_eq!(err.host(), Some("node-late"), "{err}");
-    // Queued behind it and never started: they run on the replacement.
-    for (i, h) in after.into_iter().enumerate() {
-        assert_eq!(h.get().unwrap(), i as u64);
-    }
-    let counts = recorded(&file);
-    assert_eq!(counts.len(), 5, "{counts:?}");
-    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
     // The same through a blocking call, which the caller's thread makes
     // on a lent worker and hands back when it sees the launcher end.
     let err = pool

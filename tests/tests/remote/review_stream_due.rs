@@ -11,7 +11,7 @@ use procpool_tests::{
 };
 
 use crate::common::{FAULT_WORKER, LIMIT};
-use crate::launcher::{HOST_VAR, relays};
+use crate::launcher::{HOST_VAR, lagging, relays};
 
 /// A launcher that, once, while `flag` exists, ends at once (exit 1)
 /// without starting anything, while a child it leaves behind holds its
@@ -86,22 +86,6 @@ fn a_start_failure_seen_before_its_stream_ended_is_replaced_once() {
     let _ = std::fs::remove_file(flag);
 }
 
-/// Like `launcher::lagging`, but with a longer lag (600 ms per chunk).
-fn lagging_slow(name: &str) -> Launcher {
-    Launcher::command([
-        "env".to_owned(),
-        format!("{HOST_VAR}={name}"),
-        "bash".to_owned(),
-        "-c".to_owned(),
-        "exec > >(exec perl -e 'while (sysread(STDIN, $b, 1 << 16)) \
-         { select(undef, undef, undef, 0.6); syswrite(STDOUT, $b) }'); \
-         \"$@\"; exit $?"
-            .to_owned(),
-        "lagging".to_owned(),
-    ])
-    .name(name)
-}
-
 /// A result written before the worker died, that reaches the pool after
 /// its launcher ended, is delivered (not failed as a lost host): through
 /// a blocking call (the lane hands the batch back, with its id) and
@@ -115,7 +99,7 @@ fn a_result_arriving_after_its_launcher_ended_is_delivered() {
     let pool = Pool::builder()
         .workers(0)
         .worker_program(FAULT_WORKER)
-        .remote(lagging_slow("node-sd-late-done").workers(1))
+        .remote(lagging("node-sd-late-done", 0.6).workers(1))
         .build()
         .unwrap();
     // Returns 1, dies 200 ms later: the launcher ends about 400 ms before
