@@ -204,3 +204,59 @@ fn terminate_during_a_stream_wait_is_prompt() {
     assert!(err.is_terminated(), "{err}");
     assert!(took < Duration::from_secs(3), "terminate took {took:?}");
 }
+
+/// Like [`fails_once_with_late_eof`], but the output is held for 8 s and
+/// nothing the pool writes can be read (the shell is gone; a background
+/// job's input is /dev/null): a write to its input fails at once.
+fn fails_once_holding_output(flag: &std::path::Path, name: &str) -> Launcher {
+    let script = format!(
+        "if [ -e '{f}' ]; then rm -f '{f}'; sleep 8 & exit 1; fi; exec \"$@\"",
+        f = flag.display()
+    );
+    Launcher::command([
+        "env".to_owned(),
+        format!("{HOST_VAR}={name}"),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        script,
+        "stand-in".to_owned(),
+    ])
+    .name(name)
+}
+
+/// Review of abcbf31 ("the wait ... stops ... at terminate"): `terminate`
+/// is checked only after the loop's wait returns, and `terminate()`
+/// itself wakes that wait only through the `Kill` frame it queues (a
+/// writable input pipe). A worker waiting for its stream whose input
+/// cannot take that frame (here a replacement whose launcher ended at
+/// once; likewise one whose input a deadline's `Kill` frame already
+/// closed) leaves nothing to wake the loop: `terminate` (and `Drop`)
+/// blocks until the wait's slack (RELAY_SLACK, 5 s) is over.
+#[test]
+fn terminate_is_prompt_while_a_failed_start_waits_for_its_stream() {
+    let _w = watchdog(
+        "terminate_is_prompt_while_a_failed_start_waits_for_its_stream",
+        LIMIT,
+    );
+    let flag = temp_path("stream-due-term-noinput-flag");
+    let _ = std::fs::remove_file(&flag);
+    let pool = Pool::builder()
+        .workers(0)
+        .worker_program(FAULT_WORKER)
+        .remote(fails_once_holding_output(&flag, "node-sd-term2").workers(1))
+        .build()
+        .unwrap();
+    // The replacement's launcher ends at once; its output stays open 8 s.
+    std::fs::write(&flag, b"").unwrap();
+    let err = pool
+        .apply(procpool_tests::crash_running, Death::Exit(5))
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert!(wait_until(LIMIT, || !flag.exists()));
+    // Its end seen by the dispatcher: the stream wait has begun.
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    pool.terminate();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(3), "terminate took {took:?}");
+}
