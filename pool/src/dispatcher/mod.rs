@@ -310,7 +310,7 @@ impl Dispatcher {
         let stall = self.config.stall_timeout;
         let workers = self.workers.iter().flat_map(|w| {
             [
-                w.process.kill_deadline(),
+                w.process.kill_deadline().filter(|_| w.stream_due.is_none()),
                 w.startup_deadline.filter(|_| w.phase != Phase::Ready),
                 w.conn.as_ref().and_then(|c| c.stall_deadline(stall)),
                 w.relay_cancels.iter().map(|&(_, at)| at).min(),
@@ -483,9 +483,11 @@ impl Dispatcher {
                     self.config.shutdown_grace
                 );
                 actions.push((w.slot, Action::Lose(Loss::Exited)));
-            } else if w.process.tick(now) && w.process.is_thread() {
+            } else if w.stream_due.is_none() && w.process.tick(now) && w.process.is_thread() {
                 // No signal stops a thread: past its grace period it is
-                // detached, and the pool goes on without it.
+                // detached, and the pool goes on without it. (A launcher
+                // that ended is not escalated against: the wait for its
+                // stream decides, above.)
                 actions.push((w.slot, Action::Lose(Loss::Exited)));
             }
         }

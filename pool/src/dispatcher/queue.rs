@@ -184,7 +184,9 @@ impl Dispatcher {
             let unanswered = due
                 .iter()
                 .any(|&(run, _)| self.settle.holds_run(w.slot, run));
-            if unanswered && !w.process.killing() {
+            // (One whose launcher ended waits for its stream's end, or
+            // its report, which says what the relay did.)
+            if unanswered && !w.process.killing() && w.stream_due.is_none() {
                 log::warn!(
                     "procpool: the relay of worker {} on {} did not carry out a cancel within \
                      {:?}; killing its launcher",

@@ -36,6 +36,12 @@ impl Dispatcher {
                 c.stop();
             }
             w.process.terminate(now, self.config.kill_grace);
+            // A wait for the rest of a stream is over: its report could
+            // settle nothing now (everything failed above), and nothing
+            // else need wake the loop to end it.
+            if w.stream_due.is_some() {
+                w.stream_due = Some(now);
+            }
         }
         self.publish_pids();
     }
