@@ -15,12 +15,13 @@ use crate::launcher::{HOST_VAR, lagging, relays};
 
 /// A launcher that, once, while `flag` exists, ends at once (exit 1)
 /// without starting anything, while a child it leaves behind holds its
-/// output open for 1.5 s (as a multiplexed ssh client's master may hold
-/// the session's output after the client ended). Otherwise it runs its
-/// command (the relay) as `exec "$@"`.
-fn fails_once_with_late_eof(flag: &std::path::Path, name: &str) -> Launcher {
+/// output open for `seconds` (as a multiplexed ssh client's master may
+/// hold the session's output after the client ended); nothing the pool
+/// writes can be read (the shell is gone; a background job's input is
+/// /dev/null). Otherwise it runs its command (the relay) as `exec "$@"`.
+fn fails_once_holding_output(flag: &std::path::Path, name: &str, seconds: f64) -> Launcher {
     let script = format!(
-        "if [ -e '{f}' ]; then rm -f '{f}'; sleep 1.5 & exit 1; fi; exec \"$@\"",
+        "if [ -e '{f}' ]; then rm -f '{f}'; sleep {seconds} & exit 1; fi; exec \"$@\"",
         f = flag.display()
     );
     Launcher::command([
@@ -52,7 +53,7 @@ fn a_start_failure_seen_before_its_stream_ended_is_replaced_once() {
     let pool = Pool::builder()
         .workers(0)
         .worker_program(FAULT_WORKER)
-        .remote(fails_once_with_late_eof(&flag, name).workers(1))
+        .remote(fails_once_holding_output(&flag, name, 1.5).workers(1))
         .build()
         .unwrap();
     assert_eq!(relays(name).len(), 1);
@@ -205,25 +206,6 @@ fn terminate_during_a_stream_wait_is_prompt() {
     assert!(took < Duration::from_secs(3), "terminate took {took:?}");
 }
 
-/// Like [`fails_once_with_late_eof`], but the output is held for 8 s and
-/// nothing the pool writes can be read (the shell is gone; a background
-/// job's input is /dev/null): a write to its input fails at once.
-fn fails_once_holding_output(flag: &std::path::Path, name: &str) -> Launcher {
-    let script = format!(
-        "if [ -e '{f}' ]; then rm -f '{f}'; sleep 8 & exit 1; fi; exec \"$@\"",
-        f = flag.display()
-    );
-    Launcher::command([
-        "env".to_owned(),
-        format!("{HOST_VAR}={name}"),
-        "sh".to_owned(),
-        "-c".to_owned(),
-        script,
-        "stand-in".to_owned(),
-    ])
-    .name(name)
-}
-
 /// Review of abcbf31 ("the wait ... stops ... at terminate"): `terminate`
 /// is checked only after the loop's wait returns, and `terminate()`
 /// itself wakes that wait only through the `Kill` frame it queues (a
@@ -243,7 +225,7 @@ fn terminate_is_prompt_while_a_failed_start_waits_for_its_stream() {
     let pool = Pool::builder()
         .workers(0)
         .worker_program(FAULT_WORKER)
-        .remote(fails_once_holding_output(&flag, "node-sd-term2").workers(1))
+        .remote(fails_once_holding_output(&flag, "node-sd-term2", 8.0).workers(1))
         .build()
         .unwrap();
     // The replacement's launcher ends at once; its output stays open 8 s.
