@@ -304,6 +304,18 @@ impl World {
         }
     }
 
+    /// Dispatches the queue's next batch to a worker and lets its deadline
+    /// pass (the worker starting its item in between if `sneak`): the
+    /// index of the worker the deadline kills.
+    fn dispatch_past_deadline(&mut self, sneak: bool) -> usize {
+        self.apply(Op::Dispatch { w: 0 });
+        self.apply(Op::Tick { ms: 50, sneak });
+        self.sims
+            .iter()
+            .position(|s| s.killing)
+            .expect("the deadline kills its worker")
+    }
+
     fn die(&mut self, i: usize) {
         let s = self.sims.swap_remove(i);
         self.core
@@ -634,22 +646,12 @@ fn an_item_no_worker_starts_in_time_runs_elsewhere_once_then_fails() {
     let m = world.model(1, true);
     world.core.submit(m);
     // The first worker never starts it: killed, the item goes back.
-    world.apply(Op::Dispatch { w: 0 });
-    world.apply(Op::Tick {
-        ms: 50,
-        sneak: false,
-    });
-    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    let i = world.dispatch_past_deadline(false);
     world.die(i);
     assert!(world.core.queued());
     assert!(world.log.borrow().outcomes.is_empty());
     // Nor does the next one: now it fails, never having run.
-    world.apply(Op::Dispatch { w: 0 });
-    world.apply(Op::Tick {
-        ms: 50,
-        sneak: false,
-    });
-    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    let i = world.dispatch_past_deadline(false);
     world.die(i);
     world.finish();
     assert_eq!(
@@ -700,12 +702,7 @@ fn a_miss_of_an_earlier_item_does_not_count_against_the_next() {
     let m = world.model(2, true);
     world.core.submit(m);
     // Item 0: the first worker never starts it; killed, back to the queue.
-    world.apply(Op::Dispatch { w: 0 });
-    world.apply(Op::Tick {
-        ms: 50,
-        sneak: false,
-    });
-    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    let i = world.dispatch_past_deadline(false);
     world.die(i);
     assert!(world.core.queued());
     // The next worker runs item 0 and reports it...
@@ -745,12 +742,7 @@ fn a_loss_that_fails_a_sneaked_item_names_its_task() {
     let mut world = World::new();
     let m = world.model(2, true);
     world.core.submit(m);
-    world.apply(Op::Dispatch { w: 0 });
-    world.apply(Op::Tick {
-        ms: 50,
-        sneak: true,
-    });
-    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    let i = world.dispatch_past_deadline(true);
     assert_eq!(world.sims[i].started, 1, "the item sneaked in");
     let id = world.sims[i].id;
     let settled = world.core.lost(id, 1, &Cause::Died(Exit::Signal(15)));
@@ -772,12 +764,7 @@ fn an_item_that_starts_after_its_deadline_and_crashes_ends_as_the_crash() {
     let mut world = World::new();
     let m = world.model(1, true);
     world.core.submit(m);
-    world.apply(Op::Dispatch { w: 0 });
-    world.apply(Op::Tick {
-        ms: 50,
-        sneak: true,
-    });
-    let i = world.sims.iter().position(|s| s.killing).unwrap();
+    let i = world.dispatch_past_deadline(true);
     assert_eq!(world.sims[i].started, 1, "the item sneaked in");
     let id = world.sims[i].id;
     world.core.lost(id, 1, &Cause::Died(Exit::Signal(11)));
