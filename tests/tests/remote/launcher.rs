@@ -48,10 +48,15 @@ fn failing_when(flag: &std::path::Path, name: &str) -> Launcher {
 }
 
 pub(crate) fn remote_pool(name: &str, n: usize) -> procpool::Builder {
+    pool_through(stand_in(name), n)
+}
+
+/// A pool of `n` fault workers through `launcher`, and none here.
+pub(crate) fn pool_through(launcher: Launcher, n: usize) -> procpool::Builder {
     Pool::builder()
         .workers(0)
         .worker_program(FAULT_WORKER)
-        .remote(stand_in(name).workers(n))
+        .remote(launcher.workers(n))
 }
 
 /// The relays of stand-in host `name`: children of this process started
@@ -220,10 +225,7 @@ fn a_relay_report_arriving_after_its_launcher_ended_still_settles_the_death() {
         LIMIT,
     );
     let file = temp_path("remote-late-report");
-    let pool = Pool::builder()
-        .workers(0)
-        .worker_program(FAULT_WORKER)
-        .remote(lagging("node-late", 0.2).workers(1))
+    let pool = pool_through(lagging("node-late", 0.2), 1)
         .initializer(init_store, file.display().to_string())
         .build()
         .unwrap();

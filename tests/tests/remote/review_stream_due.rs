@@ -10,8 +10,8 @@ use procpool_tests::{
     watchdog,
 };
 
-use crate::common::{FAULT_WORKER, LIMIT};
-use crate::launcher::{HOST_VAR, lagging, relays};
+use crate::common::LIMIT;
+use crate::launcher::{HOST_VAR, lagging, pool_through, relays};
 
 /// A launcher that, once, while `flag` exists, ends at once (exit 1)
 /// without starting anything, while a child it leaves behind holds its
@@ -35,6 +35,24 @@ fn fails_once_holding_output(flag: &std::path::Path, name: &str, seconds: f64) -
     .name(name)
 }
 
+/// A remote pool of one worker through [`fails_once_holding_output`],
+/// whose worker has crashed and whose replacement's launcher has ended
+/// (its output held `seconds`).
+fn with_a_failed_start(flag: &std::path::Path, name: &str, seconds: f64) -> Pool {
+    let pool = pool_through(fails_once_holding_output(flag, name, seconds), 1)
+        .build()
+        .unwrap();
+    assert_eq!(relays(name).len(), 1);
+    // The next start fails: its launcher ends before its output does.
+    std::fs::write(flag, b"").unwrap();
+    let err = pool
+        .apply(procpool_tests::crash_running, Death::Exit(5))
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert!(wait_until(LIMIT, || !flag.exists()));
+    pool
+}
+
 /// A replacement whose launcher ends during its start-up, before its
 /// stream does, must not be replaced twice: once at once (it no longer
 /// counts as serving while it is `stream_due`, so `keep_capacity` starts
@@ -50,22 +68,9 @@ fn a_start_failure_seen_before_its_stream_ended_is_replaced_once() {
     let flag = temp_path("stream-due-startup-flag");
     let _ = std::fs::remove_file(&flag);
     let name = "node-sd-startup";
-    let pool = Pool::builder()
-        .workers(0)
-        .worker_program(FAULT_WORKER)
-        .remote(fails_once_holding_output(&flag, name, 1.5).workers(1))
-        .build()
-        .unwrap();
-    assert_eq!(relays(name).len(), 1);
-    // The next start fails: its launcher ends before its output does.
-    std::fs::write(&flag, b"").unwrap();
-    let err = pool
-        .apply(procpool_tests::crash_running, Death::Exit(5))
-        .unwrap_err();
-    assert!(err.is_worker_died(), "{err}");
+    let pool = with_a_failed_start(&flag, name, 1.5);
     // The failed start's output ends 1.5 s on; it is settled, and its
     // retry follows.
-    assert!(wait_until(LIMIT, || !flag.exists()));
     assert!(wait_until(LIMIT, || pool.stats().start_failures >= 1
         && pool.stats().workers_started >= 3));
     // Time for a second replacement to show, if the pool started one
@@ -97,10 +102,7 @@ fn a_result_arriving_after_its_launcher_ended_is_delivered() {
         "a_result_arriving_after_its_launcher_ended_is_delivered",
         LIMIT,
     );
-    let pool = Pool::builder()
-        .workers(0)
-        .worker_program(FAULT_WORKER)
-        .remote(lagging("node-sd-late-done", 0.6).workers(1))
+    let pool = pool_through(lagging("node-sd-late-done", 0.6), 1)
         .build()
         .unwrap();
     // Returns 1, dies 200 ms later: the launcher ends about 400 ms before
@@ -147,10 +149,7 @@ fn a_report_later_than_the_slack_settles_as_a_lost_host_in_time() {
     let flag = temp_path("stream-due-lag-flag");
     let file = temp_path("stream-due-lag-file");
     let _ = std::fs::remove_file(&flag);
-    let pool = Pool::builder()
-        .workers(0)
-        .worker_program(FAULT_WORKER)
-        .remote(lagging_when(&flag, "node-sd-slack").workers(1))
+    let pool = pool_through(lagging_when(&flag, "node-sd-slack"), 1)
         .initializer(init_store, file.display().to_string())
         .build()
         .unwrap();
@@ -185,10 +184,7 @@ fn terminate_during_a_stream_wait_is_prompt() {
     let _w = watchdog("terminate_during_a_stream_wait_is_prompt", LIMIT);
     let flag = temp_path("stream-due-term-flag");
     let _ = std::fs::remove_file(&flag);
-    let pool = Pool::builder()
-        .workers(0)
-        .worker_program(FAULT_WORKER)
-        .remote(lagging_when(&flag, "node-sd-term").workers(1))
+    let pool = pool_through(lagging_when(&flag, "node-sd-term"), 1)
         .build()
         .unwrap();
     std::fs::write(&flag, b"").unwrap();
@@ -222,19 +218,8 @@ fn terminate_is_prompt_while_a_failed_start_waits_for_its_stream() {
     );
     let flag = temp_path("stream-due-term-noinput-flag");
     let _ = std::fs::remove_file(&flag);
-    let pool = Pool::builder()
-        .workers(0)
-        .worker_program(FAULT_WORKER)
-        .remote(fails_once_holding_output(&flag, "node-sd-term2", 8.0).workers(1))
-        .build()
-        .unwrap();
     // The replacement's launcher ends at once; its output stays open 8 s.
-    std::fs::write(&flag, b"").unwrap();
-    let err = pool
-        .apply(procpool_tests::crash_running, Death::Exit(5))
-        .unwrap_err();
-    assert!(err.is_worker_died(), "{err}");
-    assert!(wait_until(LIMIT, || !flag.exists()));
+    let pool = with_a_failed_start(&flag, "node-sd-term2", 8.0);
     // Its end seen by the dispatcher: the stream wait has begun.
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
