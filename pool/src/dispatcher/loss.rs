@@ -28,19 +28,13 @@ impl Dispatcher {
     }
 
     /// Whether worker `i`, whose launcher ended and whose stream is still
-    /// open, is worth waiting for: a remote one whose relay has not
-    /// reported yet, whose launcher the pool did not end itself, while the
-    /// pool is not terminating. (A relay killing its worker for a deadline
-    /// or a cancel ends on its own, and its report says what started.) Its
-    /// wait starts now, for at most [`RELAY_SLACK`], past which its
-    /// connection counts as lost (see [`Worker::stream_due`]).
+    /// open, is worth waiting for (`Worker::stream_awaited`). Its wait
+    /// starts now, for at most [`RELAY_SLACK`], past which its connection
+    /// counts as lost (see [`Worker::stream_due`]).
     fn awaits_stream_end(&mut self, i: usize) -> bool {
         let terminating = self.stage == Stage::Terminating;
         let w = &mut self.workers[i];
-        let waits = w.process.remote.is_some()
-            && !terminating
-            && !w.process.launcher_signalled()
-            && w.conn.as_ref().is_some_and(|c| c.relay_report().is_none());
+        let waits = w.stream_awaited(terminating);
         if waits && w.stream_due.is_none() {
             w.stream_due = sys::after(Instant::now(), RELAY_SLACK);
             // Its end is being handled: lending to callers goes on.

@@ -169,6 +169,21 @@ impl Worker {
             && !self.process.killing()
             && (self.stream_due.is_none() || self.phase != Phase::Ready)
     }
+
+    /// Whether the rest of its stream, after its launcher ended, is worth
+    /// waiting for: a remote worker whose relay has not reported yet,
+    /// whose launcher the pool did not end itself, while the pool is not
+    /// `terminating`. (A relay killing its worker for a deadline or a
+    /// cancel ends on its own, and its report says what started.)
+    fn stream_awaited(&self, terminating: bool) -> bool {
+        self.process.remote.is_some()
+            && !terminating
+            && !self.process.launcher_signalled()
+            && self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.relay_report().is_none())
+    }
 }
 
 struct Dispatcher {
@@ -466,15 +481,12 @@ impl Dispatcher {
                 .and_then(|c| c.stalled(self.config.stall_timeout, now))
             {
                 actions.push((w.slot, Action::Lose(Loss::Violation(v))));
-            } else if w.stream_due.is_some_and(|due| {
-                now >= due
-                    || terminating
-                    || w.process.launcher_signalled()
-                    || w.conn.as_ref().is_some_and(|c| c.relay_report().is_some())
-            }) {
-                // The stream is over as far as it matters: its report came
-                // (the relay's last word), the pool is failing everything
-                // anyway, or the wait is over.
+            } else if w
+                .stream_due
+                .is_some_and(|due| now >= due || !w.stream_awaited(terminating))
+            {
+                // The stream is over as far as it matters (its report
+                // came, say: the relay's last word), or the wait is.
                 actions.push((w.slot, Action::Lose(Loss::Exited)));
             } else if drain_over {
                 log::warn!(
