@@ -411,10 +411,10 @@ impl Conn {
     }
 
     /// Tells the worker who sends what it reads next: a lane caller
-    /// (`true`), which writes its next task as soon as it has the answer,
-    /// so the worker looks for it before it sleeps; or the loop, whose
-    /// next frame is not worth spinning for. Stored before the frames it
-    /// concerns are written.
+    /// (`true`), whose next task cannot be in the pipe yet when the worker
+    /// has just answered, so the worker yields before it looks; or the
+    /// loop, whose next chunk often is, so the worker looks first (see
+    /// `sys::SpinRead`). Stored before the frames it concerns are written.
     fn mark_lent(&mut self, lent: bool) {
         if self.lent != lent {
             self.lent = lent;

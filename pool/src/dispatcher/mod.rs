@@ -43,7 +43,8 @@ use crate::error::Error;
 use crate::supervisor::{WorkerProcess, ZygoteWatch};
 use crate::sys::{self, Waited};
 
-/// How long the dispatcher looks for a lone batch's reply before sleeping.
+/// How long the dispatcher looks for a lone batch's reply before sleeping
+/// (with more batches out, it spins as `sys::Spin` does).
 const SPIN: Duration = Duration::from_micros(50);
 
 /// Reads per worker per round, so one chatty worker cannot starve others.
@@ -209,6 +210,8 @@ struct Dispatcher {
     stop: (OwnedFd, Option<OwnedFd>),
     /// The zygote's pidfd, watched so a zygote that dies is reaped at once.
     zygote_watch: ZygoteWatch,
+    /// The budget of the yielding spin before a wait (`wait_and_handle`).
+    spin: sys::Spin,
 }
 
 impl Dispatcher {
@@ -236,6 +239,7 @@ impl Dispatcher {
             next_slot: 0,
             stop: (stop.0, Some(stop.1)),
             zygote_watch: ZygoteWatch::default(),
+            spin: sys::Spin::default(),
         }
     }
 
@@ -352,16 +356,26 @@ impl Dispatcher {
         // announcement is seen here, one queued after it writes the eventfd.
         self.waker.sleeping.store(true, Ordering::SeqCst);
         let busy = !self.rx.is_empty();
-        // Spin before sleeping only while exactly one batch is out and
-        // nothing waits: the latency-bound case (`apply` in a loop). Not
-        // for a remote worker's: its answer is a network round trip away,
-        // and the CPU is the launcher's and the relay's meanwhile.
-        let spin = !self.settle.queued()
-            && self.settle.total_in_flight() == 1
+        // Spin before sleeping while batches are out on local workers:
+        // their answers are on their way, and a CPU left idle meanwhile
+        // takes tens of microseconds to wake on a VM. Not for a remote
+        // worker's: its answer is a network round trip away, and the CPU
+        // is the launcher's and the relay's meanwhile.
+        let out = self.settle.total_in_flight();
+        let local = out > 0
             && self
                 .workers
                 .iter()
                 .all(|w| w.process.remote.is_none() || self.settle.in_flight(w.slot) == 0);
+        // Exactly one batch out and nothing waiting is the latency-bound
+        // case (one call at a time through the loop: `apply_async`, or
+        // `apply` with a deadline): a tight spin, for at most SPIN.
+        // Otherwise (a `map`, an `imap`) a yielding one (`sys::Spin`): the
+        // CPU goes to the caller encoding the next chunk or to a worker
+        // whenever they can run, and the budget shrinks while answers come
+        // later than it.
+        let tight = local && out == 1 && !self.settle.queued();
+        let yielding = local && !tight;
         let mut readable = Vec::new();
         let mut exited = Vec::new();
         let mut zygote_died = false;
@@ -399,15 +413,27 @@ impl Dispatcher {
             } else {
                 Waited::TimedOut
             };
-            if !busy && spin {
+            if !busy && tight {
                 let until = Instant::now() + SPIN;
                 while got == Waited::TimedOut && Instant::now() < until {
                     std::hint::spin_loop();
                     got = sys::peek(&mut fds)?;
                 }
             }
+            if !busy
+                && yielding
+                && let Some(looked) = self.spin.run(|| match sys::peek(&mut fds) {
+                    Ok(Waited::TimedOut) => None,
+                    other => Some(other),
+                })
+            {
+                got = looked?;
+            }
             if !busy && got == Waited::TimedOut {
                 got = sys::wait(&mut fds, deadline)?;
+                if yielding {
+                    self.spin.answered();
+                }
             }
             self.waker.sleeping.store(false, Ordering::SeqCst);
             waited = got;
