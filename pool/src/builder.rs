@@ -506,6 +506,7 @@ impl Builder {
                 handle,
                 thread: Mutex::new(Some(thread)),
                 workers: workers + remote_workers,
+                remote: remote_workers > 0,
                 chunksize: self.chunksize,
                 timeout: self.task_timeout,
                 max_frame: self.max_frame,

@@ -139,7 +139,7 @@ impl<'p> Call<'p> {
         let iter = items.into_iter();
         let size = match self.chunksize {
             Some(n) => ChunkSize::Fixed(n),
-            None => ChunkSize::auto(iter.size_hint(), inner.workers),
+            None => ChunkSize::auto(iter.size_hint(), inner.workers, inner.remote),
         };
         let mut feeder = Feeder::new(iter, job.clone(), inner.clone(), size);
         // Nothing runs before the whole input is encoded: an item that
@@ -250,7 +250,7 @@ impl<'p> Call<'p> {
         let iter = items.into_iter();
         let size = match self.chunksize {
             Some(n) => ChunkSize::Fixed(n),
-            None => ChunkSize::auto(iter.size_hint(), inner.workers),
+            None => ChunkSize::auto(iter.size_hint(), inner.workers, inner.remote),
         };
         Ok(Imap {
             chunks: Chunks::new(rx.into_channel(), ordered, inner.window()),

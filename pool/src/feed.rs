@@ -19,6 +19,13 @@ use crate::pool::Inner;
 
 /// Largest automatic chunk, in items.
 const MAX_AUTO_CHUNK: usize = 4096;
+/// Largest automatic chunk, in items, for a pool with remote workers: a
+/// remote worker's next batch waits a round trip for the pool's `Go`
+/// (`relay`), which larger batches amortise. A `map` of 1M `u64` on 2
+/// workers through ssh ran 1.1-1.2x as fast with this cap as with
+/// [`MAX_AUTO_CHUNK`] (rounds paired in one process); local workers,
+/// whose next batch is already in their pipe, gained nothing clear.
+const MAX_AUTO_CHUNK_REMOTE: usize = 16384;
 /// A chunk is closed once its encoded items reach this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
 /// Room kept in a frame for the `Run` header.
@@ -81,23 +88,32 @@ pub(crate) enum ChunkSize {
         first: usize,
     },
     /// Unknown length: start small for latency, double up to the cap.
-    Growing(usize),
+    Growing {
+        next: usize,
+        cap: usize,
+    },
 }
 
 impl ChunkSize {
     /// Python's rule for a known length (`ceil(n / (4 * workers))`),
     /// capped, for the first chunk, then guided; growth from 1 for an
-    /// unknown length.
-    pub(crate) fn auto(len_hint: (usize, Option<usize>), workers: usize) -> Self {
+    /// unknown length. `remote`: the pool has remote workers, whose cap is
+    /// larger.
+    pub(crate) fn auto(len_hint: (usize, Option<usize>), workers: usize, remote: bool) -> Self {
+        let cap = if remote {
+            MAX_AUTO_CHUNK_REMOTE
+        } else {
+            MAX_AUTO_CHUNK
+        };
         match len_hint {
             (lo, Some(hi)) if lo == hi => {
                 let parts = 4 * workers.max(1);
                 Self::Guided {
                     parts,
-                    first: lo.div_ceil(parts).clamp(1, MAX_AUTO_CHUNK),
+                    first: lo.div_ceil(parts).clamp(1, cap),
                 }
             }
-            _ => Self::Growing(1),
+            _ => Self::Growing { next: 1, cap },
         }
     }
 
@@ -109,9 +125,9 @@ impl ChunkSize {
                 (lo, Some(hi)) if lo == hi => lo.div_ceil(*parts).clamp(first.div_ceil(16), *first),
                 _ => *first,
             },
-            Self::Growing(n) => {
-                let now = *n;
-                *n = (now * 2).min(MAX_AUTO_CHUNK);
+            Self::Growing { next, cap } => {
+                let now = *next;
+                *next = (now * 2).min(*cap);
                 now
             }
         }

@@ -8,7 +8,7 @@ fn sizes(mut c: ChunkSize, n: usize) -> Vec<usize> {
 
 /// Every chunk's size for an input of exactly `len` items.
 fn chunks_of(len: usize, workers: usize) -> Vec<usize> {
-    let mut c = ChunkSize::auto((len, Some(len)), workers);
+    let mut c = ChunkSize::auto((len, Some(len)), workers, false);
     let mut left = len;
     let mut out = Vec::new();
     while left > 0 {
@@ -22,11 +22,14 @@ fn chunks_of(len: usize, workers: usize) -> Vec<usize> {
 #[test]
 fn known_lengths_follow_pythons_rule_with_a_cap() {
     // ceil(n / (4 * workers))
-    assert_eq!(sizes(ChunkSize::auto((1000, Some(1000)), 2), 2), [125, 125]);
-    assert_eq!(sizes(ChunkSize::auto((7, Some(7)), 4), 1), [1]);
-    assert_eq!(sizes(ChunkSize::auto((0, Some(0)), 4), 1), [1]);
     assert_eq!(
-        sizes(ChunkSize::auto((10_000_000, Some(10_000_000)), 2), 1),
+        sizes(ChunkSize::auto((1000, Some(1000)), 2, false), 2),
+        [125, 125]
+    );
+    assert_eq!(sizes(ChunkSize::auto((7, Some(7)), 4, false), 1), [1]);
+    assert_eq!(sizes(ChunkSize::auto((0, Some(0)), 4, false), 1), [1]);
+    assert_eq!(
+        sizes(ChunkSize::auto((10_000_000, Some(10_000_000)), 2, false), 1),
         [4096]
     );
 }
@@ -47,17 +50,32 @@ fn known_lengths_shrink_towards_the_end_down_to_a_floor() {
     assert!(c.iter().rev().skip(1).all(|&n| n >= 256), "{c:?}");
     assert!(c.len() < 300, "{} chunks", c.len());
     // Without the input's exact length, the first size stays.
-    let mut g = ChunkSize::auto((100, Some(100)), 1);
+    let mut g = ChunkSize::auto((100, Some(100)), 1, false);
     assert_eq!(g.take((3, None)), 25);
 }
 
 #[test]
 fn unknown_lengths_grow_from_one_to_the_cap() {
-    let s = sizes(ChunkSize::auto((0, None), 2), 15);
+    let s = sizes(ChunkSize::auto((0, None), 2, false), 15);
     assert_eq!(&s[..5], [1, 2, 4, 8, 16]);
     assert_eq!(*s.last().unwrap(), 4096);
     // A lower bound without an equal upper bound is not a length.
-    assert_eq!(sizes(ChunkSize::auto((5, Some(10)), 2), 2), [1, 2]);
+    assert_eq!(sizes(ChunkSize::auto((5, Some(10)), 2, false), 2), [1, 2]);
+}
+
+#[test]
+fn a_pool_with_remote_workers_has_a_larger_cap() {
+    let n = 10_000_000;
+    assert_eq!(sizes(ChunkSize::auto((n, Some(n)), 2, true), 1), [16384]);
+    assert_eq!(sizes(ChunkSize::auto((n, Some(n)), 2, false), 1), [4096]);
+    let s = sizes(ChunkSize::auto((0, None), 2, true), 17);
+    assert_eq!(&s[..3], [1, 2, 4]);
+    assert_eq!(s[13..], [8192, 16384, 16384, 16384]);
+    // Python's rule still decides below the cap.
+    assert_eq!(
+        sizes(ChunkSize::auto((1000, Some(1000)), 2, true), 1),
+        [125]
+    );
 }
 
 #[test]

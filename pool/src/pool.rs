@@ -26,6 +26,8 @@ pub(crate) struct Inner {
     pub(crate) handle: Handle,
     pub(crate) thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) workers: usize,
+    /// Some of the workers are remote (`feed::ChunkSize::auto`).
+    pub(crate) remote: bool,
     pub(crate) chunksize: Option<usize>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_frame: u32,
