@@ -361,20 +361,21 @@ impl Dispatcher {
         // takes tens of microseconds to wake on a VM. Not for a remote
         // worker's: its answer is a network round trip away, and the CPU
         // is the launcher's and the relay's meanwhile.
-        let out = self.settle.total_in_flight();
-        let local = out > 0
+        let local = self.settle.total_in_flight() > 0
             && self
                 .workers
                 .iter()
                 .all(|w| w.process.remote.is_none() || self.settle.in_flight(w.slot) == 0);
-        // Exactly one batch out and nothing waiting is the latency-bound
-        // case (one call at a time through the loop: `apply_async`, or
-        // `apply` with a deadline): a tight spin, for at most SPIN.
-        // Otherwise (a `map`, an `imap`) a yielding one (`sys::Spin`): the
-        // CPU goes to the caller encoding the next chunk or to a worker
-        // whenever they can run, and the budget shrinks while answers come
-        // later than it.
-        let tight = local && out == 1 && !self.settle.queued();
+        // One item out and nothing waiting is the latency-bound case (one
+        // call at a time through the loop: `apply_async`, or `apply` with
+        // a deadline): a tight spin, for at most SPIN. Otherwise (a `map`,
+        // an `imap`) a yielding one (`sys::Spin`): the CPU goes to the
+        // caller encoding the next chunk or to a worker whenever they can
+        // run, and the budget shrinks while answers come later than it. (A
+        // tight spin on a `map`'s one chunk out took the CPU from the
+        // caller: paired rounds of a `map` of 1M `u64` ran 1.065× as fast
+        // without it.)
+        let tight = local && !self.settle.queued() && self.settle.lone_item_out();
         let yielding = local && !tight;
         let mut readable = Vec::new();
         let mut exited = Vec::new();

@@ -296,6 +296,14 @@ impl<U: Unit> Settle<U> {
         self.workers.iter().map(|s| s.inflight.len()).sum()
     }
 
+    /// Exactly one batch is in flight, with one item left to report: a
+    /// lone call (`apply_async`, `apply` with a deadline) whose answer the
+    /// loop waits for.
+    pub(crate) fn lone_item_out(&self) -> bool {
+        let mut out = self.workers.iter().flat_map(|s| s.inflight.iter());
+        matches!((out.next(), out.next()), (Some(f), None) if f.unit.remaining() == 1)
+    }
+
     /// The task `worker` is running, for log lines.
     pub(crate) fn running_task(&self, worker: u64) -> Option<&str> {
         Some(self.slot(worker)?.inflight.front()?.unit.task())

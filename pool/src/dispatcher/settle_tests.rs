@@ -773,3 +773,27 @@ fn an_item_that_starts_after_its_deadline_and_crashes_ends_as_the_crash() {
     world.finish();
     assert_eq!(world.log.borrow().outcomes.get(&0).unwrap(), &["died"]);
 }
+
+#[test]
+fn only_one_item_left_out_is_a_lone_item() {
+    let mut world = World::new();
+    assert!(!world.core.lone_item_out(), "nothing out");
+    let one = world.model(1, false);
+    world.core.submit(one);
+    world.apply(Op::Dispatch { w: 0 });
+    assert!(world.core.lone_item_out(), "a call of one item");
+    let chunk = world.model(3, false);
+    world.core.submit(chunk);
+    world.apply(Op::Dispatch { w: 1 });
+    assert!(!world.core.lone_item_out(), "two batches out");
+    world.finish();
+    assert!(!world.core.lone_item_out(), "all reported");
+    let chunk = world.model(2, false);
+    world.core.submit(chunk);
+    world.apply(Op::Dispatch { w: 2 });
+    assert!(!world.core.lone_item_out(), "a chunk of two");
+    world.start(2);
+    world.sims[2].finished = world.sims[2].started;
+    world.apply(Op::Report { w: 2, k: 1 });
+    assert!(world.core.lone_item_out(), "its last item left");
+}
