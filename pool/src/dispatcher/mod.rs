@@ -44,7 +44,7 @@ use crate::supervisor::{WorkerProcess, ZygoteWatch};
 use crate::sys::{self, Waited};
 
 /// How long the dispatcher looks for a lone batch's reply before sleeping
-/// (with more batches out, it spins as `sys::Spin` does).
+/// (with more batches out, or work queued, it spins as `sys::Spin` does).
 const SPIN: Duration = Duration::from_micros(50);
 
 /// Reads per worker per round, so one chatty worker cannot starve others.

@@ -6,8 +6,9 @@
 //! microseconds; when they run on two, the sleeping side's CPU must be
 //! woken from idle, which costs ten times that on a VM. So a side that
 //! expects an answer soon (a caller on the direct lane that has sent its
-//! task, a worker that has sent its results) first *looks* for it for a
-//! short while, without sleeping, and only then blocks.
+//! task, the pool's loop while batches are out on local workers, a worker
+//! that has sent its results) first *looks* for it for a short while,
+//! without sleeping, and only then blocks.
 //!
 //! Between looks it yields its CPU (`sched_yield`): when the other side
 //! shares the CPU, that is what lets it run and answer, and when it does
@@ -15,7 +16,7 @@
 //! so nothing is missed and nothing is taken out of order.
 //!
 //! Bounded: one spin lasts at most [`MAX`]; an idle pool spins that long
-//! once per worker, then sleeps and uses no CPU. Adaptive: a spin that
+//! once per worker and once in its loop, then sleeps and uses no CPU. Adaptive: a spin that
 //! ended without an answer halves the next one's budget (down to [`MIN`]),
 //! so a caller whose tasks take longer than the budget pays little for
 //! looking. The whole budget comes back when a spin finds its answer, or
@@ -119,7 +120,8 @@ impl Spin {
 /// caller's next task cannot be there yet, having only just been sent the
 /// answer, so a lent worker yields before its first look (on one CPU that
 /// is what lets the caller run); a worker fed by the loop looks first, as
-/// its next chunk is often already in the pipe.
+/// its next chunk is often already in the pipe. A worker without the page
+/// (a remote one) spins as a lent one does.
 #[derive(Debug)]
 pub(crate) struct SpinRead<'p> {
     file: File,

@@ -195,9 +195,9 @@ pub(super) fn serve_loop(
     // Large arguments' mappings dropped while serving are unmapped once
     // the answer is sent (`Server::send`).
     crate::sys::defer_unmaps();
-    // Reads spin briefly before they sleep (`sys::Spin`) while the worker
-    // is lent to a direct-lane caller: that caller's next task is usually
-    // on its way.
+    // Reads spin briefly before they sleep (`sys::SpinRead`): whoever
+    // feeds the worker, a direct-lane caller or the pool's loop, its next
+    // frame is usually on its way.
     let input = match crate::sys::SpinRead::new(input, progress) {
         Ok(input) => input,
         Err(e) => {
