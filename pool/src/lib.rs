@@ -255,9 +255,9 @@
 //! with chunks of `ceil(n / (4 * workers))` items (Python's rule), capped at
 //! 4096 (16,384 in a pool with remote workers), and each later chunk takes
 //! the same share of what is left, down to a sixteenth of the first: the
-//! last chunks are short, so no worker runs a long one alone at the end. An input of unknown length starts at 1 item
-//! and doubles per chunk up to the cap, so short streams stay responsive
-//! and long ones get cheap.
+//! last chunks are short, so no worker runs a long one alone at the end.
+//! An input of unknown length starts at 1 item and doubles per chunk up to
+//! the cap, so short streams stay responsive and long ones get cheap.
 //! [`apply`](Pool::apply) and [`apply_async`](Pool::apply_async) send one
 //! item. Input iterators are consumed lazily, a bounded window ahead of the
 //! consumer.

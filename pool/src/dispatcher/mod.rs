@@ -43,8 +43,9 @@ use crate::error::Error;
 use crate::supervisor::{WorkerProcess, ZygoteWatch};
 use crate::sys::{self, Waited};
 
-/// How long the dispatcher looks for a lone batch's reply before sleeping
-/// (with more batches out, or work queued, it spins as `sys::Spin` does).
+/// How long the dispatcher looks for a lone call's answer (one item out,
+/// nothing queued) before sleeping; with anything else out on local
+/// workers, it spins as `sys::Spin` does.
 const SPIN: Duration = Duration::from_micros(50);
 
 /// Reads per worker per round, so one chatty worker cannot starve others.
