@@ -359,14 +359,15 @@ impl Dispatcher {
         let busy = !self.rx.is_empty();
         // Spin before sleeping while batches are out on local workers:
         // their answers are on their way, and a CPU left idle meanwhile
-        // takes tens of microseconds to wake on a VM. Not for a remote
-        // worker's: its answer is a network round trip away, and the CPU
-        // is the launcher's and the relay's meanwhile.
-        let local = self.settle.total_in_flight() > 0
-            && self
-                .workers
-                .iter()
-                .all(|w| w.process.remote.is_none() || self.settle.in_flight(w.slot) == 0);
+        // takes tens of microseconds to wake on a VM (and a local worker
+        // spins on its input for the next chunk, which is worth sending
+        // at once). Not for remote workers' alone: their answers are a
+        // network round trip away, and the CPU is the launchers' and the
+        // relays' meanwhile.
+        let local = self
+            .workers
+            .iter()
+            .any(|w| w.process.remote.is_none() && self.settle.in_flight(w.slot) > 0);
         // One item out and nothing waiting is the latency-bound case (one
         // call at a time through the loop: `apply_async`, or `apply` with
         // a deadline): a tight spin, for at most SPIN. Otherwise (a `map`,

@@ -291,11 +291,6 @@ impl<U: Unit> Settle<U> {
         self.slot(worker).map_or(0, |s| s.inflight.len())
     }
 
-    /// Batches in flight on all workers.
-    pub(crate) fn total_in_flight(&self) -> usize {
-        self.workers.iter().map(|s| s.inflight.len()).sum()
-    }
-
     /// Exactly one batch is in flight, with one item left to report: a
     /// lone call (`apply_async`, `apply` with a deadline) whose answer the
     /// loop waits for.
