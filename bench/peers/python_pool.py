@@ -18,11 +18,12 @@ The spawn Pool also runs row k: Pool.apply with the calling thread and its
 one worker pinned to the same CPU, then to different CPUs (keys
 "placed_same_apply_p50_s", "placed_different_apply_p50_s").
 
-With --serve-map N it runs row c in turns with the harness instead: a
-spawn Pool(2) answers each line on stdin with one Pool.map of x*x over N
-items, printing its rate (items/s), so the harness can take its own map
-rounds and Python's in turns, seconds apart, on a machine whose speed
-drifts over minutes.
+With --serve-map N it runs rows a and c in turns with the harness instead:
+a spawn Pool(2) answers each line "map" on stdin with one Pool.map of x*x
+over N items, printing its rate (items/s), and each line "startup" with
+the start-up of a new spawn Pool(2) and its first result, printing the
+seconds, so the harness can take its own rounds and Python's in turns,
+seconds apart, on a machine whose speed drifts over minutes.
 
 Usage: python_pool.py [--quick] | python_pool.py --serve-map N
 """
@@ -199,11 +200,19 @@ def measure_executor(sizes):
 
 
 def serve_map(n):
-    """Row c in turns with the harness (see the module docs)."""
-    with mp.get_context("spawn").Pool(WORKERS) as pool:
+    """Rows a and c in turns with the harness (see the module docs)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(WORKERS) as pool:
         pool.map(square, range(1000))
         print("ready", flush=True)
-        for _ in sys.stdin:
+        for line in sys.stdin:
+            if line.strip() == "startup":
+                t = time.perf_counter()
+                with ctx.Pool(WORKERS) as fresh:
+                    fresh.apply(square, (3,))
+                    took = time.perf_counter() - t
+                print(took, flush=True)
+                continue
             t = time.perf_counter()
             r = pool.map(square, range(n))
             rate = n / (time.perf_counter() - t)

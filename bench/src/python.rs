@@ -137,15 +137,17 @@ pub(crate) fn peers_table(json: &str, ours: &Ours) -> String {
     out
 }
 
-/// Python's `Pool.map` (spawn, 2 workers) kept running beside the harness,
-/// one map of x*x per [`round`](Self::round): row c takes its rounds and
-/// ours in turns, so both see the machine at the same speed.
-pub(crate) struct MapPeer {
+/// Python's `Pool` (spawn, 2 workers) kept running beside the harness: one
+/// map of x*x per [`round`](Self::round) (row c), one start-up of a new
+/// pool and its first result per [`startup`](Self::startup) (row a). The
+/// harness takes its rounds and ours in turns, so both see the machine at
+/// the same speed.
+pub(crate) struct TurnPeer {
     child: std::process::Child,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
-impl MapPeer {
+impl TurnPeer {
     /// Starts the peer, its pool warmed up; `None` (with a note) when it
     /// cannot run.
     pub(crate) fn start(items: u64) -> Option<Self> {
@@ -176,15 +178,24 @@ impl MapPeer {
 
     /// One `Pool.map` of x*x: its rate, in items per second.
     pub(crate) fn round(&mut self) -> Option<f64> {
+        self.ask(b"map\n")
+    }
+
+    /// One start-up of a new `Pool(2)` and its first result, in seconds.
+    pub(crate) fn startup(&mut self) -> Option<f64> {
+        self.ask(b"startup\n")
+    }
+
+    fn ask(&mut self, line: &[u8]) -> Option<f64> {
         use std::io::Write;
         let stdin = self.child.stdin.as_mut()?;
-        stdin.write_all(b"map\n").ok()?;
+        stdin.write_all(line).ok()?;
         stdin.flush().ok()?;
         self.lines.next()?.ok()?.trim().parse().ok()
     }
 }
 
-impl Drop for MapPeer {
+impl Drop for TurnPeer {
     fn drop(&mut self) {
         // EOF on its stdin ends the peer (and its pool).
         drop(self.child.stdin.take());
