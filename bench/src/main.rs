@@ -184,32 +184,22 @@ fn run(sizes: &Sizes, quick: bool) {
     // a. start-up. CPU: whole pool lifetimes (build → drop, which joins
     // and reaps the workers), so the workers are in RUSAGE_CHILDREN.
     let mut cpu_a = cpu::Meter::default();
-    let (mut ours_a, mut theirs_a, mut pairs_a) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..sizes.startups {
-        let mut theirs = None;
-        if round % 2 == 1 {
-            theirs = python_peer.as_mut().and_then(python::TurnPeer::startup);
-        }
-        let dt = cpu_a.measure(&[], || {
-            let t = Instant::now();
-            let pool = Pool::builder().workers(2).build().unwrap();
-            pool.apply(square, 3).unwrap();
-            let dt = t.elapsed().as_secs_f64();
-            drop(pool);
-            dt
-        });
-        if round % 2 == 0 {
-            theirs = python_peer.as_mut().and_then(python::TurnPeer::startup);
-        }
-        ours_a.push(dt);
-        if let Some(p) = theirs {
-            theirs_a.push(p);
-            pairs_a.push(p / dt);
-        }
-    }
-    let startup = median(ours_a);
-    let startup_peer = (!theirs_a.is_empty()).then(|| median(theirs_a));
-    let startup_ratio = (!pairs_a.is_empty()).then(|| median(pairs_a));
+    let a = python::in_turns(
+        sizes.startups,
+        || {
+            cpu_a.measure(&[], || {
+                let t = Instant::now();
+                let pool = Pool::builder().workers(2).build().unwrap();
+                pool.apply(square, 3).unwrap();
+                let dt = t.elapsed().as_secs_f64();
+                drop(pool);
+                dt
+            })
+        },
+        || python_peer.as_mut().and_then(python::TurnPeer::startup),
+        |ours, theirs| theirs / ours,
+    );
+    let startup = a.ours;
 
     let pool = Pool::builder().workers(2).build().unwrap();
     pool.apply(square, 1).unwrap();
@@ -239,32 +229,22 @@ fn run(sizes: &Sizes, quick: bool) {
     // c. map of x*x, automatic chunk size: our rounds and Python's in
     // turns, as for row a.
     let mut cpu_c = cpu::Meter::default();
-    let (mut ours_c, mut theirs_c, mut pairs_c) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..MAP_PAIRS {
-        let mut theirs = None;
-        if round % 2 == 1 {
-            theirs = python_peer.as_mut().and_then(python::TurnPeer::round);
-        }
-        let rate = cpu_c.measure(&workers, || {
-            let t = Instant::now();
-            let squares = pool.map(square, 0..sizes.map_items).unwrap();
-            let rate = sizes.map_items as f64 / t.elapsed().as_secs_f64();
-            assert_eq!(squares.len() as u64, sizes.map_items);
-            rate
-        });
-        if round % 2 == 0 {
-            theirs = python_peer.as_mut().and_then(python::TurnPeer::round);
-        }
-        ours_c.push(rate);
-        if let Some(p) = theirs {
-            theirs_c.push(p);
-            pairs_c.push(rate / p);
-        }
-    }
+    let c = python::in_turns(
+        MAP_PAIRS,
+        || {
+            cpu_c.measure(&workers, || {
+                let t = Instant::now();
+                let squares = pool.map(square, 0..sizes.map_items).unwrap();
+                let rate = sizes.map_items as f64 / t.elapsed().as_secs_f64();
+                assert_eq!(squares.len() as u64, sizes.map_items);
+                rate
+            })
+        },
+        || python_peer.as_mut().and_then(python::TurnPeer::round),
+        |ours, theirs| ours / theirs,
+    );
     drop(python_peer);
-    let map_rate = median(ours_c);
-    let map_peer_rate = (!theirs_c.is_empty()).then(|| median(theirs_c));
-    let map_ratio = (!pairs_c.is_empty()).then(|| median(pairs_c));
+    let map_rate = c.ours;
 
     // d. imap_unordered, chunk size 1 (median of rounds).
     let mut cpu_d = cpu::Meter::default();
@@ -375,8 +355,8 @@ fn run(sizes: &Sizes, quick: bool) {
         name: "a. start-up, 2 workers + first result (vs Python's, spawn, runs in turns)".into(),
         ours: ms(startup),
         cpu: cpu_a.column(sizes.startups as f64, "start-up", 1e3, "ms"),
-        peer: startup_peer.map_or("python3 absent".into(), ms),
-        ratio: ratio(startup_ratio),
+        peer: a.theirs.map_or("python3 absent".into(), ms),
+        ratio: ratio(a.ratio),
         target: "≥ 40× faster than Python",
     });
     rows.push(Row {
@@ -421,8 +401,8 @@ fn run(sizes: &Sizes, quick: bool) {
         name: "c. map x*x over 1M u64 (vs Python's Pool.map, spawn, rounds in turns)".into(),
         ours: rate(map_rate),
         cpu: cpu_c.column(items_c, "item", 1e9, "ns"),
-        peer: map_peer_rate.map_or("python3 absent".into(), rate),
-        ratio: ratio(map_ratio),
+        peer: c.theirs.map_or("python3 absent".into(), rate),
+        ratio: ratio(c.ratio),
         target: "≥ 6× Python",
     });
     rows.push(Row {

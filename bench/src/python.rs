@@ -195,6 +195,46 @@ impl TurnPeer {
     }
 }
 
+/// Medians of `rounds` of ours and of the peer's, taken in turns (who goes
+/// first alternates), and the median of the pairs' `ratio(ours, theirs)`;
+/// the peer's are `None` if it gave none.
+pub(crate) struct Turns {
+    pub(crate) ours: f64,
+    pub(crate) theirs: Option<f64>,
+    pub(crate) ratio: Option<f64>,
+}
+
+/// Runs `rounds` of `ours` and of `theirs` in turns (see [`Turns`]).
+pub(crate) fn in_turns(
+    rounds: usize,
+    mut ours: impl FnMut() -> f64,
+    mut theirs: impl FnMut() -> Option<f64>,
+    ratio: impl Fn(f64, f64) -> f64,
+) -> Turns {
+    let (mut ours_all, mut theirs_all, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut their = None;
+        if round % 2 == 1 {
+            their = theirs();
+        }
+        let our = ours();
+        if round % 2 == 0 {
+            their = theirs();
+        }
+        ours_all.push(our);
+        if let Some(t) = their {
+            theirs_all.push(t);
+            pairs.push(ratio(our, t));
+        }
+    }
+    let median = |xs: Vec<f64>| (!xs.is_empty()).then(|| crate::median(xs));
+    Turns {
+        ours: crate::median(ours_all),
+        theirs: median(theirs_all),
+        ratio: median(pairs),
+    }
+}
+
 impl Drop for TurnPeer {
     fn drop(&mut self) {
         // EOF on its stdin ends the peer (and its pool).
