@@ -21,7 +21,8 @@ use crate::values::CallArg;
 use crate::worker::Registry;
 
 /// Batches in flight per worker: while a worker runs one, the next is
-/// already in its pipe.
+/// already in its pipe (more while its batches are fast:
+/// `dispatcher/pace.rs`).
 pub(crate) const PIPELINE: usize = 2;
 
 /// What an initializer given to [`Builder::initializer`] may return: `()`,

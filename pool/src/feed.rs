@@ -26,6 +26,8 @@ const MAX_AUTO_CHUNK: usize = 4096;
 /// [`MAX_AUTO_CHUNK`] (rounds paired in one process); local workers,
 /// whose next batch is already in their pipe, gained nothing clear.
 const MAX_AUTO_CHUNK_REMOTE: usize = 16384;
+/// Most items in a chunk that counts as small (`ChunkSize::small`).
+const SMALL_CHUNK: usize = 8;
 /// A chunk is closed once its encoded items reach this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
 /// Room kept in a frame for the `Run` header.
@@ -114,6 +116,16 @@ impl ChunkSize {
                 }
             }
             _ => Self::Growing { next: 1, cap },
+        }
+    }
+
+    /// Its chunks hold a few items at most: tiny batches, which a worker
+    /// answering them fast is sent far ahead (`dispatcher/pace.rs`).
+    pub(crate) fn small(&self) -> bool {
+        match *self {
+            Self::Fixed(n) => n <= SMALL_CHUNK,
+            Self::Guided { first, .. } => first <= SMALL_CHUNK,
+            Self::Growing { .. } => false,
         }
     }
 

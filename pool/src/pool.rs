@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use crate::builder::{Builder, PIPELINE};
 use crate::call::Call;
 use crate::callback::Callbacks;
+use crate::dispatcher::DEEP_PIPELINE;
 use crate::dispatcher::{Batch, Command, Handle, Inbox, Job, Outbox, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::handle::{AsyncResult, Imap, SubmitError};
@@ -102,9 +103,16 @@ impl Inner {
     }
 
     /// Chunks a job may have open at once: enough to keep every worker's
-    /// pipeline full with as many again waiting, and no more.
-    pub(crate) fn window(&self) -> usize {
-        2 * PIPELINE * self.workers + 2
+    /// pipeline full with as many again waiting, and no more. Chunks of a
+    /// few items may go deeper into a worker's pipeline (`DEEP_PIPELINE`),
+    /// and cost little to hold.
+    pub(crate) fn window(&self, small_chunks: bool) -> usize {
+        let depth = if small_chunks {
+            DEEP_PIPELINE
+        } else {
+            PIPELINE
+        };
+        2 * depth * self.workers + 2
     }
 
     /// Sends `cmd`, then waits for the dispatcher to exit. The command is

@@ -14,6 +14,7 @@ mod frames;
 pub(crate) mod lane;
 mod loss;
 mod outbox;
+mod pace;
 mod queue;
 mod settle;
 mod startup;
@@ -23,6 +24,7 @@ pub(crate) use crate::supervisor::handshake::Initializer;
 pub(crate) use batch::{Batch, ChunkMsg, Job, Shared};
 pub(crate) use command::{Command, Handle};
 pub(crate) use outbox::{Inbox, Outbox};
+pub(crate) use pace::DEEP_PIPELINE;
 pub(crate) use startup::{Config, RemoteSite};
 
 use std::os::fd::{AsFd, OwnedFd};

@@ -11,43 +11,54 @@ use crate::supervisor::RELAY_SLACK;
 
 impl Dispatcher {
     /// Hands queued batches to ready workers: first one to each idle
-    /// worker, then up to `pipeline` per worker.
+    /// worker, then one more to each in turn, while any takes one, up to
+    /// `pipeline` per worker, or deeper for a worker whose batches come
+    /// back fast (`pace.rs`).
     pub(super) fn dispatch(&mut self, now: Instant) {
+        self.dispatch_round(1, now);
+        while self.settle.queued() && self.dispatch_round(self.config.pipeline, now) {}
+    }
+
+    /// Offers each ready worker one batch, if it holds fewer than `depth`
+    /// (see [`dispatch`](Self::dispatch)). Whether any was handed out.
+    fn dispatch_round(&mut self, depth: usize, now: Instant) -> bool {
         let max = self.config.max_tasks_per_worker;
-        for depth in [1, self.config.pipeline] {
-            for i in 0..self.workers.len() {
-                loop {
-                    let w = &mut self.workers[i];
-                    if !w.serving() || w.phase != Phase::Ready {
-                        break;
-                    }
-                    let Some(conn) = w.conn.as_mut() else { break };
-                    // A worker that does not count is sent one batch at a
-                    // time: were it killed, all it was sent counts as run,
-                    // so nothing queued behind may be in its pipe. (A
-                    // remote worker's relay holds a pipelined batch until
-                    // the pool's go-ahead, which makes it as safe.)
-                    let depth = if conn.counts() || conn.remote {
-                        depth
-                    } else {
-                        1
-                    };
-                    if max.is_some_and(|m| conn.items_sent() >= m) {
-                        break;
-                    }
-                    let (first, run) = (conn.items_sent(), conn.runs_sent());
-                    let Some((id, batch)) = self.settle.dispatch(w.slot, depth, first, run, now)
-                    else {
-                        break;
-                    };
-                    let job = &batch.job;
-                    let eager = job.timeout.is_some();
-                    if let Err(len) = conn.queue_run(id, job.task, eager, batch.items()) {
-                        self.settle.refuse(w.slot, len, self.config.max_frame);
-                    }
-                }
+        let mut any = false;
+        for i in 0..self.workers.len() {
+            let w = &mut self.workers[i];
+            if !w.serving() || w.phase != Phase::Ready {
+                continue;
+            }
+            let Some(conn) = w.conn.as_mut() else {
+                continue;
+            };
+            // A worker that does not count is sent one batch at a
+            // time: were it killed, all it was sent counts as run,
+            // so nothing queued behind may be in its pipe. (A
+            // remote worker's relay holds a pipelined batch until
+            // the pool's go-ahead, which makes it as safe, but no
+            // further ahead than that.)
+            let (depth, deep) = match (conn.counts(), conn.remote) {
+                (true, false) => (depth, true),
+                (_, true) => (depth, false),
+                (false, false) => (1, false),
+            };
+            if max.is_some_and(|m| conn.items_sent() >= m) {
+                continue;
+            }
+            let (first, run) = (conn.items_sent(), conn.runs_sent());
+            let Some((id, batch)) = self.settle.dispatch(w.slot, depth, deep, first, run, now)
+            else {
+                continue;
+            };
+            any = true;
+            let job = &batch.job;
+            let eager = job.timeout.is_some();
+            if let Err(len) = conn.queue_run(id, job.task, eager, batch.items()) {
+                self.settle.refuse(w.slot, len, self.config.max_frame);
             }
         }
+        any
     }
 
     /// Workers that reached `max_tasks_per_worker` and finished their work

@@ -44,6 +44,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::pace::Pace;
 use crate::error::{Error, ErrorKind, Exit};
 
 /// A chunk of items as the policy sees it. Its outcomes are reported
@@ -172,6 +173,8 @@ struct Slot<U> {
     lent: bool,
     /// A remote worker's host, for its errors.
     host: Option<Arc<str>>,
+    /// How fast its batches come back: how deep it may be fed.
+    pace: Pace,
 }
 
 /// How a worker was lost, for the errors of the items that ran on it.
@@ -262,6 +265,7 @@ impl<U: Unit> Settle<U> {
             killing: false,
             lent: false,
             host: None,
+            pace: Pace::new(now),
         });
     }
 
@@ -305,21 +309,31 @@ impl<U: Unit> Settle<U> {
     }
 
     /// The next batch for `worker`, if it takes work and has fewer than
-    /// `depth` batches: it goes in flight with `first` as its stream index
-    /// and the caller encodes it (`Err` back through [`refuse`]). Batches
-    /// whose caller cancelled them fail with `Cancelled` on the way.
+    /// `depth` batches (more if `deep` and its batches come back fast,
+    /// `pace.rs`, unless the next batch has a deadline): it goes in flight
+    /// with `first` as its stream index and the caller encodes it (`Err`
+    /// back through [`refuse`]). Batches whose caller cancelled them fail
+    /// with `Cancelled` on the way.
     ///
     /// [`refuse`]: Self::refuse
     pub(crate) fn dispatch(
         &mut self,
         worker: u64,
         depth: usize,
+        deep: bool,
         first: u64,
         run: u64,
         now: Instant,
     ) -> Option<(u64, &U)> {
         let i = self.workers.iter().position(|s| s.id == worker)?;
         let s = &self.workers[i];
+        // A batch with a deadline is not sent far ahead: its deadline
+        // would find it waiting behind the others.
+        let depth = if deep && self.queue.front().is_some_and(|u| u.timeout().is_none()) {
+            s.pace.depth(depth)
+        } else {
+            depth
+        };
         if !s.serving || s.lent || s.inflight.len() >= depth {
             return None;
         }
@@ -336,6 +350,7 @@ impl<U: Unit> Settle<U> {
         let s = &mut self.workers[i];
         if s.inflight.is_empty() {
             s.progress_at = now;
+            s.pace.handed(now);
         }
         let sent_from = unit.sent_from();
         s.inflight.push_back(InFlight {
@@ -400,6 +415,7 @@ impl<U: Unit> Settle<U> {
         s.progress_at = now;
         if front.finished() {
             s.inflight.pop_front();
+            s.pace.ended(now);
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
+use crate::dispatcher::DEEP_PIPELINE;
 
 /// What happened to each item: its outcomes, and how often it started.
 #[derive(Debug, Default)]
@@ -158,8 +159,11 @@ enum Op {
         n: u8,
         timeout: bool,
     },
+    /// `deep`: the worker may be fed past two batches while its
+    /// batches come back fast (`pace.rs`).
     Dispatch {
         w: u8,
+        deep: bool,
     },
     Start {
         w: u8,
@@ -196,7 +200,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1u8..5, any::<bool>()).prop_map(|(n, timeout)| Op::Submit { n, timeout }),
-        (0u8..3).prop_map(|w| Op::Dispatch { w }),
+        (0u8..3, any::<bool>()).prop_map(|(w, deep)| Op::Dispatch { w, deep }),
         (0u8..3).prop_map(|w| Op::Start { w }),
         (0u8..3).prop_map(|w| Op::Finish { w }),
         (0u8..3, 1u8..4).prop_map(|(w, k)| Op::Report { w, k }),
@@ -308,7 +312,7 @@ impl World {
     /// pass (the worker starting its item in between if `sneak`): the
     /// index of the worker the deadline kills.
     fn dispatch_past_deadline(&mut self, sneak: bool) -> usize {
-        self.apply(Op::Dispatch { w: 0 });
+        self.apply(Op::Dispatch { w: 0, deep: false });
         self.apply(Op::Tick { ms: 50, sneak });
         self.sims
             .iter()
@@ -330,14 +334,14 @@ impl World {
                 let m = self.model(n, timeout);
                 self.core.submit(m);
             }
-            Op::Dispatch { w } => {
+            Op::Dispatch { w, deep } => {
                 let i = pick(w, self.sims.len());
                 let s = &mut self.sims[i];
                 if s.killing || s.lent {
                     return;
                 }
                 let first = s.stream.len() as u64;
-                if let Some((id, m)) = self.core.dispatch(s.id, 2, first, s.runs, self.now) {
+                if let Some((id, m)) = self.core.dispatch(s.id, 2, deep, first, s.runs, self.now) {
                     for &item in &m.items[m.sent_from as usize..] {
                         s.stream.push((id, item, s.runs));
                     }
@@ -507,7 +511,10 @@ impl World {
                     self.die(i);
                     break;
                 }
-                self.apply(Op::Dispatch { w: i as u8 });
+                self.apply(Op::Dispatch {
+                    w: i as u8,
+                    deep: true,
+                });
                 self.start(i);
                 self.sims[i].finished = self.sims[i].started;
                 self.apply(Op::Report { w: i as u8, k: 3 });
@@ -576,7 +583,7 @@ fn a_death_fails_only_what_started_and_requeues_the_rest() {
     let mut world = World::new();
     let m = world.model(4, false);
     world.core.submit(m);
-    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Dispatch { w: 0, deep: false });
     world.start(0);
     world.sims[0].finished = 1;
     world.start(0);
@@ -597,7 +604,7 @@ fn a_deadline_fails_the_running_item_once_and_a_late_result_is_skipped() {
     let mut world = World::new();
     let m = world.model(2, true);
     world.core.submit(m);
-    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Dispatch { w: 0, deep: false });
     world.start(0);
     world.apply(Op::Tick {
         ms: 50,
@@ -632,7 +639,7 @@ fn an_unrepresentable_deadline_never_fires() {
         log,
         missed: (0, 0),
     });
-    assert!(core.dispatch(0, 1, 0, 0, now).is_some());
+    assert!(core.dispatch(0, 1, false, 0, 0, now).is_some());
     assert_eq!(core.next_deadline(), None);
     assert!(
         core.expire(now + Duration::from_secs(1 << 40), |_| 1)
@@ -670,7 +677,7 @@ fn an_item_that_starts_just_after_its_deadline_found_it_unstarted_ends_timed_out
     let mut world = World::new();
     let m = world.model(2, true);
     world.core.submit(m);
-    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Dispatch { w: 0, deep: false });
     // The claim that beat the mark: the item starts, killing or not.
     world.apply(Op::Tick {
         ms: 50,
@@ -706,7 +713,7 @@ fn a_miss_of_an_earlier_item_does_not_count_against_the_next() {
     world.die(i);
     assert!(world.core.queued());
     // The next worker runs item 0 and reports it...
-    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Dispatch { w: 0, deep: false });
     let i = world
         .sims
         .iter()
@@ -780,20 +787,76 @@ fn only_one_item_left_out_is_a_lone_item() {
     assert!(!world.core.lone_item_out(), "nothing out");
     let one = world.model(1, false);
     world.core.submit(one);
-    world.apply(Op::Dispatch { w: 0 });
+    world.apply(Op::Dispatch { w: 0, deep: false });
     assert!(world.core.lone_item_out(), "a call of one item");
     let chunk = world.model(3, false);
     world.core.submit(chunk);
-    world.apply(Op::Dispatch { w: 1 });
+    world.apply(Op::Dispatch { w: 1, deep: false });
     assert!(!world.core.lone_item_out(), "two batches out");
     world.finish();
     assert!(!world.core.lone_item_out(), "all reported");
     let chunk = world.model(2, false);
     world.core.submit(chunk);
-    world.apply(Op::Dispatch { w: 2 });
+    world.apply(Op::Dispatch { w: 2, deep: false });
     assert!(!world.core.lone_item_out(), "a chunk of two");
     world.start(2);
     world.sims[2].finished = world.sims[2].started;
     world.apply(Op::Report { w: 2, k: 1 });
     assert!(world.core.lone_item_out(), "its last item left");
+}
+
+/// A model of one item for job 0, with or without a deadline.
+fn one_item(log: &Shared, item: u64, timeout: Option<Duration>) -> Model {
+    Model {
+        items: vec![item],
+        sent_from: 0,
+        delivered: 0,
+        timeout,
+        cancelled: Rc::default(),
+        job: 0,
+        log: log.clone(),
+        missed: (0, 0),
+    }
+}
+
+#[test]
+fn a_worker_whose_batches_come_back_fast_is_fed_deeper_but_not_with_deadlines() {
+    let mut core: Settle<Model> = Settle::default();
+    let mut now = Instant::now();
+    core.add_worker(0, 1, now);
+    let log = Shared::default();
+    let mut sent = 0u64;
+    // Hands out what `deep` allows, then ends it all, 2 µs a batch.
+    let mut round = |core: &mut Settle<Model>, deep: bool| {
+        let mut out = Vec::new();
+        while let Some((id, _)) = core.dispatch(0, 2, deep, sent, sent, now) {
+            out.push(id);
+            sent += 1;
+        }
+        for &id in &out {
+            now += Duration::from_micros(2);
+            core.done(0, id, 1, vec![0], now).unwrap();
+        }
+        out.len()
+    };
+    for item in 0..60 {
+        core.submit(one_item(&log, item, None));
+    }
+    // The first batches set the pace; then the pipeline runs deep.
+    let rounds: Vec<usize> = (0..6).map(|_| round(&mut core, true)).collect();
+    assert_eq!(rounds, [2, 16, 16, 16, 10, 0]);
+    assert_eq!(DEEP_PIPELINE, 16);
+    // Not deep without leave (a remote or an uncounted worker).
+    for item in 100..110 {
+        core.submit(one_item(&log, item, None));
+    }
+    assert_eq!(round(&mut core, false), 2);
+    while core.queued() {
+        round(&mut core, true);
+    }
+    // Batches with a deadline: the base depth, however fast the pace.
+    for item in 200..210 {
+        core.submit(one_item(&log, item, Some(Duration::from_secs(60))));
+    }
+    assert_eq!(round(&mut core, true), 2);
 }

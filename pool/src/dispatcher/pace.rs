@@ -1,0 +1,150 @@
+//! How far ahead a worker is fed: the pace at which its batches come
+//! back, and the depth of pipeline that pace earns.
+//!
+//! A worker is sent up to [`PIPELINE`](crate::builder::PIPELINE) batches
+//! so that its next one is in its pipe when it ends the last. For tiny
+//! batches (`imap_unordered` with chunk size 1, or a stream of
+//! `apply_async` calls) that is not enough: a batch takes a few
+//! microseconds, the round trip that brings the next one (the worker's
+//! answer read, the loop woken, the next batch written) takes tens, and
+//! the worker waits most of the time. A worker whose batches come back
+//! fast is sent more, so that about [`AHEAD`] of work at its pace sits in
+//! its pipe, up to [`DEEP_PIPELINE`] batches. A slow batch raises the pace
+//! at once, so a worker running long items holds no more than the usual
+//! two: no worker holds work that another, idle, could start sooner.
+//!
+//! The pace is the mean time between the ends of a worker's batches
+//! (from when it was handed its first batch, if it was idle). While a
+//! worker waits for work, its batches end a round trip apart, divided by
+//! the depth; a deeper pipeline shortens that time, which deepens it
+//! further, up to the bound, for as long as the batches stay short.
+//!
+//! Pure: its inputs are instants, it reads no clock.
+
+use std::time::{Duration, Instant};
+
+/// Most batches a worker whose batches are fast may hold.
+pub(crate) const DEEP_PIPELINE: usize = 16;
+
+// Each batch in a worker's pipe has a skip bit of its own (`sys::shm`).
+const _: () = assert!(DEEP_PIPELINE < crate::sys::MAX_RUNS_IN_FLIGHT);
+
+/// Work at a worker's pace its pipe may hold beyond the running batch.
+/// Longer than a round trip between two CPUs (tens of microseconds on a
+/// VM), short enough that an idle worker never waits on another's pipe
+/// for longer than this.
+const AHEAD: Duration = Duration::from_micros(100);
+
+/// Weight of a new sample in the mean, as a shift (1/8).
+const WEIGHT_SHIFT: u32 = 3;
+
+/// One worker's pace.
+#[derive(Debug, Clone)]
+pub(crate) struct Pace {
+    /// When the batch now at the front of the worker's pipe began: its
+    /// hand-over, if the worker was idle, else the end of the one before.
+    since: Instant,
+    /// Mean time per batch, in nanoseconds; `None` until one has ended.
+    mean_ns: Option<u64>,
+}
+
+impl Pace {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            mean_ns: None,
+        }
+    }
+
+    /// The worker, idle, was handed a batch at `now`.
+    pub(crate) fn handed(&mut self, now: Instant) {
+        self.since = now;
+    }
+
+    /// The worker's front batch ended at `now`.
+    pub(crate) fn ended(&mut self, now: Instant) {
+        let took = now.saturating_duration_since(self.since);
+        self.since = now;
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.mean_ns = Some(match self.mean_ns {
+            None => took,
+            // A long batch weighs at once: one of a second after fast
+            // ones makes the mean an eighth of a second.
+            Some(m) if took >= m => m + ((took - m) >> WEIGHT_SHIFT),
+            Some(m) => m - ((m - took) >> WEIGHT_SHIFT),
+        });
+    }
+
+    /// Batches the worker may hold: `base`, or more while its batches are
+    /// fast (see the module docs).
+    pub(crate) fn depth(&self, base: usize) -> usize {
+        let ahead = AHEAD.as_nanos() as u64;
+        match self.mean_ns {
+            Some(m) if m < ahead => {
+                let more = (ahead / m.max(1)).min(DEEP_PIPELINE as u64) as usize;
+                (1 + more).clamp(base, DEEP_PIPELINE.max(base))
+            }
+            _ => base,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(pace: &mut Pace, start: Instant, batches: u32, each: Duration) -> Instant {
+        let mut now = start;
+        for _ in 0..batches {
+            now += each;
+            pace.ended(now);
+        }
+        now
+    }
+
+    #[test]
+    fn an_unmeasured_worker_gets_the_base_depth() {
+        let pace = Pace::new(Instant::now());
+        assert_eq!(pace.depth(2), 2);
+        assert_eq!(pace.depth(1), 1);
+    }
+
+    #[test]
+    fn fast_batches_deepen_the_pipeline_up_to_the_bound() {
+        let t = Instant::now();
+        let mut pace = Pace::new(t);
+        after(&mut pace, t, 64, Duration::from_micros(3));
+        assert_eq!(pace.depth(2), DEEP_PIPELINE);
+        let mut pace = Pace::new(t);
+        after(&mut pace, t, 64, Duration::from_micros(20));
+        assert_eq!(pace.depth(2), 6, "1 + 100 µs / 20 µs");
+    }
+
+    #[test]
+    fn slow_batches_keep_the_base_depth() {
+        let t = Instant::now();
+        let mut pace = Pace::new(t);
+        after(&mut pace, t, 64, Duration::from_micros(250));
+        assert_eq!(pace.depth(2), 2);
+    }
+
+    #[test]
+    fn one_long_batch_ends_a_deep_pipeline_at_once() {
+        let t = Instant::now();
+        let mut pace = Pace::new(t);
+        let now = after(&mut pace, t, 64, Duration::from_micros(2));
+        assert_eq!(pace.depth(2), DEEP_PIPELINE);
+        after(&mut pace, now, 1, Duration::from_millis(1));
+        assert_eq!(pace.depth(2), 2);
+    }
+
+    #[test]
+    fn the_first_batch_of_an_idle_worker_counts_from_its_hand_over() {
+        let t = Instant::now();
+        let mut pace = Pace::new(t);
+        let handed = t + Duration::from_secs(5);
+        pace.handed(handed);
+        pace.ended(handed + Duration::from_micros(4));
+        assert_eq!(pace.depth(2), DEEP_PIPELINE, "the idle 5 s do not count");
+    }
+}
