@@ -18,12 +18,14 @@ The spawn Pool also runs row k: Pool.apply with the calling thread and its
 one worker pinned to the same CPU, then to different CPUs (keys
 "placed_same_apply_p50_s", "placed_different_apply_p50_s").
 
-With --serve-map N it runs rows a and c in turns with the harness instead:
-a spawn Pool(2) answers each line "map" on stdin with one Pool.map of x*x
-over N items, printing its rate (items/s), and each line "startup" with
-the start-up of a new spawn Pool(2) and its first result, printing the
-seconds, so the harness can take its own rounds and Python's in turns,
-seconds apart, on a machine whose speed drifts over minutes.
+With --serve-map N it runs rows a, c and d in turns with the harness
+instead: a spawn Pool(2) answers each line "map" on stdin with one
+Pool.map of x*x over N items, printing its rate (items/s), each line
+"imap M" with one imap_unordered of x*x over M items with chunksize=1,
+printing its rate, and each line "startup" with the start-up of a new
+spawn Pool(2) and its first result, printing the seconds, so the harness
+can take its own rounds and Python's in turns, seconds apart, on a machine
+whose speed drifts over minutes.
 
 Usage: python_pool.py [--quick] | python_pool.py --serve-map N
 """
@@ -206,6 +208,15 @@ def serve_map(n):
         pool.map(square, range(1000))
         print("ready", flush=True)
         for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["imap"]:
+                m = int(words[1])
+                t = time.perf_counter()
+                count = sum(1 for _ in pool.imap_unordered(square, range(m), chunksize=1))
+                rate = m / (time.perf_counter() - t)
+                assert count == m
+                print(rate, flush=True)
+                continue
             if line.strip() == "startup":
                 t = time.perf_counter()
                 with ctx.Pool(WORKERS) as fresh:

@@ -53,6 +53,8 @@ struct Sizes {
     procspawn_calls: usize,
     map_items: u64,
     imap_items: u64,
+    /// Row d: Python's items per round (its rate is a thirtieth of ours).
+    python_imap_items: u64,
     cpu_items: usize,
     crashes: usize,
     mem_items: u64,
@@ -63,10 +65,10 @@ struct Sizes {
     placement_procspawn_calls: usize,
 }
 
-/// Rounds of the throughput workloads; their medians are reported.
-const ROUNDS: usize = 3;
 /// Row c: pairs of map rounds, ours and Python's in turns.
 const MAP_PAIRS: usize = 7;
+/// Row d: pairs of `imap_unordered` rounds, ours and Python's in turns.
+const IMAP_PAIRS: usize = 5;
 /// Interleaved rounds of the CPU-bound workload (this machine's speed
 /// drifts by tens of percent within seconds).
 const CPU_ROUNDS: usize = 5;
@@ -77,6 +79,7 @@ const FULL: Sizes = Sizes {
     procspawn_calls: 5_000,
     map_items: 1_000_000,
     imap_items: 200_000,
+    python_imap_items: 30_000,
     cpu_items: 200,
     crashes: 20,
     mem_items: 10_000_000,
@@ -91,6 +94,7 @@ const QUICK: Sizes = Sizes {
     procspawn_calls: 100,
     map_items: 20_000,
     imap_items: 2_000,
+    python_imap_items: 1_000,
     cpu_items: 8,
     crashes: 3,
     mem_items: 100_000,
@@ -243,28 +247,34 @@ fn run(sizes: &Sizes, quick: bool) {
         || python_peer.as_mut().and_then(python::TurnPeer::round),
         |ours, theirs| ours / theirs,
     );
-    drop(python_peer);
     let map_rate = c.ours;
 
-    // d. imap_unordered, chunk size 1 (median of rounds).
+    // d. imap_unordered, chunk size 1: our rounds and Python's in turns,
+    // as for rows a and c (Python's over fewer items: a rate is compared).
     let mut cpu_d = cpu::Meter::default();
-    let imap_rate = median(
-        (0..ROUNDS)
-            .map(|_| {
-                cpu_d.measure(&workers, || {
-                    let t = Instant::now();
-                    let n = pool
-                        .with_chunksize(1)
-                        .imap_unordered(square, 0..sizes.imap_items)
-                        .unwrap()
-                        .map(Result::unwrap)
-                        .count();
-                    assert_eq!(n as u64, sizes.imap_items);
-                    sizes.imap_items as f64 / t.elapsed().as_secs_f64()
-                })
+    let d = python::in_turns(
+        IMAP_PAIRS,
+        || {
+            cpu_d.measure(&workers, || {
+                let t = Instant::now();
+                let n = pool
+                    .with_chunksize(1)
+                    .imap_unordered(square, 0..sizes.imap_items)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .count();
+                assert_eq!(n as u64, sizes.imap_items);
+                sizes.imap_items as f64 / t.elapsed().as_secs_f64()
             })
-            .collect(),
+        },
+        || {
+            let items = sizes.python_imap_items;
+            python_peer.as_mut().and_then(|p| p.imap(items))
+        },
+        |ours, theirs| ours / theirs,
     );
+    drop(python_peer);
+    let imap_rate = d.ours;
 
     // e. CPU-bound map: ~10 ms items, speedup over serial, beside rayon's.
     // The three are interleaved, round after round, and compared by their
@@ -350,7 +360,7 @@ fn run(sizes: &Sizes, quick: bool) {
         }
     };
     let items_c = (MAP_PAIRS as u64 * sizes.map_items) as f64;
-    let items_d = (ROUNDS as u64 * sizes.imap_items) as f64;
+    let items_d = (IMAP_PAIRS as u64 * sizes.imap_items) as f64;
     rows.push(Row {
         name: "a. start-up, 2 workers + first result (vs Python's, spawn, runs in turns)".into(),
         ours: ms(startup),
@@ -406,11 +416,11 @@ fn run(sizes: &Sizes, quick: bool) {
         target: "≥ 6× Python",
     });
     rows.push(Row {
-        name: "d. imap_unordered, chunk size 1".into(),
+        name: "d. imap_unordered, chunk size 1 (vs Python's, spawn, rounds in turns)".into(),
         ours: rate(imap_rate),
         cpu: cpu_d.column(items_d, "item", 1e9, "ns"),
-        peer: py("imap_unordered_items_per_s").map_or("python3 absent".into(), rate),
-        ratio: ratio(py("imap_unordered_items_per_s").map(|p| imap_rate / p)),
+        peer: d.theirs.map_or("python3 absent".into(), rate),
+        ratio: ratio(d.ratio),
         target: "≥ 8× Python",
     });
     rows.push(Row {

@@ -138,8 +138,9 @@ pub(crate) fn peers_table(json: &str, ours: &Ours) -> String {
 }
 
 /// Python's `Pool` (spawn, 2 workers) kept running beside the harness: one
-/// map of x*x per [`round`](Self::round) (row c), one start-up of a new
-/// pool and its first result per [`startup`](Self::startup) (row a). The
+/// map of x*x per [`round`](Self::round) (row c), one `imap_unordered`
+/// with chunk size 1 per [`imap`](Self::imap) (row d), one start-up of a
+/// new pool and its first result per [`startup`](Self::startup) (row a). The
 /// harness takes its rounds and ours in turns, so both see the machine at
 /// the same speed.
 pub(crate) struct TurnPeer {
@@ -179,6 +180,12 @@ impl TurnPeer {
     /// One `Pool.map` of x*x: its rate, in items per second.
     pub(crate) fn round(&mut self) -> Option<f64> {
         self.ask(b"map\n")
+    }
+
+    /// One `imap_unordered` of x*x over `items` with chunk size 1: its
+    /// rate, in items per second.
+    pub(crate) fn imap(&mut self, items: u64) -> Option<f64> {
+        self.ask(format!("imap {items}\n").as_bytes())
     }
 
     /// One start-up of a new `Pool(2)` and its first result, in seconds.
