@@ -67,6 +67,7 @@ mod restart;
 mod review3;
 mod review_async;
 mod review_async_held;
+mod review_deep;
 mod review_final;
 mod review_halt;
 mod review_perf;
