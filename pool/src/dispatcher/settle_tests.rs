@@ -860,3 +860,44 @@ fn a_worker_whose_batches_come_back_fast_is_fed_deeper_but_not_with_deadlines() 
     }
     assert_eq!(round(&mut core, true), 2);
 }
+
+/// Review of 7f2ad21: "never past two with a deadline" is judged on the
+/// queue's front, but a cancelled batch there is failed and skipped on
+/// the way, and the deadline batch behind it then goes out at the deep
+/// depth, behind every batch the worker holds.
+#[test]
+fn a_deadline_batch_behind_a_cancelled_one_is_not_sent_deep() {
+    let mut core: Settle<Model> = Settle::default();
+    let mut now = Instant::now();
+    core.add_worker(0, 1, now);
+    let log = Shared::default();
+    let mut sent = 0u64;
+    // A fast pace: single items, 2 µs apart.
+    for item in 0..40 {
+        core.submit(one_item(&log, item, None));
+        let (id, _) = core.dispatch(0, 2, true, sent, sent, now).unwrap();
+        sent += 1;
+        now += Duration::from_micros(2);
+        core.done(0, id, 1, vec![0], now).unwrap();
+    }
+    // Five fast batches out.
+    for item in 100..105 {
+        core.submit(one_item(&log, item, None));
+        core.dispatch(0, 2, true, sent, sent, now).unwrap();
+        sent += 1;
+    }
+    assert_eq!(core.in_flight(0), 5, "the pipeline runs deep");
+    // A cancelled batch, then one with a deadline.
+    let gone = one_item(&log, 200, None);
+    *gone.cancelled.borrow_mut() = true;
+    core.submit(gone);
+    core.submit(one_item(&log, 201, Some(Duration::from_secs(60))));
+    let out = core
+        .dispatch(0, 2, true, sent, sent, now)
+        .map(|(_, m)| m.timeout);
+    assert_eq!(
+        out, None,
+        "a batch with a deadline went out with {} batches ahead of it",
+        core.in_flight(0) - 1
+    );
+}
