@@ -253,7 +253,7 @@ impl<'p> Call<'p> {
             None => ChunkSize::auto(iter.size_hint(), inner.workers, inner.remote),
         };
         Ok(Imap {
-            chunks: Chunks::new(rx.into_channel(), ordered, inner.window(size.small())),
+            chunks: Chunks::new(rx.into_channel(), ordered),
             feeder: Feeder::new(iter, job, inner.clone(), size),
             yielded: 0,
         })

@@ -208,6 +208,11 @@ where
         self.exhausted
     }
 
+    /// Chunks the job may have open now (`Inner::window`).
+    pub(crate) fn window(&self) -> usize {
+        self.inner.window(self.size.small())
+    }
+
     /// The input's own size hint for what it has not yielded yet.
     pub(crate) fn input_hint(&self) -> (usize, Option<usize>) {
         if self.exhausted {

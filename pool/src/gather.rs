@@ -213,19 +213,17 @@ pub(crate) struct Chunks<R> {
     base: u64,
     open: usize,
     ordered: bool,
-    window: usize,
     opened: Vec<Opened>,
 }
 
 impl<R: DeserializeOwned> Chunks<R> {
-    pub(crate) fn new(rx: Receiver<ChunkMsg>, ordered: bool, window: usize) -> Self {
+    pub(crate) fn new(rx: Receiver<ChunkMsg>, ordered: bool) -> Self {
         Self {
             rx,
             chunks: VecDeque::new(),
             base: 0,
             open: 0,
             ordered,
-            window: window.max(1),
             opened: Vec::new(),
         }
     }
@@ -253,7 +251,7 @@ impl<R: DeserializeOwned> Chunks<R> {
         Args: Serialize,
     {
         loop {
-            while self.open < self.window && !feeder.exhausted() {
+            while self.open < feeder.window() && !feeder.exhausted() {
                 feeder.open_next(&mut self.opened);
                 let shared = feeder.job.shared.clone();
                 for o in self.opened.drain(..) {
@@ -293,7 +291,7 @@ impl<R: DeserializeOwned> Chunks<R> {
         let most = (64 << 20) / std::mem::size_of::<R>().max(1);
         let _ = gather.all.try_reserve(feeder.input_hint().0.min(most));
         loop {
-            while gather.open < self.window && !feeder.exhausted() {
+            while gather.open < feeder.window() && !feeder.exhausted() {
                 feeder.open_next(&mut self.opened);
                 for o in self.opened.drain(..) {
                     gather.open(o, &feeder.job.shared)?;

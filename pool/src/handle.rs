@@ -28,9 +28,11 @@ use crate::pool::Inner;
 /// bounded window ahead.
 ///
 /// Unlike an [`AsyncResult`], dropping it *cancels* the work not yet
-/// started (items already running finish, their results discarded):
-/// nobody can consume the rest. [`cancel`](Self::cancel) also stops
-/// the items running.
+/// started (items already running finish, their results discarded, and
+/// so do those already in a worker's pipe: two batches, or up to 16 of a
+/// worker whose items take microseconds): nobody can consume the rest.
+/// [`cancel`](Self::cancel) also stops the items running and skips those
+/// in the pipes.
 ///
 /// It is an [`Iterator`], which blocks; for async code,
 /// [`into_stream`](Self::into_stream) makes it a [`Stream`] (as flume's

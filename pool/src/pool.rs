@@ -103,12 +103,13 @@ impl Inner {
     }
 
     /// Chunks a job may have open at once: enough to keep every worker's
-    /// pipeline full with as many again waiting, and no more. Chunks of a
-    /// few items may go deeper into a worker's pipeline (`DEEP_PIPELINE`),
-    /// and cost little to hold.
+    /// pipeline full with as many again waiting, and no more. A job of
+    /// small chunks (a few items each) fills pipelines as deep as the
+    /// pool feeds them now (`dispatcher/pace.rs`): deeper while its
+    /// workers answer fast, the usual two once they do not.
     pub(crate) fn window(&self, small_chunks: bool) -> usize {
         let depth = if small_chunks {
-            DEEP_PIPELINE
+            self.shared.depth().clamp(PIPELINE, DEEP_PIPELINE)
         } else {
             PIPELINE
         };

@@ -8,7 +8,7 @@
 //! closed channel, or unwound by a panic — every item ends exactly once.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
@@ -301,6 +301,9 @@ pub(crate) struct Shared {
     /// Whether every worker that served so far takes large arguments from
     /// shared memory (`payload.rs`): unknown, yes, or (for good) no.
     share_args: AtomicU8,
+    /// The most batches any worker is fed now (`pace.rs`): how many
+    /// chunks of a few items a caller keeps open (`Inner::window`).
+    depth: AtomicUsize,
 }
 
 /// What the workers serve, as the first one announced it.
@@ -347,6 +350,19 @@ impl Shared {
             stats: Counters::default(),
             lanes: super::lane::Lanes::default(),
             share_args: AtomicU8::new(SHARE_UNKNOWN),
+            depth: AtomicUsize::new(crate::builder::PIPELINE),
+        }
+    }
+
+    /// The most batches any worker is fed now.
+    pub(crate) fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// The dispatcher feeds its deepest worker `depth` batches.
+    pub(crate) fn set_depth(&self, depth: usize) {
+        if self.depth.load(Ordering::Relaxed) != depth {
+            self.depth.store(depth, Ordering::Relaxed);
         }
     }
 

@@ -10,8 +10,13 @@
 //! the worker waits most of the time. A worker whose batches come back
 //! fast is sent more, so that about [`AHEAD`] of work at its pace sits in
 //! its pipe, up to [`DEEP_PIPELINE`] batches. A slow batch raises the pace
-//! at once, so a worker running long items holds no more than the usual
-//! two: no worker holds work that another, idle, could start sooner.
+//! at once, and so does one still running past the mean, so a worker
+//! running a long item is sent no more than the usual two: no worker is
+//! handed work that another, idle, could start sooner. (What was sent
+//! while its items were fast stays in its pipe: at most
+//! [`DEEP_PIPELINE`] batches.) An idle worker always comes first: the
+//! first round of a dispatch hands one batch to each idle worker before
+//! any worker gets a second.
 //!
 //! The pace is the mean time between the ends of a worker's batches
 //! (from when it was handed its first batch, if it was idle). While a
@@ -76,10 +81,16 @@ impl Pace {
     }
 
     /// Batches the worker may hold: `base`, or more while its batches are
-    /// fast (see the module docs).
-    pub(crate) fn depth(&self, base: usize) -> usize {
+    /// fast (see the module docs). `busy_at`: the worker has a batch out
+    /// at that instant, and one that has already run longer than the mean
+    /// counts as that long (a long item that follows fast ones ends the
+    /// deep pipeline as soon as it runs long, not once it ends).
+    pub(crate) fn depth(&self, base: usize, busy_at: Option<Instant>) -> usize {
         let ahead = AHEAD.as_nanos() as u64;
-        match self.mean_ns {
+        let running = busy_at.map_or(0, |now| {
+            u64::try_from(now.saturating_duration_since(self.since).as_nanos()).unwrap_or(u64::MAX)
+        });
+        match self.mean_ns.map(|m| m.max(running)) {
             Some(m) if m < ahead => {
                 let more = (ahead / m.max(1)).min(DEEP_PIPELINE as u64) as usize;
                 (1 + more).clamp(base, DEEP_PIPELINE.max(base))
@@ -105,8 +116,8 @@ mod tests {
     #[test]
     fn an_unmeasured_worker_gets_the_base_depth() {
         let pace = Pace::new(Instant::now());
-        assert_eq!(pace.depth(2), 2);
-        assert_eq!(pace.depth(1), 1);
+        assert_eq!(pace.depth(2, None), 2);
+        assert_eq!(pace.depth(1, None), 1);
     }
 
     #[test]
@@ -114,10 +125,10 @@ mod tests {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         after(&mut pace, t, 64, Duration::from_micros(3));
-        assert_eq!(pace.depth(2), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
         let mut pace = Pace::new(t);
         after(&mut pace, t, 64, Duration::from_micros(20));
-        assert_eq!(pace.depth(2), 6, "1 + 100 µs / 20 µs");
+        assert_eq!(pace.depth(2, None), 6, "1 + 100 µs / 20 µs");
     }
 
     #[test]
@@ -125,7 +136,7 @@ mod tests {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         after(&mut pace, t, 64, Duration::from_micros(250));
-        assert_eq!(pace.depth(2), 2);
+        assert_eq!(pace.depth(2, None), 2);
     }
 
     #[test]
@@ -133,9 +144,26 @@ mod tests {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         let now = after(&mut pace, t, 64, Duration::from_micros(2));
-        assert_eq!(pace.depth(2), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
         after(&mut pace, now, 1, Duration::from_millis(1));
-        assert_eq!(pace.depth(2), 2);
+        assert_eq!(pace.depth(2, None), 2);
+    }
+
+    #[test]
+    fn a_batch_running_long_ends_a_deep_pipeline_before_it_ends() {
+        let t = Instant::now();
+        let mut pace = Pace::new(t);
+        let now = after(&mut pace, t, 64, Duration::from_micros(2));
+        assert_eq!(
+            pace.depth(2, Some(now + Duration::from_micros(1))),
+            DEEP_PIPELINE
+        );
+        assert_eq!(pace.depth(2, Some(now + Duration::from_millis(1))), 2);
+        assert_eq!(
+            pace.depth(2, None),
+            DEEP_PIPELINE,
+            "idle, nothing runs long"
+        );
     }
 
     #[test]
@@ -145,6 +173,10 @@ mod tests {
         let handed = t + Duration::from_secs(5);
         pace.handed(handed);
         pace.ended(handed + Duration::from_micros(4));
-        assert_eq!(pace.depth(2), DEEP_PIPELINE, "the idle 5 s do not count");
+        assert_eq!(
+            pace.depth(2, None),
+            DEEP_PIPELINE,
+            "the idle 5 s do not count"
+        );
     }
 }

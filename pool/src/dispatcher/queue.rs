@@ -11,12 +11,24 @@ use crate::supervisor::RELAY_SLACK;
 
 impl Dispatcher {
     /// Hands queued batches to ready workers: first one to each idle
-    /// worker, then one more to each in turn, while any takes one, up to
-    /// `pipeline` per worker, or deeper for a worker whose batches come
-    /// back fast (`pace.rs`).
+    /// worker (a round in which no worker holds more than one), then one
+    /// more to each in turn, while any takes one, up to `pipeline` per
+    /// worker, or deeper for a local worker whose batches come back fast
+    /// (`pace.rs`).
     pub(super) fn dispatch(&mut self, now: Instant) {
         self.dispatch_round(1, now);
         while self.settle.queued() && self.dispatch_round(self.config.pipeline, now) {}
+        // Callers size their windows of small chunks by the deepest
+        // pipeline (`Inner::window`).
+        let base = self.config.pipeline;
+        let deepest = self
+            .workers
+            .iter()
+            .filter(|w| w.conn.as_ref().is_some_and(|c| c.counts() && !c.remote))
+            .map(|w| self.settle.depth(w.slot, base, now))
+            .max()
+            .unwrap_or(base);
+        self.shared.set_depth(deepest);
     }
 
     /// Offers each ready worker one batch, if it holds fewer than `depth`

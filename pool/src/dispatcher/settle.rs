@@ -326,25 +326,29 @@ impl<U: Unit> Settle<U> {
         now: Instant,
     ) -> Option<(u64, &U)> {
         let i = self.workers.iter().position(|s| s.id == worker)?;
+        if !self.workers[i].serving || self.workers[i].lent {
+            return None;
+        }
+        // Cancelled batches fail as their turn comes; the depth is the
+        // next live one's.
+        while self.queue.front().is_some_and(U::cancelled) {
+            let u = self.queue.pop_front().expect("a front");
+            fail(u, Error::new(ErrorKind::Cancelled));
+        }
+        let next = self.queue.front()?;
         let s = &self.workers[i];
-        // A batch with a deadline is not sent far ahead: its deadline
-        // would find it waiting behind the others.
-        let depth = if deep && self.queue.front().is_some_and(|u| u.timeout().is_none()) {
-            s.pace.depth(depth)
+        // Deeper only past the first batch (an idle worker comes first),
+        // and not for a batch with a deadline: its deadline would find it
+        // waiting behind the others.
+        let depth = if deep && depth > 1 && next.timeout().is_none() {
+            Self::paced(s, depth, now)
         } else {
             depth
         };
-        if !s.serving || s.lent || s.inflight.len() >= depth {
+        if s.inflight.len() >= depth {
             return None;
         }
-        let unit = loop {
-            let u = self.queue.pop_front()?;
-            if u.cancelled() {
-                fail(u, Error::new(ErrorKind::Cancelled));
-                continue;
-            }
-            break u;
-        };
+        let unit = self.queue.pop_front().expect("a front");
         let id = self.next_batch;
         self.next_batch += 1;
         let s = &mut self.workers[i];
@@ -364,6 +368,17 @@ impl<U: Unit> Settle<U> {
         });
         let f = s.inflight.back().expect("just pushed");
         Some((id, &f.unit))
+    }
+
+    /// How many batches `worker` may hold at `now` at its pace, `base` at
+    /// least (`pace.rs`).
+    pub(crate) fn depth(&self, worker: u64, base: usize, now: Instant) -> usize {
+        self.slot(worker)
+            .map_or(base, |s| Self::paced(s, base, now))
+    }
+
+    fn paced(s: &Slot<U>, base: usize, now: Instant) -> usize {
+        s.pace.depth(base, (!s.inflight.is_empty()).then_some(now))
     }
 
     /// The batch just dispatched to `worker` could not be encoded: it does

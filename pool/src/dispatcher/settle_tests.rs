@@ -861,10 +861,9 @@ fn a_worker_whose_batches_come_back_fast_is_fed_deeper_but_not_with_deadlines() 
     assert_eq!(round(&mut core, true), 2);
 }
 
-/// Review of 7f2ad21: "never past two with a deadline" is judged on the
-/// queue's front, but a cancelled batch there is failed and skipped on
-/// the way, and the deadline batch behind it then goes out at the deep
-/// depth, behind every batch the worker holds.
+/// "Never past two with a deadline" is judged on the batch that goes out,
+/// not on a cancelled one failed at the queue's front on the way (found
+/// by the review of 7f2ad21: the deadline batch behind it went out deep).
 #[test]
 fn a_deadline_batch_behind_a_cancelled_one_is_not_sent_deep() {
     let mut core: Settle<Model> = Settle::default();
@@ -896,7 +895,8 @@ fn a_deadline_batch_behind_a_cancelled_one_is_not_sent_deep() {
         .dispatch(0, 2, true, sent, sent, now)
         .map(|(_, m)| m.timeout);
     assert_eq!(
-        out, None,
+        out,
+        None,
         "a batch with a deadline went out with {} batches ahead of it",
         core.in_flight(0) - 1
     );

@@ -68,8 +68,9 @@ fn tasks_queued_behind_a_crash_run_elsewhere_exactly_once() {
         LIMIT,
     );
     let pool = pool(1);
-    // With one worker and two batches in flight per worker, the squares
-    // behind the crash sit in the dead worker's pipe or the queue.
+    // With one fresh worker (two batches in flight: no pace measured
+    // yet to feed it deeper), the squares behind the crash sit in the
+    // dead worker's pipe or the queue.
     let crash = pool.apply_async(exit_with, 9).unwrap();
     let behind: Vec<_> = (0..10u64)
         .map(|i| pool.apply_async(square, i).unwrap())

@@ -107,8 +107,9 @@ fn tasks_behind_a_crash_in_the_same_pipeline_run_once() {
     let _w = watchdog("tasks_behind_a_crash_in_the_same_pipeline_run_once", LIMIT);
     let file = temp_path("behind");
     let pool = recording_pool(1, &file);
-    // One worker, two batches in flight: the crash and, behind it in the
-    // pipe, the next task; the rest wait in the queue.
+    // One fresh worker, two batches in flight (no pace measured yet to
+    // feed it deeper): the crash and, behind it in the pipe, the next
+    // task; the rest wait in the queue.
     let crash = pool.apply_async(crash_running, Death::Segv).unwrap();
     let behind: Vec<_> = (0..20)
         .map(|i| pool.apply_async(record, i).unwrap())

@@ -32,7 +32,8 @@
 //!   and the worker index;
 //! - `payloads`: large `Bytes` through shared memory, both ways, in
 //!   order, after a crash, nothing left behind, hostile listings;
-//! - `pipeline`: deep pipelines of fast batches: a death or a slow item
+//! - `pipeline`, `review_deep`: deep pipelines of fast batches: a death,
+//!   a cancel, recycling, terminate or a slow item
 //!   costs no more than its own item and that worker's pipe;
 //! - `spin`: workers sleep once a burst of calls is over;
 //! - `seams`: regression tests of the dispatcher's faults (join, the

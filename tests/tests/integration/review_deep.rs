@@ -2,7 +2,7 @@
 //! hostile mixes of fast batches with crashes, kills, cancels, deadlines,
 //! recycling and terminate, each checked against the one-outcome rule
 //! with a record of what really ran; and two load-balance properties the
-//! deep pipelines gave up.
+//! first version of deep pipelines gave up (kept since).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,12 @@ use crate::{LIMIT, builder, counterless, pool, recording_pool};
 fn ran_once(file: &std::path::Path, ok: impl IntoIterator<Item = u64>) {
     let counts = recorded(file);
     for id in ok {
-        assert_eq!(counts.get(&id), Some(&1), "item {id} delivered but ran {:?}", counts.get(&id));
+        assert_eq!(
+            counts.get(&id),
+            Some(&1),
+            "item {id} delivered but ran {:?}",
+            counts.get(&id)
+        );
     }
     for (id, n) in &counts {
         assert_eq!(*n, 1, "item {id} ran {n} times");
@@ -28,7 +33,10 @@ fn ran_once(file: &std::path::Path, ok: impl IntoIterator<Item = u64>) {
 
 #[test]
 fn deep_crashes_of_every_kind_among_an_apply_async_flood_cost_only_their_own_items() {
-    let _w = watchdog("deep_crashes_of_every_kind_among_an_apply_async_flood", LIMIT);
+    let _w = watchdog(
+        "deep_crashes_of_every_kind_among_an_apply_async_flood",
+        LIMIT,
+    );
     let file = temp_path("deep-flood-crash");
     let pool = recording_pool(2, &file);
     const N: u64 = 3_000;
@@ -68,7 +76,10 @@ fn cancelling_one_of_two_fast_jobs_with_deep_pipes_ends_every_item_once() {
                 .unwrap()
                 .collect::<Vec<_>>()
         });
-        let mut mine = pool.with_chunksize(1).imap_unordered(record, N..2 * N).unwrap();
+        let mut mine = pool
+            .with_chunksize(1)
+            .imap_unordered(record, N..2 * N)
+            .unwrap();
         let mut got = Vec::new();
         for r in mine.by_ref().take(500) {
             got.push(r.unwrap());
@@ -89,7 +100,12 @@ fn cancelling_one_of_two_fast_jobs_with_deep_pipes_ends_every_item_once() {
         let mine_ran = recorded(&file).keys().filter(|&&id| id >= N).count() as u64;
         assert!(got.len() as u64 + cancelled <= N);
         assert!(mine_ran <= got.len() as u64 + cancelled, "{mine_ran} ran");
-        let theirs: Vec<u64> = other.join().unwrap().into_iter().map(Result::unwrap).collect();
+        let theirs: Vec<u64> = other
+            .join()
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(theirs.len() as u64, N);
         ran_once(&file, theirs.into_iter().chain(got));
     });
@@ -205,20 +221,21 @@ fn a_counterless_pool_under_a_fast_flood_with_crashes_runs_nothing_twice() {
         }
     }
     for h in crashes {
-        assert_eq!(h.get().unwrap_err().exit(), Some(Exit::Signal(libc::SIGSEGV)));
+        assert_eq!(
+            h.get().unwrap_err().exit(),
+            Some(Exit::Signal(libc::SIGSEGV))
+        );
     }
     ran_once(&file, ok);
     let _ = std::fs::remove_file(&file);
 }
 
-/// A worker running a long item is still fed as deep as its past pace
-/// allows: the pace learns of the long batch only when it ends. And the
-/// first round of `dispatch` ("one to each idle worker") offers a busy
-/// worker with a fast pace a batch before the idle workers after it in
-/// the list (`Settle::dispatch` deepens the depth of 1 it is given). Items
-/// submitted while a long item runs go into its pipe and wait seconds
-/// while another worker is idle. Before 7f2ad21, at most one batch waited
-/// there.
+/// A worker running a long item is fed no deeper than two however fast
+/// its past items were (a batch running past the mean counts as that
+/// long), and an idle worker is served before a busy one (the first round
+/// of `dispatch` is not deepened). Found by the review of 7f2ad21: items
+/// submitted while a long item ran went into its pipe and waited seconds
+/// while the other worker was idle.
 #[test]
 fn items_submitted_while_a_long_item_runs_do_not_queue_behind_it() {
     let _w = watchdog("items_submitted_while_a_long_item_runs", LIMIT);
@@ -241,7 +258,10 @@ fn items_submitted_while_a_long_item_runs_do_not_queue_behind_it() {
         (h, marker)
     };
     let (long, m1) = started(8_000);
-    assert!(procpool_tests::wait_until(LIMIT, || m1.exists()), "it starts");
+    assert!(
+        procpool_tests::wait_until(LIMIT, || m1.exists()),
+        "it starts"
+    );
     // One worker is idle: this one starts at once (allow 4 s of the long
     // item's 8: behind it, it would wait all 8).
     let (medium, m2) = started(1_000);
@@ -254,7 +274,9 @@ fn items_submitted_while_a_long_item_runs_do_not_queue_behind_it() {
     );
     // Both workers are busy, one for a second more, one for seconds: these
     // go to the pipes and the queue now.
-    let mut quick: Vec<_> = (0..40).map(|_| pool.apply_async(sleep_ms, 0).unwrap()).collect();
+    let mut quick: Vec<_> = (0..40)
+        .map(|_| pool.apply_async(sleep_ms, 0).unwrap())
+        .collect();
     // The worker whose item ends in a second then runs 40 empty items in
     // far less than 4 s; only what was put in the long item's pipe is
     // still waiting then.
@@ -277,9 +299,10 @@ fn items_submitted_while_a_long_item_runs_do_not_queue_behind_it() {
     );
 }
 
-/// The window of a job of small chunks is sized for deep pipelines
-/// whatever its pace: a slow job of chunk size 1 pulls (and holds) eight
-/// times as much of its input as the pipelines can take.
+/// The window of a job of small chunks follows the depth the pool feeds
+/// its workers now: a slow job of chunk size 1 pulls no more of its input
+/// than two batches a worker. Found by the review of 7f2ad21: the window
+/// was sized for deep pipelines whatever the pace (66 items pulled).
 #[test]
 fn a_slow_job_of_chunk_size_one_pulls_no_more_input_than_two_deep_pipes_hold() {
     let _w = watchdog("a_slow_job_of_chunk_size_one_pulls_no_more_input", LIMIT);
