@@ -4,10 +4,11 @@
 //! writing, shrinking and growing before anyone else can see it; the
 //! receiver opens it through `/proc/<pid>/fd/<n>` (the sender keeps its
 //! descriptor until then), checks the seals and the size, and maps it
-//! read-only. A mapping of a sealed file cannot fault later (it cannot
-//! shrink under the reader) nor change (it cannot be written). Nothing
-//! is ever named in a file system: the memory is freed when the last
-//! descriptor and mapping are gone, whichever process is killed.
+//! read-only. A read of a mapping of a sealed file cannot fail (no
+//! SIGBUS: the file cannot shrink under the reader) nor see a change (it
+//! cannot be written). Nothing is ever named in a file system: the memory
+//! is freed when the last descriptor and mapping are gone, whichever
+//! process is killed.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -90,6 +91,12 @@ impl Mapping {
                 "the shared memory holds {size} bytes, not the {len} announced"
             )));
         }
+        // Not populated: the pages are mapped as they are first read, 16
+        // at a time (the kernel's fault-around), which costs less than
+        // `MAP_POPULATE`'s walk of every page, even when all are read. A
+        // 4 MiB echo, rounds paired in one process on AMD EPYC: 1.17× as
+        // fast, and 1.09× when the task and the caller read every byte.
+        // (Faults cannot fail for want of the file: it cannot shrink.)
         // SAFETY: a fresh private read-only mapping of a file of exactly
         // `len` bytes that cannot shrink (sealed); no existing memory is
         // touched. The result is checked.
@@ -98,7 +105,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE,
                 fd.as_raw_fd(),
                 0,
             )
