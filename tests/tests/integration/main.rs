@@ -32,7 +32,7 @@
 //!   and the worker index;
 //! - `payloads`: large `Bytes` through shared memory, both ways, in
 //!   order, after a crash, nothing left behind, hostile listings;
-//! - `pipeline`, `review_deep`: deep pipelines of fast batches: a death,
+//! - `pipeline`, `review_deep`, `review_deep2`: deep pipelines of fast batches: a death,
 //!   a cancel, recycling, terminate or a slow item
 //!   costs no more than its own item and that worker's pipe;
 //! - `spin`: workers sleep once a burst of calls is over;
@@ -69,6 +69,7 @@ mod review3;
 mod review_async;
 mod review_async_held;
 mod review_deep;
+mod review_deep2;
 mod review_final;
 mod review_halt;
 mod review_perf;
