@@ -254,8 +254,9 @@
 //! the next is in its pipe. A local worker whose chunks come back within
 //! tens of microseconds (chunk size 1, a stream of `apply_async`) is sent
 //! up to 16 ahead, about 100 µs of its work, so it never waits a round
-//! trip for the next; one slow chunk brings it back to two. Chunks with a
-//! deadline are never sent further ahead than two. With no
+//! trip for the next; one slow chunk brings it back to two, and a worker
+//! that waited starts a new job at two. Chunks with a deadline are never
+//! sent further ahead than two. With no
 //! [`chunksize`](Builder::chunksize), an input of known length `n` starts
 //! with chunks of `ceil(n / (4 * workers))` items (Python's rule), capped at
 //! 4096 (16,384 in a pool with remote workers), and each later chunk takes

@@ -301,8 +301,9 @@ pub(crate) struct Shared {
     /// Whether every worker that served so far takes large arguments from
     /// shared memory (`payload.rs`): unknown, yes, or (for good) no.
     share_args: AtomicU8,
-    /// The most batches any worker is fed now (`pace.rs`): how many
-    /// chunks of a few items a caller keeps open (`Inner::window`).
+    /// The most batches any busy local worker may be fed now (`pace.rs`;
+    /// an idle one counts as two): how many chunks of a few items a caller
+    /// keeps open (`Inner::window`).
     depth: AtomicUsize,
 }
 

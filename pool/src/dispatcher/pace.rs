@@ -14,9 +14,11 @@
 //! running a long item is sent no more than the usual two: no worker is
 //! handed work that another, idle, could start sooner. (What was sent
 //! while its items were fast stays in its pipe: at most
-//! [`DEEP_PIPELINE`] batches.) An idle worker always comes first: the
-//! first round of a dispatch hands one batch to each idle worker before
-//! any worker gets a second.
+//! [`DEEP_PIPELINE`] batches.) An idle worker comes first: the first
+//! round of a dispatch hands one batch to each idle worker before any
+//! worker gets a second. A pace belongs to the job that set it: an idle
+//! worker handed another job's batch starts unmeasured, at two, until one
+//! of the new job's batches has come back.
 //!
 //! The pace is the mean time between the ends of a worker's batches
 //! (from when it was handed its first batch, if it was idle). While a
@@ -51,6 +53,8 @@ pub(crate) struct Pace {
     since: Instant,
     /// Mean time per batch, in nanoseconds; `None` until one has ended.
     mean_ns: Option<u64>,
+    /// The job of the last batch the worker was handed.
+    job: Option<u64>,
 }
 
 impl Pace {
@@ -58,12 +62,22 @@ impl Pace {
         Self {
             since: now,
             mean_ns: None,
+            job: None,
         }
     }
 
-    /// The worker, idle, was handed a batch at `now`.
-    pub(crate) fn handed(&mut self, now: Instant) {
-        self.since = now;
+    /// The worker was handed a batch of `job` at `now`, `idle` if it held
+    /// none. An idle worker handed another job's batch than its last
+    /// forgets its pace: the new job's speed is unknown (a fast job's pace
+    /// would send a slow one's first batches deep).
+    pub(crate) fn handed(&mut self, now: Instant, job: u64, idle: bool) {
+        if idle {
+            self.since = now;
+            if self.job != Some(job) {
+                self.mean_ns = None;
+            }
+        }
+        self.job = Some(job);
     }
 
     /// The worker's front batch ended at `now`.
@@ -167,11 +181,30 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_worker_forgets_its_pace_for_another_job_only() {
+        let t = Instant::now();
+        let mut pace = Pace::new(t);
+        pace.handed(t, 1, true);
+        let now = after(&mut pace, t, 64, Duration::from_micros(2));
+        // The same job again, after a pause: still fast.
+        pace.handed(now, 1, true);
+        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
+        // Another job's batch while it is busy: the pace stands.
+        pace.handed(now, 2, false);
+        assert_eq!(pace.depth(2, Some(now)), DEEP_PIPELINE);
+        // Idle, then another job: unknown until one of its batches ends.
+        pace.handed(now, 3, true);
+        assert_eq!(pace.depth(2, None), 2);
+        after(&mut pace, now, 1, Duration::from_micros(2));
+        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
+    }
+
+    #[test]
     fn the_first_batch_of_an_idle_worker_counts_from_its_hand_over() {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         let handed = t + Duration::from_secs(5);
-        pace.handed(handed);
+        pace.handed(handed, 0, true);
         pace.ended(handed + Duration::from_micros(4));
         assert_eq!(
             pace.depth(2, None),

@@ -352,10 +352,11 @@ impl<U: Unit> Settle<U> {
         let id = self.next_batch;
         self.next_batch += 1;
         let s = &mut self.workers[i];
-        if s.inflight.is_empty() {
+        let idle = s.inflight.is_empty();
+        if idle {
             s.progress_at = now;
-            s.pace.handed(now);
         }
+        s.pace.handed(now, unit.job(), idle);
         let sent_from = unit.sent_from();
         s.inflight.push_back(InFlight {
             id,
@@ -377,8 +378,13 @@ impl<U: Unit> Settle<U> {
             .map_or(base, |s| Self::paced(s, base, now))
     }
 
+    /// An idle worker's next batch may be another job's, whose pace is
+    /// unknown: `base`.
     fn paced(s: &Slot<U>, base: usize, now: Instant) -> usize {
-        s.pace.depth(base, (!s.inflight.is_empty()).then_some(now))
+        if s.inflight.is_empty() {
+            return base;
+        }
+        s.pace.depth(base, Some(now))
     }
 
     /// The batch just dispatched to `worker` could not be encoded: it does

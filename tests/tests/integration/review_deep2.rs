@@ -1,9 +1,9 @@
 //! Second review of the deep pipelines (7f2ad21, dddf88e): a worker's
-//! pace, and the pool's published depth (`Shared::depth`), outlive the
-//! job that set them. After a job of fast items the pool is idle, yet the
-//! next job, whatever its speed, is judged by the old pace: it is fed 16
-//! deep at its first dispatch, and a job of small chunks sizes its window
-//! by a depth no worker feeds any more.
+//! pace belongs to the job that set it. After a job of fast items the
+//! pool sits idle; the next job, whatever its speed, starts at two
+//! batches a worker and sizes its window by the pool's idle workers, not
+//! by the old job's pace (before the fix: fed 16 deep at its first
+//! dispatch, its window 66 chunks).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
