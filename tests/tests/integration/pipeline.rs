@@ -3,6 +3,8 @@
 //! pipe must still end exactly once when the worker dies, and a slow item
 //! can hold back no more than that pipe.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use procpool::Exit;
@@ -25,15 +27,7 @@ fn a_slow_item_holds_back_no_more_than_one_deep_pipeline() {
     // slow one ends; only what was already in the slow one's pipe waits.
     const SLOW: u64 = 1_500;
     let items = (0..400).map(|_| 0).chain([SLOW]).chain((0..100).map(|_| 0));
-    let order: Vec<u64> = pool
-        .with_chunksize(1)
-        .imap_unordered(sleep_ms, items)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(order.len(), 501);
-    let slow_at = order.iter().position(|&ms| ms == SLOW).unwrap();
-    let behind = order.len() - 1 - slow_at;
+    let behind = came_back_after(&pool, items, SLOW);
     assert!(
         behind < DEEP_PIPELINE,
         "{behind} items came back after the slow one: they waited in its worker's pipe"
@@ -130,4 +124,37 @@ fn a_worker_killed_with_a_deep_pipeline_loses_only_its_running_item() {
 /// for its next message), as the kernel's wait channel says.
 fn asleep_in_a_task(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("nanosleep"))
+}
+
+/// Runs `items` (milliseconds to sleep, one `slow`) through
+/// `imap_unordered` with chunk size 1: how many results came back after
+/// the slow one's.
+pub(crate) fn came_back_after(
+    pool: &procpool::Pool,
+    items: impl IntoIterator<Item = u64>,
+    slow: u64,
+) -> usize {
+    let order: Vec<u64> = pool
+        .with_chunksize(1)
+        .imap_unordered(sleep_ms, items)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let slow_at = order.iter().position(|&ms| ms == slow).unwrap();
+    order.len() - 1 - slow_at
+}
+
+/// How many items an `imap` of 200 ms items with chunk size 1 pulls from
+/// its input before its first result (the window of a slow job of small
+/// chunks).
+pub(crate) fn pulled_before_first_result(pool: &procpool::Pool) -> u64 {
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = pulled.clone();
+    let input = (0..1_000u64).map(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        200u64
+    });
+    let mut it = pool.with_chunksize(1).imap(sleep_ms, input).unwrap();
+    assert_eq!(it.next().unwrap().unwrap(), 200);
+    pulled.load(Ordering::SeqCst)
 }

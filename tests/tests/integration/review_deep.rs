@@ -4,8 +4,6 @@
 //! with a record of what really ran; and two load-balance properties the
 //! first version of deep pipelines gave up (kept since).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use procpool::Exit;
@@ -307,16 +305,7 @@ fn items_submitted_while_a_long_item_runs_do_not_queue_behind_it() {
 fn a_slow_job_of_chunk_size_one_pulls_no_more_input_than_two_deep_pipes_hold() {
     let _w = watchdog("a_slow_job_of_chunk_size_one_pulls_no_more_input", LIMIT);
     let pool = pool(2);
-    let pulled = Arc::new(AtomicU64::new(0));
-    let counter = pulled.clone();
-    let input = (0..1_000u64).map(move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        200u64
-    });
-    let mut it = pool.with_chunksize(1).imap(sleep_ms, input).unwrap();
-    assert_eq!(it.next().unwrap().unwrap(), 200);
-    let n = pulled.load(Ordering::SeqCst);
-    drop(it);
+    let n = crate::pipeline::pulled_before_first_result(&pool);
     // Two workers, two batches each (the items take 200 ms: no deep
     // pipeline), as many again waiting: 2 * 2 * 2 + 2, and the one taken.
     assert!(

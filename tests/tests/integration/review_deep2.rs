@@ -5,9 +5,6 @@
 //! by the old job's pace (before the fix: fed 16 deep at its first
 //! dispatch, its window 66 chunks).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use procpool_tests::{init_store, record_then_sleep, recorded, sleep_ms, temp_path, watchdog};
 
 use crate::{LIMIT, builder, pool};
@@ -31,16 +28,7 @@ fn after_a_fast_job_a_slow_job_of_chunk_size_one_pulls_no_more_input_than_two_pi
     let _w = watchdog("after_a_fast_job_a_slow_job_pulls_no_more_input", LIMIT);
     let pool = pool(2);
     warm(&pool);
-    let pulled = Arc::new(AtomicU64::new(0));
-    let counter = pulled.clone();
-    let input = (0..1_000u64).map(move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        200u64
-    });
-    let mut it = pool.with_chunksize(1).imap(sleep_ms, input).unwrap();
-    assert_eq!(it.next().unwrap().unwrap(), 200);
-    let n = pulled.load(Ordering::SeqCst);
-    drop(it);
+    let n = crate::pipeline::pulled_before_first_result(&pool);
     assert!(
         n <= 2 * 2 * 2 + 2 + 1,
         "{n} items of a slow job of chunk size 1 were pulled from the input ahead of the \
@@ -59,15 +47,7 @@ fn after_a_fast_job_quick_items_do_not_wait_in_the_pipe_of_a_long_one() {
     warm(&pool);
     const LONG: u64 = 3_000;
     let items = std::iter::once(LONG).chain((0..40).map(|_| 0));
-    let order: Vec<u64> = pool
-        .with_chunksize(1)
-        .imap_unordered(sleep_ms, items)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(order.len(), 41);
-    let long_at = order.iter().position(|&ms| ms == LONG).unwrap();
-    let behind = order.len() - 1 - long_at;
+    let behind = crate::pipeline::came_back_after(&pool, items, LONG);
     assert!(
         behind <= 1,
         "{behind} quick items waited {LONG} ms in the pipe of a long item while the other \
