@@ -355,7 +355,7 @@ impl Shared {
         }
     }
 
-    /// The most batches any worker is fed now.
+    /// The most batches any busy local worker may be fed now.
     pub(crate) fn depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
     }

@@ -94,16 +94,15 @@ impl Pace {
         });
     }
 
-    /// Batches the worker may hold: `base`, or more while its batches are
-    /// fast (see the module docs). `busy_at`: the worker has a batch out
-    /// at that instant, and one that has already run longer than the mean
-    /// counts as that long (a long item that follows fast ones ends the
-    /// deep pipeline as soon as it runs long, not once it ends).
-    pub(crate) fn depth(&self, base: usize, busy_at: Option<Instant>) -> usize {
+    /// Batches the worker, busy with a batch at `now`, may hold: `base`,
+    /// or more while its batches are fast (see the module docs). A batch
+    /// that has already run longer than the mean counts as that long (a
+    /// long item that follows fast ones ends the deep pipeline as soon as
+    /// it runs long, not once it ends).
+    pub(crate) fn depth(&self, base: usize, now: Instant) -> usize {
         let ahead = AHEAD.as_nanos() as u64;
-        let running = busy_at.map_or(0, |now| {
-            u64::try_from(now.saturating_duration_since(self.since).as_nanos()).unwrap_or(u64::MAX)
-        });
+        let running =
+            u64::try_from(now.saturating_duration_since(self.since).as_nanos()).unwrap_or(u64::MAX);
         match self.mean_ns.map(|m| m.max(running)) {
             Some(m) if m < ahead => {
                 let more = (ahead / m.max(1)).min(DEEP_PIPELINE as u64) as usize;
@@ -130,8 +129,8 @@ mod tests {
     #[test]
     fn an_unmeasured_worker_gets_the_base_depth() {
         let pace = Pace::new(Instant::now());
-        assert_eq!(pace.depth(2, None), 2);
-        assert_eq!(pace.depth(1, None), 1);
+        assert_eq!(pace.depth(2, pace.since), 2);
+        assert_eq!(pace.depth(1, pace.since), 1);
     }
 
     #[test]
@@ -139,10 +138,10 @@ mod tests {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         after(&mut pace, t, 64, Duration::from_micros(3));
-        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, pace.since), DEEP_PIPELINE);
         let mut pace = Pace::new(t);
         after(&mut pace, t, 64, Duration::from_micros(20));
-        assert_eq!(pace.depth(2, None), 6, "1 + 100 µs / 20 µs");
+        assert_eq!(pace.depth(2, pace.since), 6, "1 + 100 µs / 20 µs");
     }
 
     #[test]
@@ -150,7 +149,7 @@ mod tests {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         after(&mut pace, t, 64, Duration::from_micros(250));
-        assert_eq!(pace.depth(2, None), 2);
+        assert_eq!(pace.depth(2, pace.since), 2);
     }
 
     #[test]
@@ -158,9 +157,9 @@ mod tests {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         let now = after(&mut pace, t, 64, Duration::from_micros(2));
-        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, pace.since), DEEP_PIPELINE);
         after(&mut pace, now, 1, Duration::from_millis(1));
-        assert_eq!(pace.depth(2, None), 2);
+        assert_eq!(pace.depth(2, pace.since), 2);
     }
 
     #[test]
@@ -168,15 +167,12 @@ mod tests {
         let t = Instant::now();
         let mut pace = Pace::new(t);
         let now = after(&mut pace, t, 64, Duration::from_micros(2));
+        assert_eq!(pace.depth(2, now + Duration::from_micros(1)), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, now + Duration::from_millis(1)), 2);
         assert_eq!(
-            pace.depth(2, Some(now + Duration::from_micros(1))),
-            DEEP_PIPELINE
-        );
-        assert_eq!(pace.depth(2, Some(now + Duration::from_millis(1))), 2);
-        assert_eq!(
-            pace.depth(2, None),
+            pace.depth(2, pace.since),
             DEEP_PIPELINE,
-            "idle, nothing runs long"
+            "nothing has run long"
         );
     }
 
@@ -188,15 +184,15 @@ mod tests {
         let now = after(&mut pace, t, 64, Duration::from_micros(2));
         // The same job again, after a pause: still fast.
         pace.handed(now, 1, true);
-        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, pace.since), DEEP_PIPELINE);
         // Another job's batch while it is busy: the pace stands.
         pace.handed(now, 2, false);
-        assert_eq!(pace.depth(2, Some(now)), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, now), DEEP_PIPELINE);
         // Idle, then another job: unknown until one of its batches ends.
         pace.handed(now, 3, true);
-        assert_eq!(pace.depth(2, None), 2);
+        assert_eq!(pace.depth(2, pace.since), 2);
         after(&mut pace, now, 1, Duration::from_micros(2));
-        assert_eq!(pace.depth(2, None), DEEP_PIPELINE);
+        assert_eq!(pace.depth(2, pace.since), DEEP_PIPELINE);
     }
 
     #[test]
@@ -207,7 +203,7 @@ mod tests {
         pace.handed(handed, 0, true);
         pace.ended(handed + Duration::from_micros(4));
         assert_eq!(
-            pace.depth(2, None),
+            pace.depth(2, pace.since),
             DEEP_PIPELINE,
             "the idle 5 s do not count"
         );

@@ -9,6 +9,12 @@ use super::conn::Conn;
 use super::{Dispatcher, Phase, Worker};
 use crate::supervisor::RELAY_SLACK;
 
+/// A local worker that counts what it starts may be fed deeper than the
+/// base pipeline while its batches are fast (`pace.rs`).
+fn goes_deep(conn: &Conn) -> bool {
+    conn.counts() && !conn.remote
+}
+
 impl Dispatcher {
     /// Hands queued batches to ready workers: first one to each idle
     /// worker (a round in which no worker holds more than one), then one
@@ -24,7 +30,7 @@ impl Dispatcher {
         let deepest = self
             .workers
             .iter()
-            .filter(|w| w.conn.as_ref().is_some_and(|c| c.counts() && !c.remote))
+            .filter(|w| w.conn.as_ref().is_some_and(goes_deep))
             .map(|w| self.settle.depth(w.slot, base, now))
             .max()
             .unwrap_or(base);
@@ -50,11 +56,12 @@ impl Dispatcher {
             // remote worker's relay holds a pipelined batch until
             // the pool's go-ahead, which makes it as safe, but no
             // further ahead than that.)
-            let (depth, deep) = match (conn.counts(), conn.remote) {
-                (true, false) => (depth, true),
-                (_, true) => (depth, false),
-                (false, false) => (1, false),
+            let depth = if conn.counts() || conn.remote {
+                depth
+            } else {
+                1
             };
+            let deep = goes_deep(conn);
             if max.is_some_and(|m| conn.items_sent() >= m) {
                 continue;
             }

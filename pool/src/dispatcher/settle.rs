@@ -384,7 +384,7 @@ impl<U: Unit> Settle<U> {
         if s.inflight.is_empty() {
             return base;
         }
-        s.pace.depth(base, Some(now))
+        s.pace.depth(base, now)
     }
 
     /// The batch just dispatched to `worker` could not be encoded: it does
