@@ -179,7 +179,7 @@ fn run(sizes: &Sizes, quick: bool) {
     );
     let mut rows = Vec::new();
 
-    // Python's pool for rows a and c, their rounds taken in turns with ours
+    // Python's pool for rows a, c and d, their rounds taken in turns with ours
     // (who goes first alternates), seconds apart, so both meet the machine
     // at the same speed; the ratios are the medians of the pairs'. Without
     // python3, our rounds alone.
