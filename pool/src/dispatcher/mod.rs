@@ -215,6 +215,11 @@ struct Dispatcher {
     zygote_watch: ZygoteWatch,
     /// The budget of the yielding spin before a wait (`wait_and_handle`).
     spin: sys::Spin,
+    /// The thread that starts workers beside this one, once a group of
+    /// them was due at once (`None` inside: the system refused a thread).
+    /// Last, so it is dropped (its thread joined) after every worker it
+    /// started is killed and reaped: they die with that thread.
+    spawner: Option<Option<crate::supervisor::Spawner>>,
 }
 
 impl Dispatcher {
@@ -243,6 +248,7 @@ impl Dispatcher {
             stop: (stop.0, Some(stop.1)),
             zygote_watch: ZygoteWatch::default(),
             spin: sys::Spin::default(),
+            spawner: None,
         }
     }
 

@@ -11,7 +11,7 @@ use super::conn::{Conn, Violation};
 use super::{Dispatcher, Loss, Worker};
 use crate::error::{Error, ErrorKind, Exit};
 use crate::supervisor::handshake::{self, Initializer, Refusal};
-use crate::supervisor::{Launch, Limit, Respawn, free_index};
+use crate::supervisor::{Launch, Limit, Respawn, Spawned, Spawner, free_index};
 
 /// The pool's settings, fixed at build time.
 pub(crate) struct Config {
@@ -147,19 +147,20 @@ impl Dispatcher {
     /// serve as the pool should have, site by site.
     pub(super) fn keep_capacity(&mut self, now: Instant) {
         for site in 0..self.sites.len() {
-            for _ in 0..self.sites[site].respawn.due(now) {
-                self.spawn_or_retry(site, now);
-            }
-            while !self.halted
-                && self
+            let due = self.sites[site].respawn.due(now);
+            self.spawn_workers(site, due, now);
+            while !self.halted {
+                let have = self
                     .workers
                     .iter()
                     .filter(|w| w.site == site && w.serving())
                     .count()
-                    + self.sites[site].respawn.pending()
-                    < self.sites[site].target()
-            {
-                self.spawn_or_retry(site, now);
+                    + self.sites[site].respawn.pending();
+                let missing = self.sites[site].target().saturating_sub(have);
+                if missing == 0 {
+                    break;
+                }
+                self.spawn_workers(site, missing, now);
             }
         }
     }
@@ -184,10 +185,71 @@ impl Dispatcher {
         self.sites.iter().map(|s| s.workers).sum()
     }
 
-    fn spawn_or_retry(&mut self, site: usize, now: Instant) {
-        if let Err(e) = self.spawn_worker(site, now) {
+    /// Starts `n` workers of `site`. Local exec'd workers start side by
+    /// side: this thread starts the first while the spawner thread starts
+    /// the others (see `supervisor::Spawner`); all are waited for before
+    /// any failure is acted on, so every worker started is kept (and so
+    /// killed and reaped with the pool) even when the pool is halted.
+    fn spawn_workers(&mut self, site: usize, n: usize, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        let side_by_side = n > 1
+            && self.sites[site].launch.starts_side_by_side()
+            && self.spawner.get_or_insert_with(Spawner::start).is_some();
+        if !side_by_side {
+            for _ in 0..n {
+                if self.halted {
+                    return;
+                }
+                let index = self.free_index(&[]);
+                let spawned = self.sites[site].launch.spawn(index);
+                self.spawned(site, index, spawned, now);
+            }
+            return;
+        }
+        let mut indices = Vec::with_capacity(n);
+        for _ in 0..n {
+            let index = self.free_index(&indices);
+            indices.push(index);
+        }
+        let launch = &self.sites[site].launch;
+        let Some(Some(spawner)) = &self.spawner else {
+            unreachable!("side by side only with a spawner");
+        };
+        let pending: Vec<_> = indices[1..]
+            .iter()
+            .map(|&index| (index, spawner.spawn(launch, index)))
+            .collect();
+        let mut results = vec![(indices[0], launch.spawn(indices[0]))];
+        results.extend(pending.into_iter().map(|(index, p)| (index, p.wait())));
+        let mut failures = Vec::new();
+        for (index, result) in results {
+            match result {
+                Ok(s) => self.spawned(site, index, Ok(s), now),
+                Err(e) => failures.push(e),
+            }
+        }
+        for e in failures {
+            // A failure that halted the pool (one in its build, say) makes
+            // the others moot, as a start after it would have been.
+            if self.halted {
+                break;
+            }
             self.start_failed(site, e);
         }
+    }
+
+    /// The lowest worker index that no serving worker has, nor `taken`: a
+    /// replacement takes the index of the worker it replaces.
+    fn free_index(&self, taken: &[usize]) -> usize {
+        free_index(
+            self.workers
+                .iter()
+                .filter(|w| w.serving())
+                .map(|w| w.process.index())
+                .chain(taken.iter().copied()),
+        )
     }
 
     /// A worker could not start. While the pool is being built this fails
@@ -256,21 +318,19 @@ impl Dispatcher {
         }
     }
 
-    /// Spawns on this thread, the loop's, which lives as long as the
-    /// pool: a worker's `PR_SET_PDEATHSIG` fires when the *thread* that
-    /// spawned it ends, not the process. (Spawning a pool's first workers
-    /// on short-lived threads of their own made start-up 1.12-1.14× as
-    /// fast on two vCPUs, and killed the workers whose spawning thread had
-    /// ended before they set the signal.)
-    fn spawn_worker(&mut self, site: usize, now: Instant) -> Result<(), Error> {
-        // A replacement takes the index of the worker it replaces.
-        let index = free_index(
-            self.workers
-                .iter()
-                .filter(|w| w.serving())
-                .map(|w| w.process.index()),
-        );
-        let spawned = self.sites[site].launch.spawn(index)?;
+    /// A start's result: a new worker (waiting for its handshake), or a
+    /// failed start.
+    fn spawned(
+        &mut self,
+        site: usize,
+        index: usize,
+        spawned: Result<Spawned, Error>,
+        now: Instant,
+    ) {
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => return self.start_failed(site, e),
+        };
         let pid = spawned.process.pid();
         Counters::bump(&self.shared.stats.workers_started);
         if spawned.forked {
@@ -305,7 +365,6 @@ impl Dispatcher {
             stream_due: None,
         });
         self.publish_pids();
-        Ok(())
     }
 
     pub(super) fn accept_hello(&mut self, i: usize, hello: Hello) -> Result<(), Loss> {

@@ -201,6 +201,13 @@ impl Launch {
         }
     }
 
+    /// Its workers start by exec from this process, so several can start
+    /// side by side on two threads (`Spawner`); a zygote's forks and a
+    /// remote site's launchers start one at a time.
+    pub(crate) fn starts_side_by_side(&self) -> bool {
+        matches!(self.program, Program::Exec { .. }) && self.site.is_none() && self.zygote.is_none()
+    }
+
     /// Starts one worker, the pool's worker number `index` (see
     /// `procpool::worker::index`): forked from the zygote when the pool
     /// has a working one, else by exec (or on a thread).

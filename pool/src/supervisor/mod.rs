@@ -11,6 +11,8 @@
 //! - `handshake.rs`: what a starting worker must show (its task list, its
 //!   initializer's success) before it gets work;
 //! - `respawn.rs`: restart intensity and backoff, and a new worker's index;
+//! - `spawner.rs`: a second thread that starts workers beside the loop, so
+//!   a start-up's workers start side by side;
 //! - `zygote/`: the zygote start method: forking workers from a process
 //!   that ran the initializer once, and falling back to exec.
 
@@ -20,11 +22,13 @@ mod launch;
 mod logs;
 mod process;
 mod respawn;
+mod spawner;
 mod zygote;
 
 pub(crate) use kill::RELAY_SLACK;
-pub(crate) use launch::Launch;
+pub(crate) use launch::{Launch, Spawned};
 pub(crate) use logs::{forward_log, forward_remote_log};
 pub(crate) use process::WorkerProcess;
 pub(crate) use respawn::{Limit, Respawn, free_index};
+pub(crate) use spawner::Spawner;
 pub(crate) use zygote::{ZygoteWatch, Zygotes};
