@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use procpool::{Pool, StartMethod};
 use procpool_tests::{
-    children_of_this_process, fd_and_thread_counts, kill, open_fds, square, temp_path,
-    wait_until, watchdog, worker_index,
+    children_of_this_process, fd_and_thread_counts, kill, open_fds, square, temp_path, wait_until,
+    watchdog, worker_index,
 };
 
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
@@ -88,10 +88,7 @@ impl Drop for Flicker {
 fn indices(pool: &Pool, n: usize) -> BTreeMap<u32, Option<usize>> {
     let mut seen = BTreeMap::new();
     let all = wait_until(Duration::from_secs(60), || {
-        if let Ok(r) = pool
-            .with_chunksize(1)
-            .map(worker_index, vec![(); 8 * n])
-        {
+        if let Ok(r) = pool.with_chunksize(1).map(worker_index, vec![(); 8 * n]) {
             for (pid, index) in r {
                 seen.insert(pid, index);
             }
@@ -100,7 +97,11 @@ fn indices(pool: &Pool, n: usize) -> BTreeMap<u32, Option<usize>> {
         seen.retain(|p, _| live.contains(p));
         seen.len() == n && live.len() == n
     });
-    assert!(all, "every worker answered: {seen:?} of {:?}", pool.worker_pids());
+    assert!(
+        all,
+        "every worker answered: {seen:?} of {:?}",
+        pool.worker_pids()
+    );
     seen
 }
 
@@ -127,16 +128,27 @@ fn nothing_left(baseline: (usize, usize)) {
         "spawner threads left: {}",
         spawner_threads()
     );
+    // Other tests' threads (waiting for their turn, or their watchdogs)
+    // come and go: the pool's own threads are the ones that must be gone.
     assert!(
         wait_until(Duration::from_secs(10), || {
-            let (fds, threads) = fd_and_thread_counts();
-            // (A thread of an earlier test may still have been ending when
-            // the baseline was taken: fewer threads is no leak.)
-            fds == baseline.0 && threads <= baseline.1
+            fd_and_thread_counts().0 == baseline.0 && pool_threads() == 0
         }),
-        "descriptors and threads back at {baseline:?}: {:?}",
-        fd_and_thread_counts()
+        "descriptors back at {}: {:?}; pool threads left: {}",
+        baseline.0,
+        fd_and_thread_counts(),
+        pool_threads()
     );
+}
+
+/// This process's threads a pool started (`procpool-dispatcher`,
+/// `procpool-spawner`, its callback thread).
+fn pool_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("procpool-"))
+        .count()
 }
 
 /// Builds with the program flickering: each build either serves all its
@@ -152,11 +164,7 @@ fn builds_whose_group_partly_fails_to_exec() {
     {
         let _f = Flicker::start(&program);
         for _ in 0..60 {
-            match Pool::builder()
-                .workers(6)
-                .worker_program(&program)
-                .build()
-            {
+            match Pool::builder().workers(6).worker_program(&program).build() {
                 Ok(pool) => {
                     ok += 1;
                     assert_eq!(pool.map(square, 0..100u64).unwrap()[99], 99 * 99);
@@ -213,7 +221,10 @@ fn replacement_groups_that_partly_fail_to_exec() {
     }
     let stats = pool.stats();
     eprintln!("{stats:?}");
-    assert!(stats.start_failures > 0, "the flicker failed no start: {stats:?}");
+    assert!(
+        stats.start_failures > 0,
+        "the flicker failed no start: {stats:?}"
+    );
     assert!(
         wait_until(Duration::from_secs(60), || pool.worker_pids().len() == n),
         "{:?}",
@@ -273,8 +284,15 @@ fn recycling_every_worker_at_once() {
     }
     let idx: Vec<_> = by_pid.values().collect();
     let set: BTreeSet<_> = idx.iter().collect();
-    assert_eq!(idx.len(), set.len(), "two live workers share an index: {by_pid:?}");
-    assert!(by_pid.values().all(|i| i.is_some_and(|i| i < n)), "{by_pid:?}");
+    assert_eq!(
+        idx.len(),
+        set.len(),
+        "two live workers share an index: {by_pid:?}"
+    );
+    assert!(
+        by_pid.values().all(|i| i.is_some_and(|i| i < n)),
+        "{by_pid:?}"
+    );
     drop(pool);
     nothing_left(baseline);
 }
@@ -377,7 +395,6 @@ fn workers_started_side_by_side_inherit_the_same_descriptors() {
     }
 }
 
-
 /// The zygote's forks and in-process workers start one at a time: no
 /// spawner thread for them.
 #[test]
@@ -396,7 +413,10 @@ fn zygote_and_in_process_pools_have_no_spawner() {
     for pid in z.worker_pids() {
         kill(pid, libc::SIGKILL);
     }
-    assert!(wait_until(Duration::from_secs(30), || z.worker_pids().len() == 4));
+    assert!(wait_until(Duration::from_secs(30), || z
+        .worker_pids()
+        .len()
+        == 4));
     assert_eq!(z.map(square, 0..100u64).unwrap()[10], 100);
     assert_indices_are_0_to(&z, 4);
     drop(z);
@@ -439,7 +459,11 @@ fn a_group_of_replacements_past_the_restart_limit() {
     let r = work.get();
     assert!(r.is_err(), "{r:?}");
     let stats = pool.stats();
-    eprintln!("{stats:?} after {:?}: {}", started.elapsed(), r.unwrap_err());
+    eprintln!(
+        "{stats:?} after {:?}: {}",
+        started.elapsed(),
+        r.unwrap_err()
+    );
     let e = pool.apply(square, 3).unwrap_err();
     assert!(e.is_broken(), "{e}");
     assert!(e.to_string().contains("failed to start"), "{e}");
@@ -550,7 +574,10 @@ fn every_worker_past_its_memory_limit_at_once() {
             .unwrap()
             .get();
         assert!(r.is_err(), "{r:?}");
-        assert!(wait_until(Duration::from_secs(30), || pool.worker_pids().len() == n));
+        assert!(wait_until(Duration::from_secs(30), || pool
+            .worker_pids()
+            .len()
+            == n));
     }
     assert_eq!(pool.map(square, 0..100u64).unwrap()[10], 100);
     assert_indices_are_0_to(&pool, n);
@@ -571,10 +598,7 @@ fn join_racing_a_replacement_group() {
             .worker_program(FAULT_WORKER)
             .build()
             .unwrap();
-        let work = pool
-            .with_chunksize(1)
-            .map_async(square, 0..200u64)
-            .unwrap();
+        let work = pool.with_chunksize(1).map_async(square, 0..200u64).unwrap();
         std::thread::sleep(Duration::from_micros(100 * (round % 4)));
         for pid in pool.worker_pids() {
             kill(pid, libc::SIGKILL);
@@ -692,7 +716,10 @@ fn host() {
         now.len() == n && now.iter().all(|p| !first.contains(p))
     }));
     let _hung: Vec<_> = (0..n)
-        .map(|_| pool.apply_async(procpool_tests::sleep_ms, 3_600_000).unwrap())
+        .map(|_| {
+            pool.apply_async(procpool_tests::sleep_ms, 3_600_000)
+                .unwrap()
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
     let pids = pool.worker_pids();
@@ -700,7 +727,10 @@ fn host() {
     writeln!(
         out,
         "pids {}",
-        pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
     )
     .unwrap();
     out.flush().unwrap();

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use procpool::Pool;
-use procpool_tests::{children_of_this_process, fd_and_thread_counts, kill, square, wait_until, watchdog};
+use procpool_tests::{
+    children_of_this_process, fd_and_thread_counts, kill, square, wait_until, watchdog,
+};
 
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
 
@@ -49,7 +51,8 @@ fn nothing_left(baseline: (usize, usize)) {
         "spawner threads left"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || fd_and_thread_counts() == baseline),
+        wait_until(Duration::from_secs(10), || fd_and_thread_counts()
+            == baseline),
         "descriptors and threads back at {baseline:?}: {:?}",
         fd_and_thread_counts()
     );
@@ -57,7 +60,10 @@ fn nothing_left(baseline: (usize, usize)) {
 
 #[test]
 fn the_dispatcher_panics_in_the_middle_of_a_group() {
-    let _w = watchdog("the_dispatcher_panics_in_the_middle_of_a_group", Duration::from_secs(120));
+    let _w = watchdog(
+        "the_dispatcher_panics_in_the_middle_of_a_group",
+        Duration::from_secs(120),
+    );
     log::set_logger(&PANICKY).unwrap();
     log::set_max_level(log::LevelFilter::Debug);
     let baseline = fd_and_thread_counts();
