@@ -881,6 +881,19 @@ pub fn children_of_this_process() -> Vec<u32> {
     kids
 }
 
+/// How many of this process's threads have a name (as the kernel keeps
+/// it: cut to 15 bytes) that starts with `prefix`: `"procpool-"` for every
+/// thread a pool started, `"procpool-spawne"` for its spawner thread.
+pub fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+                .filter(|c| c.trim().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// How many descriptors and threads this process has.
 pub fn fd_and_thread_counts() -> (usize, usize) {
     let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());

@@ -16,22 +16,16 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use procpool::{Pool, StartMethod};
 use procpool_tests::{
-    children_of_this_process, fd_and_thread_counts, kill, open_fds, square, temp_path, wait_until,
-    watchdog, worker_index,
+    children_of_this_process, fd_and_thread_counts, kill, open_fds, square, temp_path,
+    threads_named, wait_until, watchdog, worker_index,
 };
 
+/// The spawner thread's name, as the kernel keeps it.
+const SPAWNER: &str = "procpool-spawne";
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
 const LIMIT: Duration = Duration::from_secs(180);
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn spawner_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .filter(|c| c.trim() == "procpool-spawne")
-        .count()
-}
 
 /// A private copy of the fault worker, so a test can make it vanish.
 fn private_worker(name: &str) -> PathBuf {
@@ -124,31 +118,21 @@ fn nothing_left(baseline: (usize, usize)) {
         children_of_this_process()
     );
     assert!(
-        wait_until(Duration::from_secs(10), || spawner_threads() == 0),
+        wait_until(Duration::from_secs(10), || threads_named(SPAWNER) == 0),
         "spawner threads left: {}",
-        spawner_threads()
+        threads_named(SPAWNER)
     );
     // Other tests' threads (waiting for their turn, or their watchdogs)
     // come and go: the pool's own threads are the ones that must be gone.
     assert!(
         wait_until(Duration::from_secs(10), || {
-            fd_and_thread_counts().0 == baseline.0 && pool_threads() == 0
+            fd_and_thread_counts().0 == baseline.0 && threads_named("procpool-") == 0
         }),
         "descriptors back at {}: {:?}; pool threads left: {}",
         baseline.0,
         fd_and_thread_counts(),
-        pool_threads()
+        threads_named("procpool-")
     );
-}
-
-/// This process's threads a pool started (`procpool-dispatcher`,
-/// `procpool-spawner`, its callback thread).
-fn pool_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .filter(|c| c.starts_with("procpool-"))
-        .count()
 }
 
 /// Builds with the program flickering: each build either serves all its
@@ -204,7 +188,7 @@ fn replacement_groups_that_partly_fail_to_exec() {
         .restart_limit(100_000, Duration::from_secs(60))
         .build()
         .unwrap();
-    assert_eq!(spawner_threads(), 1);
+    assert_eq!(threads_named(SPAWNER), 1);
     {
         let _f = Flicker::start(&program);
         for _ in 0..30 {
@@ -232,7 +216,7 @@ fn replacement_groups_that_partly_fail_to_exec() {
     );
     assert_eq!(pool.map(square, 0..1000u64).unwrap()[999], 999 * 999);
     assert_indices_are_0_to(&pool, n);
-    assert_eq!(spawner_threads(), 1);
+    assert_eq!(threads_named(SPAWNER), 1);
     drop(pool);
     nothing_left(baseline);
 }
@@ -409,7 +393,7 @@ fn zygote_and_in_process_pools_have_no_spawner() {
         .build()
         .unwrap();
     assert_eq!(z.map(square, 0..100u64).unwrap()[10], 100);
-    assert_eq!(spawner_threads(), 0);
+    assert_eq!(threads_named(SPAWNER), 0);
     for pid in z.worker_pids() {
         kill(pid, libc::SIGKILL);
     }
@@ -426,7 +410,7 @@ fn zygote_and_in_process_pools_have_no_spawner() {
         .build()
         .unwrap();
     assert_eq!(t.map(square, 0..100u64).unwrap()[10], 100);
-    assert_eq!(spawner_threads(), 0);
+    assert_eq!(threads_named(SPAWNER), 0);
     drop(t);
     nothing_left(baseline);
 }

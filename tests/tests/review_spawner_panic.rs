@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use procpool::Pool;
 use procpool_tests::{
-    children_of_this_process, fd_and_thread_counts, kill, square, wait_until, watchdog,
+    children_of_this_process, fd_and_thread_counts, kill, square, threads_named, wait_until,
+    watchdog,
 };
 
+/// The spawner thread's name, as the kernel keeps it.
+const SPAWNER: &str = "procpool-spawne";
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
 
 static ARMED: AtomicBool = AtomicBool::new(false);
@@ -31,14 +34,6 @@ impl log::Log for Panicky {
 
 static PANICKY: Panicky = Panicky;
 
-fn spawner_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .filter(|c| c.trim() == "procpool-spawne")
-        .count()
-}
-
 fn nothing_left(baseline: (usize, usize)) {
     assert!(
         wait_until(Duration::from_secs(10), || children_of_this_process()
@@ -47,7 +42,7 @@ fn nothing_left(baseline: (usize, usize)) {
         children_of_this_process()
     );
     assert!(
-        wait_until(Duration::from_secs(10), || spawner_threads() == 0),
+        wait_until(Duration::from_secs(10), || threads_named(SPAWNER) == 0),
         "spawner threads left"
     );
     assert!(

@@ -11,20 +11,13 @@ use std::time::Duration;
 
 use procpool::Pool;
 use procpool_tests::{
-    children_of_this_process, fd_and_thread_counts, kill, sleep_ms, square, wait_until, watchdog,
+    children_of_this_process, fd_and_thread_counts, kill, sleep_ms, square, threads_named,
+    wait_until, watchdog,
 };
 
+/// The spawner thread's name, as the kernel keeps it.
+const SPAWNER: &str = "procpool-spawne";
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
-
-/// This process's threads named `procpool-spawner` (cut to 15 bytes by the
-/// kernel).
-fn spawner_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .filter(|c| c.trim() == "procpool-spawne")
-        .count()
-}
 
 fn pool(workers: usize) -> Pool {
     Pool::builder()
@@ -45,12 +38,16 @@ fn workers_started_side_by_side_live_as_long_as_the_pool_and_so_does_the_thread(
     // A pool of one starts its worker on the loop's thread: no spawner.
     let one = pool(1);
     assert_eq!(one.apply(square, 3).unwrap(), 9);
-    assert_eq!(spawner_threads(), 0, "a pool of one needs no second thread");
+    assert_eq!(
+        threads_named(SPAWNER),
+        0,
+        "a pool of one needs no second thread"
+    );
     drop(one);
 
     let pool = pool(4);
     assert_eq!(
-        spawner_threads(),
+        threads_named(SPAWNER),
         1,
         "a pool of four starts them side by side"
     );
@@ -86,13 +83,17 @@ fn workers_started_side_by_side_live_as_long_as_the_pool_and_so_does_the_thread(
     let squares = pool.map(square, 0..1_000u64).unwrap();
     assert_eq!(squares[999], 999 * 999);
     assert_eq!(pool.stats().workers_started, 8);
-    assert_eq!(spawner_threads(), 1, "one spawner per pool, for its life");
+    assert_eq!(
+        threads_named(SPAWNER),
+        1,
+        "one spawner per pool, for its life"
+    );
 
     drop(pool);
     assert!(children_of_this_process().is_empty(), "every worker reaped");
     // (A joined thread may linger in /proc/self/task for a moment.)
     assert!(
-        wait_until(Duration::from_secs(10), || spawner_threads() == 0),
+        wait_until(Duration::from_secs(10), || threads_named(SPAWNER) == 0),
         "the spawner ends with its pool"
     );
 
