@@ -854,6 +854,16 @@ pub fn kill(pid: u32, signal: i32) {
     assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
 }
 
+/// Sends `signal` to `pid` if it is still there: for a test that kills a
+/// group of workers that the pool may be reaping meanwhile (a pool whose
+/// loop panicked kills and reaps every worker at once). Whether it was.
+pub fn kill_if_alive(pid: u32, signal: i32) -> bool {
+    // SAFETY: kill only sends a signal; callers pass pids of workers of
+    // their own pool, which holds them until it has reaped them, so a pid
+    // is not reused before the pool's `worker_pids` stops listing it.
+    unsafe { libc::kill(pid as i32, signal) == 0 }
+}
+
 /// Whether `pid` is gone or a zombie that is not ours to reap (its
 /// parent is gone): the process no longer runs.
 pub fn not_running(pid: u32) -> bool {

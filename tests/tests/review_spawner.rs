@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use procpool::{Pool, StartMethod};
 use procpool_tests::{
-    children_of_this_process, fd_and_thread_counts, kill, open_fds, square, temp_path,
-    threads_named, wait_until, watchdog, worker_index,
+    children_of_this_process, fd_and_thread_counts, kill, kill_if_alive, open_fds, square,
+    temp_path, threads_named, wait_until, watchdog, worker_index,
 };
 
 /// The spawner thread's name, as the kernel keeps it.
@@ -193,7 +193,7 @@ fn replacement_groups_that_partly_fail_to_exec() {
         let _f = Flicker::start(&program);
         for _ in 0..30 {
             for pid in pool.worker_pids() {
-                kill(pid, libc::SIGKILL);
+                kill_if_alive(pid, libc::SIGKILL);
             }
             // Work meanwhile: every item ends, in a result or an error.
             let r = pool.with_chunksize(1).map(square, 0..50u64);
@@ -494,7 +494,7 @@ fn replacement_groups_with_some_deaths_before_the_handshake() {
             assert_indices_are_0_to(&pool, n);
             let killed = pool.worker_pids();
             for &pid in &killed {
-                kill(pid, libc::SIGKILL);
+                kill_if_alive(pid, libc::SIGKILL);
             }
             assert!(
                 wait_until(Duration::from_secs(30), || {
