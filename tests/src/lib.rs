@@ -904,6 +904,29 @@ pub fn threads_named(prefix: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits up to 10 s for every trace of this process's pools to be gone,
+/// and panics naming what is left: a child process, a thread a pool
+/// started (named `procpool-…`), or descriptors beyond the `fds` open
+/// before. Other tests' threads may come and go meanwhile.
+pub fn assert_pools_gone(fds: usize) {
+    let ceiling = Duration::from_secs(10);
+    assert!(
+        wait_until(ceiling, || children_of_this_process().is_empty()),
+        "children left: {:?}",
+        children_of_this_process()
+    );
+    assert!(
+        wait_until(ceiling, || threads_named("procpool-") == 0),
+        "pool threads left: {}",
+        threads_named("procpool-")
+    );
+    assert!(
+        wait_until(ceiling, || fd_and_thread_counts().0 == fds),
+        "descriptors back at {fds}: {:?}",
+        fd_and_thread_counts()
+    );
+}
+
 /// How many descriptors and threads this process has.
 pub fn fd_and_thread_counts() -> (usize, usize) {
     let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use procpool::{Pool, StartMethod};
 use procpool_tests::{
-    children_of_this_process, fd_and_thread_counts, kill, kill_if_alive, open_fds, square,
-    temp_path, threads_named, wait_until, watchdog, worker_index,
+    assert_pools_gone, children_of_this_process, fd_and_thread_counts, kill, kill_if_alive,
+    open_fds, square, temp_path, threads_named, wait_until, watchdog, worker_index,
 };
 
 /// The spawner thread's name, as the kernel keeps it.
@@ -110,31 +110,6 @@ fn assert_indices_are_0_to(pool: &Pool, n: usize) {
     );
 }
 
-fn nothing_left(baseline: (usize, usize)) {
-    assert!(
-        wait_until(Duration::from_secs(10), || children_of_this_process()
-            .is_empty()),
-        "children left: {:?}",
-        children_of_this_process()
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || threads_named(SPAWNER) == 0),
-        "spawner threads left: {}",
-        threads_named(SPAWNER)
-    );
-    // Other tests' threads (waiting for their turn, or their watchdogs)
-    // come and go: the pool's own threads are the ones that must be gone.
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            fd_and_thread_counts().0 == baseline.0 && threads_named("procpool-") == 0
-        }),
-        "descriptors back at {}: {:?}; pool threads left: {}",
-        baseline.0,
-        fd_and_thread_counts(),
-        threads_named("procpool-")
-    );
-}
-
 /// Builds with the program flickering: each build either serves all its
 /// workers with indices 0..n, or fails once as a start-up error; nothing
 /// is left behind either way.
@@ -168,7 +143,7 @@ fn builds_whose_group_partly_fails_to_exec() {
     }
     eprintln!("builds: {ok} ok, {failed} failed");
     assert!(failed > 0, "the flicker made no build fail");
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// Every worker SIGKILLed, round after round, while the program flickers:
@@ -218,7 +193,7 @@ fn replacement_groups_that_partly_fail_to_exec() {
     assert_indices_are_0_to(&pool, n);
     assert_eq!(threads_named(SPAWNER), 1);
     drop(pool);
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// Every worker used up at once (`max_tasks_per_worker`): their
@@ -278,7 +253,7 @@ fn recycling_every_worker_at_once() {
         "{by_pid:?}"
     );
     drop(pool);
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// The pool dropped (or terminated from another thread) right after every
@@ -327,7 +302,7 @@ fn drop_and_terminate_racing_a_replacement_group() {
             children_of_this_process()
         );
     }
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// A worker started by the spawner thread inherits exactly what one
@@ -412,7 +387,7 @@ fn zygote_and_in_process_pools_have_no_spawner() {
     assert_eq!(t.map(square, 0..100u64).unwrap()[10], 100);
     assert_eq!(threads_named(SPAWNER), 0);
     drop(t);
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// Several replacements due at once, past the restart limit: the pool
@@ -453,7 +428,7 @@ fn a_group_of_replacements_past_the_restart_limit() {
     assert!(e.to_string().contains("failed to start"), "{e}");
     std::fs::rename(&away, &program).unwrap();
     drop(pool);
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// Some workers of each replacement group die before their handshake
@@ -535,7 +510,7 @@ fn replacement_groups_with_some_deaths_before_the_handshake() {
             .unwrap_err();
         assert!(err.is_startup(), "{err}");
     }
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// Every worker past its memory limit at once: replaced as a group.
@@ -566,7 +541,7 @@ fn every_worker_past_its_memory_limit_at_once() {
     assert_eq!(pool.map(square, 0..100u64).unwrap()[10], 100);
     assert_indices_are_0_to(&pool, n);
     drop(pool);
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// `join` right after every worker was SIGKILLed: the replacements (or
@@ -595,7 +570,7 @@ fn join_racing_a_replacement_group() {
         drop(pool);
         assert!(children_of_this_process().is_empty());
     }
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// A tight start-up timeout for a big group on a busy machine: either all
@@ -625,7 +600,7 @@ fn a_big_group_against_a_tight_startup_timeout() {
         assert!(children_of_this_process().is_empty());
     }
     eprintln!("tight start-ups: {ok} ok, {failed} failed");
-    nothing_left(baseline);
+    assert_pools_gone(baseline.0);
 }
 
 /// The program hosting a pool is SIGKILLed after a group of replacements

@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use procpool::Pool;
 use procpool_tests::{
-    children_of_this_process, fd_and_thread_counts, kill_if_alive, square, threads_named,
+    assert_pools_gone, children_of_this_process, fd_and_thread_counts, kill_if_alive, square,
     wait_until, watchdog,
 };
 
-/// The spawner thread's name, as the kernel keeps it.
-const SPAWNER: &str = "procpool-spawne";
 const FAULT_WORKER: &str = env!("CARGO_BIN_EXE_fault-worker");
 
 static ARMED: AtomicBool = AtomicBool::new(false);
@@ -34,17 +32,10 @@ impl log::Log for Panicky {
 
 static PANICKY: Panicky = Panicky;
 
+/// Nothing of the pools is left, and (this binary's one test running
+/// alone) the thread count is back at its baseline too.
 fn nothing_left(baseline: (usize, usize)) {
-    assert!(
-        wait_until(Duration::from_secs(10), || children_of_this_process()
-            .is_empty()),
-        "children left: {:?}",
-        children_of_this_process()
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || threads_named(SPAWNER) == 0),
-        "spawner threads left"
-    );
+    assert_pools_gone(baseline.0);
     assert!(
         wait_until(Duration::from_secs(10), || fd_and_thread_counts()
             == baseline),
